@@ -1,0 +1,168 @@
+//! Byte buffers between sockets and the HTTP code: a growable read buffer with a hard ceiling, and a
+//! write batcher that coalesces small writes (a response head and a small body) into one syscall.
+
+use std::io::{self, Read, Write};
+
+/// Bytes read from a socket but not yet consumed, kept in one allocation that grows on demand up to a
+/// ceiling chosen per call (the head limit while reading a head, the I/O buffer size while streaming).
+#[derive(Debug, Default)]
+pub struct ReadBuf {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl ReadBuf {
+    /// An empty buffer that allocates nothing until the first read.
+    pub fn new() -> Self {
+        ReadBuf::default()
+    }
+
+    /// The unconsumed bytes.
+    pub fn filled(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// Marks the first `n` unconsumed bytes as used.
+    pub fn consume(&mut self, n: usize) {
+        debug_assert!(n <= self.len());
+        self.start += n.min(self.len());
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Forgets every unconsumed byte.
+    pub fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+    }
+
+    /// Gives the allocation back while the buffer is empty: an idle parked connection then costs no
+    /// buffer at all.
+    pub fn release(&mut self) {
+        if self.is_empty() {
+            self.data = Vec::new();
+        }
+    }
+
+    /// Reads once from `src` into the buffer, keeping at most `max` unconsumed bytes; `step` is how
+    /// much room to allocate when the buffer is empty. Returns the number of bytes read (0 means
+    /// end of stream). Call only when `len() < max`.
+    pub fn fill_from<R: Read + ?Sized>(&mut self, src: &mut R, step: usize, max: usize) -> io::Result<usize> {
+        debug_assert!(self.len() < max);
+        if self.end == self.data.len() {
+            if self.start > 0 {
+                self.data.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.end == self.data.len() {
+                let grown = (self.data.len() * 2).max(step).min(max.max(1));
+                self.data.resize(grown.max(self.end + 1), 0);
+            }
+        }
+        let room = (max - self.len()).min(self.data.len() - self.end);
+        let n = src.read(&mut self.data[self.end..self.end + room])?;
+        self.end += n;
+        Ok(n)
+    }
+}
+
+/// Coalesces writes to `dst` in a caller-owned vector so a worker reuses one allocation for every
+/// request; data larger than the batch goes straight to the socket.
+pub struct WriteBatch<'a, W: Write> {
+    out: &'a mut Vec<u8>,
+    dst: &'a mut W,
+    batch: usize,
+}
+
+impl<'a, W: Write> WriteBatch<'a, W> {
+    pub fn new(out: &'a mut Vec<u8>, dst: &'a mut W, batch: usize) -> Self {
+        out.clear();
+        WriteBatch { out, dst, batch }
+    }
+
+    /// Queues `data`, sending the batch first when it would overflow.
+    pub fn put(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.out.len() + data.len() <= self.batch {
+            self.out.extend_from_slice(data);
+            return Ok(());
+        }
+        self.send()?;
+        if data.len() >= self.batch {
+            self.dst.write_all(data)
+        } else {
+            self.out.extend_from_slice(data);
+            Ok(())
+        }
+    }
+
+    /// Sends what is batched.
+    pub fn send(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.dst.write_all(self.out)?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+}
+
+impl<W: Write> Write for WriteBatch<'_, W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.put(data)?;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()?;
+        self.dst.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fill_grows_to_ceiling_and_compacts() {
+        let mut buf = ReadBuf::new();
+        let mut src: &[u8] = b"hello world, this is more than eight bytes";
+        assert_eq!(buf.fill_from(&mut src, 8, 16).unwrap(), 8);
+        assert_eq!(buf.filled(), b"hello wo");
+        buf.consume(6);
+        // Compaction makes room before growth is considered.
+        assert_eq!(buf.fill_from(&mut src, 8, 16).unwrap(), 6);
+        assert_eq!(buf.filled(), b"world, t");
+        assert_eq!(buf.fill_from(&mut src, 8, 16).unwrap(), 8);
+        assert_eq!(buf.filled(), b"world, this is m");
+        buf.consume(16);
+        assert!(buf.is_empty());
+        buf.release();
+        assert_eq!(buf.data.capacity(), 0);
+    }
+
+    #[test]
+    fn batch_coalesces_small_and_passes_large() {
+        let mut out = Vec::new();
+        let mut sink = Vec::new();
+        {
+            let mut w = WriteBatch::new(&mut out, &mut sink, 8);
+            w.put(b"abc").unwrap();
+            w.put(b"def").unwrap();
+            w.put(b"0123456789").unwrap();
+            w.put(b"x").unwrap();
+            w.send().unwrap();
+        }
+        assert_eq!(sink, b"abcdef0123456789x");
+    }
+}

@@ -1,0 +1,1043 @@
+//! Typed configuration: the INI file (`parser.ini`) is read once, validated, and turned into a
+//! [`Config`] of typed values; raw strings never leave this module.
+//!
+//! Data flow: `file -> rust-ini (syntax, line numbers) -> raw key/value pairs -> validated Config`.
+//! The `parser` binary goes the other way: `Config -> documented INI text`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ini::Ini;
+
+/// One upstream server as written in the INI (`ip_serverN = host[:port]`), resolved at load time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendAddr {
+    /// The text the user wrote, normalised to `host:port` (used in logs and the `Via`-free access log).
+    pub name: String,
+    /// Where pibl connects.
+    pub addr: SocketAddr,
+}
+
+/// The validated configuration shared by both binaries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `bind`: address the proxy listens on.
+    pub bind: IpAddr,
+    /// `port`: data-plane port.
+    pub port: u16,
+    /// `threads`: size of the worker pool.
+    pub threads: usize,
+    /// `max_conn`: most client connections held at once; past it new ones wait in the listen backlog.
+    pub max_conn: usize,
+    /// `buffer_size`: I/O buffer per connection, in bytes.
+    pub buffer_size: usize,
+    /// `max_header_bytes`: largest request head accepted (431 past it).
+    pub max_header_bytes: usize,
+    /// `max_headers`: most header fields in one request head (431 past it).
+    pub max_headers: usize,
+    /// `max_body_bytes`: largest request body accepted (413 past it).
+    pub max_body_bytes: u64,
+    /// `ttl`: response cache lifetime.
+    pub ttl: Duration,
+    /// `ip_server1..N`: the default backend pool, in order.
+    pub backends: Vec<BackendAddr>,
+    /// `header_timeout`: time a client has to send a complete request head.
+    pub header_timeout: Duration,
+    /// `keepalive_timeout`: idle time after which a keep-alive client connection is closed.
+    pub keepalive_timeout: Duration,
+    /// `client_timeout`: per read/write on the client socket while a request is in flight.
+    pub client_timeout: Duration,
+    /// `connect_timeout`: time to open a connection to a backend.
+    pub connect_timeout: Duration,
+    /// `backend_timeout`: per read/write on a backend connection; a backend silent this long gives 504.
+    pub backend_timeout: Duration,
+    /// `backend_cooldown`: how long a backend that refused a connection stays out of rotation.
+    pub backend_cooldown: Duration,
+    /// `backend_pool_size`: idle keep-alive connections kept per backend.
+    pub backend_pool_size: usize,
+    /// `shutdown_grace`: how long in-flight requests may run after Ctrl-C / SIGTERM.
+    pub shutdown_grace: Duration,
+    /// `access_log`: one log line per request.
+    pub access_log: bool,
+    /// `log_level`: error, warn, info, debug or trace.
+    pub log_level: log::LevelFilter,
+    /// `api_port`: management API port.
+    pub api_port: u16,
+    /// `database`: SQLite file of the management API.
+    pub database: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: 8080,
+            threads: 8,
+            max_conn: 10_000,
+            buffer_size: 8192,
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_body_bytes: 16 * 1024 * 1024,
+            ttl: Duration::from_secs(60),
+            backends: default_backends(),
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
+            client_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(3),
+            backend_timeout: Duration::from_secs(30),
+            backend_cooldown: Duration::from_secs(10),
+            backend_pool_size: 32,
+            shutdown_grace: Duration::from_secs(10),
+            access_log: true,
+            log_level: log::LevelFilter::Info,
+            api_port: 5000,
+            database: PathBuf::from("pibl.db"),
+        }
+    }
+}
+
+/// The backends a fresh `parser.ini` lists: three servers on this host, as in the seed's three-server setup.
+fn default_backends() -> Vec<BackendAddr> {
+    (9001..=9003)
+        .map(|port| BackendAddr {
+            name: format!("127.0.0.1:{port}"),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------------------
+
+/// Why a configuration file was rejected. Every message starts with `file:line:` (or `file:` when no one
+/// line is to blame) and names the key, so the user can jump straight to the mistake.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The file could not be read: missing, unreadable, or not UTF-8.
+    Io { file: String, source: io::Error },
+    /// The text is not INI at all.
+    Syntax { file: String, line: usize, message: String },
+    /// A section, key or value is wrong. `key` is the key name, or `[name]` for a section.
+    Invalid { file: String, line: Option<usize>, key: String, message: String },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Io { file, source } => write!(f, "{file}: cannot read: {source}"),
+            ConfigError::Syntax { file, line, message } => write!(f, "{file}:{line}: syntax: {message}"),
+            ConfigError::Invalid { file, line: Some(line), key, message } => write!(f, "{file}:{line}: {key}: {message}"),
+            ConfigError::Invalid { file, line: None, key, message } => write!(f, "{file}: {key}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// By hand because `io::Error` has no `PartialEq`; comparing kind and text is enough for tests that check
+/// `Config::from_ini_str(..) == Ok(config)`.
+impl PartialEq for ConfigError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (ConfigError::Io { file: a, source: x }, ConfigError::Io { file: b, source: y }) => {
+                a == b && x.kind() == y.kind() && x.to_string() == y.to_string()
+            }
+            (
+                ConfigError::Syntax { file: a, line: l, message: m },
+                ConfigError::Syntax { file: b, line: k, message: n },
+            ) => a == b && l == k && m == n,
+            (
+                ConfigError::Invalid { file: a, line: l, key: k, message: m },
+                ConfigError::Invalid { file: b, line: j, key: q, message: n },
+            ) => a == b && l == j && k == q && m == n,
+            _ => false,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------------------------------------
+
+impl Config {
+    /// Reads and validates an INI file; errors are labelled with `path` as given.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::from_ini_str(&text, &file),
+            Err(source) => Err(ConfigError::Io { file, source }),
+        }
+    }
+
+    /// Validates INI text. `file_label` only appears in error messages. Keys may sit before any section
+    /// or in `[DEFAULT]`; `[route.*]` sections are skipped (they belong to routing); any other section,
+    /// unknown key, repeated key or bad value is an error. Missing keys keep their [`Default`] value;
+    /// `ip_serverN` keys, when present, replace the default backends, ordered by N.
+    pub fn from_ini_str(text: &str, file_label: &str) -> Result<Config, ConfigError> {
+        // Editors on Windows may prepend a BOM, which would otherwise become part of the first key.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let file = file_label;
+        let lines = scan_lines(text, file)?;
+        // No escapes: `database = C:\data\pibl.db` must mean what it says.
+        let ini = Ini::load_from_str_noescape(text).map_err(|e| ConfigError::Syntax {
+            file: file.to_string(),
+            line: e.line,
+            message: friendly_syntax_message(&e.msg),
+        })?;
+
+        let invalid = |line: Option<usize>, key: &str, message: String| ConfigError::Invalid {
+            file: file.to_string(),
+            line,
+            key: key.to_string(),
+            message,
+        };
+
+        let mut config = Config::default();
+        let mut first_line: HashMap<&str, Option<usize>> = HashMap::new();
+        let mut servers: BTreeMap<u32, BackendAddr> = BTreeMap::new();
+
+        for (section, properties) in ini.iter() {
+            match section {
+                None | Some("DEFAULT") => {}
+                Some(name) if name.starts_with("route.") => continue,
+                Some(name) => {
+                    let mut message = "unknown section".to_string();
+                    if let Some(better) = suggest_section(name) {
+                        message.push_str(&format!(" (did you mean \"[{better}]\"?)"));
+                    } else {
+                        message.push_str("; settings go in [DEFAULT]");
+                    }
+                    return Err(invalid(section_line(&lines, name), &format!("[{name}]"), message));
+                }
+            }
+            for (key, value) in properties.iter() {
+                let seen_before = first_line.get(key).copied();
+                let line = key_line(&lines, key, usize::from(seen_before.is_some()));
+                if let Some(first) = seen_before {
+                    let message = match first {
+                        Some(first) => format!("set twice (first on line {first}); keep one"),
+                        None => "set twice; keep one".to_string(),
+                    };
+                    return Err(invalid(line, key, message));
+                }
+                first_line.insert(key, line);
+
+                let result = if let Some(suffix) = key.strip_prefix("ip_server") {
+                    parse_server_number(suffix).and_then(|n| {
+                        let backend = parse_backend(value).map_err(|e| with_comment_hint(e, value))?;
+                        servers.insert(n, backend);
+                        Ok(())
+                    })
+                } else if let Some(spec) = key_spec(key) {
+                    (spec.apply)(&mut config, value).map_err(|e| with_comment_hint(e, value))
+                } else {
+                    let mut message = "unknown key".to_string();
+                    if let Some(better) = suggest_key(key) {
+                        message.push_str(&format!(" (did you mean \"{better}\"?)"));
+                    }
+                    Err(message)
+                };
+                result.map_err(|message| invalid(line, key, message))?;
+            }
+        }
+
+        if !servers.is_empty() {
+            config.backends = servers.into_values().collect();
+        }
+        Ok(config)
+    }
+
+    /// Renders the configuration as a commented INI file that [`Config::from_ini_str`] reads back to an
+    /// equal `Config` (durations are kept to the millisecond).
+    pub fn to_ini(&self) -> String {
+        let defaults = Config::default();
+        let mut out = String::new();
+        out.push_str(INI_HEADER);
+        out.push_str("\n[DEFAULT]\n");
+        for entry in LAYOUT {
+            match entry {
+                Entry::Group(title) => {
+                    out.push_str(&format!("\n# --- {title} ---\n"));
+                }
+                Entry::Key(spec) => {
+                    push_comment(&mut out, spec.help, &(spec.render)(&defaults));
+                    out.push_str(&format!("{} = {}\n", spec.name, (spec.render)(self)));
+                }
+                Entry::Backends => {
+                    let listed: Vec<&str> = defaults.backends.iter().map(|b| b.name.as_str()).collect();
+                    for line in BACKENDS_HELP.lines() {
+                        out.push_str(&format!("# {line}\n"));
+                    }
+                    out.push_str(&format!("# Default, used when no ip_server key is given: {}.\n", listed.join(", ")));
+                    for (i, backend) in self.backends.iter().enumerate() {
+                        out.push_str(&format!("ip_server{} = {}\n", i + 1, backend.name));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Writes `help` as `# ` lines, the default appended to the last one, so every key documents itself.
+fn push_comment(out: &mut String, help: &str, default: &str) {
+    let mut lines = help.lines().peekable();
+    while let Some(line) = lines.next() {
+        out.push_str("# ");
+        out.push_str(line);
+        if lines.peek().is_none() {
+            out.push_str(&format!(" Default: {default}."));
+        }
+        out.push('\n');
+    }
+}
+
+/// rust-ini keeps `# ...` after a value as part of the value; say so rather than leave the user puzzled
+/// by a value that looks right.
+fn with_comment_hint(mut message: String, value: &str) -> String {
+    if value.contains(" #") || value.contains(" ;") || value.contains("\t#") || value.contains("\t;") {
+        message.push_str(" (comments must be on their own line)");
+    }
+    message
+}
+
+/// rust-ini's wording assumes the reader knows its internals; reword the one users actually hit.
+fn friendly_syntax_message(msg: &str) -> String {
+    if msg.contains("inline comment") {
+        "comments must start at the beginning of a line".to_string()
+    } else {
+        msg.to_string()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Line locations. rust-ini reports lines only for syntax errors, so a light scan of the raw text finds
+// where each key and section is; it also rejects line shapes that rust-ini would silently merge into the
+// next key (a line without `=`, an indented comment, text after a section's `]`).
+// ---------------------------------------------------------------------------------------------------------
+
+enum LineKind {
+    Section(String),
+    /// A key in the general part or `[DEFAULT]` (the only keys whose lines are ever reported).
+    Key(String),
+    /// A key in any other section.
+    OtherKey,
+}
+
+struct ScannedLine {
+    number: usize,
+    kind: LineKind,
+}
+
+fn scan_lines(text: &str, file: &str) -> Result<Vec<ScannedLine>, ConfigError> {
+    let syntax = |number: usize, message: String| ConfigError::Syntax { file: file.to_string(), line: number, message };
+    let mut out = Vec::new();
+    let mut in_default = true;
+    let mut continuation = false;
+    for (index, raw) in text.split('\n').enumerate() {
+        let number = index + 1;
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        if continuation {
+            // A value ending in `\` continues on this line; its text is the value's business.
+            continuation = line.ends_with('\\');
+            continue;
+        }
+        let trimmed = line.trim();
+        if trimmed.is_empty() {
+            continue;
+        }
+        if trimmed.starts_with('#') || trimmed.starts_with(';') {
+            if trimmed.len() != line.len() {
+                // rust-ini would read an indented comment as the start of a key name.
+                return Err(syntax(number, "comments must start at the beginning of a line (this one is indented)".to_string()));
+            }
+            continue;
+        }
+        if let Some(rest) = trimmed.strip_prefix('[') {
+            let Some(name) = rest.strip_suffix(']') else {
+                return Err(syntax(
+                    number,
+                    format!("{trimmed:?}: a section line is just [name] (comments go on their own line)"),
+                ));
+            };
+            let name = name.trim().to_string();
+            in_default = name == "DEFAULT";
+            out.push(ScannedLine { number, kind: LineKind::Section(name) });
+            continue;
+        }
+        let Some(split) = trimmed.find(['=', ':']) else {
+            return Err(syntax(number, format!("{trimmed:?} is not a `key = value` line")));
+        };
+        let key = trimmed[..split].trim();
+        if key.is_empty() {
+            return Err(syntax(number, format!("{trimmed:?} has no key before {:?}", &trimmed[split..split + 1])));
+        }
+        continuation = line.ends_with('\\');
+        let kind = if in_default { LineKind::Key(key.to_string()) } else { LineKind::OtherKey };
+        out.push(ScannedLine { number, kind });
+    }
+    Ok(out)
+}
+
+/// Line of the `nth` (0-based) occurrence of `key` in the general part or `[DEFAULT]`.
+fn key_line(lines: &[ScannedLine], key: &str, nth: usize) -> Option<usize> {
+    lines
+        .iter()
+        .filter(|l| matches!(&l.kind, LineKind::Key(k) if k == key))
+        .nth(nth)
+        .map(|l| l.number)
+}
+
+fn section_line(lines: &[ScannedLine], name: &str) -> Option<usize> {
+    lines.iter().find(|l| matches!(&l.kind, LineKind::Section(s) if s == name)).map(|l| l.number)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Keys: one table drives parsing, rendering and documentation, so a key cannot be read without also
+// being written and explained.
+// ---------------------------------------------------------------------------------------------------------
+
+struct KeySpec {
+    name: &'static str,
+    /// One or two comment lines; the default is appended by `to_ini`.
+    help: &'static str,
+    apply: fn(&mut Config, &str) -> Result<(), String>,
+    render: fn(&Config) -> String,
+}
+
+enum Entry {
+    Group(&'static str),
+    Key(KeySpec),
+    /// The `ip_serverN` keys, which are a list rather than one key.
+    Backends,
+}
+
+const INI_HEADER: &str = "\
+# parser.ini: configuration of pibl, the reverse proxy and load balancer.
+# Written by `cargo run --bin parser`; edit the values, then restart the proxy.
+#
+# One `key = value` per line. Comments start with # or ; at the very start of a line, never after
+# a value. Every key is optional: a key left out takes the default given in its comment.
+# Durations: a plain number is seconds (60), or give a unit: 500ms, 10s, 2m, 1h.
+# Sizes: a plain number is bytes, or give a unit: k, m, g for KiB, MiB, GiB (16m).
+";
+
+const BACKENDS_HELP: &str = "\
+Backend servers requests are spread over: ip_server1, ip_server2, ... = host or host:port
+(port 80 if left out; IPv6 as [::1]:8080). Host names are resolved at start-up.";
+
+const MAX_DURATION_MS: u64 = 365 * 24 * 3600 * 1000;
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const GIB: u64 = 1024 * MIB;
+
+const LAYOUT: &[Entry] = &[
+    Entry::Group("Listener"),
+    Entry::Key(KeySpec {
+        name: "bind",
+        help: "Address to listen on: 0.0.0.0 = every IPv4 interface, :: = every IPv6 one,\n\
+               127.0.0.1 = this machine only.",
+        apply: |c, v| Ok(c.bind = parse_bind(v)?),
+        render: |c| c.bind.to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "port",
+        help: "Port clients connect to (1-65535).",
+        apply: |c, v| Ok(c.port = parse_port(v)?),
+        render: |c| c.port.to_string(),
+    }),
+    Entry::Group("Workers and limits"),
+    Entry::Key(KeySpec {
+        name: "threads",
+        help: "Worker threads serving client connections (1-1024).",
+        apply: |c, v| Ok(c.threads = parse_count(v, 1, 1024)?),
+        render: |c| c.threads.to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "max_conn",
+        help: "Most client connections served at once (1-1000000);\n\
+               more wait in the operating system's listen backlog.",
+        apply: |c, v| Ok(c.max_conn = parse_count(v, 1, 1_000_000)?),
+        render: |c| c.max_conn.to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "buffer_size",
+        help: "I/O buffer per connection, in bytes (1024-1048576, i.e. 1k-1m).",
+        apply: |c, v| Ok(c.buffer_size = parse_buffer_bytes(v)?),
+        render: |c| render_size(c.buffer_size as u64),
+    }),
+    Entry::Key(KeySpec {
+        name: "max_header_bytes",
+        help: "Largest request head (request line and headers) in bytes (1024-1048576);\n\
+               a bigger one is refused with 431.",
+        apply: |c, v| Ok(c.max_header_bytes = parse_buffer_bytes(v)?),
+        render: |c| render_size(c.max_header_bytes as u64),
+    }),
+    Entry::Key(KeySpec {
+        name: "max_headers",
+        help: "Most header fields in one request (1-1000); more are refused with 431.",
+        apply: |c, v| Ok(c.max_headers = parse_count(v, 1, 1000)?),
+        render: |c| c.max_headers.to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "max_body_bytes",
+        help: "Largest request body in bytes (k, m, g allowed); a bigger one is refused with 413.",
+        apply: |c, v| Ok(c.max_body_bytes = parse_size(v)?),
+        render: |c| render_size(c.max_body_bytes),
+    }),
+    Entry::Group("Timeouts (seconds, or 500ms, 2m, 1h; all must be above 0)"),
+    Entry::Key(KeySpec {
+        name: "header_timeout",
+        help: "Time a client has to send a complete request head.",
+        apply: |c, v| Ok(c.header_timeout = parse_timeout(v)?),
+        render: |c| render_duration(c.header_timeout),
+    }),
+    Entry::Key(KeySpec {
+        name: "keepalive_timeout",
+        help: "Idle time after which a keep-alive client connection is closed.",
+        apply: |c, v| Ok(c.keepalive_timeout = parse_timeout(v)?),
+        render: |c| render_duration(c.keepalive_timeout),
+    }),
+    Entry::Key(KeySpec {
+        name: "client_timeout",
+        help: "Longest wait for each read or write on a client socket\n\
+               while a request is in flight.",
+        apply: |c, v| Ok(c.client_timeout = parse_timeout(v)?),
+        render: |c| render_duration(c.client_timeout),
+    }),
+    Entry::Key(KeySpec {
+        name: "connect_timeout",
+        help: "Time allowed to open a connection to a backend.",
+        apply: |c, v| Ok(c.connect_timeout = parse_timeout(v)?),
+        render: |c| render_duration(c.connect_timeout),
+    }),
+    Entry::Key(KeySpec {
+        name: "backend_timeout",
+        help: "Longest wait for each read or write on a backend connection;\n\
+               past it the client gets 504.",
+        apply: |c, v| Ok(c.backend_timeout = parse_timeout(v)?),
+        render: |c| render_duration(c.backend_timeout),
+    }),
+    Entry::Key(KeySpec {
+        name: "shutdown_grace",
+        help: "After Ctrl-C or SIGTERM, how long requests in flight may still run\n\
+               before the proxy exits.",
+        apply: |c, v| Ok(c.shutdown_grace = parse_timeout(v)?),
+        render: |c| render_duration(c.shutdown_grace),
+    }),
+    Entry::Group("Backends"),
+    Entry::Backends,
+    Entry::Key(KeySpec {
+        name: "backend_pool_size",
+        help: "Idle keep-alive connections kept open to each backend for reuse (0-10000;\n\
+               0 = a new connection for every request).",
+        apply: |c, v| Ok(c.backend_pool_size = parse_count(v, 0, 10_000)?),
+        render: |c| c.backend_pool_size.to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "backend_cooldown",
+        help: "How long a backend that refused a connection is left out of rotation (a duration;\n\
+               0 = try it again at once).",
+        apply: |c, v| Ok(c.backend_cooldown = parse_duration(v)?),
+        render: |c| render_duration(c.backend_cooldown),
+    }),
+    Entry::Group("Cache"),
+    Entry::Key(KeySpec {
+        name: "ttl",
+        help: "How long a cached response is served before the backend is asked again (a duration;\n\
+               0 turns the cache off).",
+        apply: |c, v| Ok(c.ttl = parse_duration(v)?),
+        render: |c| render_duration(c.ttl),
+    }),
+    Entry::Group("Logging"),
+    Entry::Key(KeySpec {
+        name: "access_log",
+        help: "One log line per request: on or off (true/false, yes/no, 1/0 also work).",
+        apply: |c, v| Ok(c.access_log = parse_bool(v)?),
+        render: |c| if c.access_log { "on" } else { "off" }.to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "log_level",
+        help: "Least severe messages logged: off, error, warn, info, debug or trace.",
+        apply: |c, v| Ok(c.log_level = parse_log_level(v)?),
+        render: |c| c.log_level.as_str().to_ascii_lowercase(),
+    }),
+    Entry::Group("Management API"),
+    Entry::Key(KeySpec {
+        name: "api_port",
+        help: "Port of the management API (1-65535).",
+        apply: |c, v| Ok(c.api_port = parse_port(v)?),
+        render: |c| c.api_port.to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "database",
+        help: "SQLite file of the management API\n\
+               (a relative path starts at the proxy's working directory).",
+        apply: |c, v| Ok(c.database = parse_database(v)?),
+        render: |c| render_path(&c.database),
+    }),
+];
+
+fn key_spec(name: &str) -> Option<&'static KeySpec> {
+    LAYOUT.iter().find_map(|entry| match entry {
+        Entry::Key(spec) if spec.name == name => Some(spec),
+        _ => None,
+    })
+}
+
+fn key_names() -> impl Iterator<Item = &'static str> {
+    LAYOUT.iter().filter_map(|entry| match entry {
+        Entry::Key(spec) => Some(spec.name),
+        _ => None,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Value parsers. Each returns the message that follows `file:line: key: `, quoting the value as written.
+// ---------------------------------------------------------------------------------------------------------
+
+fn parse_port(v: &str) -> Result<u16, String> {
+    match v.trim().parse::<u16>() {
+        Ok(port) if port != 0 => Ok(port),
+        _ => Err(format!("{v:?} is not a port number (1-65535)")),
+    }
+}
+
+fn is_digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn parse_count(v: &str, min: usize, max: usize) -> Result<usize, String> {
+    let t = v.trim();
+    if !is_digits(t) {
+        return Err(format!("{v:?} is not a whole number ({min}-{max})"));
+    }
+    match t.parse::<usize>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!("{v:?} is out of range ({min}-{max})")),
+    }
+}
+
+/// Bytes with an optional binary unit: `8192`, `16k`, `16m`, `1g`.
+fn parse_size(v: &str) -> Result<u64, String> {
+    let t = v.trim().to_ascii_lowercase();
+    let (digits, unit) = match t.as_bytes().last() {
+        Some(b'k') => (&t[..t.len() - 1], KIB),
+        Some(b'm') => (&t[..t.len() - 1], MIB),
+        Some(b'g') => (&t[..t.len() - 1], GIB),
+        _ => (t.as_str(), 1),
+    };
+    let digits = digits.trim_end();
+    if !is_digits(digits) {
+        return Err(format!("{v:?} is not a size (bytes like 8192, or with k, m or g: 16k, 16m)"));
+    }
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("{v:?} is too large"))
+}
+
+fn parse_buffer_bytes(v: &str) -> Result<usize, String> {
+    let n = parse_size(v)?;
+    match usize::try_from(n) {
+        Ok(n) if (1024..=1024 * 1024).contains(&n) => Ok(n),
+        _ => Err(format!("{v:?} is out of range (1024-1048576 bytes, i.e. 1k-1m)")),
+    }
+}
+
+/// A duration: a plain number of seconds (as the original parser.ini wrote `ttl = 60`) or a number with
+/// `ms`, `s`, `m` or `h`. Capped at a year so adding it to an `Instant` can never overflow.
+fn parse_duration(v: &str) -> Result<Duration, String> {
+    let t = v.trim().to_ascii_lowercase();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let ms_per_unit = match unit.trim() {
+        "" | "s" => 1000,
+        "ms" => 1,
+        "m" => 60 * 1000,
+        "h" => 3600 * 1000,
+        _ => 0,
+    };
+    if digits.is_empty() || ms_per_unit == 0 {
+        return Err(format!("{v:?} is not a duration (seconds like 30, or with a unit: 500ms, 10s, 2m, 1h)"));
+    }
+    match digits.parse::<u64>().ok().and_then(|n| n.checked_mul(ms_per_unit)) {
+        Some(ms) if ms <= MAX_DURATION_MS => Ok(Duration::from_millis(ms)),
+        _ => Err(format!("{v:?} is too long (at most 8760h, one year)")),
+    }
+}
+
+fn parse_timeout(v: &str) -> Result<Duration, String> {
+    let d = parse_duration(v)?;
+    if d.is_zero() {
+        return Err(format!("{v:?} is not allowed: a timeout must be above 0 (e.g. 10 or 500ms)"));
+    }
+    Ok(d)
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(format!("{v:?} is not on or off (on/off, true/false, yes/no, 1/0)")),
+    }
+}
+
+fn parse_log_level(v: &str) -> Result<log::LevelFilter, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "off" => Ok(log::LevelFilter::Off),
+        "error" => Ok(log::LevelFilter::Error),
+        "warn" => Ok(log::LevelFilter::Warn),
+        "info" => Ok(log::LevelFilter::Info),
+        "debug" => Ok(log::LevelFilter::Debug),
+        "trace" => Ok(log::LevelFilter::Trace),
+        _ => Err(format!("{v:?} is not a log level (off, error, warn, info, debug, trace)")),
+    }
+}
+
+fn parse_bind(v: &str) -> Result<IpAddr, String> {
+    let t = v.trim();
+    let unbracketed = t.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or(t);
+    if let Ok(ip) = unbracketed.parse::<IpAddr>() {
+        return Ok(ip);
+    }
+    if t.parse::<SocketAddr>().is_ok() {
+        return Err(format!("{v:?} includes a port: write only the address here and the port in `port`"));
+    }
+    Err(format!("{v:?} is not an IP address (e.g. 0.0.0.0, 127.0.0.1 or ::)"))
+}
+
+fn parse_database(v: &str) -> Result<PathBuf, String> {
+    if v.trim().is_empty() {
+        return Err("has no value: give the SQLite file name, e.g. pibl.db".to_string());
+    }
+    Ok(PathBuf::from(v))
+}
+
+/// `ip_serverN`: N is a positive number without leading zeros, so each server has exactly one spelling.
+fn parse_server_number(suffix: &str) -> Result<u32, String> {
+    if suffix.is_empty() {
+        return Err("needs a number: ip_server1, ip_server2, ...".to_string());
+    }
+    if !is_digits(suffix) || (suffix.starts_with('0') && suffix != "0") {
+        return Err(format!("{suffix:?} is not a server number: use ip_server1, ip_server2, ..."));
+    }
+    match suffix.parse::<u32>() {
+        Ok(0) => Err("server numbers start at 1 (ip_server1)".to_string()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{suffix:?} is too large for a server number")),
+    }
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port`; the port defaults to 80 as in the original proxy.
+/// Host names are resolved now, so a typo fails at start-up rather than on the first request.
+fn parse_backend(v: &str) -> Result<BackendAddr, String> {
+    let t = v.trim();
+    if t.is_empty() {
+        return Err("has no value: write host or host:port, e.g. 127.0.0.1:9001".to_string());
+    }
+    if t.contains("://") {
+        return Err(format!("{v:?} has a scheme: write host or host:port without http://"));
+    }
+    let (host, port) = if let Some(rest) = t.strip_prefix('[') {
+        let (inside, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("{v:?} has no closing \"]\" (IPv6 is written [::1]:8080)"))?;
+        let ip: Ipv6Addr = inside.parse().map_err(|_| format!("{inside:?} in {v:?} is not an IPv6 address"))?;
+        let port = match after {
+            "" => 80,
+            _ => match after.strip_prefix(':') {
+                Some(p) => parse_port(p).map_err(|e| format!("in {v:?}: {e}"))?,
+                None => return Err(format!("{v:?}: only \":port\" may follow \"]\"")),
+            },
+        };
+        (IpAddr::V6(ip).to_string(), port)
+    } else if let Ok(ip) = t.parse::<Ipv6Addr>() {
+        (ip.to_string(), 80)
+    } else if let Some((host, port)) = t.rsplit_once(':') {
+        if host.contains(':') {
+            return Err(format!("{v:?}: write IPv6 addresses in brackets, e.g. [::1]:8080"));
+        }
+        (host.to_string(), parse_port(port).map_err(|e| format!("in {v:?}: {e}"))?)
+    } else {
+        (t.to_string(), 80)
+    };
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(format!("{v:?} is not host or host:port"));
+    }
+
+    let addr = match host.parse::<IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, port),
+        Err(_) => (host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("cannot resolve {host:?}: no address found"))?,
+    };
+    let name = match addr.ip() {
+        _ if host.parse::<IpAddr>().is_err() => format!("{}:{port}", host.to_ascii_lowercase()),
+        IpAddr::V6(ip) => format!("[{ip}]:{port}"),
+        IpAddr::V4(ip) => format!("{ip}:{port}"),
+    };
+    Ok(BackendAddr { name, addr })
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Rendering
+// ---------------------------------------------------------------------------------------------------------
+
+/// Whole seconds as a plain number (the seed's `ttl = 60`), anything finer in milliseconds, rounded up so a
+/// tiny non-zero timeout never turns into an invalid 0.
+fn render_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        d.as_secs().to_string()
+    } else {
+        format!("{}ms", d.as_nanos().div_ceil(1_000_000))
+    }
+}
+
+/// `16m` and `1g` where exact; KiB multiples stay plain (8192 reads as bytes at a glance).
+fn render_size(n: u64) -> String {
+    if n != 0 && n % GIB == 0 {
+        format!("{}g", n / GIB)
+    } else if n != 0 && n % MIB == 0 {
+        format!("{}m", n / MIB)
+    } else {
+        n.to_string()
+    }
+}
+
+/// Quotes a path only when rust-ini would otherwise change it (surrounding spaces, a leading quote).
+fn render_path(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    let plain = text.trim() == text && !text.starts_with(['"', '\'']);
+    if plain {
+        text.into_owned()
+    } else if !text.contains('"') {
+        format!("\"{text}\"")
+    } else {
+        format!("'{text}'")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Suggestions for typos
+// ---------------------------------------------------------------------------------------------------------
+
+/// Optimal-string-alignment distance: like Levenshtein, but a swap of neighbours (`prot`) costs 1.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// Close enough to be a typo: two edits, or one for short names where two edits reach unrelated words.
+fn is_close(word: &str, target: &str) -> bool {
+    let limit = if target.len() < 5 { 1 } else { 2 };
+    edit_distance(&word.to_ascii_lowercase(), target) <= limit
+}
+
+fn suggest_key(word: &str) -> Option<String> {
+    let stem = word.trim_end_matches(|c: char| c.is_ascii_digit());
+    if stem.len() < word.len() && is_close(stem, "ip_server") {
+        return Some(format!("ip_server{}", &word[stem.len()..]));
+    }
+    key_names()
+        .map(|name| (edit_distance(&word.to_ascii_lowercase(), name), name))
+        .filter(|&(_, name)| is_close(word, name))
+        .min_by_key(|&(distance, _)| distance)
+        .map(|(_, name)| name.to_string())
+}
+
+fn suggest_section(name: &str) -> Option<&'static str> {
+    if is_close(name, "DEFAULT") || name.eq_ignore_ascii_case("default") {
+        Some("DEFAULT")
+    } else {
+        None
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The `parser` command line: builds a Config from defaults and flags and writes it as documented INI.
+// It lives here, not in the binary, so tests can drive it and reuse the same value parsers.
+// ---------------------------------------------------------------------------------------------------------
+
+/// What [`run_parser_cli`] did, for the binary to print.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParserOutcome {
+    /// `-h`/`--help`: print this text on stdout and exit 0.
+    Help(String),
+    /// The file at `path` now holds `text`.
+    Wrote { path: PathBuf, text: String },
+}
+
+/// Why the `parser` command stopped. [`ParserCliError::exit_code`] gives the process status.
+#[derive(Debug)]
+pub enum ParserCliError {
+    /// Unknown flag or missing flag value; the usage text should follow the message. Exit 2.
+    Usage(String),
+    /// A flag's value is invalid. Exit 2.
+    BadValue { flag: String, message: String },
+    /// The output file exists and `--force` was not given; it was left untouched. Exit 1.
+    Exists { path: PathBuf },
+    /// The output file could not be written. Exit 1.
+    Write { path: PathBuf, source: io::Error },
+}
+
+impl ParserCliError {
+    /// 2 for a wrong command line, 1 when the command line was fine but the file could not be written.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ParserCliError::Usage(_) | ParserCliError::BadValue { .. } => 2,
+            ParserCliError::Exists { .. } | ParserCliError::Write { .. } => 1,
+        }
+    }
+}
+
+impl fmt::Display for ParserCliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParserCliError::Usage(message) => f.write_str(message),
+            ParserCliError::BadValue { flag, message } => write!(f, "{flag}: {message}"),
+            ParserCliError::Exists { path } => {
+                write!(f, "{} already exists; use --force to overwrite it", path.display())
+            }
+            ParserCliError::Write { path, source } => write!(f, "cannot write {}: {source}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for ParserCliError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ParserCliError::Write { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// The `parser` usage text, defaults filled in from [`Config::default`].
+pub fn parser_usage() -> String {
+    let d = Config::default();
+    let backends: Vec<&str> = d.backends.iter().map(|b| b.name.as_str()).collect();
+    format!(
+        "usage: parser [--out FILE] [--port N] [--ttl DURATION] [--backend HOST[:PORT]]... [--force]\n\
+         \n\
+         Writes a documented pibl configuration with the defaults, changed by the flags, and prints it.\n\
+         \n\
+         \x20 --out FILE              file to write (default: parser.ini)\n\
+         \x20 --port N                port the proxy listens on, 1-65535 (default: {port})\n\
+         \x20 --ttl DURATION          cache lifetime: seconds, or 500ms, 2m, 1h; 0 turns the cache off (default: {ttl})\n\
+         \x20 --backend HOST[:PORT]   a backend server, port 80 if left out; repeat for more; replaces the\n\
+         \x20                         default list ({backends})\n\
+         \x20 --force                 overwrite FILE if it already exists\n\
+         \x20 -h, --help              show this help\n",
+        port = d.port,
+        ttl = render_duration(d.ttl),
+        backends = backends.join(", "),
+    )
+}
+
+/// Runs the `parser` command with `args` (the arguments after the program name): parses the flags,
+/// renders the config and writes it, refusing to replace an existing file unless `--force` is given.
+pub fn run_parser_cli(args: &[String]) -> Result<ParserOutcome, ParserCliError> {
+    let mut out = PathBuf::from("parser.ini");
+    let mut force = false;
+    let mut config = Config::default();
+    let mut backends = Vec::new();
+
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        // Both `--port 80` and `--port=80`.
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag, Some(value)),
+            _ => (arg.as_str(), None),
+        };
+        match flag {
+            "-h" | "--help" => return Ok(ParserOutcome::Help(parser_usage())),
+            "--force" => {
+                if inline.is_some() {
+                    return Err(ParserCliError::Usage("--force takes no value".to_string()));
+                }
+                force = true;
+            }
+            "--out" | "--port" | "--ttl" | "--backend" => {
+                let value = match inline {
+                    Some(value) => value,
+                    None => args
+                        .next()
+                        .map(String::as_str)
+                        .ok_or_else(|| ParserCliError::Usage(format!("{flag} needs a value")))?,
+                };
+                let bad = |message: String| ParserCliError::BadValue { flag: flag.to_string(), message };
+                match flag {
+                    "--out" if value.is_empty() => return Err(bad("the file name is empty".to_string())),
+                    "--out" => out = PathBuf::from(value),
+                    "--port" => config.port = parse_port(value).map_err(bad)?,
+                    "--ttl" => config.ttl = parse_duration(value).map_err(bad)?,
+                    _ => backends.push(parse_backend(value).map_err(bad)?),
+                }
+            }
+            _ => return Err(ParserCliError::Usage(format!("unknown argument {arg:?}"))),
+        }
+    }
+    if !backends.is_empty() {
+        config.backends = backends;
+    }
+
+    let text = config.to_ini();
+    write_file(&out, &text, force)?;
+    Ok(ParserOutcome::Wrote { path: out, text })
+}
+
+/// `create_new` makes "does it exist?" and "create it" one step, so an existing file is never touched.
+fn write_file(path: &Path, text: &str, force: bool) -> Result<(), ParserCliError> {
+    let mut options = OpenOptions::new();
+    options.write(true);
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let write_error = |source: io::Error| ParserCliError::Write { path: path.to_path_buf(), source };
+    let mut file = options.open(path).map_err(|source| {
+        if source.kind() == io::ErrorKind::AlreadyExists {
+            ParserCliError::Exists { path: path.to_path_buf() }
+        } else {
+            write_error(source)
+        }
+    })?;
+    file.write_all(text.as_bytes()).map_err(write_error)?;
+    file.flush().map_err(write_error)
+}

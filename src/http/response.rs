@@ -1,0 +1,162 @@
+//! Backend response heads: parsing, how the body is framed (RFC 9112 section 6.3), and whether the
+//! backend connection can be reused afterwards.
+
+use std::fmt;
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
+use super::{parse_content_length, tokens, ConnectionOptions, Framing};
+
+/// Most header fields accepted from a backend.
+const MAX_RESPONSE_HEADERS: usize = 256;
+/// Largest response head accepted from a backend.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Why a backend's answer cannot be relayed (each is a 502 for the client).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponseError {
+    Malformed(String),
+    HeadTooLarge,
+    Framing(&'static str),
+}
+
+impl fmt::Display for ResponseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResponseError::Malformed(what) => write!(f, "backend sent a malformed response: {what}"),
+            ResponseError::HeadTooLarge => write!(f, "backend response head is larger than {MAX_RESPONSE_HEAD} bytes"),
+            ResponseError::Framing(what) => write!(f, "backend response framing is invalid: {what}"),
+        }
+    }
+}
+
+/// A parsed response head, with names and values as ranges into an owned copy of the head.
+#[derive(Debug, Clone)]
+pub struct Response {
+    head: Vec<u8>,
+    reason: Range<usize>,
+    headers: Vec<(Range<usize>, Range<usize>)>,
+    pub status: u16,
+    /// Minor version of the backend's HTTP/1.x.
+    pub version: u8,
+    pub framing: Framing,
+    /// The backend connection may carry another request once this body is read.
+    pub reusable: bool,
+    pub connection: ConnectionOptions,
+}
+
+impl Response {
+    pub fn reason(&self) -> &[u8] {
+        &self.head[self.reason.clone()]
+    }
+
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.headers.iter().map(|(n, v)| (std::str::from_utf8(&self.head[n.clone()]).unwrap_or(""), &self.head[v.clone()]))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+    }
+
+    /// 1xx answers precede the final response.
+    pub fn is_informational(&self) -> bool {
+        (100..200).contains(&self.status)
+    }
+}
+
+/// Parses the response head at the start of `buf`; `request_was_head` matters for framing.
+pub fn parse(buf: &[u8], request_was_head: bool) -> Result<Option<(Response, usize)>, ResponseError> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut res, buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() >= MAX_RESPONSE_HEAD { Err(ResponseError::HeadTooLarge) } else { Ok(None) };
+        }
+        Err(e) => return Err(ResponseError::Malformed(e.to_string())),
+    };
+    let (Some(status), Some(version)) = (res.code, res.version) else {
+        return Err(ResponseError::Malformed("incomplete status line".into()));
+    };
+    let offset = |s: &[u8]| s.as_ptr() as usize - buf.as_ptr() as usize;
+    let range = |s: &[u8]| offset(s)..offset(s) + s.len();
+
+    let mut content_length = None;
+    let mut transfer_encoding: Option<bool> = None;
+    let mut connection = ConnectionOptions::default();
+    let mut headers = Vec::with_capacity(res.headers.len());
+    for h in res.headers.iter() {
+        headers.push((range(h.name.as_bytes()), range(h.value)));
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let len = parse_content_length(h.value).ok_or(ResponseError::Framing("invalid Content-Length"))?;
+            if content_length.is_some_and(|prev| prev != len) {
+                return Err(ResponseError::Framing("conflicting Content-Length fields"));
+            }
+            content_length = Some(len);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            // The last coding decides: chunked framing, or anything else read until close.
+            for coding in tokens(h.value) {
+                transfer_encoding = Some(coding.eq_ignore_ascii_case(b"chunked"));
+            }
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            connection.add(h.value);
+        }
+    }
+    let reason = match res.reason {
+        Some(r) => range(r.as_bytes()),
+        None => 0..0,
+    };
+    let no_body = request_was_head || (100..200).contains(&status) || status == 204 || status == 304;
+    let framing = if no_body {
+        Framing::None
+    } else {
+        match (transfer_encoding, content_length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) => Framing::UntilClose,
+            (None, Some(len)) => Framing::Length(len),
+            (None, None) => Framing::UntilClose,
+        }
+    };
+    let keep_alive = if version == 1 { !connection.close } else { connection.keep_alive && !connection.close };
+    let reusable = keep_alive && framing != Framing::UntilClose;
+    Ok(Some((
+        Response { head: buf[..head_len].to_vec(), reason, headers, status, version, framing, reusable, connection },
+        head_len,
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(s: &str, head: bool) -> Response {
+        parse(s.as_bytes(), head).unwrap().unwrap().0
+    }
+
+    #[test]
+    fn framing_rules() {
+        let cases: &[(&str, bool, Framing, bool)] = &[
+            ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false, Framing::Length(5), true),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true, Framing::None, true),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", false, Framing::Chunked, true),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", false, Framing::UntilClose, false),
+            ("HTTP/1.1 200 OK\r\n\r\n", false, Framing::UntilClose, false),
+            ("HTTP/1.1 204 No Content\r\n\r\n", false, Framing::None, true),
+            ("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", false, Framing::None, true),
+            ("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false, Framing::Length(1), false),
+            ("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n", false, Framing::Length(1), false),
+        ];
+        for (raw, head, framing, reusable) in cases {
+            let res = parse_str(raw, *head);
+            assert_eq!((res.framing, res.reusable), (*framing, *reusable), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn bad_responses() {
+        assert!(parse(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", false).is_err());
+        assert!(parse(b"HTTP/1.1 2000 OK\r\n\r\n", false).is_err());
+        assert!(parse(b"garbage\r\n\r\n", false).is_err());
+        assert!(parse(b"HTTP/1.1 200 OK\r\n", false).unwrap().is_none());
+    }
+}

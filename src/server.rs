@@ -1,0 +1,271 @@
+//! The data-plane server: one acceptor thread, a fixed pool of worker threads fed by a bounded
+//! crossbeam queue, and the parker thread that holds connections waiting for bytes. Also owns
+//! graceful shutdown.
+//!
+//! ```text
+//! acceptor ──► ready queue ──► N workers ──► backends
+//!    ▲              ▲              │
+//!    │              └── parker ◄───┘   (idle keep-alive, or head still arriving)
+//! ```
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::backend::Pool;
+use crate::config::Config;
+use crate::conn::{Conn, ConnLimit};
+use crate::http::request::{self, Limits};
+use crate::parker::Parker;
+use crate::proxy::{self, Outcome, Scratch};
+
+/// State every thread of one server shares.
+pub struct Shared {
+    pub config: Config,
+    pub pool: Pool,
+    pub limits: Limits,
+    shutdown: AtomicBool,
+    conns: Arc<ConnLimit>,
+    parker: Parker,
+}
+
+impl Shared {
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+}
+
+/// A running server. Dropping it does not stop it; call [`Server::shutdown`].
+pub struct Server {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    acceptor: Option<JoinHandle<()>>,
+    parker: Option<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+    worker_done: Receiver<()>,
+}
+
+/// Live figures about a server, for tests and status pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub open_connections: usize,
+    pub parked_connections: usize,
+}
+
+impl Server {
+    /// Binds `config.bind:config.port` and starts serving.
+    pub fn start(config: Config) -> io::Result<Server> {
+        let addr = SocketAddr::new(config.bind, config.port);
+        let listener = TcpListener::bind(addr)?;
+        Server::start_on(listener, config)
+    }
+
+    /// Starts serving on a listener that is already bound (tests bind `127.0.0.1:0`).
+    pub fn start_on(listener: TcpListener, config: Config) -> io::Result<Server> {
+        let local_addr = listener.local_addr()?;
+        let limits = Limits {
+            max_head_bytes: config.max_header_bytes,
+            max_headers: config.max_headers,
+            max_body_bytes: config.max_body_bytes,
+        };
+        let shared = Arc::new(Shared {
+            pool: Pool::new(&config.backends, config.backend_pool_size),
+            limits,
+            shutdown: AtomicBool::new(false),
+            conns: Arc::new(ConnLimit::default()),
+            parker: Parker::new()?,
+            config,
+        });
+        // Every open connection is in at most one place, so a queue of max_conn never blocks the
+        // parker; the acceptor waits for a free slot before it accepts.
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Conn>(shared.config.max_conn + 1);
+        let (done_tx, worker_done) = crossbeam_channel::unbounded();
+
+        let mut workers = Vec::with_capacity(shared.config.threads);
+        for i in 0..shared.config.threads {
+            let (shared, rx, done) = (Arc::clone(&shared), ready_rx.clone(), done_tx.clone());
+            workers.push(thread::Builder::new().name(format!("pibl-worker-{i}")).spawn(move || {
+                worker_loop(&shared, &rx);
+                let _ = done.send(());
+            })?);
+        }
+        let parker = {
+            let (shared, tx) = (Arc::clone(&shared), ready_tx.clone());
+            let tick = parker_tick(&shared.config);
+            thread::Builder::new().name("pibl-parker".into()).spawn(move || shared.parker.run(&tx, &shared.shutdown, tick))?
+        };
+        let acceptor = {
+            let shared = Arc::clone(&shared);
+            thread::Builder::new().name("pibl-acceptor".into()).spawn(move || accept_loop(&listener, &shared, &ready_tx))?
+        };
+        Ok(Server { shared, local_addr, acceptor: Some(acceptor), parker: Some(parker), workers, worker_done })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats { open_connections: self.shared.conns.open(), parked_connections: self.shared.parker.len() }
+    }
+
+    /// Stops accepting, closes idle connections, lets in-flight requests finish for up to
+    /// `shutdown_grace`, and returns whether every worker finished in time.
+    pub fn shutdown(mut self) -> bool {
+        let deadline = Instant::now() + self.shared.config.shutdown_grace;
+        self.shared.shutdown.store(true, Ordering::Release);
+        self.shared.parker.wake();
+        // accept() has no timeout: a connection to ourselves wakes it.
+        let _ = TcpStream::connect_timeout(&wake_addr(self.local_addr), Duration::from_secs(1));
+        for handle in [self.acceptor.take(), self.parker.take()].into_iter().flatten() {
+            let _ = handle.join();
+        }
+        let mut finished = 0;
+        while finished < self.workers.len() {
+            match self.worker_done.recv_deadline(deadline) {
+                Ok(()) => finished += 1,
+                Err(_) => break,
+            }
+        }
+        let clean = finished == self.workers.len();
+        if clean {
+            for handle in self.workers.drain(..) {
+                let _ = handle.join();
+            }
+        } else {
+            log::warn!("shutdown: {} request(s) still running after the grace period", self.workers.len() - finished);
+        }
+        clean
+    }
+}
+
+/// Where to connect to reach a listener bound to `addr` (a wildcard address is reached on loopback).
+fn wake_addr(addr: SocketAddr) -> SocketAddr {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, addr.port())
+}
+
+/// How often the parker checks deadlines: a quarter of the shortest timeout, within 10-250 ms.
+fn parker_tick(config: &Config) -> Duration {
+    (config.header_timeout.min(config.keepalive_timeout) / 4).clamp(Duration::from_millis(10), Duration::from_millis(250))
+}
+
+fn accept_loop(listener: &TcpListener, shared: &Shared, ready: &Sender<Conn>) {
+    let config = &shared.config;
+    while !shared.is_shutting_down() {
+        if !shared.conns.wait_below(config.max_conn, Duration::from_millis(100)) {
+            continue;
+        }
+        let (stream, peer) = match listener.accept() {
+            Ok(pair) => pair,
+            Err(e) => {
+                if !shared.is_shutting_down() {
+                    // Out of descriptors or a transient network error: back off instead of spinning.
+                    log::warn!("accept failed: {e}");
+                    thread::sleep(Duration::from_millis(10));
+                }
+                continue;
+            }
+        };
+        if shared.is_shutting_down() {
+            break;
+        }
+        let setup = stream
+            .set_nodelay(true)
+            .and_then(|_| stream.set_read_timeout(Some(config.client_timeout)))
+            .and_then(|_| stream.set_write_timeout(Some(config.client_timeout)));
+        if let Err(e) = setup {
+            log::debug!("dropping connection from {peer}: {e}");
+            continue;
+        }
+        let conn = Conn::new(stream, peer, shared.conns.acquire(), Instant::now());
+        if ready.send(conn).is_err() {
+            break;
+        }
+    }
+}
+
+fn worker_loop(shared: &Shared, ready: &Receiver<Conn>) {
+    let mut scratch = Scratch::default();
+    for conn in ready.iter() {
+        let peer = conn.peer;
+        // A bug triggered by one peer must not take the worker down with it.
+        let served = panic::catch_unwind(AssertUnwindSafe(|| serve(shared, &mut scratch, conn)));
+        if served.is_err() {
+            log::error!("internal error while serving {peer}; connection closed");
+            scratch = Scratch::default();
+        }
+    }
+}
+
+/// Serves requests on `conn` until it must wait for bytes (then it is parked) or is closed.
+fn serve(shared: &Shared, scratch: &mut Scratch, mut conn: Conn) {
+    let config = &shared.config;
+    loop {
+        if !conn.buf.is_empty() {
+            match request::parse(conn.buf.filled(), &shared.limits) {
+                Ok(Some((req, head_len))) => {
+                    conn.buf.consume(head_len);
+                    if conn.set_nonblocking(false).is_err() {
+                        return;
+                    }
+                    let outcome = proxy::handle(shared, scratch, &mut conn, req);
+                    conn.served += 1;
+                    conn.head_started = None;
+                    conn.idle_since = Instant::now();
+                    if outcome == Outcome::Close || shared.is_shutting_down() {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    log::info!("{}: {e}", conn.peer);
+                    if conn.set_nonblocking(false).is_ok() {
+                        let _ = proxy::write_error(&mut conn.stream, e.status(), &e.to_string(), false, false);
+                    }
+                    return;
+                }
+            }
+        }
+        if shared.is_shutting_down() && conn.buf.is_empty() {
+            return;
+        }
+        if conn.set_nonblocking(true).is_err() {
+            return;
+        }
+        match conn.buf.fill_from(&mut conn.stream, config.buffer_size, config.max_header_bytes) {
+            Ok(0) => return,
+            Ok(_) => {
+                conn.head_started.get_or_insert_with(Instant::now);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let now = Instant::now();
+                let deadline = conn.deadline(config.header_timeout, config.keepalive_timeout);
+                if now >= deadline {
+                    if !conn.buf.is_empty() && conn.set_nonblocking(false).is_ok() {
+                        let _ = proxy::write_error(&mut conn.stream, 408, "request head not complete in time", false, false);
+                    }
+                    return;
+                }
+                if shared.is_shutting_down() {
+                    return;
+                }
+                shared.parker.park(conn, deadline);
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! Shared helpers for the integration tests: scriptable backends on `127.0.0.1:0` that count what
+//! they receive, a proxy started on an ephemeral port, and a small raw HTTP client.
+#![allow(dead_code)]
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use pibl::config::{BackendAddr, Config};
+use pibl::Server;
+
+/// Longest any helper waits for anything; tests poll conditions instead of sleeping.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Polls `cond` until it holds or `WAIT` passes.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A request as a test backend received it.
+#[derive(Debug, Clone, Default)]
+pub struct Received {
+    pub method: String,
+    pub target: String,
+    pub version: u8,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// What a test backend does with a request.
+pub enum Reply {
+    /// Writes these bytes and keeps the connection for the next request.
+    Raw(Vec<u8>),
+    /// Writes these bytes and closes.
+    RawThenClose(Vec<u8>),
+    /// Closes without answering.
+    Close,
+    /// Never answers; holds the connection until the proxy gives up.
+    Silent,
+    /// Custom behaviour on the socket, then close.
+    With(Box<dyn FnOnce(&mut TcpStream) + Send>),
+}
+
+/// A 200 response with this body and a `Content-Length`.
+pub fn ok(body: &str) -> Reply {
+    Reply::Raw(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes())
+}
+
+type Handler = dyn Fn(&Received) -> Reply + Send + Sync;
+
+/// A real HTTP/1.1 server on an ephemeral loopback port whose answers each test scripts.
+pub struct TestBackend {
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicUsize>,
+    pub connections: Arc<AtomicUsize>,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl TestBackend {
+    pub fn start(handler: impl Fn(&Received) -> Reply + Send + Sync + 'static) -> TestBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind test backend");
+        let addr = listener.local_addr().unwrap();
+        let handler: Arc<Handler> = Arc::new(handler);
+        let backend = TestBackend {
+            addr,
+            requests: Arc::default(),
+            connections: Arc::default(),
+            received: Arc::default(),
+            stop: Arc::default(),
+        };
+        let (requests, connections, received, stop) =
+            (backend.requests.clone(), backend.connections.clone(), backend.received.clone(), backend.stop.clone());
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop.load(Ordering::Acquire) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                connections.fetch_add(1, Ordering::SeqCst);
+                let (handler, requests, received, stop) = (handler.clone(), requests.clone(), received.clone(), stop.clone());
+                thread::spawn(move || serve(stream, &*handler, &requests, &received, &stop));
+            }
+        });
+        backend
+    }
+
+    /// A backend that answers every request with its `name` as the body.
+    pub fn named(name: &'static str) -> TestBackend {
+        TestBackend::start(move |_| ok(name))
+    }
+
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn last(&self) -> Received {
+        self.received.lock().unwrap().last().cloned().expect("backend received a request")
+    }
+
+    /// Stops accepting and closes the listener: connections to the port are refused from now on.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = TcpStream::connect(self.addr);
+        // The accept thread drops the listener when it sees the flag; wait until the port refuses.
+        wait_until("the stopped backend refuses connections", || TcpStream::connect(self.addr).is_err());
+    }
+}
+
+fn serve(mut stream: TcpStream, handler: &Handler, requests: &AtomicUsize, received: &Mutex<Vec<Received>>, stop: &AtomicBool) {
+    let _ = stream.set_read_timeout(Some(WAIT));
+    let mut buf = Vec::new();
+    loop {
+        let Some(req) = read_request(&mut stream, &mut buf) else { return };
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        requests.fetch_add(1, Ordering::SeqCst);
+        received.lock().unwrap().push(req.clone());
+        match handler(&req) {
+            Reply::Raw(bytes) => {
+                if stream.write_all(&bytes).is_err() {
+                    return;
+                }
+            }
+            Reply::RawThenClose(bytes) => {
+                let _ = stream.write_all(&bytes);
+                return;
+            }
+            Reply::Close => return,
+            Reply::Silent => {
+                let mut sink = [0u8; 1024];
+                while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+                return;
+            }
+            Reply::With(f) => {
+                f(&mut stream);
+                return;
+            }
+        }
+    }
+}
+
+/// Reads one request (head and body, `Content-Length` or chunked) with `httparse`.
+fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Received> {
+    let (mut req, head_len) = loop {
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut parsed = httparse::Request::new(&mut headers);
+        if let Ok(httparse::Status::Complete(len)) = parsed.parse(buf) {
+            let req = Received {
+                method: parsed.method?.to_string(),
+                target: parsed.path?.to_string(),
+                version: parsed.version?,
+                headers: parsed.headers.iter().map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into())).collect(),
+                body: Vec::new(),
+            };
+            break (req, len);
+        }
+        if !fill(stream, buf) {
+            return None;
+        }
+    };
+    buf.drain(..head_len);
+    if let Some(len) = req.header("content-length") {
+        let len: usize = len.trim().parse().ok()?;
+        while buf.len() < len {
+            if !fill(stream, buf) {
+                return None;
+            }
+        }
+        req.body = buf.drain(..len).collect();
+    } else if req.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        req.body = read_chunked(stream, buf)?;
+    }
+    Some(req)
+}
+
+fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 65536];
+    match stream.read(&mut chunk) {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+    }
+}
+
+/// Decodes a chunked body from `buf`/`stream`, written independently of pibl's decoder.
+fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = loop {
+            if let Some(pos) = buf.windows(2).position(|w| w == b"\r\n") {
+                break pos;
+            }
+            if !fill(stream, buf) {
+                return None;
+            }
+        };
+        let line = String::from_utf8_lossy(&buf[..line_end]).to_string();
+        let size = usize::from_str_radix(line.split(';').next()?.trim(), 16).ok()?;
+        buf.drain(..line_end + 2);
+        if size == 0 {
+            // Trailers end with an empty line.
+            loop {
+                let end = loop {
+                    if let Some(pos) = buf.windows(2).position(|w| w == b"\r\n") {
+                        break pos;
+                    }
+                    if !fill(stream, buf) {
+                        return None;
+                    }
+                };
+                buf.drain(..end + 2);
+                if end == 0 {
+                    return Some(body);
+                }
+            }
+        }
+        while buf.len() < size + 2 {
+            if !fill(stream, buf) {
+                return None;
+            }
+        }
+        body.extend_from_slice(&buf[..size]);
+        buf.drain(..size + 2);
+    }
+}
+
+/// A config for tests: loopback, the given backends, small timeouts, no access log.
+pub fn test_config(backends: &[SocketAddr]) -> Config {
+    Config {
+        bind: [127, 0, 0, 1].into(),
+        port: 0,
+        threads: 4,
+        backends: backends.iter().map(|a| BackendAddr { name: a.to_string(), addr: *a }).collect(),
+        backend_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(1),
+        shutdown_grace: Duration::from_secs(5),
+        access_log: false,
+        ..Config::default()
+    }
+}
+
+/// Starts a proxy on `127.0.0.1:0`.
+pub fn start_proxy(config: Config) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+    Server::start_on(listener, config).expect("start proxy")
+}
+
+/// A response as the test client read it.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A client connection that reads responses with its own buffer (for pipelining and keep-alive).
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect to proxy");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        Client { stream, buf: Vec::new() }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) -> &mut Self {
+        self.stream.write_all(bytes).expect("send request");
+        self
+    }
+
+    /// `GET path` with keep-alive.
+    pub fn get(&mut self, path: &str) -> Response {
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes());
+        self.read_response(false).expect("response")
+    }
+
+    /// Reads one response; `head_only` for answers to HEAD.
+    pub fn read_response(&mut self, head_only: bool) -> io::Result<Response> {
+        let (status, headers, head_len) = loop {
+            let mut slots = [httparse::EMPTY_HEADER; 128];
+            let mut parsed = httparse::Response::new(&mut slots);
+            match parsed.parse(&self.buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let headers: Vec<(String, String)> =
+                        parsed.headers.iter().map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into())).collect();
+                    break (parsed.code.unwrap_or(0), headers, len);
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+            }
+            if !fill(&mut self.stream, &mut self.buf) {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a response"));
+            }
+        };
+        self.buf.drain(..head_len);
+        let mut res = Response { status, headers, body: Vec::new() };
+        if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
+            return Ok(res);
+        }
+        if res.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            res.body = read_chunked(&mut self.stream, &mut self.buf)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "chunked body cut short"))?;
+        } else if let Some(len) = res.header("content-length") {
+            let len: usize = len.trim().parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad length"))?;
+            while self.buf.len() < len {
+                if !fill(&mut self.stream, &mut self.buf) {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body cut short"));
+                }
+            }
+            res.body = self.buf.drain(..len).collect();
+        } else {
+            while fill(&mut self.stream, &mut self.buf) {}
+            res.body = std::mem::take(&mut self.buf);
+        }
+        Ok(res)
+    }
+
+    /// True when the server has closed the connection (EOF or reset) and sent nothing more.
+    pub fn is_closed(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        matches!(self.stream.read(&mut byte), Ok(0) | Err(_))
+    }
+
+    pub fn close_write(&self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+    }
+}
+
+/// Sends `bytes` on a new connection and reads one response.
+pub fn request(addr: SocketAddr, bytes: &[u8]) -> Response {
+    let mut client = Client::connect(addr);
+    client.send(bytes);
+    client.read_response(false).expect("response")
+}
+
+/// `GET path` on a new connection.
+pub fn get(addr: SocketAddr, path: &str) -> Response {
+    Client::connect(addr).get(path)
+}
+
+/// Deterministic pseudo-random bytes, so a corrupted byte shows up.
+pub fn pattern(len: usize) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// Encodes `body` as chunks of `size` bytes.
+pub fn chunked(body: &[u8], size: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for piece in body.chunks(size) {
+        out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        out.extend_from_slice(piece);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
