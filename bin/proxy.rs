@@ -32,7 +32,8 @@ fn parse_args() -> Result<Args, String> {
             "--demo" => args.demo = true,
             "--log-level" => {
                 let value = it.next().ok_or("--log-level needs a level")?;
-                args.log_level = Some(logging::parse_level(&value).ok_or(format!("--log-level: unknown level {value:?}"))?);
+                args.log_level =
+                    Some(logging::parse_level(&value).ok_or(format!("--log-level: unknown level {value:?}"))?);
             }
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -108,7 +109,10 @@ fn main() -> ExitCode {
         log::info!("{line}");
     }
     if args.demo {
-        log::info!("demo: open http://localhost:{}/ and reload to see each backend in turn", server.local_addr().port());
+        log::info!(
+            "demo: open http://localhost:{}/ and reload to see each backend in turn",
+            server.local_addr().port()
+        );
     }
 
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);

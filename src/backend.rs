@@ -111,7 +111,10 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(addrs: &[BackendAddr], idle_limit: usize) -> Self {
-        Pool { backends: addrs.iter().map(|a| Arc::new(Backend::new(a, idle_limit))).collect(), next: AtomicUsize::new(0) }
+        Pool {
+            backends: addrs.iter().map(|a| Arc::new(Backend::new(a, idle_limit))).collect(),
+            next: AtomicUsize::new(0),
+        }
     }
 
     pub fn backends(&self) -> &[Arc<Backend>] {
@@ -132,8 +135,9 @@ mod tests {
     use super::*;
 
     fn pool(n: u16) -> Pool {
-        let addrs: Vec<BackendAddr> =
-            (1..=n).map(|i| BackendAddr { name: format!("b{i}"), addr: SocketAddr::from(([127, 0, 0, 1], i)) }).collect();
+        let addrs: Vec<BackendAddr> = (1..=n)
+            .map(|i| BackendAddr { name: format!("b{i}"), addr: SocketAddr::from(([127, 0, 0, 1], i)) })
+            .collect();
         Pool::new(&addrs, 4)
     }
 

@@ -104,10 +104,7 @@ impl Default for Config {
 /// The backends a fresh `parser.ini` lists: three servers on this host, as in the seed's three-server setup.
 fn default_backends() -> Vec<BackendAddr> {
     (9001..=9003)
-        .map(|port| BackendAddr {
-            name: format!("127.0.0.1:{port}"),
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        })
+        .map(|port| BackendAddr { name: format!("127.0.0.1:{port}"), addr: SocketAddr::from(([127, 0, 0, 1], port)) })
         .collect()
 }
 
@@ -132,7 +129,9 @@ impl fmt::Display for ConfigError {
         match self {
             ConfigError::Io { file, source } => write!(f, "{file}: cannot read: {source}"),
             ConfigError::Syntax { file, line, message } => write!(f, "{file}:{line}: syntax: {message}"),
-            ConfigError::Invalid { file, line: Some(line), key, message } => write!(f, "{file}:{line}: {key}: {message}"),
+            ConfigError::Invalid { file, line: Some(line), key, message } => {
+                write!(f, "{file}:{line}: {key}: {message}")
+            }
             ConfigError::Invalid { file, line: None, key, message } => write!(f, "{file}: {key}: {message}"),
         }
     }
@@ -261,7 +260,8 @@ impl Config {
     }
 
     /// Renders the configuration as a commented INI file that [`Config::from_ini_str`] reads back to an
-    /// equal `Config` (durations are kept to the millisecond).
+    /// equal `Config` (durations are kept to the millisecond). `backends` must not be empty: with no
+    /// `ip_serverN` keys the file would load with the default backends.
     pub fn to_ini(&self) -> String {
         let defaults = Config::default();
         let mut out = String::new();
@@ -318,6 +318,8 @@ fn with_comment_hint(mut message: String, value: &str) -> String {
 fn friendly_syntax_message(msg: &str) -> String {
     if msg.contains("inline comment") {
         "comments must start at the beginning of a line".to_string()
+    } else if msg.contains("found EOF") {
+        format!("the file ended too early ({msg})")
     } else {
         msg.to_string()
     }
@@ -362,7 +364,10 @@ fn scan_lines(text: &str, file: &str) -> Result<Vec<ScannedLine>, ConfigError> {
         if trimmed.starts_with('#') || trimmed.starts_with(';') {
             if trimmed.len() != line.len() {
                 // rust-ini would read an indented comment as the start of a key name.
-                return Err(syntax(number, "comments must start at the beginning of a line (this one is indented)".to_string()));
+                return Err(syntax(
+                    number,
+                    "comments must start at the beginning of a line (this one is indented)".to_string(),
+                ));
             }
             continue;
         }
@@ -385,6 +390,16 @@ fn scan_lines(text: &str, file: &str) -> Result<Vec<ScannedLine>, ConfigError> {
         if key.is_empty() {
             return Err(syntax(number, format!("{trimmed:?} has no key before {:?}", &trimmed[split..split + 1])));
         }
+        let value = trimmed[split + 1..].trim_start();
+        if let Some(quote) = value.chars().next().filter(|c| *c == '"' || *c == '\'') {
+            // rust-ini would let the quoted value run on over the following lines, swallowing keys.
+            if !value[1..].contains(quote) {
+                return Err(syntax(
+                    number,
+                    format!("{key}: the value opens a {quote} quote that this line never closes"),
+                ));
+            }
+        }
         continuation = line.ends_with('\\');
         let kind = if in_default { LineKind::Key(key.to_string()) } else { LineKind::OtherKey };
         out.push(ScannedLine { number, kind });
@@ -394,11 +409,7 @@ fn scan_lines(text: &str, file: &str) -> Result<Vec<ScannedLine>, ConfigError> {
 
 /// Line of the `nth` (0-based) occurrence of `key` in the general part or `[DEFAULT]`.
 fn key_line(lines: &[ScannedLine], key: &str, nth: usize) -> Option<usize> {
-    lines
-        .iter()
-        .filter(|l| matches!(&l.kind, LineKind::Key(k) if k == key))
-        .nth(nth)
-        .map(|l| l.number)
+    lines.iter().filter(|l| matches!(&l.kind, LineKind::Key(k) if k == key)).nth(nth).map(|l| l.number)
 }
 
 fn section_line(lines: &[ScannedLine], name: &str) -> Option<usize> {
@@ -450,92 +461,92 @@ const LAYOUT: &[Entry] = &[
         name: "bind",
         help: "Address to listen on: 0.0.0.0 = every IPv4 interface, :: = every IPv6 one,\n\
                127.0.0.1 = this machine only.",
-        apply: |c, v| Ok(c.bind = parse_bind(v)?),
+        apply: |c, v| parse_bind(v).map(|x| c.bind = x),
         render: |c| c.bind.to_string(),
     }),
     Entry::Key(KeySpec {
         name: "port",
         help: "Port clients connect to (1-65535).",
-        apply: |c, v| Ok(c.port = parse_port(v)?),
+        apply: |c, v| parse_port(v).map(|x| c.port = x),
         render: |c| c.port.to_string(),
     }),
     Entry::Group("Workers and limits"),
     Entry::Key(KeySpec {
         name: "threads",
         help: "Worker threads serving client connections (1-1024).",
-        apply: |c, v| Ok(c.threads = parse_count(v, 1, 1024)?),
+        apply: |c, v| parse_count(v, 1, 1024).map(|x| c.threads = x),
         render: |c| c.threads.to_string(),
     }),
     Entry::Key(KeySpec {
         name: "max_conn",
         help: "Most client connections served at once (1-1000000);\n\
                more wait in the operating system's listen backlog.",
-        apply: |c, v| Ok(c.max_conn = parse_count(v, 1, 1_000_000)?),
+        apply: |c, v| parse_count(v, 1, 1_000_000).map(|x| c.max_conn = x),
         render: |c| c.max_conn.to_string(),
     }),
     Entry::Key(KeySpec {
         name: "buffer_size",
         help: "I/O buffer per connection, in bytes (1024-1048576, i.e. 1k-1m).",
-        apply: |c, v| Ok(c.buffer_size = parse_buffer_bytes(v)?),
+        apply: |c, v| parse_buffer_bytes(v).map(|x| c.buffer_size = x),
         render: |c| render_size(c.buffer_size as u64),
     }),
     Entry::Key(KeySpec {
         name: "max_header_bytes",
         help: "Largest request head (request line and headers) in bytes (1024-1048576);\n\
                a bigger one is refused with 431.",
-        apply: |c, v| Ok(c.max_header_bytes = parse_buffer_bytes(v)?),
+        apply: |c, v| parse_buffer_bytes(v).map(|x| c.max_header_bytes = x),
         render: |c| render_size(c.max_header_bytes as u64),
     }),
     Entry::Key(KeySpec {
         name: "max_headers",
         help: "Most header fields in one request (1-1000); more are refused with 431.",
-        apply: |c, v| Ok(c.max_headers = parse_count(v, 1, 1000)?),
+        apply: |c, v| parse_count(v, 1, 1000).map(|x| c.max_headers = x),
         render: |c| c.max_headers.to_string(),
     }),
     Entry::Key(KeySpec {
         name: "max_body_bytes",
         help: "Largest request body in bytes (k, m, g allowed); a bigger one is refused with 413.",
-        apply: |c, v| Ok(c.max_body_bytes = parse_size(v)?),
+        apply: |c, v| parse_size(v).map(|x| c.max_body_bytes = x),
         render: |c| render_size(c.max_body_bytes),
     }),
     Entry::Group("Timeouts (seconds, or 500ms, 2m, 1h; all must be above 0)"),
     Entry::Key(KeySpec {
         name: "header_timeout",
         help: "Time a client has to send a complete request head.",
-        apply: |c, v| Ok(c.header_timeout = parse_timeout(v)?),
+        apply: |c, v| parse_timeout(v).map(|x| c.header_timeout = x),
         render: |c| render_duration(c.header_timeout),
     }),
     Entry::Key(KeySpec {
         name: "keepalive_timeout",
         help: "Idle time after which a keep-alive client connection is closed.",
-        apply: |c, v| Ok(c.keepalive_timeout = parse_timeout(v)?),
+        apply: |c, v| parse_timeout(v).map(|x| c.keepalive_timeout = x),
         render: |c| render_duration(c.keepalive_timeout),
     }),
     Entry::Key(KeySpec {
         name: "client_timeout",
         help: "Longest wait for each read or write on a client socket\n\
                while a request is in flight.",
-        apply: |c, v| Ok(c.client_timeout = parse_timeout(v)?),
+        apply: |c, v| parse_timeout(v).map(|x| c.client_timeout = x),
         render: |c| render_duration(c.client_timeout),
     }),
     Entry::Key(KeySpec {
         name: "connect_timeout",
         help: "Time allowed to open a connection to a backend.",
-        apply: |c, v| Ok(c.connect_timeout = parse_timeout(v)?),
+        apply: |c, v| parse_timeout(v).map(|x| c.connect_timeout = x),
         render: |c| render_duration(c.connect_timeout),
     }),
     Entry::Key(KeySpec {
         name: "backend_timeout",
         help: "Longest wait for each read or write on a backend connection;\n\
                past it the client gets 504.",
-        apply: |c, v| Ok(c.backend_timeout = parse_timeout(v)?),
+        apply: |c, v| parse_timeout(v).map(|x| c.backend_timeout = x),
         render: |c| render_duration(c.backend_timeout),
     }),
     Entry::Key(KeySpec {
         name: "shutdown_grace",
         help: "After Ctrl-C or SIGTERM, how long requests in flight may still run\n\
                before the proxy exits.",
-        apply: |c, v| Ok(c.shutdown_grace = parse_timeout(v)?),
+        apply: |c, v| parse_timeout(v).map(|x| c.shutdown_grace = x),
         render: |c| render_duration(c.shutdown_grace),
     }),
     Entry::Group("Backends"),
@@ -544,14 +555,14 @@ const LAYOUT: &[Entry] = &[
         name: "backend_pool_size",
         help: "Idle keep-alive connections kept open to each backend for reuse (0-10000;\n\
                0 = a new connection for every request).",
-        apply: |c, v| Ok(c.backend_pool_size = parse_count(v, 0, 10_000)?),
+        apply: |c, v| parse_count(v, 0, 10_000).map(|x| c.backend_pool_size = x),
         render: |c| c.backend_pool_size.to_string(),
     }),
     Entry::Key(KeySpec {
         name: "backend_cooldown",
         help: "How long a backend that refused a connection is left out of rotation (a duration;\n\
                0 = try it again at once).",
-        apply: |c, v| Ok(c.backend_cooldown = parse_duration(v)?),
+        apply: |c, v| parse_duration(v).map(|x| c.backend_cooldown = x),
         render: |c| render_duration(c.backend_cooldown),
     }),
     Entry::Group("Cache"),
@@ -559,34 +570,34 @@ const LAYOUT: &[Entry] = &[
         name: "ttl",
         help: "How long a cached response is served before the backend is asked again (a duration;\n\
                0 turns the cache off).",
-        apply: |c, v| Ok(c.ttl = parse_duration(v)?),
+        apply: |c, v| parse_duration(v).map(|x| c.ttl = x),
         render: |c| render_duration(c.ttl),
     }),
     Entry::Group("Logging"),
     Entry::Key(KeySpec {
         name: "access_log",
         help: "One log line per request: on or off (true/false, yes/no, 1/0 also work).",
-        apply: |c, v| Ok(c.access_log = parse_bool(v)?),
+        apply: |c, v| parse_bool(v).map(|x| c.access_log = x),
         render: |c| if c.access_log { "on" } else { "off" }.to_string(),
     }),
     Entry::Key(KeySpec {
         name: "log_level",
         help: "Least severe messages logged: off, error, warn, info, debug or trace.",
-        apply: |c, v| Ok(c.log_level = parse_log_level(v)?),
+        apply: |c, v| parse_log_level(v).map(|x| c.log_level = x),
         render: |c| c.log_level.as_str().to_ascii_lowercase(),
     }),
     Entry::Group("Management API"),
     Entry::Key(KeySpec {
         name: "api_port",
         help: "Port of the management API (1-65535).",
-        apply: |c, v| Ok(c.api_port = parse_port(v)?),
+        apply: |c, v| parse_port(v).map(|x| c.api_port = x),
         render: |c| c.api_port.to_string(),
     }),
     Entry::Key(KeySpec {
         name: "database",
         help: "SQLite file of the management API\n\
                (a relative path starts at the proxy's working directory).",
-        apply: |c, v| Ok(c.database = parse_database(v)?),
+        apply: |c, v| parse_database(v).map(|x| c.database = x),
         render: |c| render_path(&c.database),
     }),
 ];
@@ -644,11 +655,7 @@ fn parse_size(v: &str) -> Result<u64, String> {
     if !is_digits(digits) {
         return Err(format!("{v:?} is not a size (bytes like 8192, or with k, m or g: 16k, 16m)"));
     }
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(unit))
-        .ok_or_else(|| format!("{v:?} is too large"))
+    digits.parse::<u64>().ok().and_then(|n| n.checked_mul(unit)).ok_or_else(|| format!("{v:?} is too large"))
 }
 
 fn parse_buffer_bytes(v: &str) -> Result<usize, String> {
@@ -754,9 +761,8 @@ fn parse_backend(v: &str) -> Result<BackendAddr, String> {
         return Err(format!("{v:?} has a scheme: write host or host:port without http://"));
     }
     let (host, port) = if let Some(rest) = t.strip_prefix('[') {
-        let (inside, after) = rest
-            .split_once(']')
-            .ok_or_else(|| format!("{v:?} has no closing \"]\" (IPv6 is written [::1]:8080)"))?;
+        let (inside, after) =
+            rest.split_once(']').ok_or_else(|| format!("{v:?} has no closing \"]\" (IPv6 is written [::1]:8080)"))?;
         let ip: Ipv6Addr = inside.parse().map_err(|_| format!("{inside:?} in {v:?} is not an IPv6 address"))?;
         let port = match after {
             "" => 80,
@@ -846,8 +852,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
@@ -865,7 +871,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// Close enough to be a typo: two edits, or one for short names where two edits reach unrelated words.
 fn is_close(word: &str, target: &str) -> bool {
     let limit = if target.len() < 5 { 1 } else { 2 };
-    edit_distance(&word.to_ascii_lowercase(), target) <= limit
+    edit_distance(&word.to_ascii_lowercase(), &target.to_ascii_lowercase()) <= limit
 }
 
 fn suggest_key(word: &str) -> Option<String> {
@@ -933,7 +939,9 @@ impl fmt::Display for ParserCliError {
             ParserCliError::Exists { path } => {
                 write!(f, "{} already exists; use --force to overwrite it", path.display())
             }
-            ParserCliError::Write { path, source } => write!(f, "cannot write {}: {source}", path.display()),
+            ParserCliError::Write { path, source } => {
+                write!(f, "cannot write {}: {source}", path.display())
+            }
         }
     }
 }
@@ -1040,4 +1048,245 @@ fn write_file(path: &Path, text: &str, force: bool) -> Result<(), ParserCliError
     })?;
     file.write_all(text.as_bytes()).map_err(write_error)?;
     file.flush().map_err(write_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        match Config::from_ini_str(text, "t.ini") {
+            Ok(config) => panic!("expected an error, got {config:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn durations() {
+        let ok = [
+            ("60", 60_000),
+            ("0", 0),
+            ("500ms", 500),
+            ("10s", 10_000),
+            ("2m", 120_000),
+            ("1h", 3_600_000),
+            (" 3 S ", 3000),
+            ("8760h", MAX_DURATION_MS),
+        ];
+        for (text, ms) in ok {
+            assert_eq!(parse_duration(text), Ok(Duration::from_millis(ms)), "{text}");
+        }
+        for bad in ["", "ms", "-1", "1.5", "10x", "1d", "s10", "8761h", "99999999999999999999"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+        }
+        assert!(parse_timeout("0").unwrap_err().contains("above 0"));
+        assert!(parse_timeout("0ms").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("8192"), Ok(8192));
+        assert_eq!(parse_size("16k"), Ok(16 * KIB));
+        assert_eq!(parse_size("16M"), Ok(16 * MIB));
+        assert_eq!(parse_size("2 g"), Ok(2 * GIB));
+        assert_eq!(parse_size("0"), Ok(0));
+        for bad in ["", "k", "1.5m", "16q", "-1", "99999999999g"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} should be rejected");
+        }
+        assert_eq!(parse_buffer_bytes("1k"), Ok(1024));
+        assert_eq!(parse_buffer_bytes("1m"), Ok(1024 * 1024));
+        assert!(parse_buffer_bytes("1023").is_err());
+        assert!(parse_buffer_bytes("1048577").is_err());
+    }
+
+    #[test]
+    fn render_round_trips() {
+        for ms in [0, 1, 999, 1000, 1500, 60_000, 3_600_000] {
+            let d = Duration::from_millis(ms);
+            assert_eq!(parse_duration(&render_duration(d)), Ok(d), "{ms}ms");
+        }
+        assert_eq!(render_duration(Duration::from_secs(60)), "60");
+        assert_eq!(render_duration(Duration::from_millis(500)), "500ms");
+        assert_eq!(render_duration(Duration::from_nanos(1)), "1ms");
+        for n in [0, 1, 1024, 8192, 16 * MIB, 3 * GIB, 3 * GIB + 1] {
+            assert_eq!(parse_size(&render_size(n)), Ok(n), "{n}");
+        }
+        assert_eq!(render_size(16 * MIB), "16m");
+        assert_eq!(render_size(16 * KIB), "16384");
+    }
+
+    #[test]
+    fn scalars() {
+        assert_eq!(parse_port("80"), Ok(80));
+        assert_eq!(parse_port("80x").unwrap_err(), "\"80x\" is not a port number (1-65535)");
+        assert!(parse_port("0").is_err());
+        assert!(parse_port("65536").is_err());
+        assert_eq!(parse_count("8", 1, 1024), Ok(8));
+        assert_eq!(parse_count("0", 1, 1024).unwrap_err(), "\"0\" is out of range (1-1024)");
+        assert_eq!(parse_count("eight", 1, 1024).unwrap_err(), "\"eight\" is not a whole number (1-1024)");
+        assert_eq!(parse_bool("Yes"), Ok(true));
+        assert_eq!(parse_bool("0"), Ok(false));
+        assert!(parse_bool("maybe").is_err());
+        assert_eq!(parse_log_level("WARN"), Ok(log::LevelFilter::Warn));
+        assert!(parse_log_level("verbose").is_err());
+        assert_eq!(parse_bind("::"), Ok(IpAddr::V6(Ipv6Addr::UNSPECIFIED)));
+        assert_eq!(parse_bind("[::1]"), Ok(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        assert!(parse_bind("0.0.0.0:8080").unwrap_err().contains("port"));
+        assert!(parse_bind("localhost").is_err());
+        assert!(parse_database("  ").is_err());
+    }
+
+    #[test]
+    fn backends() {
+        let b = parse_backend("127.0.0.1").unwrap();
+        assert_eq!((b.name.as_str(), b.addr), ("127.0.0.1:80", SocketAddr::from(([127, 0, 0, 1], 80))));
+        let b = parse_backend("10.0.0.2:8081").unwrap();
+        assert_eq!(b.name, "10.0.0.2:8081");
+        let b = parse_backend("[::1]:8080").unwrap();
+        assert_eq!((b.name.as_str(), b.addr), ("[::1]:8080", "[::1]:8080".parse().unwrap()));
+        assert_eq!(parse_backend("[::1]").unwrap().name, "[::1]:80");
+        assert_eq!(parse_backend("::1").unwrap().name, "[::1]:80");
+        let b = parse_backend("LocalHost:9000").unwrap();
+        assert_eq!(b.name, "localhost:9000");
+        assert_eq!(b.addr.port(), 9000);
+        for bad in ["", "host:", "host:0", "host:abc", "[::1", "[nope]:80", "[::1]x", "http://h", "a b", ":80"] {
+            assert!(parse_backend(bad).is_err(), "{bad:?} should be rejected");
+        }
+        assert!(parse_backend("no-such-host.invalid")
+            .unwrap_err()
+            .starts_with("cannot resolve \"no-such-host.invalid\": "));
+    }
+
+    #[test]
+    fn server_numbers() {
+        assert_eq!(parse_server_number("1"), Ok(1));
+        assert_eq!(parse_server_number("12"), Ok(12));
+        for bad in ["", "0", "01", "a", "-1", "1a", "99999999999"] {
+            assert!(parse_server_number(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(edit_distance("prot", "port"), 1);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(suggest_key("prot").as_deref(), Some("port"));
+        assert_eq!(suggest_key("Port").as_deref(), Some("port"));
+        assert_eq!(suggest_key("max_con").as_deref(), Some("max_conn"));
+        assert_eq!(suggest_key("ip_sever2").as_deref(), Some("ip_server2"));
+        assert_eq!(suggest_key("url"), None);
+        assert_eq!(suggest_key("completely_different"), None);
+        assert_eq!(suggest_section("default"), Some("DEFAULT"));
+        assert_eq!(suggest_section("DEFALT"), Some("DEFAULT"));
+        assert_eq!(suggest_section("routes"), None);
+    }
+
+    #[test]
+    fn every_key_is_documented_once() {
+        let text = Config::default().to_ini();
+        for name in key_names() {
+            let lines = text.lines().filter(|l| l.starts_with(&format!("{name} = "))).count();
+            assert_eq!(lines, 1, "{name}");
+        }
+        assert!(text.lines().all(|l| l.len() <= 100), "keep the file readable in a terminal");
+    }
+
+    #[test]
+    fn round_trip_default_and_modified() {
+        let default = Config::default();
+        assert_eq!(Config::from_ini_str(&default.to_ini(), "x"), Ok(default));
+
+        let modified = Config {
+            bind: IpAddr::V6(Ipv6Addr::LOCALHOST),
+            port: 1,
+            threads: 1024,
+            max_conn: 1,
+            buffer_size: 1024 * 1024,
+            max_header_bytes: 1500,
+            max_headers: 1000,
+            max_body_bytes: 3 * GIB,
+            ttl: Duration::ZERO,
+            backends: vec![parse_backend("[::1]:8080").unwrap(), parse_backend("10.1.2.3").unwrap()],
+            header_timeout: Duration::from_millis(1500),
+            keepalive_timeout: Duration::from_millis(1),
+            client_timeout: Duration::from_secs(3600),
+            connect_timeout: Duration::from_millis(250),
+            backend_timeout: Duration::from_secs(1),
+            backend_cooldown: Duration::ZERO,
+            backend_pool_size: 0,
+            shutdown_grace: Duration::from_secs(120),
+            access_log: false,
+            log_level: log::LevelFilter::Off,
+            api_port: 65535,
+            database: PathBuf::from(" /var/lib/pibl #1.db"),
+        };
+        assert_eq!(Config::from_ini_str(&modified.to_ini(), "x"), Ok(modified));
+    }
+
+    #[test]
+    fn layout_variants() {
+        // General section, CRLF, BOM, `:` separator, quoted value and a route section are all accepted.
+        let text = "\u{feff}port: 81\r\n[DEFAULT]\r\ndatabase = \"my db.db\"\r\n[route.api]\r\nprefix = /x\r\n";
+        let c = Config::from_ini_str(text, "t.ini").unwrap();
+        assert_eq!((c.port, c.database), (81, PathBuf::from("my db.db")));
+
+        let c = Config::from_ini_str("[DEFAULT]\nip_server10 = 10.0.0.10\nip_server2 = 10.0.0.2\n", "t").unwrap();
+        let names: Vec<&str> = c.backends.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["10.0.0.2:80", "10.0.0.10:80"], "ordered by number, not by text");
+
+        assert_eq!(Config::from_ini_str("", "t"), Ok(Config::default()));
+    }
+
+    #[test]
+    fn error_messages() {
+        assert_eq!(err("[DEFAULT]\n\nport = 80x\n"), "t.ini:3: port: \"80x\" is not a port number (1-65535)");
+        assert_eq!(
+            err("[DEFAULT]\nport = 80 # web\n"),
+            "t.ini:2: port: \"80 # web\" is not a port number (1-65535) (comments must be on their own line)"
+        );
+        assert_eq!(err("[DEFAULT]\nprot = 80\n"), "t.ini:2: prot: unknown key (did you mean \"port\"?)");
+        assert_eq!(err("[DEFAULT]\nfoo = 1\n"), "t.ini:2: foo: unknown key");
+        assert_eq!(err("port = 1\n[DEFAULT]\nport = 2\n"), "t.ini:3: port: set twice (first on line 1); keep one");
+        assert_eq!(err("[default]\n"), "t.ini:1: [default]: unknown section (did you mean \"[DEFAULT]\"?)");
+        assert_eq!(
+            err("[DEFAULT]\n[server]\nport = 1\n"),
+            "t.ini:2: [server]: unknown section; settings go in [DEFAULT]"
+        );
+        assert_eq!(
+            err("[DEFAULT]\nip_server0 = 1.2.3.4\n"),
+            "t.ini:2: ip_server0: server numbers start at 1 (ip_server1)"
+        );
+        assert!(
+            err("[DEFAULT]\nip_serverA = 1.2.3.4\n").starts_with("t.ini:2: ip_serverA: \"A\" is not a server number")
+        );
+        assert!(err("ip_server = 1.2.3.4\n").starts_with("t.ini:1: ip_server: needs a number"));
+        assert!(err("[DEFAULT]\nip_server2 = foo.invalid\n")
+            .starts_with("t.ini:2: ip_server2: cannot resolve \"foo.invalid\": "));
+        assert_eq!(
+            err("[DEFAULT]\nheader_timeout = 0\n"),
+            "t.ini:2: header_timeout: \"0\" is not allowed: a timeout must be above 0 (e.g. 10 or 500ms)"
+        );
+        // Shapes rust-ini would silently merge into the next key.
+        assert_eq!(err("[DEFAULT]\nport\nttl = 1\n"), "t.ini:2: syntax: \"port\" is not a `key = value` line");
+        assert!(err("[DEFAULT]\n  # note\nport = 1\n").starts_with("t.ini:2: syntax: comments must start"));
+        assert!(err("[DEFAULT] ; x\n").starts_with("t.ini:1: syntax: "));
+        assert!(err("[DEFAULT\nport = 1\n").starts_with("t.ini:1: syntax: "));
+        assert!(err("= 1\n").starts_with("t.ini:1: syntax: "));
+    }
+
+    #[test]
+    fn cli_flags() {
+        let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(matches!(run_parser_cli(&args(&["-h"])), Ok(ParserOutcome::Help(_))));
+        let e = run_parser_cli(&args(&["--bogus"])).unwrap_err();
+        assert_eq!((e.exit_code(), e.to_string()), (2, "unknown argument \"--bogus\"".to_string()));
+        let e = run_parser_cli(&args(&["--port"])).unwrap_err();
+        assert_eq!((e.exit_code(), e.to_string()), (2, "--port needs a value".to_string()));
+        let e = run_parser_cli(&args(&["--port=abc"])).unwrap_err();
+        assert_eq!((e.exit_code(), e.to_string()), (2, "--port: \"abc\" is not a port number (1-65535)".to_string()));
+        let e = run_parser_cli(&args(&["--ttl", "soon"])).unwrap_err();
+        assert!(e.to_string().starts_with("--ttl: \"soon\" is not a duration"));
+        assert_eq!(run_parser_cli(&args(&["--force=yes"])).unwrap_err().exit_code(), 2);
+        assert_eq!(run_parser_cli(&args(&["--out", ""])).unwrap_err().exit_code(), 2);
+    }
 }

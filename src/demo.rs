@@ -74,6 +74,7 @@ impl Drop for DemoBackend {
 }
 
 fn serve(mut stream: TcpStream, name: &str, addr: SocketAddr, counter: &AtomicU64) -> io::Result<()> {
+    stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
     let mut buf = ReadBuf::new();
@@ -89,7 +90,11 @@ fn serve(mut stream: TcpStream, name: &str, addr: SocketAddr, counter: &AtomicU6
                     Ok(None) => {}
                     Err(e) => {
                         let msg = format!("{e}\n");
-                        let head = format!("HTTP/1.1 {} Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", e.status(), msg.len());
+                        let head = format!(
+                            "HTTP/1.1 {} Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            e.status(),
+                            msg.len()
+                        );
                         stream.write_all(head.as_bytes())?;
                         return stream.write_all(msg.as_bytes());
                     }
@@ -117,10 +122,11 @@ fn serve(mut stream: TcpStream, name: &str, addr: SocketAddr, counter: &AtomicU6
             page.len(),
             if req.keep_alive { "" } else { "Connection: close\r\n" },
         );
-        stream.write_all(head.as_bytes())?;
+        let mut response = head.into_bytes();
         if !req.is_head() {
-            stream.write_all(page.as_bytes())?;
+            response.extend_from_slice(page.as_bytes());
         }
+        stream.write_all(&response)?;
         if !req.keep_alive {
             return Ok(());
         }

@@ -1,5 +1,7 @@
 //! Log output: `simplelog` to stderr, one line per event, with the access log on the `access` target.
 
+use std::io::IsTerminal;
+
 use log::LevelFilter;
 use simplelog::{ColorChoice, ConfigBuilder, SimpleLogger, TermLogger, TerminalMode};
 
@@ -11,7 +13,9 @@ pub fn init(level: LevelFilter) {
         .set_location_level(LevelFilter::Off)
         .set_time_format_rfc3339()
         .build();
-    if TermLogger::init(level, config.clone(), TerminalMode::Stderr, ColorChoice::Auto).is_err() {
+    // Colours only for a person at a terminal, never escape codes in a log file.
+    let color = if std::io::stderr().is_terminal() { ColorChoice::Auto } else { ColorChoice::Never };
+    if TermLogger::init(level, config.clone(), TerminalMode::Stderr, color).is_err() {
         let _ = SimpleLogger::init(level, config);
     }
 }

@@ -108,9 +108,9 @@ impl Parker {
         for mut conn in expired {
             if !conn.buf.is_empty() {
                 log::debug!("closing {}: request head not complete within header_timeout", conn.peer);
-                let _ = conn.stream.write_all(
-                    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
-                );
+                let _ = conn
+                    .stream
+                    .write_all(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
             }
         }
     }

@@ -202,11 +202,14 @@ fn exchange(
         let mut src = Source { buf: &mut conn.buf, sock: &mut conn.stream, step: config.buffer_size };
         let mut dst = WriteBatch::new(&mut scratch.out, stream, config.buffer_size);
         let encoding = if req.framing == Framing::Chunked { Encoding::Chunked } else { Encoding::Identity };
-        let sent = body::transfer(&mut src, req.framing, &mut dst, encoding, config.max_body_bytes).and_then(|_| dst.send().map_err(BodyError::Write));
+        let sent = body::transfer(&mut src, req.framing, &mut dst, encoding, config.max_body_bytes)
+            .and_then(|_| dst.send().map_err(BodyError::Write));
         match sent {
             Ok(()) => {}
             Err(BodyError::Write(e)) => {
-                return Err(AttemptError::Fatal(ForwardError::Upstream(format!("sending the request body failed: {e}"))))
+                return Err(AttemptError::Fatal(ForwardError::Upstream(format!(
+                    "sending the request body failed: {e}"
+                ))))
             }
             Err(e) => return Err(AttemptError::Fatal(ForwardError::ClientBody(e))),
         }
@@ -220,7 +223,9 @@ fn exchange(
             match response::parse(scratch.upstream_buf.filled(), req.is_head()) {
                 Ok(Some((res, len))) if res.status == 101 => {
                     let _ = len;
-                    return Err(AttemptError::Fatal(ForwardError::Upstream("backend switched protocols, which pibl does not relay".into())));
+                    return Err(AttemptError::Fatal(ForwardError::Upstream(
+                        "backend switched protocols, which pibl does not relay".into(),
+                    )));
                 }
                 Ok(Some((res, len))) if res.is_informational() => {
                     scratch.upstream_buf.consume(len);
@@ -239,16 +244,25 @@ fn exchange(
             Ok(0) if nothing_yet && !req.framing.has_body() => {
                 return Err(stale_or(ForwardError::Upstream("backend closed the connection without answering".into())))
             }
-            Ok(0) => return Err(AttemptError::Fatal(ForwardError::Upstream("backend closed the connection mid-response".into()))),
+            Ok(0) => {
+                return Err(AttemptError::Fatal(ForwardError::Upstream(
+                    "backend closed the connection mid-response".into(),
+                )))
+            }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if is_timeout(&e) => {
-                return Err(AttemptError::Fatal(ForwardError::Timeout(format!("no response within {:?}", config.backend_timeout))))
+                return Err(AttemptError::Fatal(ForwardError::Timeout(format!(
+                    "no response within {:?}",
+                    config.backend_timeout
+                ))))
             }
             Err(e) if nothing_yet && !req.framing.has_body() => {
                 return Err(stale_or(ForwardError::Upstream(format!("reading the response failed: {e}"))))
             }
-            Err(e) => return Err(AttemptError::Fatal(ForwardError::Upstream(format!("reading the response failed: {e}")))),
+            Err(e) => {
+                return Err(AttemptError::Fatal(ForwardError::Upstream(format!("reading the response failed: {e}"))))
+            }
         }
     }
 }
@@ -281,7 +295,8 @@ fn relay(
         return (res.status, Outcome::Close);
     }
     let mut src = Source { buf: &mut scratch.upstream_buf, sock: &mut stream, step: config.buffer_size };
-    let copied = body::transfer(&mut src, res.framing, &mut dst, encoding, u64::MAX).and_then(|_| dst.send().map_err(BodyError::Write));
+    let copied = body::transfer(&mut src, res.framing, &mut dst, encoding, u64::MAX)
+        .and_then(|_| dst.send().map_err(BodyError::Write));
     match copied {
         Ok(()) => {
             if res.reusable && scratch.upstream_buf.is_empty() {
@@ -399,14 +414,22 @@ fn build_upstream_head(req: &Request, peer: SocketAddr, out: &mut Vec<u8>) {
             let _ = write!(out, "Content-Length: {len}\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        Framing::None if matches!(req.method(), "POST" | "PUT" | "PATCH") => out.extend_from_slice(b"Content-Length: 0\r\n"),
+        Framing::None if matches!(req.method(), "POST" | "PUT" | "PATCH") => {
+            out.extend_from_slice(b"Content-Length: 0\r\n")
+        }
         Framing::None | Framing::UntilClose => {}
     }
     out.extend_from_slice(b"\r\n");
 }
 
 /// Writes a response pibl generates itself (an error), small enough for one write.
-pub fn write_error(stream: &mut TcpStream, status: u16, detail: &str, keep_alive: bool, head_only: bool) -> io::Result<()> {
+pub fn write_error(
+    stream: &mut TcpStream,
+    status: u16,
+    detail: &str,
+    keep_alive: bool,
+    head_only: bool,
+) -> io::Result<()> {
     let body = format!("{status} {}: {detail}\n", reason(status));
     let mut msg = Vec::with_capacity(160 + body.len());
     write!(

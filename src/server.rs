@@ -98,11 +98,15 @@ impl Server {
         let parker = {
             let (shared, tx) = (Arc::clone(&shared), ready_tx.clone());
             let tick = parker_tick(&shared.config);
-            thread::Builder::new().name("pibl-parker".into()).spawn(move || shared.parker.run(&tx, &shared.shutdown, tick))?
+            thread::Builder::new()
+                .name("pibl-parker".into())
+                .spawn(move || shared.parker.run(&tx, &shared.shutdown, tick))?
         };
         let acceptor = {
             let shared = Arc::clone(&shared);
-            thread::Builder::new().name("pibl-acceptor".into()).spawn(move || accept_loop(&listener, &shared, &ready_tx))?
+            thread::Builder::new()
+                .name("pibl-acceptor".into())
+                .spawn(move || accept_loop(&listener, &shared, &ready_tx))?
         };
         Ok(Server { shared, local_addr, acceptor: Some(acceptor), parker: Some(parker), workers, worker_done })
     }
@@ -157,7 +161,8 @@ fn wake_addr(addr: SocketAddr) -> SocketAddr {
 
 /// How often the parker checks deadlines: a quarter of the shortest timeout, within 10-250 ms.
 fn parker_tick(config: &Config) -> Duration {
-    (config.header_timeout.min(config.keepalive_timeout) / 4).clamp(Duration::from_millis(10), Duration::from_millis(250))
+    (config.header_timeout.min(config.keepalive_timeout) / 4)
+        .clamp(Duration::from_millis(10), Duration::from_millis(250))
 }
 
 fn accept_loop(listener: &TcpListener, shared: &Shared, ready: &Sender<Conn>) {
@@ -255,7 +260,13 @@ fn serve(shared: &Shared, scratch: &mut Scratch, mut conn: Conn) {
                 let deadline = conn.deadline(config.header_timeout, config.keepalive_timeout);
                 if now >= deadline {
                     if !conn.buf.is_empty() && conn.set_nonblocking(false).is_ok() {
-                        let _ = proxy::write_error(&mut conn.stream, 408, "request head not complete in time", false, false);
+                        let _ = proxy::write_error(
+                            &mut conn.stream,
+                            408,
+                            "request head not complete in time",
+                            false,
+                            false,
+                        );
                     }
                     return;
                 }

@@ -13,23 +13,27 @@ const CASES: &[(&str, &str, u16)] = &[
     ("no Host in HTTP/1.1", "GET / HTTP/1.1\r\n\r\n", 400),
     ("two Hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
     ("target not a path", "GET index.html HTTP/1.1\r\nHost: t\r\n\r\n", 400),
-    ("CL and TE", "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    (
+        "CL and TE",
+        "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
     ("differing CLs", "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
     ("CL with sign", "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: +3\r\n\r\nabc", 400),
     ("TE not chunked", "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
     ("chunked not last", "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400),
     ("TE in HTTP/1.0", "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
     ("bad chunk size", "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", 400),
-    ("chunk longer than size", "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n", 400),
+    (
+        "chunk longer than size",
+        "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n",
+        400,
+    ),
     ("HTTP/2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),
     ("CONNECT", "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n", 501),
     ("unknown expectation", "POST / HTTP/1.1\r\nHost: t\r\nExpect: tea\r\nContent-Length: 1\r\n\r\nx", 417),
     ("body over the limit", "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 2048\r\n\r\n", 413),
-    (
-        "chunked body over the limit",
-        "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n",
-        413,
-    ),
+    ("chunked body over the limit", "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n", 413),
 ];
 
 #[test]
@@ -42,31 +46,18 @@ fn each_bad_request_gets_its_status_and_a_closed_connection() {
     for (name, raw, status) in CASES {
         let mut client = Client::connect(proxy.local_addr());
         client.send(raw.as_bytes());
-        let res = client
-            .read_response(false)
-            .unwrap_or_else(|e| panic!("{name}: no response: {e}"));
+        let res = client.read_response(false).unwrap_or_else(|e| panic!("{name}: no response: {e}"));
         assert_eq!(res.status, *status, "{name}: {}", res.text());
         assert_eq!(res.header("connection"), Some("close"), "{name}");
-        assert!(
-            client.is_closed(),
-            "{name}: connection must be closed after the error"
-        );
+        assert!(client.is_closed(), "{name}: connection must be closed after the error");
         if *status == 400 && raw.contains("chunked\r\n\r\n") {
             forwarded_bodies += 1;
         }
     }
     // Invalid chunked bodies are only detected while streaming, so those reached a backend as a
     // request head; nothing else did.
-    assert!(
-        backend.requests() <= forwarded_bodies,
-        "{} requests reached the backend",
-        backend.requests()
-    );
-    assert_eq!(
-        get(proxy.local_addr(), "/").status,
-        200,
-        "the proxy still serves after bad input"
-    );
+    assert!(backend.requests() <= forwarded_bodies, "{} requests reached the backend", backend.requests());
+    assert_eq!(get(proxy.local_addr(), "/").status, 200, "the proxy still serves after bad input");
 }
 
 #[test]
@@ -80,10 +71,7 @@ fn oversized_heads_get_431() {
     let long_line = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(4096));
     let many_fields: String = (0..21).map(|i| format!("X-F{i}: v\r\n")).collect();
     let many = format!("GET / HTTP/1.1\r\nHost: t\r\n{many_fields}\r\n");
-    let big_field = format!(
-        "GET / HTTP/1.1\r\nHost: t\r\nCookie: {}\r\n\r\n",
-        "c".repeat(3000)
-    );
+    let big_field = format!("GET / HTTP/1.1\r\nHost: t\r\nCookie: {}\r\n\r\n", "c".repeat(3000));
     for raw in [long_line, many, big_field] {
         let mut client = Client::connect(proxy.local_addr());
         // The proxy may answer and close before reading everything; that is fine.

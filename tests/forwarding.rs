@@ -126,7 +126,9 @@ fn pipelined_requests_are_answered_in_order() {
     for i in 0..5 {
         batch.extend_from_slice(format!("GET /{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
     }
-    batch.extend_from_slice(b"POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabcGET /last HTTP/1.1\r\nHost: t\r\n\r\n");
+    batch.extend_from_slice(
+        b"POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabcGET /last HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
     client.send(&batch);
     for expected in ["/0", "/1", "/2", "/3", "/4", "/body", "/last"] {
         assert_eq!(client.read_response(false).unwrap().text(), expected);
@@ -195,7 +197,8 @@ fn expect_100_continue_is_answered_before_the_body() {
     let mut config = test_config(&[backend.addr]);
     config.max_body_bytes = 4;
     let small = start_proxy(config);
-    let res = request(small.local_addr(), b"PUT / HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n");
+    let res =
+        request(small.local_addr(), b"PUT / HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n");
     assert_eq!(res.status, 413);
 }
 
@@ -213,7 +216,8 @@ fn backend_connections_are_pooled_and_reused() {
 #[test]
 fn a_backend_closing_pooled_connections_costs_no_request() {
     // Answers, then closes without saying so: the proxy's pooled connection goes stale each time.
-    let backend = TestBackend::start(|_| Reply::RawThenClose(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()));
+    let backend =
+        TestBackend::start(|_| Reply::RawThenClose(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()));
     let proxy = start_proxy(test_config(&[backend.addr]));
     let mut client = Client::connect(proxy.local_addr());
     for _ in 0..10 {

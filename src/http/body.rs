@@ -220,7 +220,12 @@ fn copy_until_close<R: Read, W: Write>(
 mod tests {
     use super::*;
 
-    fn run(input: &[u8], framing: Framing, encoding: Encoding, limit: u64) -> (Result<u64, BodyError>, Vec<u8>, Vec<u8>) {
+    fn run(
+        input: &[u8],
+        framing: Framing,
+        encoding: Encoding,
+        limit: u64,
+    ) -> (Result<u64, BodyError>, Vec<u8>, Vec<u8>) {
         let mut buf = ReadBuf::new();
         let mut sock = input;
         let mut out = Vec::new();
@@ -257,7 +262,8 @@ mod tests {
 
     #[test]
     fn bad_chunks_are_rejected() {
-        let cases: [&[u8]; 4] = [b"zz\r\nab\r\n0\r\n\r\n", b"2\r\nabc\r\n0\r\n\r\n", b"2\nab\r\n0\r\n\r\n", b"fffffffffffffffffff\r\n"];
+        let cases: [&[u8]; 4] =
+            [b"zz\r\nab\r\n0\r\n\r\n", b"2\r\nabc\r\n0\r\n\r\n", b"2\nab\r\n0\r\n\r\n", b"fffffffffffffffffff\r\n"];
         for input in cases {
             let (r, _, _) = run(input, Framing::Chunked, Encoding::Identity, u64::MAX);
             assert!(matches!(r, Err(BodyError::Malformed(_))), "{:?}: {r:?}", String::from_utf8_lossy(input));

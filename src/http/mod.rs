@@ -38,8 +38,7 @@ pub fn is_hop_by_hop(name: &str) -> bool {
         "content-length",
         "proxy-connection",
     ];
-    FIELDS.iter().any(|f| f.eq_ignore_ascii_case(name))
-        || (name.len() > 6 && name[..6].eq_ignore_ascii_case("proxy-"))
+    FIELDS.iter().any(|f| f.eq_ignore_ascii_case(name)) || (name.len() > 6 && name[..6].eq_ignore_ascii_case("proxy-"))
 }
 
 /// Iterates the comma-separated, trimmed, non-empty elements of a header value.
@@ -128,7 +127,8 @@ mod tests {
 
     #[test]
     fn hop_by_hop_fields() {
-        for name in ["Connection", "keep-alive", "TE", "Trailer", "Transfer-Encoding", "Upgrade", "Proxy-Authorization"] {
+        for name in ["Connection", "keep-alive", "TE", "Trailer", "Transfer-Encoding", "Upgrade", "Proxy-Authorization"]
+        {
             assert!(is_hop_by_hop(name), "{name}");
         }
         for name in ["Host", "Content-Type", "Proxy", "Authorization", "Trailers-X"] {

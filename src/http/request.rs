@@ -106,7 +106,9 @@ impl Request {
 
     /// Every header field in order, names as sent.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.headers.iter().map(|(n, v)| (std::str::from_utf8(&self.head[n.clone()]).unwrap_or(""), &self.head[v.clone()]))
+        self.headers
+            .iter()
+            .map(|(n, v)| (std::str::from_utf8(&self.head[n.clone()]).unwrap_or(""), &self.head[v.clone()]))
     }
 
     /// The value of the first field called `name`.
@@ -210,7 +212,9 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, Re
     let host = match target_host {
         Some(h) => Some(h),
         None => match host_header {
-            Some(v) => Some(String::from_utf8(v.to_vec()).map_err(|_| RequestError::Malformed("Host is not text".into()))?),
+            Some(v) => {
+                Some(String::from_utf8(v.to_vec()).map_err(|_| RequestError::Malformed("Host is not text".into()))?)
+            }
             None => None,
         },
     };
@@ -278,7 +282,8 @@ mod tests {
 
     #[test]
     fn simple_get() {
-        let (req, len) = parse_str("GET /a?b=1 HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, X-Hop\r\n\r\nrest").unwrap().unwrap();
+        let (req, len) =
+            parse_str("GET /a?b=1 HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, X-Hop\r\n\r\nrest").unwrap().unwrap();
         assert_eq!(len, 63);
         assert_eq!((req.method(), req.target(), req.host()), ("GET", "/a?b=1", Some("x")));
         assert!(req.keep_alive);
@@ -349,9 +354,13 @@ mod tests {
 
     #[test]
     fn expect_continue_only_with_a_body() {
-        let (req, _) = parse_str("POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n").unwrap().unwrap();
+        let (req, _) = parse_str("POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(req.expect_continue);
-        let (req, _) = parse_str("POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n").unwrap().unwrap();
+        let (req, _) = parse_str("POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(!req.expect_continue);
     }
 }

@@ -91,7 +91,8 @@ impl TestBackend {
                 }
                 let Ok(stream) = stream else { continue };
                 connections.fetch_add(1, Ordering::SeqCst);
-                let (handler, requests, received, stop) = (handler.clone(), requests.clone(), received.clone(), stop.clone());
+                let (handler, requests, received, stop) =
+                    (handler.clone(), requests.clone(), received.clone(), stop.clone());
                 thread::spawn(move || serve(stream, &*handler, &requests, &received, &stop));
             }
         });
@@ -124,7 +125,13 @@ impl TestBackend {
     }
 }
 
-fn serve(mut stream: TcpStream, handler: &Handler, requests: &AtomicUsize, received: &Mutex<Vec<Received>>, stop: &AtomicBool) {
+fn serve(
+    mut stream: TcpStream,
+    handler: &Handler,
+    requests: &AtomicUsize,
+    received: &Mutex<Vec<Received>>,
+    stop: &AtomicBool,
+) {
     let _ = stream.set_read_timeout(Some(WAIT));
     let mut buf = Vec::new();
     loop {
@@ -168,7 +175,11 @@ fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Received> {
                 method: parsed.method?.to_string(),
                 target: parsed.path?.to_string(),
                 version: parsed.version?,
-                headers: parsed.headers.iter().map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into())).collect(),
+                headers: parsed
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into()))
+                    .collect(),
                 body: Vec::new(),
             };
             break (req, len);
@@ -315,8 +326,11 @@ impl Client {
             let mut parsed = httparse::Response::new(&mut slots);
             match parsed.parse(&self.buf) {
                 Ok(httparse::Status::Complete(len)) => {
-                    let headers: Vec<(String, String)> =
-                        parsed.headers.iter().map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into())).collect();
+                    let headers: Vec<(String, String)> = parsed
+                        .headers
+                        .iter()
+                        .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into()))
+                        .collect();
                     break (parsed.code.unwrap_or(0), headers, len);
                 }
                 Ok(httparse::Status::Partial) => {}
@@ -335,7 +349,8 @@ impl Client {
             res.body = read_chunked(&mut self.stream, &mut self.buf)
                 .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "chunked body cut short"))?;
         } else if let Some(len) = res.header("content-length") {
-            let len: usize = len.trim().parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad length"))?;
+            let len: usize =
+                len.trim().parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad length"))?;
             while self.buf.len() < len {
                 if !fill(&mut self.stream, &mut self.buf) {
                     return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body cut short"));
