@@ -42,8 +42,13 @@ pub struct Config {
     pub max_headers: usize,
     /// `max_body_bytes`: largest request body accepted (413 past it).
     pub max_body_bytes: u64,
-    /// `ttl`: response cache lifetime.
+    /// `ttl`: freshness given to cacheable responses that have a validator but no explicit lifetime,
+    /// and the cap on every cached lifetime; zero turns the cache off.
     pub ttl: Duration,
+    /// `cache_max_bytes`: memory for cached responses.
+    pub cache_max_bytes: usize,
+    /// `cache_max_object_bytes`: largest response body the cache keeps.
+    pub cache_max_object_bytes: usize,
     /// `ip_server1..N`: the default backend pool, in order.
     pub backends: Vec<BackendAddr>,
     /// `header_timeout`: time a client has to send a complete request head.
@@ -84,6 +89,8 @@ impl Default for Config {
             max_headers: 100,
             max_body_bytes: 16 * 1024 * 1024,
             ttl: Duration::from_secs(60),
+            cache_max_bytes: 64 * 1024 * 1024,
+            cache_max_object_bytes: 1024 * 1024,
             backends: default_backends(),
             header_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
@@ -255,6 +262,18 @@ impl Config {
 
         if !servers.is_empty() {
             config.backends = servers.into_values().collect();
+        }
+        if config.cache_max_object_bytes > config.cache_max_bytes {
+            let line = first_line.get("cache_max_object_bytes").copied().flatten();
+            return Err(invalid(
+                line,
+                "cache_max_object_bytes",
+                format!(
+                    "{} is larger than cache_max_bytes ({}); lower it or raise cache_max_bytes",
+                    render_size(config.cache_max_object_bytes as u64),
+                    render_size(config.cache_max_bytes as u64)
+                ),
+            ));
         }
         Ok(config)
     }
@@ -568,10 +587,26 @@ const LAYOUT: &[Entry] = &[
     Entry::Group("Cache"),
     Entry::Key(KeySpec {
         name: "ttl",
-        help: "How long a cached response is served before the backend is asked again (a duration;\n\
-               0 turns the cache off).",
+        help: "Response cache (RFC 9111, GET only). Freshness comes from Cache-Control s-maxage/max-age,\n\
+               then Expires; a response with neither but with a validator (ETag or Last-Modified) is\n\
+               fresh for ttl, one with no validator either is not cached. ttl also caps every\n\
+               lifetime. A duration; 0 turns the cache off.",
         apply: |c, v| parse_duration(v).map(|x| c.ttl = x),
         render: |c| render_duration(c.ttl),
+    }),
+    Entry::Key(KeySpec {
+        name: "cache_max_bytes",
+        help: "Memory for cached responses, in bytes (k, m, g allowed); the least recently used\n\
+               responses are dropped to stay under it.",
+        apply: |c, v| parse_size(v).map(|x| c.cache_max_bytes = x as usize),
+        render: |c| render_size(c.cache_max_bytes as u64),
+    }),
+    Entry::Key(KeySpec {
+        name: "cache_max_object_bytes",
+        help: "Largest response body kept in the cache (k, m, g allowed); bigger ones stream\n\
+               through uncached.",
+        apply: |c, v| parse_size(v).map(|x| c.cache_max_object_bytes = x as usize),
+        render: |c| render_size(c.cache_max_object_bytes as u64),
     }),
     Entry::Group("Logging"),
     Entry::Key(KeySpec {
@@ -1206,6 +1241,8 @@ mod tests {
             max_headers: 1000,
             max_body_bytes: 3 * GIB,
             ttl: Duration::ZERO,
+            cache_max_bytes: 3 * MIB as usize,
+            cache_max_object_bytes: 1536,
             backends: vec![parse_backend("[::1]:8080").unwrap(), parse_backend("10.1.2.3").unwrap()],
             header_timeout: Duration::from_millis(1500),
             keepalive_timeout: Duration::from_millis(1),

@@ -5,6 +5,8 @@
 
 pub mod backend;
 pub mod buffer;
+pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod demo;
@@ -12,6 +14,7 @@ pub mod http;
 pub mod logging;
 pub mod parker;
 pub mod proxy;
+pub mod proxy_cache;
 pub mod server;
 
 pub use config::Config;

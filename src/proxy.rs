@@ -10,11 +10,13 @@ use std::time::Instant;
 
 use crate::backend::Backend;
 use crate::buffer::{ReadBuf, WriteBatch};
+use crate::cache::Entry;
 use crate::conn::Conn;
 use crate::http::body::{self, BodyError, Encoding, Source};
 use crate::http::request::Request;
 use crate::http::response::{self, Response, MAX_RESPONSE_HEAD};
 use crate::http::{reason, Framing};
+use crate::proxy_cache::{self, CachePlan};
 use crate::server::Shared;
 
 /// The `Via` pseudonym pibl adds to forwarded requests.
@@ -28,6 +30,18 @@ pub struct Scratch {
     upstream_buf: ReadBuf,
 }
 
+impl Scratch {
+    /// The buffer that batches writes to the client.
+    pub fn out_buf(&mut self) -> &mut Vec<u8> {
+        &mut self.out
+    }
+
+    /// The buffer that holds bytes read from a backend.
+    pub fn upstream_buf_mut(&mut self) -> &mut ReadBuf {
+        &mut self.upstream_buf
+    }
+}
+
 /// What the connection does after a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -37,7 +51,7 @@ pub enum Outcome {
 
 /// Why a request could not be relayed, by whose fault.
 #[derive(Debug)]
-enum ForwardError {
+pub enum ForwardError {
     /// No backend accepted a connection (502).
     NoBackend,
     /// A backend accepted the request but did not answer in time (504).
@@ -48,13 +62,15 @@ enum ForwardError {
     ClientBody(BodyError),
     /// The client went away or stopped reading; nothing can be sent.
     ClientGone(io::Error),
+    /// `Cache-Control: only-if-cached` and nothing usable is stored (504).
+    NotCached,
 }
 
 impl ForwardError {
     fn status(&self) -> u16 {
         match self {
             ForwardError::NoBackend | ForwardError::Upstream(_) => 502,
-            ForwardError::Timeout(_) => 504,
+            ForwardError::Timeout(_) | ForwardError::NotCached => 504,
             ForwardError::ClientBody(BodyError::TooLarge) => 413,
             ForwardError::ClientBody(BodyError::Read(e)) if is_timeout(e) => 408,
             ForwardError::ClientBody(_) => 400,
@@ -71,6 +87,7 @@ impl fmt::Display for ForwardError {
             ForwardError::Upstream(what) => f.write_str(what),
             ForwardError::ClientBody(e) => write!(f, "request body: {e}"),
             ForwardError::ClientGone(e) => write!(f, "client connection failed: {e}"),
+            ForwardError::NotCached => f.write_str("only-if-cached was asked and no usable response is stored"),
         }
     }
 }
@@ -90,9 +107,12 @@ fn is_timeout(e: &io::Error) -> bool {
 /// error response) to the client.
 pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Request) -> Outcome {
     let started = Instant::now();
-    // Cache seam: a cache lookup goes here. A hit is written to the client without touching a
-    // backend; a miss falls through to `forward`, which offers the response to the cache as it streams.
-    let result = forward(shared, scratch, conn, &req);
+    let result = match &shared.cache {
+        Some(cache) if matches!(req.method(), "GET" | "HEAD") => {
+            proxy_cache::handle(shared, cache, scratch, conn, &req)
+        }
+        _ => forward(shared, scratch, conn, &req, None),
+    };
     let (status, backend, outcome) = match result {
         Ok((status, backend, outcome)) => (status, backend, outcome),
         Err((e, backend)) => {
@@ -104,8 +124,13 @@ pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Requ
             }
             // After a backend failure the request body has been read in full (or there was none),
             // so the connection stays usable; after a client-side failure it does not.
-            let keep = matches!(e, ForwardError::NoBackend | ForwardError::Timeout(_) | ForwardError::Upstream(_))
-                && req.keep_alive
+            let keep = matches!(
+                e,
+                ForwardError::NoBackend
+                    | ForwardError::Timeout(_)
+                    | ForwardError::Upstream(_)
+                    | ForwardError::NotCached
+            ) && req.keep_alive
                 && !shared.is_shutting_down();
             if !matches!(e, ForwardError::ClientGone(_)) {
                 let _ = write_error(&mut conn.stream, status, &e.to_string(), keep, req.is_head());
@@ -128,18 +153,46 @@ pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Requ
     outcome
 }
 
-type Forwarded = (u16, Option<String>, Outcome);
+/// The status sent, the backend (or `cache`) that answered, and what the connection does next.
+pub type Forwarded = (u16, Option<String>, Outcome);
 
-/// Sends the request to the backends in turn until one answers, then relays the answer.
-fn forward(
+/// Sends the request to the backends in turn until one answers, then relays the answer. With a
+/// cache plan, a stale entry may answer for a failed backend.
+pub fn forward(
     shared: &Shared,
     scratch: &mut Scratch,
     conn: &mut Conn,
     req: &Request,
+    mut plan: Option<&mut CachePlan<'_>>,
+) -> Result<Forwarded, (ForwardError, Option<String>)> {
+    let result = forward_to_backends(shared, scratch, conn, req, plan.as_deref_mut());
+    match (result, plan) {
+        (
+            Err((e @ (ForwardError::NoBackend | ForwardError::Timeout(_) | ForwardError::Upstream(_)), backend)),
+            Some(plan),
+        ) => match plan.stale_for_error(shared) {
+            Some(entry) => {
+                log::warn!("{} {}: {e}; answering with the stale stored response", req.method(), req.target());
+                plan.cache.stats.stale.fetch_add(1, Ordering::Relaxed);
+                Ok(proxy_cache::serve_entry(shared, scratch, conn, req, &entry, "STALE"))
+            }
+            None => Err((e, backend)),
+        },
+        (result, _) => result,
+    }
+}
+
+fn forward_to_backends(
+    shared: &Shared,
+    scratch: &mut Scratch,
+    conn: &mut Conn,
+    req: &Request,
+    mut plan: Option<&mut CachePlan<'_>>,
 ) -> Result<Forwarded, (ForwardError, Option<String>)> {
     let config = &shared.config;
     let now = Instant::now();
-    build_upstream_head(req, conn.peer, &mut scratch.upstream_head);
+    let revalidating = plan.as_deref().and_then(CachePlan::revalidating);
+    build_upstream_head(req, conn.peer, revalidating, &mut scratch.upstream_head);
     let has_body = req.framing.has_body();
     for backend in shared.pool.candidates(now) {
         // A reused connection may have been closed by the backend; without a body the request can
@@ -164,7 +217,7 @@ fn forward(
             backend.in_flight.fetch_add(1, Ordering::Relaxed);
             let exchanged = exchange(shared, scratch, conn, req, &mut stream, reused);
             let result = match exchanged {
-                Ok(res) => Ok(relay(shared, scratch, conn, req, res, backend, stream)),
+                Ok(res) => Ok(relay(shared, scratch, conn, req, res, backend, stream, plan.as_deref_mut())),
                 Err(AttemptError::Stale) => Err(None),
                 Err(AttemptError::Fatal(e)) => Err(Some(e)),
             };
@@ -269,7 +322,9 @@ fn exchange(
 
 /// Writes the response head and streams its body to the client; returns the status and what the
 /// client connection does next. A failure here can only close the connection: the status line has
-/// already gone out.
+/// already gone out. With a cache plan, a 304 to a revalidation or a 5xx with a usable stale entry is
+/// answered from storage instead, and a storable response is copied into the cache as it streams.
+#[allow(clippy::too_many_arguments)]
 fn relay(
     shared: &Shared,
     scratch: &mut Scratch,
@@ -278,8 +333,37 @@ fn relay(
     res: Response,
     backend: &Backend,
     mut stream: TcpStream,
+    plan: Option<&mut CachePlan<'_>>,
 ) -> (u16, Outcome) {
     let config = &shared.config;
+    if let Some(plan) = plan.as_deref() {
+        let answered_from_storage = if res.status == 304 && plan.revalidating().is_some() {
+            plan.stale.as_deref().map(|stale| (proxy_cache::refresh_from_304(shared, plan, stale, &res), "REVALIDATED"))
+        } else if res.status >= 500 {
+            plan.stale_for_error(shared).map(|entry| {
+                plan.cache.stats.stale.fetch_add(1, Ordering::Relaxed);
+                (entry, "STALE")
+            })
+        } else {
+            None
+        };
+        if let Some((entry, label)) = answered_from_storage {
+            if res.status == 304 && res.reusable && scratch.upstream_buf.is_empty() {
+                backend.put_idle(stream, Instant::now());
+            }
+            let (status, _, outcome) = proxy_cache::serve_entry(shared, scratch, conn, req, &entry, label);
+            return (status, outcome);
+        }
+    }
+    if let Some(cache) = &shared.cache {
+        if !matches!(req.method(), "GET" | "HEAD" | "OPTIONS" | "TRACE") {
+            proxy_cache::invalidate_after_unsafe(cache, req, &res);
+        }
+    }
+    let mut pending = plan
+        .as_deref()
+        .and_then(|plan| proxy_cache::start_storing(shared, plan, &|name| proxy_cache::request_value(req, name), &res));
+
     // Bodies whose end only the closing of the connection marks are re-chunked for HTTP/1.1
     // clients, so their connection survives; HTTP/1.0 clients get the bytes and a close.
     let (encoding, length_known) = match res.framing {
@@ -288,22 +372,32 @@ fn relay(
         Framing::Chunked | Framing::UntilClose => (Encoding::Identity, false),
     };
     let keep_alive = req.keep_alive && length_known && !shared.is_shutting_down();
+    let cache_label: &[u8] = if plan.is_some() { b"X-Cache: MISS\r\n" } else { b"" };
 
     let mut dst = WriteBatch::new(&mut scratch.out, &mut conn.stream, config.buffer_size);
-    let head = write_response_head(&mut dst, req, &res, encoding, keep_alive);
+    let head = write_response_head(&mut dst, req, &res, encoding, keep_alive, cache_label);
     if head.is_err() {
         return (res.status, Outcome::Close);
     }
-    let mut src = Source { buf: &mut scratch.upstream_buf, sock: &mut stream, step: config.buffer_size };
-    let copied = body::transfer(&mut src, res.framing, &mut dst, encoding, u64::MAX)
-        .and_then(|_| dst.send().map_err(BodyError::Write));
-    match copied {
-        Ok(()) => {
-            if res.reusable && scratch.upstream_buf.is_empty() {
-                backend.put_idle(stream, Instant::now());
-            }
-            (res.status, if keep_alive { Outcome::KeepAlive } else { Outcome::Close })
+    let copied = {
+        let mut src = Source { buf: &mut scratch.upstream_buf, sock: &mut stream, step: config.buffer_size };
+        match pending.as_mut() {
+            Some(p) => body::transfer_with_copy(&mut src, res.framing, &mut dst, encoding, &mut p.tee),
+            None => body::transfer(&mut src, res.framing, &mut dst, encoding, u64::MAX),
         }
+    };
+    if copied.is_ok() {
+        // The backend's part is done before the client's last bytes go out, so the client's next
+        // request already finds the stored response and the pooled connection.
+        if let (Some(plan), Some(pending)) = (plan.as_deref(), pending) {
+            proxy_cache::finish_storing(plan, &res, pending);
+        }
+        if res.reusable && scratch.upstream_buf.is_empty() {
+            backend.put_idle(stream, Instant::now());
+        }
+    }
+    match copied.and_then(|_| dst.send().map_err(BodyError::Write)) {
+        Ok(()) => (res.status, if keep_alive { Outcome::KeepAlive } else { Outcome::Close }),
         Err(BodyError::Write(_)) => (res.status, Outcome::Close),
         Err(e) => {
             log::warn!("{} {}: backend {} broke off the response body: {e}", req.method(), req.target(), backend.name);
@@ -318,13 +412,14 @@ fn write_response_head<W: Write>(
     res: &Response,
     encoding: Encoding,
     keep_alive: bool,
+    extra: &[u8],
 ) -> io::Result<()> {
     let head = dst;
     write!(head, "HTTP/1.1 {} ", res.status)?;
     head.put(res.reason())?;
     head.put(b"\r\n")?;
     for (name, value) in res.headers() {
-        if res.connection.drops(name) {
+        if res.connection.drops(name) || (!extra.is_empty() && name.eq_ignore_ascii_case("x-cache")) {
             continue;
         }
         put_field(head, name, value)?;
@@ -345,6 +440,7 @@ fn write_response_head<W: Write>(
         }
         Framing::Chunked | Framing::UntilClose => {}
     }
+    head.put(extra)?;
     if !keep_alive {
         head.put(b"Connection: close\r\n")?;
     } else if req.version == 0 {
@@ -368,8 +464,9 @@ fn push_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 }
 
 /// Writes the head sent to every backend for this request: hop-by-hop fields removed, `Host` kept,
-/// `X-Forwarded-*` and `Via` added, framing written by pibl.
-fn build_upstream_head(req: &Request, peer: SocketAddr, out: &mut Vec<u8>) {
+/// `X-Forwarded-*` and `Via` added, framing written by pibl. When revalidating a stored entry, its
+/// validators replace the client's own conditional fields.
+fn build_upstream_head(req: &Request, peer: SocketAddr, revalidating: Option<&Entry>, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(req.method().as_bytes());
     out.push(b' ');
@@ -387,10 +484,19 @@ fn build_upstream_head(req: &Request, peer: SocketAddr, out: &mut Vec<u8>) {
             || is(name, "x-forwarded-proto")
             || is(name, "x-forwarded-host")
             || is(name, "via")
+            || (revalidating.is_some() && (is(name, "if-none-match") || is(name, "if-modified-since")))
         {
             continue;
         }
         push_field(out, name, value);
+    }
+    if let Some(entry) = revalidating {
+        if let Some(etag) = entry.header("etag") {
+            push_field(out, "If-None-Match", etag);
+        }
+        if let Some(modified) = entry.header("last-modified") {
+            push_field(out, "If-Modified-Since", modified);
+        }
     }
     // Appended to what earlier proxies recorded, as nginx's $proxy_add_x_forwarded_for does.
     out.extend_from_slice(b"X-Forwarded-For: ");

@@ -19,17 +19,25 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::backend::Pool;
+use crate::cache::{Cache, Limits as CacheLimits};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::conn::{Conn, ConnLimit};
 use crate::http::request::{self, Limits};
 use crate::parker::Parker;
 use crate::proxy::{self, Outcome, Scratch};
+use crate::proxy_cache::{self, RefreshJob};
 
 /// State every thread of one server shares.
 pub struct Shared {
     pub config: Config,
     pub pool: Pool,
     pub limits: Limits,
+    /// The response cache; `None` when `ttl` is zero.
+    pub cache: Option<Cache>,
+    pub clock: Clock,
+    /// Background refreshes of stale cache entries.
+    pub refresh_tx: Option<Sender<RefreshJob>>,
     shutdown: AtomicBool,
     conns: Arc<ConnLimit>,
     parker: Parker,
@@ -47,6 +55,7 @@ pub struct Server {
     local_addr: SocketAddr,
     acceptor: Option<JoinHandle<()>>,
     parker: Option<JoinHandle<()>>,
+    refresher: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
     worker_done: Receiver<()>,
 }
@@ -74,9 +83,20 @@ impl Server {
             max_headers: config.max_headers,
             max_body_bytes: config.max_body_bytes,
         };
+        let cache = (!config.ttl.is_zero()).then(|| {
+            Cache::new(CacheLimits {
+                max_bytes: config.cache_max_bytes,
+                max_object_bytes: config.cache_max_object_bytes,
+            })
+        });
+        // Refreshes wait in a short queue; when it is full the entry is simply refreshed later.
+        let (refresh_tx, refresh_rx) = crossbeam_channel::bounded(64);
         let shared = Arc::new(Shared {
             pool: Pool::new(&config.backends, config.backend_pool_size),
             limits,
+            refresh_tx: cache.is_some().then_some(refresh_tx),
+            cache,
+            clock: Clock::default(),
             shutdown: AtomicBool::new(false),
             conns: Arc::new(ConnLimit::default()),
             parker: Parker::new()?,
@@ -102,17 +122,46 @@ impl Server {
                 .name("pibl-parker".into())
                 .spawn(move || shared.parker.run(&tx, &shared.shutdown, tick))?
         };
+        let refresher = match shared.cache.is_some() {
+            true => {
+                let shared = Arc::clone(&shared);
+                Some(thread::Builder::new().name("pibl-cache".into()).spawn(move || {
+                    if let Some(cache) = &shared.cache {
+                        proxy_cache::run_refresher(&shared, cache, &refresh_rx);
+                    }
+                })?)
+            }
+            false => None,
+        };
         let acceptor = {
             let shared = Arc::clone(&shared);
             thread::Builder::new()
                 .name("pibl-acceptor".into())
                 .spawn(move || accept_loop(&listener, &shared, &ready_tx))?
         };
-        Ok(Server { shared, local_addr, acceptor: Some(acceptor), parker: Some(parker), workers, worker_done })
+        Ok(Server {
+            shared,
+            local_addr,
+            acceptor: Some(acceptor),
+            parker: Some(parker),
+            refresher,
+            workers,
+            worker_done,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The clock the server reads; tests advance it to age cached responses.
+    pub fn clock(&self) -> &Clock {
+        &self.shared.clock
+    }
+
+    /// The response cache, unless `ttl` is zero.
+    pub fn cache(&self) -> Option<&Cache> {
+        self.shared.cache.as_ref()
     }
 
     pub fn stats(&self) -> Stats {
@@ -127,7 +176,7 @@ impl Server {
         self.shared.parker.wake();
         // accept() has no timeout: a connection to ourselves wakes it.
         let _ = TcpStream::connect_timeout(&wake_addr(self.local_addr), Duration::from_secs(1));
-        for handle in [self.acceptor.take(), self.parker.take()].into_iter().flatten() {
+        for handle in [self.acceptor.take(), self.parker.take(), self.refresher.take()].into_iter().flatten() {
             let _ = handle.join();
         }
         let mut finished = 0;

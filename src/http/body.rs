@@ -48,6 +48,33 @@ pub enum Encoding {
     Chunked,
 }
 
+/// A copy of the decoded body kept on the side (for the response cache), given up once it would
+/// pass `cap` bytes.
+#[derive(Debug, Default)]
+pub struct Tee {
+    pub data: Vec<u8>,
+    pub cap: usize,
+    pub overflowed: bool,
+}
+
+impl Tee {
+    pub fn new(cap: usize) -> Tee {
+        Tee { data: Vec::new(), cap, overflowed: false }
+    }
+
+    fn keep(&mut self, piece: &[u8]) {
+        if self.overflowed {
+            return;
+        }
+        if self.data.len() + piece.len() > self.cap {
+            self.overflowed = true;
+            self.data = Vec::new();
+        } else {
+            self.data.extend_from_slice(piece);
+        }
+    }
+}
+
 /// The sending side: its socket and the bytes already read from it.
 pub struct Source<'a, R: Read> {
     pub buf: &'a mut ReadBuf,
@@ -101,29 +128,60 @@ pub fn transfer<R: Read, W: Write>(
     encoding: Encoding,
     limit: u64,
 ) -> Result<u64, BodyError> {
+    transfer_tee(src, framing, &mut Sink { dst, encoding, tee: None }, limit)
+}
+
+/// Like [`transfer`], also keeping a copy of the decoded body in `tee`.
+pub fn transfer_with_copy<R: Read, W: Write>(
+    src: &mut Source<'_, R>,
+    framing: Framing,
+    dst: &mut WriteBatch<'_, W>,
+    encoding: Encoding,
+    tee: &mut Tee,
+) -> Result<u64, BodyError> {
+    transfer_tee(src, framing, &mut Sink { dst, encoding, tee: Some(tee) }, u64::MAX)
+}
+
+/// Where decoded body bytes go.
+struct Sink<'s, 'b, W: Write> {
+    dst: &'s mut WriteBatch<'b, W>,
+    encoding: Encoding,
+    tee: Option<&'s mut Tee>,
+}
+
+fn transfer_tee<R: Read, W: Write>(
+    src: &mut Source<'_, R>,
+    framing: Framing,
+    sink: &mut Sink<'_, '_, W>,
+    limit: u64,
+) -> Result<u64, BodyError> {
     let total = match framing {
         Framing::None => 0,
         Framing::Length(len) => {
             if len > limit {
                 return Err(BodyError::TooLarge);
             }
-            copy_exact(src, len, dst, encoding)?;
+            copy_exact(src, len, sink)?;
             len
         }
-        Framing::Chunked => copy_chunked(src, dst, encoding, limit)?,
-        Framing::UntilClose => copy_until_close(src, dst, encoding, limit)?,
+        Framing::Chunked => copy_chunked(src, sink, limit)?,
+        Framing::UntilClose => copy_until_close(src, sink, limit)?,
     };
-    if encoding == Encoding::Chunked && framing != Framing::None {
-        dst.put(b"0\r\n\r\n").map_err(BodyError::Write)?;
+    if sink.encoding == Encoding::Chunked && framing != Framing::None {
+        sink.dst.put(b"0\r\n\r\n").map_err(BodyError::Write)?;
     }
     Ok(total)
 }
 
-fn write_piece<W: Write>(dst: &mut WriteBatch<'_, W>, data: &[u8], encoding: Encoding) -> Result<(), BodyError> {
+fn write_piece<W: Write>(sink: &mut Sink<'_, '_, W>, data: &[u8]) -> Result<(), BodyError> {
     if data.is_empty() {
         return Ok(());
     }
-    if encoding == Encoding::Chunked {
+    if let Some(tee) = sink.tee.as_deref_mut() {
+        tee.keep(data);
+    }
+    let dst = &mut *sink.dst;
+    if sink.encoding == Encoding::Chunked {
         write!(dst, "{:x}\r\n", data.len()).map_err(BodyError::Write)?;
         dst.put(data).map_err(BodyError::Write)?;
         dst.put(b"\r\n").map_err(BodyError::Write)
@@ -135,15 +193,14 @@ fn write_piece<W: Write>(dst: &mut WriteBatch<'_, W>, data: &[u8], encoding: Enc
 fn copy_exact<R: Read, W: Write>(
     src: &mut Source<'_, R>,
     mut remaining: u64,
-    dst: &mut WriteBatch<'_, W>,
-    encoding: Encoding,
+    sink: &mut Sink<'_, '_, W>,
 ) -> Result<(), BodyError> {
     while remaining > 0 {
         if !src.fill_some()? {
             return Err(BodyError::Truncated);
         }
         let take = (src.buf.len() as u64).min(remaining) as usize;
-        write_piece(dst, &src.buf.filled()[..take], encoding)?;
+        write_piece(sink, &src.buf.filled()[..take])?;
         src.buf.consume(take);
         remaining -= take as u64;
     }
@@ -152,8 +209,7 @@ fn copy_exact<R: Read, W: Write>(
 
 fn copy_chunked<R: Read, W: Write>(
     src: &mut Source<'_, R>,
-    dst: &mut WriteBatch<'_, W>,
-    encoding: Encoding,
+    sink: &mut Sink<'_, '_, W>,
     limit: u64,
 ) -> Result<u64, BodyError> {
     let mut total: u64 = 0;
@@ -172,7 +228,7 @@ fn copy_chunked<R: Read, W: Write>(
         if total > limit {
             return Err(BodyError::TooLarge);
         }
-        copy_exact(src, size, dst, encoding)?;
+        copy_exact(src, size, sink)?;
         let crlf = src.line()?;
         if crlf != 2 {
             return Err(BodyError::Malformed("chunk data longer than its size"));
@@ -198,8 +254,7 @@ fn skip_trailers<R: Read>(src: &mut Source<'_, R>) -> Result<(), BodyError> {
 
 fn copy_until_close<R: Read, W: Write>(
     src: &mut Source<'_, R>,
-    dst: &mut WriteBatch<'_, W>,
-    encoding: Encoding,
+    sink: &mut Sink<'_, '_, W>,
     limit: u64,
 ) -> Result<u64, BodyError> {
     let mut total: u64 = 0;
@@ -209,7 +264,7 @@ fn copy_until_close<R: Read, W: Write>(
         if total > limit {
             return Err(BodyError::TooLarge);
         }
-        write_piece(dst, piece, encoding)?;
+        write_piece(sink, piece)?;
         let n = piece.len();
         src.buf.consume(n);
     }

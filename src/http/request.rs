@@ -105,7 +105,7 @@ impl Request {
     }
 
     /// Every header field in order, names as sent.
-    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + Clone {
         self.headers
             .iter()
             .map(|(n, v)| (std::str::from_utf8(&self.head[n.clone()]).unwrap_or(""), &self.head[v.clone()]))

@@ -50,7 +50,7 @@ impl Response {
         &self.head[self.reason.clone()]
     }
 
-    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + Clone {
         self.headers
             .iter()
             .map(|(n, v)| (std::str::from_utf8(&self.head[n.clone()]).unwrap_or(""), &self.head[v.clone()]))
