@@ -14,6 +14,10 @@ use std::time::Duration;
 
 use ini::Ini;
 
+mod routes;
+use routes::{parse_nets, parse_rate, render_nets, render_rate};
+pub use routes::{AuthUrl, Balance, IpNet, RateLimit, RouteAuth, RouteConfig};
+
 /// One upstream server as written in the INI (`ip_serverN = host[:port]`), resolved at load time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendAddr {
@@ -75,6 +79,18 @@ pub struct Config {
     pub api_port: u16,
     /// `database`: SQLite file of the management API.
     pub database: PathBuf,
+    /// `rate_limit` / `rate_burst`: requests per client IP, for every route (`None` = unlimited).
+    pub rate_limit: Option<RateLimit>,
+    /// `max_conn_per_ip`: concurrent connections one client IP may hold (0 = no limit).
+    pub max_conn_per_ip: usize,
+    /// `deny`: client addresses answered 403 before anything else runs.
+    pub deny: Vec<IpNet>,
+    /// `allow`: when not empty, only these client addresses are served.
+    pub allow: Vec<IpNet>,
+    /// `trusted_proxies`: peers whose `X-Forwarded-For` names the real client.
+    pub trusted_proxies: Vec<IpNet>,
+    /// `[route.NAME]` sections, in file order.
+    pub routes: Vec<RouteConfig>,
 }
 
 impl Default for Config {
@@ -104,6 +120,12 @@ impl Default for Config {
             log_level: log::LevelFilter::Info,
             api_port: 5000,
             database: PathBuf::from("pibl.db"),
+            rate_limit: None,
+            max_conn_per_ip: 0,
+            deny: Vec::new(),
+            allow: Vec::new(),
+            trusted_proxies: Vec::new(),
+            routes: Vec::new(),
         }
     }
 }
@@ -215,10 +237,22 @@ impl Config {
         let mut first_line: HashMap<&str, Option<usize>> = HashMap::new();
         let mut servers: BTreeMap<u32, BackendAddr> = BTreeMap::new();
 
+        let mut pending_burst = None;
         for (section, properties) in ini.iter() {
             match section {
                 None | Some("DEFAULT") => {}
-                Some(name) if name.starts_with("route.") => continue,
+                Some(name) if name.starts_with("route.") => {
+                    let route = routes::parse_section(name, properties, &lines, file)?;
+                    if let Some(other) = config.routes.iter().find(|r| r.prefix == route.prefix) {
+                        return Err(invalid(
+                            routes::key_line_in(&lines, name, "prefix"),
+                            &format!("[{name}] prefix"),
+                            format!("{} is already the prefix of [route.{}]", route.prefix, other.name),
+                        ));
+                    }
+                    config.routes.push(route);
+                    continue;
+                }
                 Some(name) => {
                     let mut message = "unknown section".to_string();
                     if let Some(better) = suggest_section(name) {
@@ -247,6 +281,8 @@ impl Config {
                         servers.insert(n, backend);
                         Ok(())
                     })
+                } else if key == "rate_burst" {
+                    parse_count(value, 0, 1_000_000).map(|b| pending_burst = Some(b as u32))
                 } else if let Some(spec) = key_spec(key) {
                     (spec.apply)(&mut config, value).map_err(|e| with_comment_hint(e, value))
                 } else {
@@ -262,6 +298,9 @@ impl Config {
 
         if !servers.is_empty() {
             config.backends = servers.into_values().collect();
+        }
+        if let (Some(limit), Some(burst)) = (config.rate_limit.as_mut(), pending_burst) {
+            limit.burst = burst;
         }
         if config.cache_max_object_bytes > config.cache_max_bytes {
             let line = first_line.get("cache_max_object_bytes").copied().flatten();
@@ -306,6 +345,10 @@ impl Config {
                     }
                 }
             }
+        }
+        out.push_str(routes::ROUTES_HELP);
+        for route in &self.routes {
+            out.push_str(&routes::render(route));
         }
         out
     }
@@ -355,7 +398,10 @@ enum LineKind {
     /// A key in the general part or `[DEFAULT]` (the only keys whose lines are ever reported).
     Key(String),
     /// A key in any other section.
-    OtherKey,
+    SectionKey {
+        section: String,
+        key: String,
+    },
 }
 
 struct ScannedLine {
@@ -367,6 +413,7 @@ fn scan_lines(text: &str, file: &str) -> Result<Vec<ScannedLine>, ConfigError> {
     let syntax = |number: usize, message: String| ConfigError::Syntax { file: file.to_string(), line: number, message };
     let mut out = Vec::new();
     let mut in_default = true;
+    let mut section = String::new();
     let mut continuation = false;
     for (index, raw) in text.split('\n').enumerate() {
         let number = index + 1;
@@ -399,6 +446,7 @@ fn scan_lines(text: &str, file: &str) -> Result<Vec<ScannedLine>, ConfigError> {
             };
             let name = name.trim().to_string();
             in_default = name == "DEFAULT";
+            section = name.clone();
             out.push(ScannedLine { number, kind: LineKind::Section(name) });
             continue;
         }
@@ -420,7 +468,11 @@ fn scan_lines(text: &str, file: &str) -> Result<Vec<ScannedLine>, ConfigError> {
             }
         }
         continuation = line.ends_with('\\');
-        let kind = if in_default { LineKind::Key(key.to_string()) } else { LineKind::OtherKey };
+        let kind = if in_default {
+            LineKind::Key(key.to_string())
+        } else {
+            LineKind::SectionKey { section: section.clone(), key: key.to_string() }
+        };
         out.push(ScannedLine { number, kind });
     }
     Ok(out)
@@ -607,6 +659,58 @@ const LAYOUT: &[Entry] = &[
                through uncached.",
         apply: |c, v| parse_size(v).map(|x| c.cache_max_object_bytes = x as usize),
         render: |c| render_size(c.cache_max_object_bytes as u64),
+    }),
+    Entry::Group("Limits and access"),
+    Entry::Key(KeySpec {
+        name: "rate_limit",
+        help: "Requests each client IP may make, as N/s or N/m (e.g. 50/s); past it the answer is 429\n\
+               with Retry-After. off = no limit. A [route.NAME] section may set its own.",
+        apply: |c, v| {
+            parse_rate(v).map(|r| {
+                c.rate_limit =
+                    r.map(|(per_second, _)| RateLimit { per_second, burst: c.rate_limit.map_or(0, |l| l.burst) })
+            })
+        },
+        render: |c| render_rate(c.rate_limit),
+    }),
+    Entry::Key(KeySpec {
+        name: "rate_burst",
+        help: "Requests a client may send at once above rate_limit (0 = one second's worth).",
+        apply: |c, v| {
+            parse_count(v, 0, 1_000_000).map(|b| {
+                if let Some(limit) = c.rate_limit.as_mut() {
+                    limit.burst = b as u32;
+                }
+            })
+        },
+        render: |c| c.rate_limit.map_or(0, |l| l.burst).to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "max_conn_per_ip",
+        help: "Connections one client IP may hold open at once; more are refused with 429.\n\
+               0 = no limit.",
+        apply: |c, v| parse_count(v, 0, 1_000_000).map(|x| c.max_conn_per_ip = x),
+        render: |c| c.max_conn_per_ip.to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "deny",
+        help: "Client addresses refused with 403, comma-separated, IPv4 or IPv6, single or CIDR\n\
+               (e.g. 10.0.0.0/8, 203.0.113.7, 2001:db8::/32). Empty = none.",
+        apply: |c, v| parse_nets(v).map(|x| c.deny = x),
+        render: |c| render_nets(&c.deny),
+    }),
+    Entry::Key(KeySpec {
+        name: "allow",
+        help: "When set, only these client addresses are served (same form as deny; deny wins).",
+        apply: |c, v| parse_nets(v).map(|x| c.allow = x),
+        render: |c| render_nets(&c.allow),
+    }),
+    Entry::Key(KeySpec {
+        name: "trusted_proxies",
+        help: "Proxies in front of pibl whose X-Forwarded-For is believed when deciding the client\n\
+               address for deny/allow and rate limits. Empty = the connection's address is the client.",
+        apply: |c, v| parse_nets(v).map(|x| c.trusted_proxies = x),
+        render: |c| render_nets(&c.trusted_proxies),
     }),
     Entry::Group("Logging"),
     Entry::Key(KeySpec {
@@ -924,6 +1028,8 @@ fn suggest_key(word: &str) -> Option<String> {
 fn suggest_section(name: &str) -> Option<&'static str> {
     if is_close(name, "DEFAULT") || name.eq_ignore_ascii_case("default") {
         Some("DEFAULT")
+    } else if name.starts_with("route") || name.starts_with("routes.") {
+        Some("route.NAME")
     } else {
         None
     }
@@ -1213,7 +1319,8 @@ mod tests {
         assert_eq!(suggest_key("completely_different"), None);
         assert_eq!(suggest_section("default"), Some("DEFAULT"));
         assert_eq!(suggest_section("DEFALT"), Some("DEFAULT"));
-        assert_eq!(suggest_section("routes"), None);
+        assert_eq!(suggest_section("routes"), Some("route.NAME"));
+        assert_eq!(suggest_section("users"), None);
     }
 
     #[test]
@@ -1256,6 +1363,12 @@ mod tests {
             log_level: log::LevelFilter::Off,
             api_port: 65535,
             database: PathBuf::from(" /var/lib/pibl #1.db"),
+            rate_limit: Some(RateLimit { per_second: 2.5, burst: 7 }),
+            max_conn_per_ip: 3,
+            deny: parse_nets("10.0.0.0/8, ::1").unwrap(),
+            allow: Vec::new(),
+            trusted_proxies: parse_nets("127.0.0.1").unwrap(),
+            routes: Vec::new(),
         };
         assert_eq!(Config::from_ini_str(&modified.to_ini(), "x"), Ok(modified));
     }
@@ -1263,7 +1376,7 @@ mod tests {
     #[test]
     fn layout_variants() {
         // General section, CRLF, BOM, `:` separator, quoted value and a route section are all accepted.
-        let text = "\u{feff}port: 81\r\n[DEFAULT]\r\ndatabase = \"my db.db\"\r\n[route.api]\r\nprefix = /x\r\n";
+        let text = "\u{feff}port: 81\r\n[DEFAULT]\r\ndatabase = \"my db.db\"\r\n[route.api]\r\nprefix = /x\r\nservers = 127.0.0.1:1\r\n";
         let c = Config::from_ini_str(text, "t.ini").unwrap();
         assert_eq!((c.port, c.database), (81, PathBuf::from("my db.db")));
 

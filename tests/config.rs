@@ -145,10 +145,15 @@ fn missing_file_is_reported_with_its_name() {
 }
 
 #[test]
-fn route_sections_are_left_for_the_router() {
+fn route_sections_are_read_from_the_file() {
     let dir = TempDir::new("route");
-    let path = dir.file("parser.ini", "[DEFAULT]\nport = 9090\n\n[route.api]\nprefix = /api\nbackends = 1\n");
-    assert_eq!(Config::load(&path).map(|c| c.port), Ok(9090));
+    let path =
+        dir.file("parser.ini", "[DEFAULT]\nport = 9090\n\n[route.api]\nprefix = /api\nservers = 127.0.0.1:5000\n");
+    let config = Config::load(&path).expect("valid routes");
+    assert_eq!((config.port, config.routes.len(), config.routes[0].prefix.as_str()), (9090, 1, "/api"));
+    let typo = dir.file("typo.ini", "[DEFAULT]\nport = 9090\n\n[route.api]\nprefix = /api\nbackends = 1\n");
+    let message = Config::load(&typo).expect_err("unknown route key").to_string();
+    assert!(message.contains("typo.ini:6: [route.api] backends: unknown route key"), "{message}");
 }
 
 #[test]
