@@ -3,14 +3,14 @@
 //! backend for reuse.
 
 use std::io;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::config::BackendAddr;
+use crate::config::{BackendAddr, Balance};
 
 /// Idle backend connections older than this are not reused: most servers close keep-alive
 /// connections after 5 to 60 seconds of silence, and a request sent on a closed one would fail.
@@ -102,18 +102,25 @@ impl Backend {
     }
 }
 
-/// A set of interchangeable backends, chosen round-robin.
+/// A set of interchangeable backends and the policy that chooses among them.
 #[derive(Debug)]
 pub struct Pool {
     backends: Vec<Arc<Backend>>,
     next: AtomicUsize,
+    balance: Balance,
 }
 
 impl Pool {
+    /// A round-robin pool.
     pub fn new(addrs: &[BackendAddr], idle_limit: usize) -> Self {
+        Pool::with_balance(addrs, idle_limit, Balance::RoundRobin)
+    }
+
+    pub fn with_balance(addrs: &[BackendAddr], idle_limit: usize, balance: Balance) -> Self {
         Pool {
             backends: addrs.iter().map(|a| Arc::new(Backend::new(a, idle_limit))).collect(),
             next: AtomicUsize::new(0),
+            balance,
         }
     }
 
@@ -121,13 +128,85 @@ impl Pool {
         &self.backends
     }
 
-    /// The backends to try for one request, in order: every backend that is up, starting with the
-    /// one whose turn it is. Each request advances the turn by one.
-    pub fn candidates(&self, now: Instant) -> impl Iterator<Item = &Arc<Backend>> {
+    /// The backends to try for one request, in order: every backend that is up, the policy's choice
+    /// first, then the others round-robin as fallbacks. No lock is taken.
+    pub fn candidates(&self, now: Instant, client: IpAddr) -> Candidates<'_> {
         let n = self.backends.len();
         let start = if n == 0 { 0 } else { self.next.fetch_add(1, Ordering::Relaxed) % n };
-        (0..n).map(move |i| &self.backends[(start + i) % n]).filter(move |b| b.is_up(now))
+        let up = |i: usize| self.backends[i].is_up(now);
+        let load = |i: usize| self.backends[i].in_flight.load(Ordering::Relaxed);
+        let first = match self.balance {
+            _ if n == 0 => None,
+            Balance::RoundRobin => None,
+            Balance::LeastConn => (0..n).map(|k| (start + k) % n).filter(|&i| up(i)).min_by_key(|&i| load(i)),
+            Balance::RandomTwo => {
+                let (a, b) = (random_below(n), random_below(n));
+                [a, b].into_iter().filter(|&i| up(i)).min_by_key(|&i| load(i))
+            }
+            Balance::IpHash => {
+                // A client keeps its server, and moves to the next one only while its own is down.
+                let home = (hash_ip(client) % n as u64) as usize;
+                (0..n).map(|k| (home + k) % n).find(|&i| up(i))
+            }
+        };
+        Candidates { pool: self, now, first, chosen: None, start, step: 0 }
     }
+}
+
+/// The order in which one request tries a pool's backends.
+pub struct Candidates<'a> {
+    pool: &'a Pool,
+    now: Instant,
+    /// The policy's choice, tried first.
+    first: Option<usize>,
+    /// The choice once tried, skipped when the round-robin turn reaches it.
+    chosen: Option<usize>,
+    start: usize,
+    step: usize,
+}
+
+impl<'a> Iterator for Candidates<'a> {
+    type Item = &'a Arc<Backend>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(first) = self.first.take() {
+            self.chosen = Some(first);
+            return Some(&self.pool.backends[first]);
+        }
+        let n = self.pool.backends.len();
+        while self.step < n {
+            let i = (self.start + self.step) % n;
+            self.step += 1;
+            let backend = &self.pool.backends[i];
+            if Some(i) != self.chosen && backend.is_up(self.now) {
+                return Some(backend);
+            }
+        }
+        None
+    }
+}
+
+fn hash_ip(ip: IpAddr) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    // A fixed-key hasher: the same client maps to the same server in every worker and after a restart.
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(ip)
+}
+
+/// A fast, non-cryptographic random index below `n`, per thread.
+fn random_below(n: usize) -> usize {
+    use std::cell::Cell;
+    use std::hash::BuildHasher;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(std::collections::hash_map::RandomState::new().hash_one(0u64) | 1);
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        (x % n as u64) as usize
+    })
 }
 
 #[cfg(test)]
@@ -141,8 +220,10 @@ mod tests {
         Pool::new(&addrs, 4)
     }
 
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     fn first(pool: &Pool, now: Instant) -> Option<String> {
-        pool.candidates(now).next().map(|b| b.name.clone())
+        pool.candidates(now, CLIENT).next().map(|b| b.name.clone())
     }
 
     #[test]
@@ -161,10 +242,49 @@ mod tests {
         let order: Vec<_> = (0..4).filter_map(|_| first(&pool, now)).collect();
         assert_eq!(order, ["b1", "b3", "b3", "b1"]);
         let later = now + Duration::from_secs(11);
-        assert_eq!(pool.candidates(later).count(), 3);
+        assert_eq!(pool.candidates(later, CLIENT).count(), 3);
         for b in pool.backends() {
             b.mark_down(now, Duration::from_secs(10));
         }
-        assert_eq!(pool.candidates(now).count(), 0);
+        assert_eq!(pool.candidates(now, CLIENT).count(), 0);
+    }
+
+    fn policy_pool(balance: Balance) -> Pool {
+        let addrs: Vec<BackendAddr> = (1..=4)
+            .map(|i| BackendAddr { name: format!("b{i}"), addr: SocketAddr::from(([127, 0, 0, 1], i)) })
+            .collect();
+        Pool::with_balance(&addrs, 4, balance)
+    }
+
+    #[test]
+    fn every_policy_lists_each_up_backend_once() {
+        let now = Instant::now();
+        for balance in [Balance::RoundRobin, Balance::LeastConn, Balance::RandomTwo, Balance::IpHash] {
+            let pool = policy_pool(balance);
+            pool.backends()[2].mark_down(now, Duration::from_secs(5));
+            for _ in 0..20 {
+                let mut names: Vec<String> = pool.candidates(now, CLIENT).map(|b| b.name.clone()).collect();
+                names.sort();
+                assert_eq!(names, ["b1", "b2", "b4"], "{balance:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn least_conn_prefers_the_idlest_and_ip_hash_is_sticky() {
+        let now = Instant::now();
+        let pool = policy_pool(Balance::LeastConn);
+        for (i, load) in [3, 1, 0, 2].into_iter().enumerate() {
+            pool.backends()[i].in_flight.store(load, Ordering::Relaxed);
+        }
+        assert!((0..8).all(|_| first(&pool, now).as_deref() == Some("b3")));
+
+        let pool = policy_pool(Balance::IpHash);
+        let a: IpAddr = "198.51.100.7".parse().unwrap();
+        let home = pool.candidates(now, a).next().unwrap().name.clone();
+        assert!((0..8).all(|_| pool.candidates(now, a).next().unwrap().name == home));
+        let spread: std::collections::HashSet<String> =
+            (0..64u8).map(|i| pool.candidates(now, IpAddr::from([10, 0, 0, i])).next().unwrap().name.clone()).collect();
+        assert!(spread.len() >= 3, "clients spread over servers: {spread:?}");
     }
 }

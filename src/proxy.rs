@@ -202,7 +202,7 @@ fn forward_to_backends(
     let revalidating = plan.as_deref().and_then(CachePlan::revalidating);
     build_upstream_head(req, conn.peer, revalidating, &mut scratch.upstream_head);
     let has_body = req.framing.has_body();
-    for backend in shared.pool.candidates(now) {
+    for backend in shared.pool.candidates(now, conn.peer.ip()) {
         // A reused connection may have been closed by the backend; without a body the request can
         // simply be sent again, so only body-less requests take an idle connection.
         let idle = if has_body { None } else { backend.take_idle(now) };

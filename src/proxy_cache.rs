@@ -4,6 +4,7 @@
 //! (`stale-while-revalidate`).
 
 use std::io::{self, Write};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -366,7 +367,7 @@ fn refresh(shared: &Shared, cache: &Cache, scratch: &mut Scratch, job: &RefreshJ
         request_time: shared.clock.system_now(),
     };
     let now = std::time::Instant::now();
-    let backend = shared.pool.candidates(now).next().ok_or("no backend is up")?;
+    let backend = shared.pool.candidates(now, IpAddr::from([127, 0, 0, 1])).next().ok_or("no backend is up")?;
     let mut stream = match backend.take_idle(now) {
         Some(s) => s,
         None => backend.connect(config.connect_timeout, config.backend_timeout).map_err(|e| e.to_string())?,
