@@ -6,8 +6,9 @@ use std::fmt;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
+use crate::access_log::AccessRecord;
 use crate::backend::Backend;
 use crate::buffer::{ReadBuf, WriteBatch};
 use crate::conn::Conn;
@@ -26,6 +27,8 @@ pub struct Scratch {
     out: Vec<u8>,
     upstream_head: Vec<u8>,
     upstream_buf: ReadBuf,
+    /// Body bytes sent to the client for the current request, for the access log.
+    body_bytes: u64,
 }
 
 /// What the connection does after a request.
@@ -90,6 +93,7 @@ fn is_timeout(e: &io::Error) -> bool {
 /// error response) to the client.
 pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Request) -> Outcome {
     let started = Instant::now();
+    scratch.body_bytes = 0;
     // Cache seam: a cache lookup goes here. A hit is written to the client without touching a
     // backend; a miss falls through to `forward`, which offers the response to the cache as it streams.
     let result = forward(shared, scratch, conn, &req);
@@ -108,22 +112,26 @@ pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Requ
                 && req.keep_alive
                 && !shared.is_shutting_down();
             if !matches!(e, ForwardError::ClientGone(_)) {
-                let _ = write_error(&mut conn.stream, status, &e.to_string(), keep, req.is_head());
+                scratch.body_bytes =
+                    write_error(&mut conn.stream, status, &e.to_string(), keep, req.is_head()).unwrap_or(0);
             }
             (status, backend, if keep { Outcome::KeepAlive } else { Outcome::Close })
         }
     };
     if shared.config.access_log {
-        log::info!(
-            target: "access",
-            "[*] Request done: {} => {} {} {} {:.4}s <= {}",
-            conn.peer.ip(),
-            req.method(),
-            req.target(),
+        shared.access_log.log(&AccessRecord {
+            time: SystemTime::now(),
+            client: conn.peer.ip(),
+            method: req.method(),
+            target: req.target(),
+            version: req.version,
             status,
-            started.elapsed().as_secs_f64(),
-            backend.as_deref().unwrap_or("-"),
-        );
+            body_bytes: scratch.body_bytes,
+            duration: started.elapsed(),
+            backend: backend.as_deref(),
+            referer: req.header("referer"),
+            user_agent: req.header("user-agent"),
+        });
     }
     outcome
 }
@@ -296,9 +304,10 @@ fn relay(
     }
     let mut src = Source { buf: &mut scratch.upstream_buf, sock: &mut stream, step: config.buffer_size };
     let copied = body::transfer(&mut src, res.framing, &mut dst, encoding, u64::MAX)
-        .and_then(|_| dst.send().map_err(BodyError::Write));
+        .and_then(|sent| dst.send().map(|()| sent).map_err(BodyError::Write));
     match copied {
-        Ok(()) => {
+        Ok(sent) => {
+            scratch.body_bytes = sent;
             if res.reusable && scratch.upstream_buf.is_empty() {
                 backend.put_idle(stream, Instant::now());
             }
@@ -422,14 +431,15 @@ fn build_upstream_head(req: &Request, peer: SocketAddr, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Writes a response pibl generates itself (an error), small enough for one write.
+/// Writes a response pibl generates itself (an error), small enough for one write; returns the body
+/// bytes sent.
 pub fn write_error(
     stream: &mut TcpStream,
     status: u16,
     detail: &str,
     keep_alive: bool,
     head_only: bool,
-) -> io::Result<()> {
+) -> io::Result<u64> {
     let body = format!("{status} {}: {detail}\n", reason(status));
     let mut msg = Vec::with_capacity(160 + body.len());
     write!(
@@ -442,5 +452,5 @@ pub fn write_error(
     if !head_only {
         msg.extend_from_slice(body.as_bytes());
     }
-    stream.write_all(&msg)
+    stream.write_all(&msg).map(|()| if head_only { 0 } else { body.len() as u64 })
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::access_log::AccessLog;
 use crate::backend::Pool;
 use crate::config::Config;
 use crate::conn::{Conn, ConnLimit};
@@ -30,6 +31,7 @@ pub struct Shared {
     pub config: Config,
     pub pool: Pool,
     pub limits: Limits,
+    pub access_log: AccessLog,
     shutdown: AtomicBool,
     conns: Arc<ConnLimit>,
     parker: Parker,
@@ -77,6 +79,7 @@ impl Server {
         let shared = Arc::new(Shared {
             pool: Pool::new(&config.backends, config.backend_pool_size),
             limits,
+            access_log: AccessLog::start(&config).map_err(io::Error::other)?,
             shutdown: AtomicBool::new(false),
             conns: Arc::new(ConnLimit::default()),
             parker: Parker::new()?,
@@ -115,6 +118,11 @@ impl Server {
         self.local_addr
     }
 
+    /// The access log, for the binary to hook SIGUSR1 to it.
+    pub fn access_log(&self) -> &AccessLog {
+        &self.shared.access_log
+    }
+
     pub fn stats(&self) -> Stats {
         Stats { open_connections: self.shared.conns.open(), parked_connections: self.shared.parker.len() }
     }
@@ -138,6 +146,8 @@ impl Server {
             }
         }
         let clean = finished == self.workers.len();
+        // Lines of requests still running past the grace period are dropped; the rest reach the file.
+        self.shared.access_log.close();
         if clean {
             for handle in self.workers.drain(..) {
                 let _ = handle.join();
