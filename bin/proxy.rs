@@ -1,6 +1,7 @@
 //! `proxy`: runs the pibl data plane from `parser.ini` (or `--demo` with built-in backends).
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use pibl::config::{BackendAddr, Config};
@@ -8,9 +9,11 @@ use pibl::demo::DemoBackend;
 use pibl::{logging, Server};
 
 const USAGE: &str = "\
-usage: proxy [--config FILE] [--demo] [--log-level LEVEL]
+usage: proxy [--config FILE] [--demo] [--log-level LEVEL] [--check-config]
 
   --config FILE      INI file to load (default ./parser.ini; write one with `parser`)
+  --check-config     validate the INI file, print a summary and exit: 0 if it is valid,
+                     2 if not (like `nginx -t`)
   --demo             start three demo backends on loopback and balance across them
                      (uses the built-in defaults unless --config is given)
   --log-level LEVEL  off, error, warn, info, debug or trace (overrides log_level)
@@ -20,16 +23,18 @@ usage: proxy [--config FILE] [--demo] [--log-level LEVEL]
 struct Args {
     config: Option<PathBuf>,
     demo: bool,
+    check_config: bool,
     log_level: Option<log::LevelFilter>,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { config: None, demo: false, log_level: None };
+    let mut args = Args { config: None, demo: false, check_config: false, log_level: None };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--config" | "-c" => args.config = Some(it.next().ok_or("--config needs a file name")?.into()),
             "--demo" => args.demo = true,
+            "--check-config" | "-t" => args.check_config = true,
             "--log-level" => {
                 let value = it.next().ok_or("--log-level needs a level")?;
                 args.log_level =
@@ -45,6 +50,9 @@ fn parse_args() -> Result<Args, String> {
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
+    }
+    if args.check_config && args.demo {
+        return Err("--check-config checks a file; it does not go with --demo".into());
     }
     Ok(args)
 }
@@ -76,6 +84,9 @@ fn main() -> ExitCode {
     if let Some(level) = args.log_level {
         config.log_level = level;
     }
+    if args.check_config {
+        return check_config(args.config.as_deref().unwrap_or(Path::new("parser.ini")), &config);
+    }
     logging::init(config.log_level);
 
     // Kept alive for the life of the process.
@@ -104,6 +115,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Registered even without an access log file: SIGUSR1 would otherwise kill the process, and
+    // logrotate's postrotate sends it whatever the configuration.
+    if let Err(e) = server.access_log().reopen_on_sigusr1() {
+        log::error!("cannot install the SIGUSR1 handler (access log reopening): {e}");
+        return ExitCode::from(1);
+    }
     log::info!("[*] Server started successfully [{}]", server.local_addr());
     for line in summary {
         log::info!("{line}");
@@ -129,6 +146,29 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `--check-config`: the file has loaded (values, backends resolved); also check what only start-up
+/// would find out, then report like `nginx -t`.
+fn check_config(path: &Path, config: &Config) -> ExitCode {
+    if let Err(e) = config.access_log_file.check() {
+        eprintln!("{}: {e}", path.display());
+        return ExitCode::from(2);
+    }
+    println!("configuration file {} is valid", path.display());
+    println!(
+        "listen {}, {} backend{}, {} threads, access log {}",
+        SocketAddr::new(config.bind, config.port),
+        config.backends.len(),
+        if config.backends.len() == 1 { "" } else { "s" },
+        config.threads,
+        if config.access_log {
+            format!("{} to {}", config.access_log_format.name(), config.access_log_file.describe())
+        } else {
+            "off".to_string()
+        },
+    );
+    ExitCode::SUCCESS
+}
+
 fn startup_summary(config: &Config) -> Vec<String> {
     let backends: Vec<&str> = config.backends.iter().map(|b| b.name.as_str()).collect();
     vec![
@@ -138,5 +178,14 @@ fn startup_summary(config: &Config) -> Vec<String> {
             config.threads, config.max_conn, config.buffer_size, config.header_timeout, config.keepalive_timeout, config.backend_timeout
         ),
         format!("cache: ttl {:?} (the response cache is not built yet: every request goes to a backend)", config.ttl),
+        if config.access_log {
+            format!(
+                "access log: {} to {} (SIGUSR1 reopens a file)",
+                config.access_log_format.name(),
+                config.access_log_file.describe()
+            )
+        } else {
+            "access log: off".to_string()
+        },
     ]
 }

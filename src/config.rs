@@ -15,6 +15,7 @@ use std::time::Duration;
 use ini::Ini;
 
 mod routes;
+use crate::access_log::{AccessLogFormat, AccessLogTarget};
 use routes::{parse_nets, parse_rate, render_nets, render_rate};
 pub use routes::{AuthUrl, Balance, IpNet, RateLimit, RouteAuth, RouteConfig};
 
@@ -73,6 +74,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// `access_log`: one log line per request.
     pub access_log: bool,
+    /// `access_log_format`: seed, combined or json.
+    pub access_log_format: AccessLogFormat,
+    /// `access_log_file`: the logger (empty), stdout (`-`) or a file reopened on SIGUSR1.
+    pub access_log_file: AccessLogTarget,
     /// `log_level`: error, warn, info, debug or trace.
     pub log_level: log::LevelFilter,
     /// `api_port`: management API port.
@@ -117,6 +122,8 @@ impl Default for Config {
             backend_pool_size: 32,
             shutdown_grace: Duration::from_secs(10),
             access_log: true,
+            access_log_format: AccessLogFormat::Seed,
+            access_log_file: AccessLogTarget::Logger,
             log_level: log::LevelFilter::Info,
             api_port: 5000,
             database: PathBuf::from("pibl.db"),
@@ -332,7 +339,12 @@ impl Config {
                 }
                 Entry::Key(spec) => {
                     push_comment(&mut out, spec.help, &(spec.render)(&defaults));
-                    out.push_str(&format!("{} = {}\n", spec.name, (spec.render)(self)));
+                    let value = (spec.render)(self);
+                    if value.is_empty() {
+                        out.push_str(&format!("{} =\n", spec.name));
+                    } else {
+                        out.push_str(&format!("{} = {value}\n", spec.name));
+                    }
                 }
                 Entry::Backends => {
                     let listed: Vec<&str> = defaults.backends.iter().map(|b| b.name.as_str()).collect();
@@ -361,7 +373,7 @@ fn push_comment(out: &mut String, help: &str, default: &str) {
         out.push_str("# ");
         out.push_str(line);
         if lines.peek().is_none() {
-            out.push_str(&format!(" Default: {default}."));
+            out.push_str(&format!(" Default: {}.", if default.is_empty() { "empty" } else { default }));
         }
         out.push('\n');
     }
@@ -708,7 +720,8 @@ const LAYOUT: &[Entry] = &[
     Entry::Key(KeySpec {
         name: "trusted_proxies",
         help: "Proxies in front of pibl whose X-Forwarded-For is believed when deciding the client\n\
-               address for deny/allow and rate limits. Empty = the connection's address is the client.",
+               address for deny/allow and rate limits.\n\
+               Empty = the connection's address is the client.",
         apply: |c, v| parse_nets(v).map(|x| c.trusted_proxies = x),
         render: |c| render_nets(&c.trusted_proxies),
     }),
@@ -718,6 +731,24 @@ const LAYOUT: &[Entry] = &[
         help: "One log line per request: on or off (true/false, yes/no, 1/0 also work).",
         apply: |c, v| parse_bool(v).map(|x| c.access_log = x),
         render: |c| if c.access_log { "on" } else { "off" }.to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "access_log_format",
+        help: "Access log line: seed (\"[*] Request done: ...\", as the original proxy),\n\
+               combined (the Apache/nginx combined format) or json (one object per line).",
+        apply: |c, v| parse_access_log_format(v).map(|x| c.access_log_format = x),
+        render: |c| c.access_log_format.name().to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "access_log_file",
+        help: "Where access log lines go: empty = the log on stderr, - = standard output,\n\
+               or a file, appended to and reopened on SIGUSR1 (for logrotate).",
+        apply: |c, v| parse_access_log_file(v).map(|x| c.access_log_file = x),
+        render: |c| match &c.access_log_file {
+            AccessLogTarget::Logger => String::new(),
+            AccessLogTarget::Stdout => "-".to_string(),
+            AccessLogTarget::File(path) => render_path(path),
+        },
     }),
     Entry::Key(KeySpec {
         name: "log_level",
@@ -852,6 +883,25 @@ fn parse_log_level(v: &str) -> Result<log::LevelFilter, String> {
         "debug" => Ok(log::LevelFilter::Debug),
         "trace" => Ok(log::LevelFilter::Trace),
         _ => Err(format!("{v:?} is not a log level (off, error, warn, info, debug, trace)")),
+    }
+}
+
+fn parse_access_log_format(v: &str) -> Result<AccessLogFormat, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "seed" => Ok(AccessLogFormat::Seed),
+        "combined" => Ok(AccessLogFormat::Combined),
+        "json" => Ok(AccessLogFormat::Json),
+        _ => Err(format!("{v:?} is not an access log format (seed, combined or json)")),
+    }
+}
+
+/// Empty: through the logger; `-`: standard output; anything else is a file name, kept as written (as
+/// `database` is) so a name with spaces survives.
+fn parse_access_log_file(v: &str) -> Result<AccessLogTarget, String> {
+    match v.trim() {
+        "" => Ok(AccessLogTarget::Logger),
+        "-" => Ok(AccessLogTarget::Stdout),
+        _ => Ok(AccessLogTarget::File(PathBuf::from(v))),
     }
 }
 
@@ -1101,7 +1151,8 @@ pub fn parser_usage() -> String {
     let d = Config::default();
     let backends: Vec<&str> = d.backends.iter().map(|b| b.name.as_str()).collect();
     format!(
-        "usage: parser [--out FILE] [--port N] [--ttl DURATION] [--backend HOST[:PORT]]... [--force]\n\
+        "usage: parser [--out FILE] [--port N] [--ttl DURATION] [--backend HOST[:PORT]]...\n\
+         \x20             [--database FILE] [--access-log-file FILE] [--force]\n\
          \n\
          Writes a documented pibl configuration with the defaults, changed by the flags, and prints it.\n\
          \n\
@@ -1110,11 +1161,15 @@ pub fn parser_usage() -> String {
          \x20 --ttl DURATION          cache lifetime: seconds, or 500ms, 2m, 1h; 0 turns the cache off (default: {ttl})\n\
          \x20 --backend HOST[:PORT]   a backend server, port 80 if left out; repeat for more; replaces the\n\
          \x20                         default list ({backends})\n\
+         \x20 --database FILE         SQLite file of the management API (default: {database})\n\
+         \x20 --access-log-file FILE  access log file, reopened on SIGUSR1; - for standard output\n\
+         \x20                         (default: through the log on stderr)\n\
          \x20 --force                 overwrite FILE if it already exists\n\
          \x20 -h, --help              show this help\n",
         port = d.port,
         ttl = render_duration(d.ttl),
         backends = backends.join(", "),
+        database = d.database.display(),
     )
 }
 
@@ -1141,7 +1196,7 @@ pub fn run_parser_cli(args: &[String]) -> Result<ParserOutcome, ParserCliError> 
                 }
                 force = true;
             }
-            "--out" | "--port" | "--ttl" | "--backend" => {
+            "--out" | "--port" | "--ttl" | "--backend" | "--database" | "--access-log-file" => {
                 let value = match inline {
                     Some(value) => value,
                     None => args
@@ -1155,6 +1210,8 @@ pub fn run_parser_cli(args: &[String]) -> Result<ParserOutcome, ParserCliError> 
                     "--out" => out = PathBuf::from(value),
                     "--port" => config.port = parse_port(value).map_err(bad)?,
                     "--ttl" => config.ttl = parse_duration(value).map_err(bad)?,
+                    "--database" => config.database = parse_database(value).map_err(bad)?,
+                    "--access-log-file" => config.access_log_file = parse_access_log_file(value).map_err(bad)?,
                     _ => backends.push(parse_backend(value).map_err(bad)?),
                 }
             }
@@ -1327,7 +1384,9 @@ mod tests {
     fn every_key_is_documented_once() {
         let text = Config::default().to_ini();
         for name in key_names() {
-            let lines = text.lines().filter(|l| l.starts_with(&format!("{name} = "))).count();
+            // An empty value is written `key =`, without trailing space.
+            let lines =
+                text.lines().filter(|l| l.starts_with(&format!("{name} = ")) || *l == format!("{name} =")).count();
             assert_eq!(lines, 1, "{name}");
         }
         assert!(text.lines().all(|l| l.len() <= 100), "keep the file readable in a terminal");
@@ -1360,6 +1419,8 @@ mod tests {
             backend_pool_size: 0,
             shutdown_grace: Duration::from_secs(120),
             access_log: false,
+            access_log_format: AccessLogFormat::Json,
+            access_log_file: AccessLogTarget::File(PathBuf::from("/var/log/pibl/access log.txt")),
             log_level: log::LevelFilter::Off,
             api_port: 65535,
             database: PathBuf::from(" /var/lib/pibl #1.db"),
@@ -1438,5 +1499,28 @@ mod tests {
         assert!(e.to_string().starts_with("--ttl: \"soon\" is not a duration"));
         assert_eq!(run_parser_cli(&args(&["--force=yes"])).unwrap_err().exit_code(), 2);
         assert_eq!(run_parser_cli(&args(&["--out", ""])).unwrap_err().exit_code(), 2);
+        let e = run_parser_cli(&args(&["--database", " "])).unwrap_err();
+        assert_eq!(e.to_string(), "--database: has no value: give the SQLite file name, e.g. pibl.db");
+    }
+
+    #[test]
+    fn access_log_keys() {
+        let c = Config::from_ini_str("access_log_format = JSON\naccess_log_file = /var/log/pibl/access.log\n", "t")
+            .unwrap();
+        assert_eq!(c.access_log_format, AccessLogFormat::Json);
+        assert_eq!(c.access_log_file, AccessLogTarget::File(PathBuf::from("/var/log/pibl/access.log")));
+        let c = Config::from_ini_str("access_log_format = combined\naccess_log_file = -\n", "t").unwrap();
+        assert_eq!((c.access_log_format, c.access_log_file), (AccessLogFormat::Combined, AccessLogTarget::Stdout));
+        let c = Config::from_ini_str("access_log_file =\n", "t").unwrap();
+        assert_eq!(c.access_log_file, AccessLogTarget::Logger);
+        assert_eq!(
+            err("[DEFAULT]\naccess_log_format = apache\n"),
+            "t.ini:2: access_log_format: \"apache\" is not an access log format (seed, combined or json)"
+        );
+        for target in [AccessLogTarget::Logger, AccessLogTarget::Stdout, AccessLogTarget::File(" odd name.log".into())]
+        {
+            let config = Config { access_log_file: target, ..Config::default() };
+            assert_eq!(Config::from_ini_str(&config.to_ini(), "x"), Ok(config));
+        }
     }
 }

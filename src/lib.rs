@@ -3,6 +3,7 @@
 //! The library holds all the logic; the `proxy` and `parser` binaries only wire it together.
 //! See the README's architecture section for how the modules fit.
 
+pub mod access_log;
 pub mod backend;
 pub mod buffer;
 pub mod cache;

@@ -6,8 +6,9 @@ use std::fmt;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
+use crate::access_log::AccessRecord;
 use crate::backend::Backend;
 use crate::buffer::{ReadBuf, WriteBatch};
 use crate::cache::Entry;
@@ -36,12 +37,19 @@ pub struct Scratch {
     out: Vec<u8>,
     upstream_head: Vec<u8>,
     upstream_buf: ReadBuf,
+    /// Body bytes sent to the client for the current request, for the access log.
+    body_bytes: u64,
 }
 
 impl Scratch {
     /// The buffer that batches writes to the client.
     pub fn out_buf(&mut self) -> &mut Vec<u8> {
         &mut self.out
+    }
+
+    /// Records the response body size for the access log.
+    pub fn set_body_bytes(&mut self, bytes: u64) {
+        self.body_bytes = bytes;
     }
 
     /// The buffer that holds bytes read from a backend.
@@ -115,6 +123,7 @@ fn is_timeout(e: &io::Error) -> bool {
 /// error response) to the client.
 pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Request) -> Outcome {
     let started = Instant::now();
+    scratch.body_bytes = 0;
     let result = match &shared.cache {
         Some(cache) if matches!(req.method(), "GET" | "HEAD") => {
             proxy_cache::handle(shared, cache, scratch, conn, &req)
@@ -141,22 +150,26 @@ pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Requ
             ) && req.keep_alive
                 && !shared.is_shutting_down();
             if !matches!(e, ForwardError::ClientGone(_)) {
-                let _ = write_error(&mut conn.stream, status, &e.to_string(), keep, req.is_head());
+                scratch.body_bytes =
+                    write_error(&mut conn.stream, status, &e.to_string(), keep, req.is_head()).unwrap_or(0);
             }
             (status, backend, if keep { Outcome::KeepAlive } else { Outcome::Close })
         }
     };
     if shared.config.access_log {
-        log::info!(
-            target: "access",
-            "[*] Request done: {} => {} {} {} {:.4}s <= {}",
-            conn.peer.ip(),
-            req.method(),
-            req.target(),
+        shared.access_log.log(&AccessRecord {
+            time: SystemTime::now(),
+            client: conn.peer.ip(),
+            method: req.method(),
+            target: req.target(),
+            version: req.version,
             status,
-            started.elapsed().as_secs_f64(),
-            backend.as_deref().unwrap_or("-"),
-        );
+            body_bytes: scratch.body_bytes,
+            duration: started.elapsed(),
+            backend: backend.as_deref(),
+            referer: req.header("referer"),
+            user_agent: req.header("user-agent"),
+        });
     }
     outcome
 }
@@ -404,8 +417,11 @@ fn relay(
             backend.put_idle(stream, Instant::now());
         }
     }
-    match copied.and_then(|_| dst.send().map_err(BodyError::Write)) {
-        Ok(()) => (res.status, if keep_alive { Outcome::KeepAlive } else { Outcome::Close }),
+    match copied.and_then(|sent| dst.send().map(|()| sent).map_err(BodyError::Write)) {
+        Ok(sent) => {
+            scratch.body_bytes = sent;
+            (res.status, if keep_alive { Outcome::KeepAlive } else { Outcome::Close })
+        }
         Err(BodyError::Write(_)) => (res.status, Outcome::Close),
         Err(e) => {
             log::warn!("{} {}: backend {} broke off the response body: {e}", req.method(), req.target(), backend.name);
@@ -536,14 +552,15 @@ fn build_upstream_head(req: &Request, peer: SocketAddr, revalidating: Option<&En
     out.extend_from_slice(b"\r\n");
 }
 
-/// Writes a response pibl generates itself (an error), small enough for one write.
+/// Writes a response pibl generates itself (an error), small enough for one write; returns the body
+/// bytes sent.
 pub fn write_error(
     stream: &mut TcpStream,
     status: u16,
     detail: &str,
     keep_alive: bool,
     head_only: bool,
-) -> io::Result<()> {
+) -> io::Result<u64> {
     let body = format!("{status} {}: {detail}\n", reason(status));
     let mut msg = Vec::with_capacity(160 + body.len());
     write!(
@@ -556,5 +573,5 @@ pub fn write_error(
     if !head_only {
         msg.extend_from_slice(body.as_bytes());
     }
-    stream.write_all(&msg)
+    stream.write_all(&msg).map(|()| if head_only { 0 } else { body.len() as u64 })
 }

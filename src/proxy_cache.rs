@@ -174,6 +174,7 @@ pub fn serve_entry(
         entry.header("etag"),
         entry.header("last-modified"),
     ) && entry.status == 200;
+    let mut body_bytes = 0;
     let mut dst = WriteBatch::new(scratch.out_buf(), &mut conn.stream, shared.config.buffer_size);
     let written = (|| -> io::Result<u16> {
         if not_modified {
@@ -196,10 +197,12 @@ pub fn serve_entry(
         dst.put(if keep_alive { b"\r\n" as &[u8] } else { b"Connection: close\r\n\r\n" })?;
         if !not_modified && !req.is_head() {
             dst.put(&entry.body)?;
+            body_bytes = entry.body.len() as u64;
         }
         dst.send()?;
         Ok(if not_modified { 304 } else { entry.status })
     })();
+    scratch.set_body_bytes(body_bytes);
     match written {
         Ok(status) => {
             (status, Some(CACHE_LABEL.to_string()), if keep_alive { Outcome::KeepAlive } else { Outcome::Close })

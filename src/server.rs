@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::access_log::AccessLog;
 use crate::backend::Pool;
 use crate::cache::{Cache, Limits as CacheLimits};
 use crate::clock::Clock;
@@ -38,6 +39,7 @@ pub struct Shared {
     pub clock: Clock,
     /// Background refreshes of stale cache entries.
     pub refresh_tx: Option<Sender<RefreshJob>>,
+    pub access_log: AccessLog,
     shutdown: AtomicBool,
     conns: Arc<ConnLimit>,
     parker: Parker,
@@ -97,6 +99,7 @@ impl Server {
             refresh_tx: cache.is_some().then_some(refresh_tx),
             cache,
             clock: Clock::default(),
+            access_log: AccessLog::start(&config).map_err(io::Error::other)?,
             shutdown: AtomicBool::new(false),
             conns: Arc::new(ConnLimit::default()),
             parker: Parker::new()?,
@@ -164,6 +167,11 @@ impl Server {
         self.shared.cache.as_ref()
     }
 
+    /// The access log, for the binary to hook SIGUSR1 to it.
+    pub fn access_log(&self) -> &AccessLog {
+        &self.shared.access_log
+    }
+
     pub fn stats(&self) -> Stats {
         Stats { open_connections: self.shared.conns.open(), parked_connections: self.shared.parker.len() }
     }
@@ -187,6 +195,8 @@ impl Server {
             }
         }
         let clean = finished == self.workers.len();
+        // Lines of requests still running past the grace period are dropped; the rest reach the file.
+        self.shared.access_log.close();
         if clean {
             for handle in self.workers.drain(..) {
                 let _ = handle.join();
