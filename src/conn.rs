@@ -1,8 +1,9 @@
 //! One client connection as it moves between the acceptor, the workers and the parker: its socket,
 //! the bytes read but not yet used, its deadlines, and its slot under `max_conn`.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,6 +58,41 @@ impl Drop for ConnSlot {
     }
 }
 
+/// Counts open connections per client IP against `max_conn_per_ip`.
+#[derive(Debug, Default)]
+pub struct PerIpLimit {
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerIpLimit {
+    /// Takes a slot for `ip` unless it already holds `max` connections.
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpSlot> {
+        let mut open = self.open.lock();
+        let count = open.entry(ip).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot(Arc::clone(self), ip))
+    }
+}
+
+/// One connection's slot under `max_conn_per_ip`, released on drop.
+#[derive(Debug)]
+pub struct IpSlot(Arc<PerIpLimit>, IpAddr);
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.0.open.lock();
+        if let Some(count) = open.get_mut(&self.1) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.1);
+            }
+        }
+    }
+}
+
 /// A client connection.
 #[derive(Debug)]
 pub struct Conn {
@@ -73,10 +109,11 @@ pub struct Conn {
     pub served: u64,
     nonblocking: bool,
     _slot: ConnSlot,
+    _ip_slot: Option<IpSlot>,
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream, peer: SocketAddr, slot: ConnSlot, now: Instant) -> Self {
+    pub fn new(stream: TcpStream, peer: SocketAddr, slot: ConnSlot, ip_slot: Option<IpSlot>, now: Instant) -> Self {
         Conn {
             stream,
             peer,
@@ -86,6 +123,7 @@ impl Conn {
             served: 0,
             nonblocking: false,
             _slot: slot,
+            _ip_slot: ip_slot,
         }
     }
 

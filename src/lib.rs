@@ -4,6 +4,7 @@
 //! See the README's architecture section for how the modules fit.
 
 pub mod access_log;
+pub mod auth_request;
 pub mod backend;
 pub mod buffer;
 pub mod cache;
@@ -11,11 +12,13 @@ pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod demo;
+pub mod gateway;
 pub mod http;
 pub mod logging;
 pub mod parker;
 pub mod proxy;
 pub mod proxy_cache;
+pub mod ratelimit;
 pub mod server;
 
 pub use config::Config;

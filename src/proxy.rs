@@ -2,17 +2,22 @@
 //! body, relay the response head and body back, and log the exchange. Errors carry who is at fault,
 //! which picks the status code: the client (4xx), a backend (502/504), or pibl itself (500).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io::{self, Write};
+use std::net::IpAddr;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::access_log::AccessRecord;
-use crate::backend::Backend;
+use crate::auth_request::AuthDecision;
+use crate::backend::{Backend, Pool};
 use crate::buffer::{ReadBuf, WriteBatch};
 use crate::cache::Entry;
 use crate::conn::Conn;
+use crate::gateway::{Gateway, Refusal};
 use crate::http::body::{self, BodyError, Encoding, Source};
 use crate::http::request::Request;
 use crate::http::response::{self, Response, MAX_RESPONSE_HEAD};
@@ -80,6 +85,8 @@ pub enum ForwardError {
     ClientGone(io::Error),
     /// `Cache-Control: only-if-cached` and nothing usable is stored (504).
     NotCached,
+    /// The gateway refused the request before any backend saw it.
+    Refused(Refusal),
 }
 
 impl ForwardError {
@@ -87,6 +94,11 @@ impl ForwardError {
         match self {
             ForwardError::NoBackend | ForwardError::Upstream(_) => 502,
             ForwardError::Timeout(_) | ForwardError::NotCached => 504,
+            ForwardError::Refused(Refusal::Forbidden) => 403,
+            ForwardError::Refused(Refusal::RateLimited(_)) => 429,
+            ForwardError::Refused(Refusal::Unauthorized { status, .. }) => *status,
+            ForwardError::Refused(Refusal::AuthBroken { status, .. }) => *status,
+            ForwardError::Refused(Refusal::Hidden) => 404,
             ForwardError::ClientBody(BodyError::TooLarge) => 413,
             ForwardError::ClientBody(BodyError::Read(e)) if is_timeout(e) => 408,
             ForwardError::ClientBody(_) => 400,
@@ -104,8 +116,24 @@ impl fmt::Display for ForwardError {
             ForwardError::ClientBody(e) => write!(f, "request body: {e}"),
             ForwardError::ClientGone(e) => write!(f, "client connection failed: {e}"),
             ForwardError::NotCached => f.write_str("only-if-cached was asked and no usable response is stored"),
+            ForwardError::Refused(Refusal::Forbidden) => f.write_str("access denied"),
+            ForwardError::Refused(Refusal::RateLimited(_)) => f.write_str("rate limit exceeded; retry later"),
+            ForwardError::Refused(Refusal::Unauthorized { .. }) => f.write_str("authentication required"),
+            ForwardError::Refused(Refusal::AuthBroken { reason, .. }) => write!(f, "authentication failed: {reason}"),
+            ForwardError::Refused(Refusal::Hidden) => f.write_str("no such resource"),
         }
     }
+}
+
+/// Where and how one admitted request is forwarded, decided before any backend is contacted.
+pub struct Dispatch<'a> {
+    pub pool: Arc<Pool>,
+    /// The target sent upstream: the client's, less the route prefix when the route strips it.
+    pub target: Cow<'a, str>,
+    /// The client's address (behind trusted proxies), for `ip_hash`.
+    pub client: IpAddr,
+    /// The auth server's `X-Auth-User`, passed on to the backend.
+    pub auth_user: Option<Vec<u8>>,
 }
 
 /// A failure on one backend connection; `Stale` means a reused connection had been closed by the
@@ -124,11 +152,16 @@ fn is_timeout(e: &io::Error) -> bool {
 pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Request) -> Outcome {
     let started = Instant::now();
     scratch.body_bytes = 0;
-    let result = match &shared.cache {
-        Some(cache) if matches!(req.method(), "GET" | "HEAD") => {
-            proxy_cache::handle(shared, cache, scratch, conn, &req)
-        }
-        _ => forward(shared, scratch, conn, &req, None),
+    let gateway = shared.gateway();
+    let client = gateway.client_ip(conn.peer.ip(), &req);
+    let result = match admit(shared, &gateway, client, &req) {
+        Err(refusal) => Err((ForwardError::Refused(refusal), None)),
+        Ok(dispatch) => match &shared.cache {
+            Some(cache) if matches!(req.method(), "GET" | "HEAD") => {
+                proxy_cache::handle(shared, cache, scratch, conn, &req, &dispatch)
+            }
+            _ => forward(shared, scratch, conn, &req, &dispatch, None),
+        },
     };
     let (status, backend, outcome) = match result {
         Ok((status, backend, outcome)) => (status, backend, outcome),
@@ -149,9 +182,17 @@ pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Requ
                     | ForwardError::NotCached
             ) && req.keep_alive
                 && !shared.is_shutting_down();
+            // A refused request's body was never read, so its connection cannot carry another.
+            let keep = keep
+                || (matches!(e, ForwardError::Refused(ref r) if *r != Refusal::Forbidden)
+                    && req.keep_alive
+                    && !req.framing.has_body()
+                    && !shared.is_shutting_down());
             if !matches!(e, ForwardError::ClientGone(_)) {
+                let extra = refusal_headers(&e);
                 scratch.body_bytes =
-                    write_error(&mut conn.stream, status, &e.to_string(), keep, req.is_head()).unwrap_or(0);
+                    write_error_with(&mut conn.stream, status, &e.to_string(), keep, req.is_head(), &extra)
+                        .unwrap_or(0);
             }
             (status, backend, if keep { Outcome::KeepAlive } else { Outcome::Close })
         }
@@ -184,9 +225,10 @@ pub fn forward(
     scratch: &mut Scratch,
     conn: &mut Conn,
     req: &Request,
+    dispatch: &Dispatch<'_>,
     mut plan: Option<&mut CachePlan<'_>>,
 ) -> Result<Forwarded, (ForwardError, Option<String>)> {
-    let result = forward_to_backends(shared, scratch, conn, req, plan.as_deref_mut());
+    let result = forward_to_backends(shared, scratch, conn, req, dispatch, plan.as_deref_mut());
     match (result, plan) {
         (
             Err((e @ (ForwardError::NoBackend | ForwardError::Timeout(_) | ForwardError::Upstream(_)), backend)),
@@ -208,14 +250,15 @@ fn forward_to_backends(
     scratch: &mut Scratch,
     conn: &mut Conn,
     req: &Request,
+    dispatch: &Dispatch<'_>,
     mut plan: Option<&mut CachePlan<'_>>,
 ) -> Result<Forwarded, (ForwardError, Option<String>)> {
     let config = &shared.config;
     let now = Instant::now();
     let revalidating = plan.as_deref().and_then(CachePlan::revalidating);
-    build_upstream_head(req, conn.peer, revalidating, &mut scratch.upstream_head);
+    build_upstream_head(req, dispatch, conn.peer, revalidating, &mut scratch.upstream_head);
     let has_body = req.framing.has_body();
-    for backend in shared.pool.candidates(now, conn.peer.ip()) {
+    for backend in dispatch.pool.candidates(now, dispatch.client) {
         // A reused connection may have been closed by the backend; without a body the request can
         // simply be sent again, so only body-less requests take an idle connection.
         let idle = if has_body { None } else { backend.take_idle(now) };
@@ -487,14 +530,72 @@ fn push_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Runs the gateway's checks in order — deny/allow, rate limits, hidden auth endpoints, the route's
+/// authentication — and decides where the request goes.
+fn admit<'r>(shared: &Shared, gateway: &Gateway, client: IpAddr, req: &'r Request) -> Result<Dispatch<'r>, Refusal> {
+    let now = shared.clock.now();
+    let route = gateway.route(req.target());
+    gateway.admit(client, route.map(|r| &**r), now)?;
+    let (pool, target) = match route {
+        None => (Arc::clone(&gateway.default_pool), Cow::Borrowed(req.target())),
+        Some(route) => {
+            let target = if route.config.strip_prefix {
+                let rest = &req.target()[route.config.prefix.len()..];
+                if rest.starts_with('/') {
+                    Cow::Borrowed(rest)
+                } else {
+                    Cow::Owned(format!("/{rest}"))
+                }
+            } else {
+                Cow::Borrowed(req.target())
+            };
+            (Arc::clone(&route.pool), target)
+        }
+    };
+    if gateway.hides(&pool, route.map(|r| &**r), &target) {
+        return Err(Refusal::Hidden);
+    }
+    let auth_user = match route.and_then(|r| r.auth.as_ref()) {
+        None => None,
+        Some(checker) => match checker.check(req, client, now) {
+            AuthDecision::Allow(user) => user,
+            AuthDecision::Deny { status, challenge } => return Err(Refusal::Unauthorized { status, challenge }),
+            AuthDecision::Failed(reason) => return Err(Refusal::AuthBroken { status: 500, reason }),
+            AuthDecision::Unavailable(reason) => return Err(Refusal::AuthBroken { status: 503, reason }),
+        },
+    };
+    Ok(Dispatch { pool, target, client, auth_user })
+}
+
+/// Header fields an error answer carries: `Retry-After` for 429, the auth server's challenge for 401.
+fn refusal_headers(e: &ForwardError) -> Vec<u8> {
+    let mut out = Vec::new();
+    match e {
+        ForwardError::Refused(Refusal::RateLimited(wait)) => {
+            let _ = write!(out, "Retry-After: {}\r\n", wait.as_secs_f64().ceil().max(1.0) as u64);
+        }
+        ForwardError::Refused(Refusal::Unauthorized { challenge: Some(challenge), .. }) => {
+            push_field(&mut out, "WWW-Authenticate", challenge);
+        }
+        _ => {}
+    }
+    out
+}
+
 /// Writes the head sent to every backend for this request: hop-by-hop fields removed, `Host` kept,
 /// `X-Forwarded-*` and `Via` added, framing written by pibl. When revalidating a stored entry, its
 /// validators replace the client's own conditional fields.
-fn build_upstream_head(req: &Request, peer: SocketAddr, revalidating: Option<&Entry>, out: &mut Vec<u8>) {
+fn build_upstream_head(
+    req: &Request,
+    dispatch: &Dispatch<'_>,
+    peer: SocketAddr,
+    revalidating: Option<&Entry>,
+    out: &mut Vec<u8>,
+) {
     out.clear();
     out.extend_from_slice(req.method().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(req.target().as_bytes());
+    out.extend_from_slice(dispatch.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     if let Some(host) = req.host() {
         push_field(out, "Host", host.as_bytes());
@@ -508,6 +609,8 @@ fn build_upstream_head(req: &Request, peer: SocketAddr, revalidating: Option<&En
             || is(name, "x-forwarded-proto")
             || is(name, "x-forwarded-host")
             || is(name, "via")
+            // Only the auth server may say who the user is.
+            || is(name, "x-auth-user")
             || (revalidating.is_some() && (is(name, "if-none-match") || is(name, "if-modified-since")))
         {
             continue;
@@ -530,6 +633,9 @@ fn build_upstream_head(req: &Request, peer: SocketAddr, revalidating: Option<&En
     }
     let _ = write!(out, "{}\r\n", peer.ip());
     out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
+    if let Some(user) = &dispatch.auth_user {
+        push_field(out, "X-Auth-User", user);
+    }
     if let Some(host) = req.host() {
         push_field(out, "X-Forwarded-Host", host.as_bytes());
     }
@@ -561,15 +667,29 @@ pub fn write_error(
     keep_alive: bool,
     head_only: bool,
 ) -> io::Result<u64> {
+    write_error_with(stream, status, detail, keep_alive, head_only, b"")
+}
+
+/// [`write_error`] with extra header fields, each ending in CRLF.
+pub fn write_error_with(
+    stream: &mut TcpStream,
+    status: u16,
+    detail: &str,
+    keep_alive: bool,
+    head_only: bool,
+    extra: &[u8],
+) -> io::Result<u64> {
     let body = format!("{status} {}: {detail}\n", reason(status));
-    let mut msg = Vec::with_capacity(160 + body.len());
+    let mut msg = Vec::with_capacity(160 + extra.len() + body.len());
     write!(
         msg,
-        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: {}\r\n",
         reason(status),
         body.len(),
         if keep_alive { "keep-alive" } else { "close" }
     )?;
+    msg.extend_from_slice(extra);
+    msg.extend_from_slice(b"\r\n");
     if !head_only {
         msg.extend_from_slice(body.as_bytes());
     }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use crate::backend::Pool;
 use crate::buffer::WriteBatch;
 use crate::cache::policy::{self, CacheControl, Exchange, Freshness, RequestDirectives, Usability};
 use crate::cache::{response_facts, vary_names, Cache, Entry, Join, VaryValues};
@@ -19,7 +20,7 @@ use crate::http::body::{self, Encoding, Source, Tee};
 use crate::http::request::Request;
 use crate::http::response::{self, Response, MAX_RESPONSE_HEAD};
 use crate::http::{trim, Framing};
-use crate::proxy::{self, ForwardError, Forwarded, Outcome, Scratch};
+use crate::proxy::{self, Dispatch, ForwardError, Forwarded, Outcome, Scratch};
 use crate::server::Shared;
 
 /// The access-log name of answers served from storage.
@@ -63,7 +64,10 @@ pub struct Pending {
 pub struct RefreshJob {
     key: String,
     host: Option<String>,
+    /// The target as sent upstream, and the pool that serves it.
     target: String,
+    pool: Arc<Pool>,
+    client: IpAddr,
     entry: Arc<Entry>,
 }
 
@@ -100,6 +104,7 @@ pub fn handle(
     scratch: &mut Scratch,
     conn: &mut Conn,
     req: &Request,
+    dispatch: &Dispatch<'_>,
 ) -> Result<Forwarded, (ForwardError, Option<String>)> {
     let directives = request_directives(req);
     let is_get = req.method() == "GET";
@@ -113,7 +118,7 @@ pub fn handle(
     };
     if plan.directives.cc.no_store {
         cache.stats.misses.fetch_add(1, Ordering::Relaxed);
-        return proxy::forward(shared, scratch, conn, req, Some(&mut plan));
+        return proxy::forward(shared, scratch, conn, req, dispatch, Some(&mut plan));
     }
     let values = |name: &str| request_value(req, name);
     let mut waited = false;
@@ -129,7 +134,7 @@ pub fn handle(
                     }
                     Usability::StaleWhileRevalidate => {
                         if entry.claim_refresh() {
-                            schedule_refresh(shared, &plan.key, req, &entry);
+                            schedule_refresh(shared, &plan.key, req, dispatch, &entry);
                         }
                         cache.stats.stale.fetch_add(1, Ordering::Relaxed);
                         return Ok(serve_entry(shared, scratch, conn, req, &entry, "STALE"));
@@ -154,7 +159,7 @@ pub fn handle(
         }
     };
     cache.stats.misses.fetch_add(1, Ordering::Relaxed);
-    proxy::forward(shared, scratch, conn, req, Some(&mut plan))
+    proxy::forward(shared, scratch, conn, req, dispatch, Some(&mut plan))
 }
 
 /// Writes a stored response to the client, or 304 when the client's own validators match it.
@@ -298,11 +303,13 @@ fn same_host_target<'a>(host: Option<&str>, uri: &'a str) -> Option<&'a str> {
     (host?.eq_ignore_ascii_case(authority) && !path.is_empty()).then_some(path)
 }
 
-fn schedule_refresh(shared: &Shared, key: &str, req: &Request, entry: &Arc<Entry>) {
+fn schedule_refresh(shared: &Shared, key: &str, req: &Request, dispatch: &Dispatch<'_>, entry: &Arc<Entry>) {
     let job = RefreshJob {
         key: key.to_string(),
         host: req.host().map(str::to_string),
-        target: req.target().to_string(),
+        target: dispatch.target.to_string(),
+        pool: Arc::clone(&dispatch.pool),
+        client: dispatch.client,
         entry: Arc::clone(entry),
     };
     if let Some(tx) = &shared.refresh_tx {
@@ -370,7 +377,7 @@ fn refresh(shared: &Shared, cache: &Cache, scratch: &mut Scratch, job: &RefreshJ
         request_time: shared.clock.system_now(),
     };
     let now = std::time::Instant::now();
-    let backend = shared.pool.candidates(now, IpAddr::from([127, 0, 0, 1])).next().ok_or("no backend is up")?;
+    let backend = job.pool.candidates(now, job.client).next().ok_or("no backend is up")?;
     let mut stream = match backend.take_idle(now) {
         Some(s) => s,
         None => backend.connect(config.connect_timeout, config.backend_timeout).map_err(|e| e.to_string())?,

@@ -17,13 +17,14 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use parking_lot::RwLock;
 
 use crate::access_log::AccessLog;
-use crate::backend::Pool;
 use crate::cache::{Cache, Limits as CacheLimits};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::conn::{Conn, ConnLimit};
+use crate::conn::{Conn, ConnLimit, PerIpLimit};
+use crate::gateway::Gateway;
 use crate::http::request::{self, Limits};
 use crate::parker::Parker;
 use crate::proxy::{self, Outcome, Scratch};
@@ -32,7 +33,8 @@ use crate::proxy_cache::{self, RefreshJob};
 /// State every thread of one server shares.
 pub struct Shared {
     pub config: Config,
-    pub pool: Pool,
+    /// Routes, pools and access rules; replaced whole by [`Server::reload`].
+    gateway: RwLock<Arc<Gateway>>,
     pub limits: Limits,
     /// The response cache; `None` when `ttl` is zero.
     pub cache: Option<Cache>,
@@ -42,10 +44,16 @@ pub struct Shared {
     pub access_log: AccessLog,
     shutdown: AtomicBool,
     conns: Arc<ConnLimit>,
+    per_ip: Arc<PerIpLimit>,
     parker: Parker,
 }
 
 impl Shared {
+    /// The current routes and pools; the lock is held only to clone the `Arc`.
+    pub fn gateway(&self) -> Arc<Gateway> {
+        Arc::clone(&self.gateway.read())
+    }
+
     pub fn is_shutting_down(&self) -> bool {
         self.shutdown.load(Ordering::Acquire)
     }
@@ -94,7 +102,7 @@ impl Server {
         // Refreshes wait in a short queue; when it is full the entry is simply refreshed later.
         let (refresh_tx, refresh_rx) = crossbeam_channel::bounded(64);
         let shared = Arc::new(Shared {
-            pool: Pool::new(&config.backends, config.backend_pool_size),
+            gateway: RwLock::new(Arc::new(Gateway::new(&config))),
             limits,
             refresh_tx: cache.is_some().then_some(refresh_tx),
             cache,
@@ -102,6 +110,7 @@ impl Server {
             access_log: AccessLog::start(&config).map_err(io::Error::other)?,
             shutdown: AtomicBool::new(false),
             conns: Arc::new(ConnLimit::default()),
+            per_ip: Arc::new(PerIpLimit::default()),
             parker: Parker::new()?,
             config,
         });
@@ -170,6 +179,26 @@ impl Server {
     /// The access log, for the binary to hook SIGUSR1 to it.
     pub fn access_log(&self) -> &AccessLog {
         &self.shared.access_log
+    }
+
+    /// Swaps in the routes, pools, access lists and rate limits of `config`. Requests in flight
+    /// finish on the old ones; settings read at start-up (listener, threads, timeouts, cache size)
+    /// keep their old values, and the differences are logged.
+    pub fn reload(&self, config: &Config) {
+        let old = &self.shared.config;
+        let fixed = [
+            ("bind/port", (old.bind, old.port) != (config.bind, config.port)),
+            ("threads", old.threads != config.threads),
+            ("max_conn", old.max_conn != config.max_conn),
+            ("cache", (old.ttl, old.cache_max_bytes) != (config.ttl, config.cache_max_bytes)),
+        ];
+        for (what, changed) in fixed {
+            if changed {
+                log::warn!("reload: {what} changed in the file; it takes effect at the next restart");
+            }
+        }
+        *self.shared.gateway.write() = Arc::new(Gateway::new(config));
+        log::info!("reload: {} route(s), {} default backend(s)", config.routes.len(), config.backends.len());
     }
 
     pub fn stats(&self) -> Stats {
@@ -252,7 +281,22 @@ fn accept_loop(listener: &TcpListener, shared: &Shared, ready: &Sender<Conn>) {
             log::debug!("dropping connection from {peer}: {e}");
             continue;
         }
-        let conn = Conn::new(stream, peer, shared.conns.acquire(), Instant::now());
+        let ip_slot = match config.max_conn_per_ip {
+            0 => None,
+            max => match shared.per_ip.acquire(peer.ip(), max) {
+                Some(slot) => Some(slot),
+                None => {
+                    log::debug!("refusing {peer}: max_conn_per_ip ({max}) reached");
+                    let mut stream = stream;
+                    let _ = std::io::Write::write_all(
+                        &mut stream,
+                        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+                    );
+                    continue;
+                }
+            },
+        };
+        let conn = Conn::new(stream, peer, shared.conns.acquire(), ip_slot, Instant::now());
         if ready.send(conn).is_err() {
             break;
         }

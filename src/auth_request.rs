@@ -1,0 +1,187 @@
+//! `auth = request` routes: before forwarding, a GET to the route's `auth_url` carrying the client's
+//! credentials decides (nginx's `auth_request`). A 2xx lets the request through, 401/403 go back to
+//! the client with the auth server's challenge, anything else fails closed. Positive answers may be
+//! cached per credential for `auth_cache_secs`.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::net::{IpAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::backend::Backend;
+use crate::buffer::{ReadBuf, WriteBatch};
+use crate::config::{AuthUrl, BackendAddr};
+use crate::http::body::{self, Encoding, Source};
+use crate::http::request::Request;
+use crate::http::response::{self, MAX_RESPONSE_HEAD};
+
+/// Largest auth answer body read (and dropped) to keep the connection reusable.
+const MAX_AUTH_BODY: u64 = 64 * 1024;
+/// Credentials remembered at once; past it, expired ones go, then all.
+const MAX_CACHED: usize = 10_000;
+
+/// What the auth server decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthDecision {
+    /// Let the request through; the auth answer's `X-Auth-User`, if any, goes along.
+    Allow(Option<Vec<u8>>),
+    /// 401 or 403 for the client, with the auth answer's `WWW-Authenticate`.
+    Deny { status: u16, challenge: Option<Vec<u8>> },
+    /// The auth server answered something else (500 for the client).
+    Failed(String),
+    /// The auth server could not be reached or did not answer in time (503 for the client).
+    Unavailable(String),
+}
+
+/// A remembered positive answer: until when, and the user it named.
+type CachedAllow = (Instant, Option<Vec<u8>>);
+
+/// Asks one auth URL; shared by every worker.
+pub struct AuthChecker {
+    url: AuthUrl,
+    server: Backend,
+    cache_for: Duration,
+    cache: Mutex<HashMap<Vec<u8>, CachedAllow>>,
+    connect_timeout: Duration,
+    io_timeout: Duration,
+}
+
+impl AuthChecker {
+    pub fn new(url: &AuthUrl, cache_for: Duration, connect_timeout: Duration, io_timeout: Duration) -> AuthChecker {
+        let server = Backend::new(&BackendAddr { name: url.url.clone(), addr: url.addr }, 32);
+        AuthChecker {
+            url: url.clone(),
+            server,
+            cache_for,
+            cache: Mutex::new(HashMap::new()),
+            connect_timeout,
+            io_timeout,
+        }
+    }
+
+    pub fn url(&self) -> &AuthUrl {
+        &self.url
+    }
+
+    /// Decides whether `req` from `client` may pass.
+    pub fn check(&self, req: &Request, client: IpAddr, now: Instant) -> AuthDecision {
+        let credentials = self.cache_key(req);
+        if let Some(key) = &credentials {
+            if let Some((until, user)) = self.cache.lock().get(key) {
+                if now < *until {
+                    return AuthDecision::Allow(user.clone());
+                }
+            }
+        }
+        let decision = self.ask(req, client);
+        if let (AuthDecision::Allow(user), Some(key)) = (&decision, credentials) {
+            let mut cache = self.cache.lock();
+            if cache.len() >= MAX_CACHED {
+                cache.retain(|_, (until, _)| now < *until);
+                if cache.len() >= MAX_CACHED {
+                    cache.clear();
+                }
+            }
+            cache.insert(key, (now + self.cache_for, user.clone()));
+        }
+        decision
+    }
+
+    /// The credentials a cached answer is keyed by; `None` when caching is off.
+    fn cache_key(&self, req: &Request) -> Option<Vec<u8>> {
+        if self.cache_for.is_zero() {
+            return None;
+        }
+        let mut key = req.header("authorization").unwrap_or_default().to_vec();
+        key.push(0);
+        key.extend_from_slice(req.header("cookie").unwrap_or_default());
+        Some(key)
+    }
+
+    fn ask(&self, req: &Request, client: IpAddr) -> AuthDecision {
+        let mut head = Vec::with_capacity(512);
+        let _ = write!(head, "GET {} HTTP/1.1\r\nHost: {}\r\n", self.url.path, self.url.host);
+        for name in ["authorization", "cookie"] {
+            for (field, value) in req.headers().filter(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                head.extend_from_slice(field.as_bytes());
+                head.extend_from_slice(b": ");
+                head.extend_from_slice(value);
+                head.extend_from_slice(b"\r\n");
+            }
+        }
+        let _ = write!(
+            head,
+            "X-Original-URI: {}\r\nX-Original-Method: {}\r\nX-Forwarded-For: {client}\r\nContent-Length: 0\r\n\r\n",
+            req.target(),
+            req.method()
+        );
+        // A pooled connection may have been closed by the auth server: then ask once more on a new one.
+        let now = Instant::now();
+        if let Some(stream) = self.server.take_idle(now) {
+            if let Ok(decision) = self.exchange(stream, &head) {
+                return decision;
+            }
+        }
+        match self.server.connect(self.connect_timeout, self.io_timeout) {
+            Ok(stream) => self.exchange(stream, &head).unwrap_or_else(|Stale| {
+                AuthDecision::Unavailable("the auth server closed the connection without answering".into())
+            }),
+            Err(e) => AuthDecision::Unavailable(format!("cannot reach {}: {e}", self.url.url)),
+        }
+    }
+
+    fn exchange(&self, mut stream: TcpStream, head: &[u8]) -> Result<AuthDecision, Stale> {
+        if stream.write_all(head).is_err() {
+            return Err(Stale);
+        }
+        let mut buf = ReadBuf::new();
+        let res = loop {
+            if !buf.is_empty() {
+                match response::parse(buf.filled(), false) {
+                    Ok(Some((res, len))) if res.is_informational() => buf.consume(len),
+                    Ok(Some((res, len))) => {
+                        buf.consume(len);
+                        break res;
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Ok(AuthDecision::Failed(format!("auth server: {e}"))),
+                }
+            }
+            match buf.fill_from(&mut stream, 4096, MAX_RESPONSE_HEAD) {
+                Ok(0) if buf.is_empty() => return Err(Stale),
+                Ok(0) => return Ok(AuthDecision::Unavailable("auth server closed mid-answer".into())),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    return Ok(AuthDecision::Unavailable(format!(
+                        "auth server did not answer within {:?}",
+                        self.io_timeout
+                    )))
+                }
+                Err(_) if buf.is_empty() => return Err(Stale),
+                Err(e) => return Ok(AuthDecision::Unavailable(format!("auth server: {e}"))),
+            }
+        };
+        let decision = match res.status {
+            200..=299 => AuthDecision::Allow(res.header("x-auth-user").map(<[u8]>::to_vec)),
+            401 | 403 => {
+                AuthDecision::Deny { status: res.status, challenge: res.header("www-authenticate").map(<[u8]>::to_vec) }
+            }
+            other => AuthDecision::Failed(format!("auth server answered {other}")),
+        };
+        // Drop the body so the connection can serve the next check.
+        let (mut out, mut sink) = (Vec::new(), io::sink());
+        let mut discard = WriteBatch::new(&mut out, &mut sink, 4096);
+        let mut src = Source { buf: &mut buf, sock: &mut stream, step: 4096 };
+        let drained = body::transfer(&mut src, res.framing, &mut discard, Encoding::Identity, MAX_AUTH_BODY).is_ok();
+        if drained && res.reusable && buf.is_empty() {
+            self.server.put_idle(stream, Instant::now());
+        }
+        Ok(decision)
+    }
+}
+
+/// A reused connection turned out closed before any answer.
+struct Stale;
