@@ -3,6 +3,12 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::RecvTimeoutError;
+use signal_hook::consts::{SIGHUP, SIGTERM};
 
 use pibl::config::{BackendAddr, Config};
 use pibl::demo::DemoBackend;
@@ -132,18 +138,51 @@ fn main() -> ExitCode {
         );
     }
 
+    // Ctrl-C through `ctrlc`; SIGTERM and SIGHUP as flags polled here, so a reload never runs inside
+    // a signal handler.
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
     if let Err(e) = ctrlc::set_handler(move || {
         let _ = stop_tx.try_send(());
     }) {
-        log::error!("cannot install the Ctrl-C / SIGTERM handler: {e}");
+        log::error!("cannot install the Ctrl-C handler: {e}");
         return ExitCode::from(1);
     }
-    let _ = stop_rx.recv();
+    let (terminate, hangup) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    for (signal, flag) in [(SIGTERM, &terminate), (SIGHUP, &hangup)] {
+        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(flag)) {
+            log::error!("cannot install the SIGTERM/SIGHUP handlers: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    loop {
+        match stop_rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        if terminate.load(Ordering::Relaxed) {
+            break;
+        }
+        if hangup.swap(false, Ordering::Relaxed) {
+            reload(&server, args.config.as_deref(), args.demo);
+        }
+    }
     log::info!("shutting down: no new connections, finishing requests in flight");
     let clean = server.shutdown();
     log::info!("stopped{}", if clean { "" } else { " (some requests were cut off by shutdown_grace)" });
     ExitCode::SUCCESS
+}
+
+/// SIGHUP: re-reads the INI and swaps routes, pools and limits; a broken file keeps the old ones.
+fn reload(server: &Server, config: Option<&Path>, demo: bool) {
+    if demo && config.is_none() {
+        log::info!("reload: the demo runs on built-in settings; nothing to re-read");
+        return;
+    }
+    let path = config.unwrap_or(Path::new("parser.ini"));
+    match Config::load(path) {
+        Ok(new) => server.reload(&new),
+        Err(e) => log::error!("reload refused, the running configuration stays: {e}"),
+    }
 }
 
 /// `--check-config`: the file has loaded (values, backends resolved); also check what only start-up

@@ -102,6 +102,22 @@ impl Backend {
     }
 }
 
+/// Counts one request as in flight on a backend until dropped.
+pub struct InFlight<'a>(&'a Backend);
+
+impl<'a> InFlight<'a> {
+    pub fn enter(backend: &'a Backend) -> Self {
+        backend.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(backend)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A set of interchangeable backends and the policy that chooses among them.
 #[derive(Debug)]
 pub struct Pool {

@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime};
 
 use crate::access_log::AccessRecord;
 use crate::auth_request::AuthDecision;
-use crate::backend::{Backend, Pool};
+use crate::backend::{Backend, InFlight, Pool};
 use crate::buffer::{ReadBuf, WriteBatch};
 use crate::cache::Entry;
 use crate::conn::Conn;
@@ -278,14 +278,13 @@ fn forward_to_backends(
                     }
                 },
             };
-            backend.in_flight.fetch_add(1, Ordering::Relaxed);
+            let in_flight = InFlight::enter(backend);
             let exchanged = exchange(shared, scratch, conn, req, &mut stream, reused);
             let result = match exchanged {
-                Ok(res) => Ok(relay(shared, scratch, conn, req, res, backend, stream, plan.as_deref_mut())),
+                Ok(res) => Ok(relay(shared, scratch, conn, req, res, backend, in_flight, stream, plan.as_deref_mut())),
                 Err(AttemptError::Stale) => Err(None),
                 Err(AttemptError::Fatal(e)) => Err(Some(e)),
             };
-            backend.in_flight.fetch_sub(1, Ordering::Relaxed);
             match result {
                 Ok(relayed) => return Ok((relayed.0, Some(backend.name.clone()), relayed.1)),
                 Err(None) => continue, // stale pooled connection: retry on a fresh one
@@ -396,6 +395,7 @@ fn relay(
     req: &Request,
     res: Response,
     backend: &Backend,
+    in_flight: InFlight<'_>,
     mut stream: TcpStream,
     plan: Option<&mut CachePlan<'_>>,
 ) -> (u16, Outcome) {
@@ -460,6 +460,7 @@ fn relay(
             backend.put_idle(stream, Instant::now());
         }
     }
+    drop(in_flight);
     match copied.and_then(|sent| dst.send().map(|()| sent).map_err(BodyError::Write)) {
         Ok(sent) => {
             scratch.body_bytes = sent;

@@ -2,8 +2,11 @@
 //! they receive, a proxy started on an ephemeral port, and a small raw HTTP client.
 #![allow(dead_code)]
 
+use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -413,4 +416,89 @@ pub fn chunked(body: &[u8], size: usize) -> Vec<u8> {
     }
     out.extend_from_slice(b"0\r\n\r\n");
     out
+}
+
+/// A fresh directory per test (the process id keeps concurrent `cargo test` runs apart), removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let unique = format!("pibl-ops-{}-{}-{name}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let dir = std::env::temp_dir().join(unique);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        fs::write(&path, text).expect("write test file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The real `proxy` binary on a free loopback port; killed on drop so a failing test leaves nothing behind.
+pub struct ProxyProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl ProxyProcess {
+    /// Writes a config for `backend` with `extra` keys and starts the proxy. The port is found free and
+    /// then released, so another process may take it first: then the proxy exits and we try another.
+    pub fn start(dir: &TempDir, backend: SocketAddr, extra: &str) -> ProxyProcess {
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+            let config = dir.file(
+                "parser.ini",
+                &format!(
+                    "[DEFAULT]\nbind = 127.0.0.1\nport = {port}\nthreads = 2\nip_server1 = {backend}\n\
+                     shutdown_grace = 2\nlog_level = warn\n{extra}"
+                ),
+            );
+            let stderr = fs::File::create(dir.0.join("proxy.stderr")).expect("create stderr file");
+            let mut child = Command::new(env!("CARGO_BIN_EXE_proxy"))
+                .arg("--config")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(stderr)
+                .spawn()
+                .expect("spawn the proxy binary");
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let deadline = Instant::now() + WAIT;
+            loop {
+                if TcpStream::connect(addr).is_ok() {
+                    return ProxyProcess { child, addr };
+                }
+                if child.try_wait().expect("poll the proxy").is_some() || Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        panic!("the proxy did not start: {}", fs::read_to_string(dir.0.join("proxy.stderr")).unwrap_or_default());
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status =
+            Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
