@@ -1,10 +1,11 @@
 //! Backend servers and pools: round-robin choice without locks, passive health (a backend that
-//! refuses a connection sits out a cool-down), and a bounded set of idle keep-alive connections per
-//! backend for reuse.
+//! refuses a connection sits out a cool-down), active health (a flag the health checker sets after
+//! consecutive results, read with one atomic load), and a bounded set of idle keep-alive connections
+//! per backend for reuse.
 
 use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,12 @@ pub struct Backend {
     idle_limit: usize,
     /// Requests being forwarded to it right now.
     pub in_flight: AtomicUsize,
+    /// Active health: false once the checker saw enough failures in a row; true until then.
+    healthy: AtomicBool,
+    /// Consecutive check results against the current state (failures while healthy, passes while not).
+    streak: AtomicU32,
+    /// When the last active check finished (ms since the Unix epoch); 0 = never checked.
+    last_check_ms: AtomicU64,
 }
 
 impl Backend {
@@ -48,7 +55,40 @@ impl Backend {
             idle: Mutex::new(Vec::new()),
             idle_limit,
             in_flight: AtomicUsize::new(0),
+            healthy: AtomicBool::new(true),
+            streak: AtomicU32::new(0),
+            last_check_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Whether active health checks keep it in rotation (always true when none run).
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// When the last active check finished, in ms since the Unix epoch.
+    pub fn last_check_ms(&self) -> Option<u64> {
+        Some(self.last_check_ms.load(Ordering::Relaxed)).filter(|&ms| ms != 0)
+    }
+
+    /// Records one active check (one writer: the health checker). The state flips after `fall`
+    /// failures in a row while healthy, or `rise` passes in a row while unhealthy; returns the new
+    /// state when it flipped.
+    pub fn record_check(&self, passed: bool, now_ms: u64, fall: u32, rise: u32) -> Option<bool> {
+        self.last_check_ms.store(now_ms.max(1), Ordering::Relaxed);
+        let healthy = self.is_healthy();
+        if passed == healthy {
+            self.streak.store(0, Ordering::Relaxed);
+            return None;
+        }
+        let streak = self.streak.load(Ordering::Relaxed) + 1;
+        if streak >= if healthy { fall } else { rise } {
+            self.streak.store(0, Ordering::Relaxed);
+            self.healthy.store(passed, Ordering::Relaxed);
+            return Some(passed);
+        }
+        self.streak.store(streak, Ordering::Relaxed);
+        None
     }
 
     pub fn is_up(&self, now: Instant) -> bool {
@@ -117,16 +157,21 @@ impl Pool {
         }
     }
 
+    /// A pool over backends that already exist (their health and idle connections carry over).
+    pub fn from_backends(backends: Vec<Arc<Backend>>) -> Self {
+        Pool { backends, next: AtomicUsize::new(0) }
+    }
+
     pub fn backends(&self) -> &[Arc<Backend>] {
         &self.backends
     }
 
-    /// The backends to try for one request, in order: every backend that is up, starting with the
-    /// one whose turn it is. Each request advances the turn by one.
+    /// The backends to try for one request, in order: every backend that is up and healthy, starting
+    /// with the one whose turn it is. Each request advances the turn by one.
     pub fn candidates(&self, now: Instant) -> impl Iterator<Item = &Arc<Backend>> {
         let n = self.backends.len();
         let start = if n == 0 { 0 } else { self.next.fetch_add(1, Ordering::Relaxed) % n };
-        (0..n).map(move |i| &self.backends[(start + i) % n]).filter(move |b| b.is_up(now))
+        (0..n).map(move |i| &self.backends[(start + i) % n]).filter(move |b| b.is_up(now) && b.is_healthy())
     }
 }
 
@@ -166,5 +211,22 @@ mod tests {
             b.mark_down(now, Duration::from_secs(10));
         }
         assert_eq!(pool.candidates(now).count(), 0);
+    }
+
+    #[test]
+    fn active_health_needs_consecutive_results_to_flip() {
+        let pool = pool(2);
+        let b = &pool.backends()[0];
+        assert!(b.is_healthy() && b.last_check_ms().is_none());
+        assert_eq!(b.record_check(false, 10, 2, 2), None);
+        assert_eq!(b.record_check(true, 11, 2, 2), None, "a pass resets the failure streak");
+        assert_eq!(b.record_check(false, 12, 2, 2), None);
+        assert_eq!(b.record_check(false, 13, 2, 2), Some(false));
+        assert_eq!(b.last_check_ms(), Some(13));
+        let now = Instant::now();
+        assert_eq!(pool.candidates(now).map(|b| b.name.clone()).collect::<Vec<_>>(), ["b2"]);
+        assert_eq!(b.record_check(true, 14, 2, 2), None);
+        assert_eq!(b.record_check(true, 15, 2, 2), Some(true));
+        assert_eq!(pool.candidates(now).count(), 2);
     }
 }
