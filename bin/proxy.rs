@@ -1,18 +1,19 @@
-//! `proxy`: runs the pibl data plane from `parser.ini` (or `--demo` with built-in backends).
+//! `proxy`: runs pibl (data plane and management API) from `parser.ini`, or `--demo` with built-in
+//! backends.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use pibl::config::{BackendAddr, Config};
 use pibl::demo::DemoBackend;
-use pibl::{logging, Server};
+use pibl::{logging, Pibl};
 
 const USAGE: &str = "\
 usage: proxy [--config FILE] [--demo] [--log-level LEVEL]
 
   --config FILE      INI file to load (default ./parser.ini; write one with `parser`)
   --demo             start three demo backends on loopback and balance across them
-                     (uses the built-in defaults unless --config is given)
+                     (uses the built-in defaults and ./pibl-demo.db unless --config is given)
   --log-level LEVEL  off, error, warn, info, debug or trace (overrides log_level)
   -h, --help         show this help
   -V, --version      show the version";
@@ -76,6 +77,10 @@ fn main() -> ExitCode {
     if let Some(level) = args.log_level {
         config.log_level = level;
     }
+    if let Err(e) = config.apply_env() {
+        eprintln!("proxy: {e}");
+        return ExitCode::from(2);
+    }
     logging::init(config.log_level);
 
     // Kept alive for the life of the process.
@@ -94,24 +99,29 @@ fn main() -> ExitCode {
             .iter()
             .map(|b| BackendAddr { name: format!("{} ({})", b.addr(), b.name), addr: b.addr() })
             .collect();
+        if args.config.is_none() {
+            config.database = PathBuf::from("pibl-demo.db");
+            config.health_path = "/status".to_string();
+        }
     }
 
     let summary = startup_summary(&config);
-    let server = match Server::start(config) {
+    let server = match Pibl::start(config) {
         Ok(server) => server,
         Err(e) => {
             log::error!("cannot start: {e}");
             return ExitCode::from(1);
         }
     };
-    log::info!("[*] Server started successfully [{}]", server.local_addr());
+    log::info!("[*] Server started successfully [{}]", server.proxy_addr());
+    log::info!("[*] Management API on http://{} (POST /api/users to register)", server.api_addr());
     for line in summary {
         log::info!("{line}");
     }
     if args.demo {
         log::info!(
             "demo: open http://localhost:{}/ and reload to see each backend in turn",
-            server.local_addr().port()
+            server.proxy_addr().port()
         );
     }
 
@@ -138,5 +148,12 @@ fn startup_summary(config: &Config) -> Vec<String> {
             config.threads, config.max_conn, config.buffer_size, config.header_timeout, config.keepalive_timeout, config.backend_timeout
         ),
         format!("cache: ttl {:?} (the response cache is not built yet: every request goes to a backend)", config.ttl),
+        format!(
+            "management API: database {}, jwt_ttl {:?}, health_interval {:?}, purge_interval {:?}",
+            config.database.display(),
+            config.jwt_ttl,
+            config.health_interval,
+            config.purge_interval
+        ),
     ]
 }

@@ -15,7 +15,9 @@ use crate::http::body::{self, BodyError, Encoding, Source};
 use crate::http::request::Request;
 use crate::http::response::{self, Response, MAX_RESPONSE_HEAD};
 use crate::http::{reason, Framing};
+use crate::routing::Matched;
 use crate::server::Shared;
+use crate::store::LogEntry;
 
 /// The `Via` pseudonym pibl adds to forwarded requests.
 const VIA_NAME: &str = "pibl";
@@ -90,9 +92,11 @@ fn is_timeout(e: &io::Error) -> bool {
 /// error response) to the client.
 pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Request) -> Outcome {
     let started = Instant::now();
+    // An app registered through the management API owns the paths under `/<appid>`.
+    let app = shared.router.lookup(req.target());
     // Cache seam: a cache lookup goes here. A hit is written to the client without touching a
     // backend; a miss falls through to `forward`, which offers the response to the cache as it streams.
-    let result = forward(shared, scratch, conn, &req);
+    let result = forward(shared, scratch, conn, &req, app.as_ref());
     let (status, backend, outcome) = match result {
         Ok((status, backend, outcome)) => (status, backend, outcome),
         Err((e, backend)) => {
@@ -125,23 +129,43 @@ pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Requ
             backend.as_deref().unwrap_or("-"),
         );
     }
+    if let Some(app) = app {
+        shared.router.log(LogEntry {
+            app_pk: app.app.pk,
+            time_ms: crate::clock::system_ms(),
+            kind: "request".into(),
+            actor: Some(conn.peer.ip().to_string()),
+            method: Some(req.method().to_string()),
+            path: Some(req.target().to_string()),
+            status: Some(status),
+            endpoint: backend,
+            duration_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
+            ..LogEntry::default()
+        });
+    }
     outcome
 }
 
 type Forwarded = (u16, Option<String>, Outcome);
 
-/// Sends the request to the backends in turn until one answers, then relays the answer.
+/// Sends the request to the backends of its app (or of the default pool) in turn until one
+/// answers, then relays the answer.
 fn forward(
     shared: &Shared,
     scratch: &mut Scratch,
     conn: &mut Conn,
     req: &Request,
+    app: Option<&Matched>,
 ) -> Result<Forwarded, (ForwardError, Option<String>)> {
     let config = &shared.config;
     let now = Instant::now();
-    build_upstream_head(req, conn.peer, &mut scratch.upstream_head);
+    let (pool, target, prefix) = match app {
+        Some(m) => (&m.app.pool, m.target.as_str(), Some(m.app.prefix.as_str())),
+        None => (&shared.pool, req.target(), None),
+    };
+    build_upstream_head(req, target, prefix, conn.peer, &mut scratch.upstream_head);
     let has_body = req.framing.has_body();
-    for backend in shared.pool.candidates(now) {
+    for backend in pool.candidates(now) {
         // A reused connection may have been closed by the backend; without a body the request can
         // simply be sent again, so only body-less requests take an idle connection.
         let idle = if has_body { None } else { backend.take_idle(now) };
@@ -368,12 +392,13 @@ fn push_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 }
 
 /// Writes the head sent to every backend for this request: hop-by-hop fields removed, `Host` kept,
-/// `X-Forwarded-*` and `Via` added, framing written by pibl.
-fn build_upstream_head(req: &Request, peer: SocketAddr, out: &mut Vec<u8>) {
+/// `X-Forwarded-*` and `Via` added, framing written by pibl. `target` is the request target to send
+/// (an app's requests lose their `/<appid>` prefix, which goes in `X-Forwarded-Prefix`).
+fn build_upstream_head(req: &Request, target: &str, prefix: Option<&str>, peer: SocketAddr, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(req.method().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(req.target().as_bytes());
+    out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     if let Some(host) = req.host() {
         push_field(out, "Host", host.as_bytes());
@@ -386,6 +411,7 @@ fn build_upstream_head(req: &Request, peer: SocketAddr, out: &mut Vec<u8>) {
             || is(name, "x-forwarded-for")
             || is(name, "x-forwarded-proto")
             || is(name, "x-forwarded-host")
+            || (prefix.is_some() && is(name, "x-forwarded-prefix"))
             || is(name, "via")
         {
             continue;
@@ -402,6 +428,9 @@ fn build_upstream_head(req: &Request, peer: SocketAddr, out: &mut Vec<u8>) {
     out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
     if let Some(host) = req.host() {
         push_field(out, "X-Forwarded-Host", host.as_bytes());
+    }
+    if let Some(prefix) = prefix {
+        push_field(out, "X-Forwarded-Prefix", prefix.as_bytes());
     }
     out.extend_from_slice(b"Via: ");
     for (_, value) in req.headers().filter(|(n, _)| is(n, "via")) {

@@ -24,11 +24,14 @@ use crate::conn::{Conn, ConnLimit};
 use crate::http::request::{self, Limits};
 use crate::parker::Parker;
 use crate::proxy::{self, Outcome, Scratch};
+use crate::routing::Router;
 
 /// State every thread of one server shares.
 pub struct Shared {
     pub config: Config,
     pub pool: Pool,
+    /// Apps registered through the management API (empty when none is running).
+    pub router: Arc<Router>,
     pub limits: Limits,
     shutdown: AtomicBool,
     conns: Arc<ConnLimit>,
@@ -68,6 +71,12 @@ impl Server {
 
     /// Starts serving on a listener that is already bound (tests bind `127.0.0.1:0`).
     pub fn start_on(listener: TcpListener, config: Config) -> io::Result<Server> {
+        let router = Arc::new(Router::new(config.backend_pool_size));
+        Server::start_with_router(listener, config, router)
+    }
+
+    /// Like [`Server::start_on`], routing `/<appid>/...` by `router`, which the management API updates.
+    pub fn start_with_router(listener: TcpListener, config: Config, router: Arc<Router>) -> io::Result<Server> {
         let local_addr = listener.local_addr()?;
         let limits = Limits {
             max_head_bytes: config.max_header_bytes,
@@ -76,6 +85,7 @@ impl Server {
         };
         let shared = Arc::new(Shared {
             pool: Pool::new(&config.backends, config.backend_pool_size),
+            router,
             limits,
             shutdown: AtomicBool::new(false),
             conns: Arc::new(ConnLimit::default()),
@@ -113,6 +123,11 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The backends of the default (`ip_serverN`) pool, for the health checker.
+    pub fn default_backends(&self) -> Vec<Arc<crate::backend::Backend>> {
+        self.shared.pool.backends().to_vec()
     }
 
     pub fn stats(&self) -> Stats {
