@@ -120,6 +120,7 @@ impl Pibl {
             throttle: Throttle::new(config.auth_rate),
             clock: clock.clone(),
             admins: config.admins.iter().map(|a| a.to_lowercase()).collect(),
+            access_log: config.access_log,
         });
         state.reload_routes().map_err(|source| StartError::Store { path: path.display().to_string(), source })?;
 

@@ -252,9 +252,11 @@ fn http_level_mistakes_get_json_errors_and_keep_alive_works() {
     assert_eq!((res.status, res.header("allow")), (405, Some("POST, DELETE")));
     let res = client.send(b"GET /api/auth HTTP/1.1\r\nHost: x\r\n\r\n").read_response(false).unwrap();
     assert_eq!((res.status, res.header("allow")), (405, Some("POST")));
+    let res = client.send(b"HEAD /api/apps HTTP/1.1\r\nHost: x\r\n\r\n").read_response(true).unwrap();
+    assert_eq!(res.status, 405, "HEAD gets the head only, so the connection stays in step");
     let body = r#"{"email":"kept@x.io","password":"alive-1"}"#;
     let res = client.send(&curl_request("POST", "/api/users", None, Some(body))).read_response(false).unwrap();
-    assert_eq!(res.status, 201, "three answers on one connection, then this one");
+    assert_eq!(res.status, 201, "four answers on one connection, then this one");
 
     let big = format!(r#"{{"email":"a@b.c","password":"{}"}}"#, "x".repeat(70 * 1024));
     let res = request(addr, &curl_request("POST", "/api/users", None, Some(&big)));

@@ -32,6 +32,8 @@ pub struct ApiState {
     pub clock: Clock,
     /// `admins`, lower-cased.
     pub admins: Vec<String>,
+    /// `access_log`: one line per API request too.
+    pub access_log: bool,
 }
 
 impl ApiState {

@@ -128,7 +128,7 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, state: &ApiState, shutdown: &A
             Ok(None) => return,
             Err(e) => {
                 let status = e.status();
-                let _ = write_reply(&mut stream, &ApiError::from_request(e).reply(), false);
+                let _ = write_reply(&mut stream, &ApiError::from_request(e).reply(), false, false);
                 log::info!("api: {peer}: bad request head ({status})");
                 linger(stream);
                 return;
@@ -148,14 +148,26 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, state: &ApiState, shutdown: &A
                     BodyError::Read(_) | BodyError::Write(_) | BodyError::Truncated => return,
                     BodyError::Malformed(what) => ApiError::BadRequest(format!("invalid chunked body: {what}")),
                 };
-                let _ = write_reply(&mut stream, &error.reply(), false);
+                let _ = write_reply(&mut stream, &error.reply(), false, req.is_head());
                 linger(stream);
                 return;
             }
         }
+        let started = Instant::now();
         let reply = handlers::handle(state, &req, &body, peer.ip());
+        if state.access_log {
+            log::info!(
+                target: "access",
+                "[api] {} => {} {} {} {:.4}s",
+                peer.ip(),
+                req.method(),
+                req.target(),
+                reply.status,
+                started.elapsed().as_secs_f64()
+            );
+        }
         let keep_alive = req.keep_alive && !shutdown.load(Ordering::Acquire);
-        if write_reply(&mut stream, &reply, keep_alive).is_err() || !keep_alive {
+        if write_reply(&mut stream, &reply, keep_alive, req.is_head()).is_err() || !keep_alive {
             return;
         }
     }
@@ -236,7 +248,8 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
-fn write_reply(stream: &mut TcpStream, reply: &Reply, keep_alive: bool) -> io::Result<()> {
+/// Writes `reply` as JSON; `head_only` leaves the body out (an answer to HEAD) but keeps its length.
+fn write_reply(stream: &mut TcpStream, reply: &Reply, keep_alive: bool, head_only: bool) -> io::Result<()> {
     let body = serde_json::to_vec_pretty(&reply.body).unwrap_or_else(|_| b"{}".to_vec());
     let mut out = Vec::with_capacity(body.len() + 256);
     write!(
@@ -250,7 +263,9 @@ fn write_reply(stream: &mut TcpStream, reply: &Reply, keep_alive: bool) -> io::R
         write!(out, "{name}: {value}\r\n")?;
     }
     out.extend_from_slice(if keep_alive { b"Connection: keep-alive\r\n\r\n" } else { b"Connection: close\r\n\r\n" });
-    out.extend_from_slice(&body);
-    out.push(b'\n');
+    if !head_only {
+        out.extend_from_slice(&body);
+        out.push(b'\n');
+    }
     stream.write_all(&out)
 }
