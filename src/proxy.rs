@@ -17,7 +17,6 @@ use crate::http::response::{self, Response, MAX_RESPONSE_HEAD};
 use crate::http::{reason, Framing};
 use crate::routing::Matched;
 use crate::server::Shared;
-use crate::store::LogEntry;
 
 /// The `Via` pseudonym pibl adds to forwarded requests.
 const VIA_NAME: &str = "pibl";
@@ -129,19 +128,8 @@ pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Requ
             backend.as_deref().unwrap_or("-"),
         );
     }
-    if let Some(app) = app {
-        shared.router.log(LogEntry {
-            app_pk: app.app.pk,
-            time_ms: crate::clock::system_ms(),
-            kind: "request".into(),
-            actor: Some(conn.peer.ip().to_string()),
-            method: Some(req.method().to_string()),
-            path: Some(req.target().to_string()),
-            status: Some(status),
-            endpoint: backend,
-            duration_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
-            ..LogEntry::default()
-        });
+    if let Some(app) = &app {
+        shared.router.log_request(app, conn.peer.ip(), &req, status, backend, started.elapsed());
     }
     outcome
 }

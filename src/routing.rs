@@ -8,9 +8,10 @@
 //! whose first segment is no app goes to the `ip_serverN` pool.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Sender, TrySendError};
@@ -18,6 +19,7 @@ use parking_lot::Mutex;
 
 use crate::backend::{Backend, Pool};
 use crate::config::BackendAddr;
+use crate::http::request::Request;
 use crate::store::{self, LogEntry};
 
 /// One endpoint of an app as the data plane sees it.
@@ -188,6 +190,30 @@ impl Router {
                 }
             }
         }
+    }
+
+    /// Queues the execution-log record of one proxied request to an app.
+    pub fn log_request(
+        &self,
+        app: &Matched,
+        client: IpAddr,
+        req: &Request,
+        status: u16,
+        endpoint: Option<String>,
+        took: Duration,
+    ) {
+        self.log(LogEntry {
+            app_pk: app.app.pk,
+            time_ms: crate::clock::system_ms(),
+            kind: "request".into(),
+            actor: Some(client.to_string()),
+            method: Some(req.method().to_string()),
+            path: Some(req.target().to_string()),
+            status: Some(status),
+            endpoint,
+            duration_ms: Some(took.as_secs_f64() * 1000.0),
+            ..LogEntry::default()
+        });
     }
 
     /// Execution-log entries dropped because the writer was behind.
