@@ -127,6 +127,19 @@ impl Router {
     /// Replaces the table with `apps`, keeping the backends of endpoints that did not change.
     pub fn rebuild(&self, apps: &[store::App]) {
         let _guard = self.rebuild.lock();
+        self.rebuild_locked(apps);
+    }
+
+    /// Loads the apps with `load` and rebuilds from them, both under the rebuild lock, so two
+    /// concurrent reloads cannot swap in an older read after a newer one.
+    pub fn reload<E>(&self, load: impl FnOnce() -> Result<Vec<store::App>, E>) -> Result<(), E> {
+        let _guard = self.rebuild.lock();
+        let apps = load()?;
+        self.rebuild_locked(&apps);
+        Ok(())
+    }
+
+    fn rebuild_locked(&self, apps: &[store::App]) {
         let old = self.table.load_full();
         let mut previous: HashMap<(i64, i64), &EndpointRoute> = HashMap::new();
         for app in old.apps.values() {

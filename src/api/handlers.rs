@@ -39,9 +39,7 @@ pub struct ApiState {
 impl ApiState {
     /// Loads every app from the database into a new route table.
     pub fn reload_routes(&self) -> std::result::Result<(), StoreError> {
-        let apps = self.store.all_apps()?;
-        self.router.rebuild(&apps);
-        Ok(())
+        self.router.reload(|| self.store.all_apps())
     }
 
     /// Deletes apps left without endpoints and updates the routes; returns their names.
