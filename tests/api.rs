@@ -296,3 +296,34 @@ fn default_pool_is_checked_on_health_path() {
     wait_until("beta rejoins", || (0..4).any(|_| client.get("/page").text() == "beta"));
     assert!(pibl.shutdown());
 }
+
+#[test]
+fn concurrent_clients_each_get_their_app_routed() {
+    let alpha = app_backend("alpha", up());
+    let default = TestBackend::named("default");
+    let db = TempDb::new("concurrent");
+    let pibl = start_pibl(api_config(&[default.addr], &db), Clock::system());
+    let (addr, proxy) = (pibl.api_addr(), pibl.proxy_addr());
+    let threads: Vec<_> = (0..6)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let token = register_and_login(addr, &format!("user{i}@x.io"));
+                for j in 0..3 {
+                    let path = format!("/api/apps/app-{i}-{j}");
+                    let res = api(addr, "POST", &path, Some(&token), Some(&endpoint_body(alpha.addr, "/status")));
+                    assert_eq!(res.status, 201, "{path}: {}", res.text());
+                }
+                token
+            })
+        })
+        .collect();
+    let tokens: Vec<String> = threads.into_iter().map(|t| t.join().expect("client thread")).collect();
+    for (i, token) in tokens.iter().enumerate() {
+        for j in 0..3 {
+            assert_eq!(get(proxy, &format!("/app-{i}-{j}/")).text(), "alpha", "app-{i}-{j} is routed");
+        }
+        let apps = api(addr, "GET", "/api/apps", Some(token), None).json();
+        assert_eq!(apps["apps"].as_array().map(Vec::len), Some(3));
+    }
+    assert!(pibl.shutdown());
+}
