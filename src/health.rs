@@ -6,6 +6,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -24,6 +25,8 @@ pub const FALL: u32 = 2;
 pub const RISE: u32 = 2;
 /// Longest a probe may take, connect and answer together.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most probes run at once.
+pub const PARALLEL: usize = 8;
 /// Largest status answer head read.
 const MAX_HEAD: usize = 16 * 1024;
 
@@ -62,35 +65,65 @@ impl HealthChecker {
     }
 }
 
-/// Runs one round of checks over every target.
+/// One probe to run: which backend, with which `Host` and path, and for which app endpoint.
+struct Job<'a> {
+    backend: &'a Arc<Backend>,
+    host: String,
+    path: &'a str,
+    /// (app name, app pk, endpoint id) for an app endpoint; `None` for an `ip_serverN` backend.
+    app: Option<(&'a str, i64, i64)>,
+}
+
+/// Runs one round of checks over every target, up to [`PARALLEL`] probes at a time, so a few
+/// endpoints that time out do not hold up the others' checks.
 pub fn check_all(targets: &Targets, clock: &Clock) {
     let routes = targets.router.snapshot();
+    let mut jobs = Vec::new();
     for app in routes.apps() {
         for ep in &app.endpoints {
-            let Some(backend) = &ep.backend else { continue };
-            let host = format!("{}:{}", ep.host, ep.port);
-            let result = probe(backend.addr, &host, &ep.statuspath, PROBE_TIMEOUT);
-            if let Some(healthy) = record(backend, &result, clock) {
-                let detail = describe(healthy, &ep.statuspath, &result);
-                log::warn!("app {} endpoint {} ({}): {detail}", app.name, ep.id, backend.name);
-                targets.router.log(LogEntry {
-                    app_pk: app.pk,
-                    time_ms: clock.now_ms(),
-                    kind: "health".into(),
-                    endpoint: Some(backend.name.clone()),
-                    detail: Some(format!("endpoint {}: {detail}", ep.id)),
-                    ..LogEntry::default()
-                });
+            if let Some(backend) = &ep.backend {
+                let host = format!("{}:{}", ep.host, ep.port);
+                jobs.push(Job { backend, host, path: &ep.statuspath, app: Some((&app.name, app.pk, ep.id)) });
             }
         }
     }
     if let Some(path) = &targets.default_path {
         for backend in &targets.defaults {
-            let result = probe(backend.addr, &backend.name, path, PROBE_TIMEOUT);
-            if let Some(healthy) = record(backend, &result, clock) {
-                log::warn!("backend {}: {}", backend.name, describe(healthy, path, &result));
-            }
+            jobs.push(Job { backend, host: backend.name.clone(), path, app: None });
         }
+    }
+    let next = AtomicUsize::new(0);
+    let run = || {
+        while let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
+            check_one(targets, job, clock);
+        }
+    };
+    thread::scope(|scope| {
+        for _ in 1..jobs.len().min(PARALLEL) {
+            scope.spawn(run);
+        }
+        run();
+    });
+}
+
+fn check_one(targets: &Targets, job: &Job<'_>, clock: &Clock) {
+    let backend = job.backend;
+    let result = probe(backend.addr, &job.host, job.path, PROBE_TIMEOUT);
+    let Some(healthy) = record(backend, &result, clock) else { return };
+    let detail = describe(healthy, job.path, &result);
+    match job.app {
+        Some((name, pk, endpoint_id)) => {
+            log::warn!("app {name} endpoint {endpoint_id} ({}): {detail}", backend.name);
+            targets.router.log(LogEntry {
+                app_pk: pk,
+                time_ms: clock.now_ms(),
+                kind: "health".into(),
+                endpoint: Some(backend.name.clone()),
+                detail: Some(format!("endpoint {endpoint_id}: {detail}")),
+                ..LogEntry::default()
+            });
+        }
+        None => log::warn!("backend {}: {detail}", backend.name),
     }
 }
 
