@@ -174,3 +174,36 @@ pub fn probe(addr: SocketAddr, host: &str, path: &str, timeout: Duration) -> Res
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A one-shot server that reads the request head and writes `answer`.
+    fn answering(answer: &'static [u8]) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        thread::spawn(move || {
+            if let Ok((mut stream, _)) = listener.accept() {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                    head.push(byte[0]);
+                }
+                let _ = stream.write_all(answer);
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn probe_reads_the_final_status() {
+        let t = Duration::from_secs(2);
+        let ok = answering(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(probe(ok, "h", "/status", t), Ok(200));
+        assert_eq!(probe(answering(b"HTTP/1.0 503 Busy\r\n\r\n"), "h", "/", t), Ok(503));
+        assert!(probe(answering(b"garbage\r\n\r\n"), "h", "/", t).is_err());
+        assert!(probe(answering(b""), "h", "/", t).unwrap_err().contains("closed"));
+    }
+}
