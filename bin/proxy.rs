@@ -1,4 +1,5 @@
-//! `proxy`: runs the pibl data plane from `parser.ini` (or `--demo` with built-in backends).
+//! `proxy`: runs pibl (data plane and management API) from `parser.ini`, or `--demo` with built-in
+//! backends.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::RecvTimeoutError;
-use signal_hook::consts::{SIGHUP, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGTERM, SIGUSR1};
 
 use pibl::config::{BackendAddr, Config};
 use pibl::demo::DemoBackend;
-use pibl::{logging, Server};
+use pibl::{logging, Pibl};
 
 const USAGE: &str = "\
 usage: proxy [--config FILE] [--demo] [--log-level LEVEL] [--check-config]
@@ -21,7 +22,7 @@ usage: proxy [--config FILE] [--demo] [--log-level LEVEL] [--check-config]
   --check-config     validate the INI file, print a summary and exit: 0 if it is valid,
                      2 if not (like `nginx -t`)
   --demo             start three demo backends on loopback and balance across them
-                     (uses the built-in defaults unless --config is given)
+                     (uses the built-in defaults and ./pibl-demo.db unless --config is given)
   --log-level LEVEL  off, error, warn, info, debug or trace (overrides log_level)
   -h, --help         show this help
   -V, --version      show the version";
@@ -90,10 +91,25 @@ fn main() -> ExitCode {
     if let Some(level) = args.log_level {
         config.log_level = level;
     }
+    if let Err(e) = config.apply_env() {
+        eprintln!("proxy: {e}");
+        return ExitCode::from(2);
+    }
     if args.check_config {
         return check_config(args.config.as_deref().unwrap_or(Path::new("parser.ini")), &config);
     }
     logging::init(config.log_level);
+
+    // Installed before anything listens: until then SIGTERM, SIGHUP and SIGUSR1 (logrotate) would
+    // kill the process with their default action. The access log adds its own SIGUSR1 flag later.
+    let (terminate, hangup) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let early_usr1 = Arc::new(AtomicBool::new(false));
+    for (signal, flag) in [(SIGTERM, &terminate), (SIGHUP, &hangup), (SIGUSR1, &early_usr1)] {
+        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(flag)) {
+            log::error!("cannot install the signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    }
 
     // Kept alive for the life of the process.
     let mut demo_backends = Vec::new();
@@ -111,10 +127,14 @@ fn main() -> ExitCode {
             .iter()
             .map(|b| BackendAddr { name: format!("{} ({})", b.addr(), b.name), addr: b.addr() })
             .collect();
+        if args.config.is_none() {
+            config.database = PathBuf::from("pibl-demo.db");
+            config.health_path = "/status".to_string();
+        }
     }
 
     let summary = startup_summary(&config);
-    let server = match Server::start(config) {
+    let server = match Pibl::start(config) {
         Ok(server) => server,
         Err(e) => {
             log::error!("cannot start: {e}");
@@ -123,18 +143,19 @@ fn main() -> ExitCode {
     };
     // Registered even without an access log file: SIGUSR1 would otherwise kill the process, and
     // logrotate's postrotate sends it whatever the configuration.
-    if let Err(e) = server.access_log().reopen_on_sigusr1() {
+    if let Err(e) = server.server().access_log().reopen_on_sigusr1() {
         log::error!("cannot install the SIGUSR1 handler (access log reopening): {e}");
         return ExitCode::from(1);
     }
-    log::info!("[*] Server started successfully [{}]", server.local_addr());
+    log::info!("[*] Server started successfully [{}]", server.proxy_addr());
+    log::info!("[*] Management API on http://{} (POST /api/users to register)", server.api_addr());
     for line in summary {
         log::info!("{line}");
     }
     if args.demo {
         log::info!(
             "demo: open http://localhost:{}/ and reload to see each backend in turn",
-            server.local_addr().port()
+            server.proxy_addr().port()
         );
     }
 
@@ -146,13 +167,6 @@ fn main() -> ExitCode {
     }) {
         log::error!("cannot install the Ctrl-C handler: {e}");
         return ExitCode::from(1);
-    }
-    let (terminate, hangup) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
-    for (signal, flag) in [(SIGTERM, &terminate), (SIGHUP, &hangup)] {
-        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(flag)) {
-            log::error!("cannot install the SIGTERM/SIGHUP handlers: {e}");
-            return ExitCode::from(1);
-        }
     }
     loop {
         match stop_rx.recv_timeout(Duration::from_millis(100)) {
@@ -173,14 +187,14 @@ fn main() -> ExitCode {
 }
 
 /// SIGHUP: re-reads the INI and swaps routes, pools and limits; a broken file keeps the old ones.
-fn reload(server: &Server, config: Option<&Path>, demo: bool) {
+fn reload(pibl: &Pibl, config: Option<&Path>, demo: bool) {
     if demo && config.is_none() {
         log::info!("reload: the demo runs on built-in settings; nothing to re-read");
         return;
     }
     let path = config.unwrap_or(Path::new("parser.ini"));
     match Config::load(path) {
-        Ok(new) => server.reload(&new),
+        Ok(new) => pibl.server().reload(&new),
         Err(e) => log::error!("reload refused, the running configuration stays: {e}"),
     }
 }
@@ -226,5 +240,12 @@ fn startup_summary(config: &Config) -> Vec<String> {
         } else {
             "access log: off".to_string()
         },
+        format!(
+            "management API: database {}, jwt_ttl {:?}, health_interval {:?}, purge_interval {:?}",
+            config.database.display(),
+            config.jwt_ttl,
+            config.health_interval,
+            config.purge_interval
+        ),
     ]
 }

@@ -1,10 +1,11 @@
 //! Backend servers and pools: round-robin choice without locks, passive health (a backend that
-//! refuses a connection sits out a cool-down), and a bounded set of idle keep-alive connections per
-//! backend for reuse.
+//! refuses a connection sits out a cool-down), active health (a flag the health checker sets after
+//! consecutive results, read with one atomic load), and a bounded set of idle keep-alive connections
+//! per backend for reuse.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,12 @@ pub struct Backend {
     idle_limit: usize,
     /// Requests being forwarded to it right now.
     pub in_flight: AtomicUsize,
+    /// Active health: false once the checker saw enough failures in a row; true until then.
+    healthy: AtomicBool,
+    /// Consecutive check results against the current state (failures while healthy, passes while not).
+    streak: AtomicU32,
+    /// When the last active check finished (ms since the Unix epoch); 0 = never checked.
+    last_check_ms: AtomicU64,
 }
 
 impl Backend {
@@ -48,7 +55,45 @@ impl Backend {
             idle: Mutex::new(Vec::new()),
             idle_limit,
             in_flight: AtomicUsize::new(0),
+            healthy: AtomicBool::new(true),
+            streak: AtomicU32::new(0),
+            last_check_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Whether active health checks keep it in rotation (always true when none run).
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// When the last active check finished, in ms since the Unix epoch.
+    pub fn last_check_ms(&self) -> Option<u64> {
+        Some(self.last_check_ms.load(Ordering::Relaxed)).filter(|&ms| ms != 0)
+    }
+
+    /// Records one active check (one writer: the health checker). The state flips after `fall`
+    /// failures in a row while healthy, or `rise` passes in a row while unhealthy; returns the new
+    /// state when it flipped.
+    pub fn record_check(&self, passed: bool, now_ms: u64, fall: u32, rise: u32) -> Option<bool> {
+        self.last_check_ms.store(now_ms.max(1), Ordering::Relaxed);
+        let healthy = self.is_healthy();
+        if passed == healthy {
+            self.streak.store(0, Ordering::Relaxed);
+            return None;
+        }
+        let streak = self.streak.load(Ordering::Relaxed) + 1;
+        if streak >= if healthy { fall } else { rise } {
+            self.streak.store(0, Ordering::Relaxed);
+            self.healthy.store(passed, Ordering::Relaxed);
+            return Some(passed);
+        }
+        self.streak.store(streak, Ordering::Relaxed);
+        None
+    }
+
+    /// In rotation: not cooling down after a refused connection, and not failed by health checks.
+    pub fn is_usable(&self, now: Instant) -> bool {
+        self.is_up(now) && self.is_healthy()
     }
 
     pub fn is_up(&self, now: Instant) -> bool {
@@ -140,16 +185,21 @@ impl Pool {
         }
     }
 
+    /// A pool over backends that already exist (their health and idle connections carry over).
+    pub fn from_backends(backends: Vec<Arc<Backend>>) -> Self {
+        Pool { backends, next: AtomicUsize::new(0), balance: Balance::RoundRobin }
+    }
+
     pub fn backends(&self) -> &[Arc<Backend>] {
         &self.backends
     }
 
-    /// The backends to try for one request, in order: every backend that is up, the policy's choice
+    /// The backends to try for one request, in order: every backend that is up and healthy, the policy's choice
     /// first, then the others round-robin as fallbacks. No lock is taken.
     pub fn candidates(&self, now: Instant, client: IpAddr) -> Candidates<'_> {
         let n = self.backends.len();
         let start = if n == 0 { 0 } else { self.next.fetch_add(1, Ordering::Relaxed) % n };
-        let up = |i: usize| self.backends[i].is_up(now);
+        let up = |i: usize| self.backends[i].is_usable(now);
         let load = |i: usize| self.backends[i].in_flight.load(Ordering::Relaxed);
         let first = match self.balance {
             _ if n == 0 => None,
@@ -194,7 +244,7 @@ impl<'a> Iterator for Candidates<'a> {
             let i = (self.start + self.step) % n;
             self.step += 1;
             let backend = &self.pool.backends[i];
-            if Some(i) != self.chosen && backend.is_up(self.now) {
+            if Some(i) != self.chosen && backend.is_usable(self.now) {
                 return Some(backend);
             }
         }
@@ -302,5 +352,22 @@ mod tests {
         let spread: std::collections::HashSet<String> =
             (0..64u8).map(|i| pool.candidates(now, IpAddr::from([10, 0, 0, i])).next().unwrap().name.clone()).collect();
         assert!(spread.len() >= 3, "clients spread over servers: {spread:?}");
+    }
+
+    #[test]
+    fn active_health_needs_consecutive_results_to_flip() {
+        let pool = pool(2);
+        let b = &pool.backends()[0];
+        assert!(b.is_healthy() && b.last_check_ms().is_none());
+        assert_eq!(b.record_check(false, 10, 2, 2), None);
+        assert_eq!(b.record_check(true, 11, 2, 2), None, "a pass resets the failure streak");
+        assert_eq!(b.record_check(false, 12, 2, 2), None);
+        assert_eq!(b.record_check(false, 13, 2, 2), Some(false));
+        assert_eq!(b.last_check_ms(), Some(13));
+        let now = Instant::now();
+        assert_eq!(pool.candidates(now, CLIENT).map(|b| b.name.clone()).collect::<Vec<_>>(), ["b2"]);
+        assert_eq!(b.record_check(true, 14, 2, 2), None);
+        assert_eq!(b.record_check(true, 15, 2, 2), Some(true));
+        assert_eq!(pool.candidates(now, CLIENT).count(), 2);
     }
 }

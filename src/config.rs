@@ -96,6 +96,26 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     /// `[route.NAME]` sections, in file order.
     pub routes: Vec<RouteConfig>,
+    /// `api_bind`: address the management API listens on.
+    pub api_bind: IpAddr,
+    /// `jwt_secret`: HS256 signing secret; empty = a random one kept in the database.
+    pub jwt_secret: String,
+    /// `jwt_ttl`: lifetime of an access token.
+    pub jwt_ttl: Duration,
+    /// `admins`: e-mail addresses allowed to see and lift lock-outs.
+    pub admins: Vec<String>,
+    /// `lockout_secs`: how long 5 failed logins in a row block an e-mail address.
+    pub lockout_secs: Duration,
+    /// `auth_rate`: requests a minute one client IP may make to `/api/auth` and `/api/users`; 0 = no limit.
+    pub auth_rate: u32,
+    /// `health_interval`: time between two active health checks of each backend.
+    pub health_interval: Duration,
+    /// `health_path`: path checked on the `ip_serverN` backends; empty = no active checks for them.
+    pub health_path: String,
+    /// `log_retention`: execution-log entries kept per app (the oldest go first).
+    pub log_retention: usize,
+    /// `purge_interval`: how often apps left without endpoints are deleted.
+    pub purge_interval: Duration,
 }
 
 impl Default for Config {
@@ -133,7 +153,31 @@ impl Default for Config {
             allow: Vec::new(),
             trusted_proxies: Vec::new(),
             routes: Vec::new(),
+            api_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            jwt_secret: String::new(),
+            jwt_ttl: Duration::from_secs(300),
+            admins: Vec::new(),
+            lockout_secs: Duration::from_secs(900),
+            auth_rate: 30,
+            health_interval: Duration::from_secs(5),
+            health_path: String::new(),
+            log_retention: 10_000,
+            purge_interval: Duration::from_secs(60),
         }
+    }
+}
+
+/// The environment variable that overrides `purge_interval`, as the seed's purge cron was configured.
+pub const PURGE_INTERVAL_ENV: &str = "PIBL_PURGE_INTERVAL";
+
+impl Config {
+    /// Applies overrides from the environment (`PIBL_PURGE_INTERVAL`, a duration such as `30` or `2m`).
+    /// The binary calls it after loading the file; tests leave it out.
+    pub fn apply_env(&mut self) -> Result<(), String> {
+        if let Ok(value) = std::env::var(PURGE_INTERVAL_ENV) {
+            self.purge_interval = parse_timeout(&value).map_err(|e| format!("{PURGE_INTERVAL_ENV}: {e}"))?;
+        }
+        Ok(())
     }
 }
 
@@ -770,6 +814,76 @@ const LAYOUT: &[Entry] = &[
         apply: |c, v| parse_database(v).map(|x| c.database = x),
         render: |c| render_path(&c.database),
     }),
+    Entry::Key(KeySpec {
+        name: "api_bind",
+        help: "Address the management API listens on (127.0.0.1 = this machine only;\n\
+               0.0.0.0 to reach it from elsewhere).",
+        apply: |c, v| parse_bind(v).map(|x| c.api_bind = x),
+        render: |c| c.api_bind.to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "jwt_secret",
+        help: "Secret that signs access tokens (HS256). Empty = a random secret made on first start\n\
+               and kept in the database.",
+        apply: |c, v| {
+            c.jwt_secret = v.trim().to_string();
+            Ok(())
+        },
+        render: |c| c.jwt_secret.clone(),
+    }),
+    Entry::Key(KeySpec {
+        name: "jwt_ttl",
+        help: "How long an access token from /api/auth stays valid.",
+        apply: |c, v| parse_timeout(v).map(|x| c.jwt_ttl = x),
+        render: |c| render_duration(c.jwt_ttl),
+    }),
+    Entry::Key(KeySpec {
+        name: "admins",
+        help: "E-mail addresses, comma-separated, allowed to list and unblock locked-out users\n\
+               (GET /api/blocked). Empty = nobody.",
+        apply: |c, v| parse_admins(v).map(|x| c.admins = x),
+        render: |c| c.admins.join(", "),
+    }),
+    Entry::Key(KeySpec {
+        name: "lockout_secs",
+        help: "How long 5 failed /api/auth attempts in a row block that address (a duration).",
+        apply: |c, v| parse_timeout(v).map(|x| c.lockout_secs = x),
+        render: |c| render_duration(c.lockout_secs),
+    }),
+    Entry::Key(KeySpec {
+        name: "auth_rate",
+        help: "Requests a minute one client IP may make to /api/auth and /api/users\n\
+               (0-1000000; past it 429; 0 = no limit).",
+        apply: |c, v| parse_count(v, 0, 1_000_000).map(|x| c.auth_rate = x as u32),
+        render: |c| c.auth_rate.to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "log_retention",
+        help: "Execution-log entries kept per app; older ones are deleted (1-10000000).",
+        apply: |c, v| parse_count(v, 1, 10_000_000).map(|x| c.log_retention = x),
+        render: |c| c.log_retention.to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "purge_interval",
+        help: "How often apps left without endpoints are deleted (a duration above 0;\n\
+               the environment variable PIBL_PURGE_INTERVAL overrides it).",
+        apply: |c, v| parse_timeout(v).map(|x| c.purge_interval = x),
+        render: |c| render_duration(c.purge_interval),
+    }),
+    Entry::Group("Health checks"),
+    Entry::Key(KeySpec {
+        name: "health_interval",
+        help: "Time between two active health checks (GET of the status path) of each backend.",
+        apply: |c, v| parse_timeout(v).map(|x| c.health_interval = x),
+        render: |c| render_duration(c.health_interval),
+    }),
+    Entry::Key(KeySpec {
+        name: "health_path",
+        help: "Path checked on the ip_server backends, e.g. /status (anything but 200 takes a backend\n\
+               out of rotation until it answers 200 again). Empty = no active checks for them.",
+        apply: |c, v| parse_health_path(v).map(|x| c.health_path = x),
+        render: |c| c.health_path.clone(),
+    }),
 ];
 
 fn key_spec(name: &str) -> Option<&'static KeySpec> {
@@ -924,6 +1038,30 @@ fn parse_database(v: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(v))
 }
 
+/// `admins`: a comma-separated list of e-mail addresses (empty entries are skipped).
+fn parse_admins(v: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if !item.contains('@') || item.contains(char::is_whitespace) {
+            return Err(format!("{item:?} is not an e-mail address (write them comma-separated)"));
+        }
+        out.push(item.to_string());
+    }
+    Ok(out)
+}
+
+/// `health_path`: empty, or a path starting with `/` without spaces.
+fn parse_health_path(v: &str) -> Result<String, String> {
+    let t = v.trim();
+    if t.is_empty() {
+        return Ok(String::new());
+    }
+    if !t.starts_with('/') || t.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{v:?} is not a path (it starts with / and has no spaces, e.g. /status)"));
+    }
+    Ok(t.to_string())
+}
+
 /// `ip_serverN`: N is a positive number without leading zeros, so each server has exactly one spelling.
 fn parse_server_number(suffix: &str) -> Result<u32, String> {
     if suffix.is_empty() {
@@ -1007,9 +1145,9 @@ fn render_duration(d: Duration) -> String {
 
 /// `16m` and `1g` where exact; KiB multiples stay plain (8192 reads as bytes at a glance).
 fn render_size(n: u64) -> String {
-    if n != 0 && n % GIB == 0 {
+    if n != 0 && n.is_multiple_of(GIB) {
         format!("{}g", n / GIB)
-    } else if n != 0 && n % MIB == 0 {
+    } else if n != 0 && n.is_multiple_of(MIB) {
         format!("{}m", n / MIB)
     } else {
         n.to_string()
@@ -1332,6 +1470,12 @@ mod tests {
         assert!(parse_bind("0.0.0.0:8080").unwrap_err().contains("port"));
         assert!(parse_bind("localhost").is_err());
         assert!(parse_database("  ").is_err());
+        assert_eq!(parse_admins(" a@b.c, ,d@e.f "), Ok(vec!["a@b.c".to_string(), "d@e.f".to_string()]));
+        assert!(parse_admins("root").is_err());
+        assert_eq!(parse_health_path(" "), Ok(String::new()));
+        assert_eq!(parse_health_path("/status"), Ok("/status".to_string()));
+        assert!(parse_health_path("status").is_err());
+        assert!(parse_health_path("/a b").is_err());
     }
 
     #[test]
@@ -1430,6 +1574,16 @@ mod tests {
             allow: Vec::new(),
             trusted_proxies: parse_nets("127.0.0.1").unwrap(),
             routes: Vec::new(),
+            api_bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            jwt_secret: "s3cret-value".to_string(),
+            jwt_ttl: Duration::from_millis(1500),
+            admins: vec!["root@example.com".to_string(), "ops@example.org".to_string()],
+            lockout_secs: Duration::from_secs(60),
+            auth_rate: 0,
+            health_interval: Duration::from_millis(250),
+            health_path: "/status".to_string(),
+            log_retention: 1,
+            purge_interval: Duration::from_secs(3600),
         };
         assert_eq!(Config::from_ini_str(&modified.to_ini(), "x"), Ok(modified));
     }

@@ -23,6 +23,7 @@ use crate::http::request::Request;
 use crate::http::response::{self, Response, MAX_RESPONSE_HEAD};
 use crate::http::{reason, Framing};
 use crate::proxy_cache::{self, CachePlan};
+use crate::routing::AppRoute;
 use crate::server::Shared;
 
 /// The `Via` pseudonym pibl adds to forwarded requests.
@@ -125,10 +126,34 @@ impl fmt::Display for ForwardError {
     }
 }
 
+/// The backends a request goes to: a configured pool, or an app registered through the API.
+#[derive(Clone)]
+pub enum Upstream {
+    Pool(Arc<Pool>),
+    App(Arc<AppRoute>),
+}
+
+impl Upstream {
+    pub fn pool(&self) -> &Pool {
+        match self {
+            Upstream::Pool(pool) => pool,
+            Upstream::App(app) => &app.pool,
+        }
+    }
+
+    pub fn app(&self) -> Option<&Arc<AppRoute>> {
+        match self {
+            Upstream::Pool(_) => None,
+            Upstream::App(app) => Some(app),
+        }
+    }
+}
+
 /// Where and how one admitted request is forwarded, decided before any backend is contacted.
 pub struct Dispatch<'a> {
-    pub pool: Arc<Pool>,
-    /// The target sent upstream: the client's, less the route prefix when the route strips it.
+    pub upstream: Upstream,
+    /// The target sent upstream: the client's, less the route prefix when the route strips it (an
+    /// app's `/<appid>` always goes, into `X-Forwarded-Prefix`).
     pub target: Cow<'a, str>,
     /// The client's address (behind trusted proxies), for `ip_hash`.
     pub client: IpAddr,
@@ -154,7 +179,9 @@ pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Requ
     scratch.body_bytes = 0;
     let gateway = shared.gateway();
     let client = gateway.client_ip(conn.peer.ip(), &req);
-    let result = match admit(shared, &gateway, client, &req) {
+    let admitted = admit(shared, &gateway, client, &req);
+    let app = admitted.as_ref().ok().and_then(|d| d.upstream.app()).cloned();
+    let result = match admitted {
         Err(refusal) => Err((ForwardError::Refused(refusal), None)),
         Ok(dispatch) => match &shared.cache {
             Some(cache) if matches!(req.method(), "GET" | "HEAD") => {
@@ -212,6 +239,9 @@ pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Requ
             user_agent: req.header("user-agent"),
         });
     }
+    if let Some(app) = &app {
+        shared.router.log_request(app, conn.peer.ip(), &req, status, backend, started.elapsed());
+    }
     outcome
 }
 
@@ -258,7 +288,7 @@ fn forward_to_backends(
     let revalidating = plan.as_deref().and_then(CachePlan::revalidating);
     build_upstream_head(req, dispatch, conn.peer, revalidating, &mut scratch.upstream_head);
     let has_body = req.framing.has_body();
-    for backend in dispatch.pool.candidates(now, dispatch.client) {
+    for backend in dispatch.upstream.pool().candidates(now, dispatch.client) {
         // A reused connection may have been closed by the backend; without a body the request can
         // simply be sent again, so only body-less requests take an idle connection.
         let idle = if has_body { None } else { backend.take_idle(now) };
@@ -537,8 +567,12 @@ fn admit<'r>(shared: &Shared, gateway: &Gateway, client: IpAddr, req: &'r Reques
     let now = shared.clock.now();
     let route = gateway.route(req.target());
     gateway.admit(client, route.map(|r| &**r), now)?;
-    let (pool, target) = match route {
-        None => (Arc::clone(&gateway.default_pool), Cow::Borrowed(req.target())),
+    let (upstream, target) = match route {
+        // No configured route: an app of the management API owns `/<appid>/...`, else the default pool.
+        None => match shared.router.lookup(req.target()) {
+            Some(matched) => (Upstream::App(matched.app), Cow::Owned(matched.target)),
+            None => (Upstream::Pool(Arc::clone(&gateway.default_pool)), Cow::Borrowed(req.target())),
+        },
         Some(route) => {
             let target = if route.config.strip_prefix {
                 let rest = &req.target()[route.config.prefix.len()..];
@@ -550,10 +584,10 @@ fn admit<'r>(shared: &Shared, gateway: &Gateway, client: IpAddr, req: &'r Reques
             } else {
                 Cow::Borrowed(req.target())
             };
-            (Arc::clone(&route.pool), target)
+            (Upstream::Pool(Arc::clone(&route.pool)), target)
         }
     };
-    if gateway.hides(&pool, route.map(|r| &**r), &target) {
+    if gateway.hides(upstream.pool(), route.map(|r| &**r), &target) {
         return Err(Refusal::Hidden);
     }
     let auth_user = match route.and_then(|r| r.auth.as_ref()) {
@@ -565,7 +599,7 @@ fn admit<'r>(shared: &Shared, gateway: &Gateway, client: IpAddr, req: &'r Reques
             AuthDecision::Unavailable(reason) => return Err(Refusal::AuthBroken { status: 503, reason }),
         },
     };
-    Ok(Dispatch { pool, target, client, auth_user })
+    Ok(Dispatch { upstream, target, client, auth_user })
 }
 
 /// Header fields an error answer carries: `Retry-After` for 429, the auth server's challenge for 401.
@@ -597,6 +631,7 @@ fn build_upstream_head(
     out.extend_from_slice(req.method().as_bytes());
     out.push(b' ');
     out.extend_from_slice(dispatch.target.as_bytes());
+    let prefix = dispatch.upstream.app().map(|app| app.prefix.as_str());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     if let Some(host) = req.host() {
         push_field(out, "Host", host.as_bytes());
@@ -609,6 +644,7 @@ fn build_upstream_head(
             || is(name, "x-forwarded-for")
             || is(name, "x-forwarded-proto")
             || is(name, "x-forwarded-host")
+            || (prefix.is_some() && is(name, "x-forwarded-prefix"))
             || is(name, "via")
             // Only the auth server may say who the user is.
             || is(name, "x-auth-user")
@@ -639,6 +675,9 @@ fn build_upstream_head(
     }
     if let Some(host) = req.host() {
         push_field(out, "X-Forwarded-Host", host.as_bytes());
+    }
+    if let Some(prefix) = prefix {
+        push_field(out, "X-Forwarded-Prefix", prefix.as_bytes());
     }
     out.extend_from_slice(b"Via: ");
     for (_, value) in req.headers().filter(|(n, _)| is(n, "via")) {

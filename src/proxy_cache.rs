@@ -11,7 +11,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use crate::backend::Pool;
 use crate::buffer::WriteBatch;
 use crate::cache::policy::{self, CacheControl, Exchange, Freshness, RequestDirectives, Usability};
 use crate::cache::{response_facts, vary_names, Cache, Entry, Join, VaryValues};
@@ -20,6 +19,7 @@ use crate::http::body::{self, Encoding, Source, Tee};
 use crate::http::request::Request;
 use crate::http::response::{self, Response, MAX_RESPONSE_HEAD};
 use crate::http::{trim, Framing};
+use crate::proxy::Upstream;
 use crate::proxy::{self, Dispatch, ForwardError, Forwarded, Outcome, Scratch};
 use crate::server::Shared;
 
@@ -66,7 +66,7 @@ pub struct RefreshJob {
     host: Option<String>,
     /// The target as sent upstream, and the pool that serves it.
     target: String,
-    pool: Arc<Pool>,
+    upstream: Upstream,
     client: IpAddr,
     entry: Arc<Entry>,
 }
@@ -308,7 +308,7 @@ fn schedule_refresh(shared: &Shared, key: &str, req: &Request, dispatch: &Dispat
         key: key.to_string(),
         host: req.host().map(str::to_string),
         target: dispatch.target.to_string(),
-        pool: Arc::clone(&dispatch.pool),
+        upstream: dispatch.upstream.clone(),
         client: dispatch.client,
         entry: Arc::clone(entry),
     };
@@ -377,7 +377,7 @@ fn refresh(shared: &Shared, cache: &Cache, scratch: &mut Scratch, job: &RefreshJ
         request_time: shared.clock.system_now(),
     };
     let now = std::time::Instant::now();
-    let backend = job.pool.candidates(now, job.client).next().ok_or("no backend is up")?;
+    let backend = job.upstream.pool().candidates(now, job.client).next().ok_or("no backend is up")?;
     let mut stream = match backend.take_idle(now) {
         Some(s) => s,
         None => backend.connect(config.connect_timeout, config.backend_timeout).map_err(|e| e.to_string())?,

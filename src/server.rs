@@ -20,25 +20,29 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::RwLock;
 
 use crate::access_log::AccessLog;
+use crate::backend::Backend;
 use crate::cache::{Cache, Limits as CacheLimits};
-use crate::clock::Clock;
 use crate::config::Config;
 use crate::conn::{Conn, ConnLimit, PerIpLimit};
 use crate::gateway::Gateway;
 use crate::http::request::{self, Limits};
+use crate::offset_clock::OffsetClock;
 use crate::parker::Parker;
 use crate::proxy::{self, Outcome, Scratch};
 use crate::proxy_cache::{self, RefreshJob};
+use crate::routing::Router;
 
 /// State every thread of one server shares.
 pub struct Shared {
     pub config: Config,
     /// Routes, pools and access rules; replaced whole by [`Server::reload`].
     gateway: RwLock<Arc<Gateway>>,
+    /// Apps registered through the management API (empty when none is running).
+    pub router: Arc<Router>,
     pub limits: Limits,
     /// The response cache; `None` when `ttl` is zero.
     pub cache: Option<Cache>,
-    pub clock: Clock,
+    pub clock: OffsetClock,
     /// Background refreshes of stale cache entries.
     pub refresh_tx: Option<Sender<RefreshJob>>,
     pub access_log: AccessLog,
@@ -87,6 +91,12 @@ impl Server {
 
     /// Starts serving on a listener that is already bound (tests bind `127.0.0.1:0`).
     pub fn start_on(listener: TcpListener, config: Config) -> io::Result<Server> {
+        let router = Arc::new(Router::new(config.backend_pool_size));
+        Server::start_with_router(listener, config, router)
+    }
+
+    /// Like [`Server::start_on`], routing `/<appid>/...` by `router`, which the management API updates.
+    pub fn start_with_router(listener: TcpListener, config: Config, router: Arc<Router>) -> io::Result<Server> {
         let local_addr = listener.local_addr()?;
         let limits = Limits {
             max_head_bytes: config.max_header_bytes,
@@ -103,10 +113,11 @@ impl Server {
         let (refresh_tx, refresh_rx) = crossbeam_channel::bounded(64);
         let shared = Arc::new(Shared {
             gateway: RwLock::new(Arc::new(Gateway::new(&config))),
+            router,
             limits,
             refresh_tx: cache.is_some().then_some(refresh_tx),
             cache,
-            clock: Clock::default(),
+            clock: OffsetClock::default(),
             access_log: AccessLog::start(&config).map_err(io::Error::other)?,
             shutdown: AtomicBool::new(false),
             conns: Arc::new(ConnLimit::default()),
@@ -167,7 +178,7 @@ impl Server {
     }
 
     /// The clock the server reads; tests advance it to age cached responses.
-    pub fn clock(&self) -> &Clock {
+    pub fn clock(&self) -> &OffsetClock {
         &self.shared.clock
     }
 
@@ -199,6 +210,29 @@ impl Server {
         }
         *self.shared.gateway.write() = Arc::new(Gateway::new(config));
         log::info!("reload: {} route(s), {} default backend(s)", config.routes.len(), config.backends.len());
+    }
+
+    /// What the health checker probes, read afresh each round so a reload's pools are checked: the
+    /// `ip_serverN` backends on `default_path` (when set), and each route's servers on its
+    /// `health_path`.
+    pub fn health_targets(
+        &self,
+        default_path: Option<String>,
+    ) -> impl Fn() -> Vec<(Arc<Backend>, String)> + Send + Sync {
+        let shared = Arc::clone(&self.shared);
+        move || {
+            let gateway = shared.gateway();
+            let mut targets = Vec::new();
+            if let Some(path) = &default_path {
+                targets.extend(gateway.default_pool.backends().iter().map(|b| (Arc::clone(b), path.clone())));
+            }
+            for route in gateway.routes() {
+                if let Some(path) = &route.config.health_path {
+                    targets.extend(route.pool.backends().iter().map(|b| (Arc::clone(b), path.clone())));
+                }
+            }
+            targets
+        }
     }
 
     pub fn stats(&self) -> Stats {

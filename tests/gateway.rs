@@ -325,11 +325,9 @@ fn sighup_swaps_routes_under_load_without_a_failed_request() {
     wait_until("load is flowing", || old.requests() > 50);
 
     // A broken file is refused and the running routes stay.
-    let port = addr.port();
-    let base = format!(
-        "[DEFAULT]\nbind = 127.0.0.1\nport = {port}\nthreads = 2\nip_server1 = {}\nshutdown_grace = 2\nlog_level = warn\n",
-        old.addr
-    );
+    // The same file with another route: only the lines after `[DEFAULT]`'s keys change.
+    let original = std::fs::read_to_string(dir.0.join("parser.ini")).expect("the proxy's config");
+    let base = original.split("\n[route.app]").next().unwrap_or(&original).to_string();
     dir.file("parser.ini", &format!("{base}\n[route.app]\nprefix = app\n"));
     proxy.signal("HUP");
     let stderr = || std::fs::read_to_string(dir.0.join("proxy.stderr")).unwrap_or_default();

@@ -455,12 +455,14 @@ impl ProxyProcess {
     /// then released, so another process may take it first: then the proxy exits and we try another.
     pub fn start(dir: &TempDir, backend: SocketAddr, extra: &str) -> ProxyProcess {
         for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+            let free = || TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+            let (port, api_port) = (free(), free());
             let config = dir.file(
                 "parser.ini",
                 &format!(
-                    "[DEFAULT]\nbind = 127.0.0.1\nport = {port}\nthreads = 2\nip_server1 = {backend}\n\
-                     shutdown_grace = 2\nlog_level = warn\n{extra}"
+                    "[DEFAULT]\nbind = 127.0.0.1\nport = {port}\napi_port = {api_port}\ndatabase = {}\nthreads = 2\n\
+                     ip_server1 = {backend}\nshutdown_grace = 2\nlog_level = warn\n{extra}",
+                    dir.0.join("pibl.db").display()
                 ),
             );
             let stderr = fs::File::create(dir.0.join("proxy.stderr")).expect("create stderr file");
@@ -501,4 +503,107 @@ impl Drop for ProxyProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The management API: pibl started whole (data plane, API, background threads) on ephemeral ports
+// with a temporary database, and a JSON client for it.
+// ---------------------------------------------------------------------------------------------------------
+
+/// A database path in the temp dir, unique per process and call; the file (and its WAL files) is
+/// removed on drop.
+pub struct TempDb(pub std::path::PathBuf);
+
+impl TempDb {
+    pub fn new(name: &str) -> TempDb {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let unique = format!("pibl-test-{}-{}-{name}.db", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let db = TempDb(std::env::temp_dir().join(unique));
+        db.remove();
+        db
+    }
+
+    fn remove(&self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
+        }
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// A test config with the management API on: the database at `db`, an admin, quick health checks,
+/// and a throttle loose enough not to get in the way of tests that are not about it.
+pub fn api_config(backends: &[SocketAddr], db: &TempDb) -> Config {
+    Config {
+        database: db.0.clone(),
+        admins: vec![ADMIN.to_string()],
+        auth_rate: 10_000,
+        health_interval: Duration::from_millis(50),
+        ..test_config(backends)
+    }
+}
+
+/// The admin of [`api_config`].
+pub const ADMIN: &str = "admin@pibl.test";
+
+/// Starts pibl on `127.0.0.1:0` ports with `clock`.
+pub fn start_pibl(config: Config, clock: pibl::clock::Clock) -> pibl::Pibl {
+    let proxy = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+    let api = TcpListener::bind("127.0.0.1:0").expect("bind api");
+    pibl::Pibl::start_on(proxy, api, config, clock).expect("start pibl")
+}
+
+impl Response {
+    /// The body as JSON (panics with the body when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// A request as curl sends it for the seed's examples: `Content-Type: application/json` when there
+/// is a body, `Authorization: JWT <token>` when there is a token.
+pub fn curl_request(method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Vec<u8> {
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost:5000\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n");
+    if let Some(token) = token {
+        head.push_str(&format!("Authorization: JWT {token}\r\n"));
+    }
+    if let Some(body) = body {
+        head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body.unwrap_or("").as_bytes());
+    out
+}
+
+/// Sends one API request on a new connection (as curl would) and reads the answer.
+pub fn api(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Response {
+    request(addr, &curl_request(method, path, token, body))
+}
+
+/// Registers `email` (password `password`) and returns a token for it.
+pub fn register_and_login(addr: SocketAddr, email: &str) -> String {
+    let creds = format!(r#"{{"email":"{email}","password":"password"}}"#);
+    let res = api(addr, "POST", "/api/users", None, Some(&creds));
+    assert_eq!(res.status, 201, "register {email}: {}", res.text());
+    login(addr, email, "password")
+}
+
+/// Logs in and returns the token.
+pub fn login(addr: SocketAddr, email: &str, password: &str) -> String {
+    let creds = format!(r#"{{"email":"{email}","password":"{password}"}}"#);
+    let res = api(addr, "POST", "/api/auth", None, Some(&creds));
+    assert_eq!(res.status, 200, "login {email}: {}", res.text());
+    res.json()["access_token"].as_str().expect("access_token").to_string()
+}
+
+/// The body of `POST /api/apps/<id>` for an endpoint on `addr`.
+pub fn endpoint_body(addr: SocketAddr, statuspath: &str) -> String {
+    format!(r#"{{"host":"{}","port":{},"statuspath":"{statuspath}"}}"#, addr.ip(), addr.port())
 }

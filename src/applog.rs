@@ -1,0 +1,84 @@
+//! The per-app execution log writer: the data plane hands each record for an app's request to a
+//! bounded channel without waiting ([`crate::routing::Router::log`]), and this one thread takes
+//! them in batches and inserts each batch in one SQLite transaction, trimming every app to
+//! `log_retention` entries. Management actions are logged by the store in the same transaction as
+//! the change itself.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::routing::LOG_QUEUE;
+use crate::store::{LogEntry, Store};
+
+/// Most entries written in one transaction.
+const BATCH: usize = 1024;
+/// How often the writer looks at the stop flag while the queue is empty.
+const POLL: Duration = Duration::from_millis(100);
+
+/// The running writer thread.
+pub struct LogWriter {
+    tx: Sender<LogEntry>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl LogWriter {
+    /// Starts the writer on its own connection.
+    pub fn start(store: Store) -> io::Result<LogWriter> {
+        let (tx, rx) = crossbeam_channel::bounded(LOG_QUEUE);
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let handle = thread::Builder::new().name("pibl-applog".into()).spawn(move || run(&store, &rx, &flag))?;
+        Ok(LogWriter { tx, stop, handle: Some(handle) })
+    }
+
+    /// Where producers send entries.
+    pub fn sender(&self) -> Sender<LogEntry> {
+        self.tx.clone()
+    }
+
+    /// Writes what is queued and stops.
+    pub fn shutdown(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn run(store: &Store, rx: &Receiver<LogEntry>, stop: &AtomicBool) {
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        match rx.recv_timeout(POLL) {
+            Ok(entry) => batch.push(entry),
+            Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::Acquire) => continue,
+            Err(_) => break,
+        }
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(entry) => batch.push(entry),
+                Err(_) => break,
+            }
+        }
+        write(store, &mut batch);
+    }
+    // Stopping: whatever is still queued goes in too.
+    batch.extend(rx.try_iter());
+    for chunk in batch.chunks(BATCH) {
+        if let Err(e) = store.insert_logs(chunk) {
+            log::error!("execution log: {} entries lost: {e}", chunk.len());
+        }
+    }
+}
+
+fn write(store: &Store, batch: &mut Vec<LogEntry>) {
+    if let Err(e) = store.insert_logs(batch) {
+        log::error!("execution log: {} entries lost: {e}", batch.len());
+    }
+    batch.clear();
+}

@@ -1,0 +1,92 @@
+//! Lock-out after repeated failed logins, the in-process form of the seed's Kafka flow: the
+//! `/api/auth` handler publishes each attempt's outcome on a channel and answers at once; this
+//! consumer thread records them in the database and blocks an e-mail address after
+//! [`MAX_FAILURES`] failures in a row, for `lockout_secs`. Blocks live in SQLite, so a restart
+//! lifts none. The handler checks the block before it checks the password.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::clock::{rfc3339, Clock};
+use crate::store::Store;
+
+/// Failed logins in a row that block an address.
+pub const MAX_FAILURES: u32 = 5;
+/// Events waiting for the consumer; past it the producer waits (it never drops a failure).
+const QUEUE: usize = 4096;
+const POLL: Duration = Duration::from_millis(100);
+
+/// The outcome of one login attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginEvent {
+    Failed { email: String },
+    Succeeded { email: String },
+}
+
+/// The running consumer.
+pub struct Lockout {
+    tx: Sender<LoginEvent>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Lockout {
+    /// Starts the consumer on its own connection; blocks last `lock_for`.
+    pub fn start(store: Store, lock_for: Duration, clock: Clock) -> io::Result<Lockout> {
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let lock_ms = lock_for.as_millis() as u64;
+        let handle = thread::Builder::new()
+            .name("pibl-lockout".into())
+            .spawn(move || run(&store, &rx, &flag, lock_ms, &clock))?;
+        Ok(Lockout { tx, stop, handle: Some(handle) })
+    }
+
+    /// Where the auth handler publishes outcomes.
+    pub fn sender(&self) -> Sender<LoginEvent> {
+        self.tx.clone()
+    }
+
+    /// Records what is queued and stops.
+    pub fn shutdown(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn run(store: &Store, rx: &Receiver<LoginEvent>, stop: &AtomicBool, lock_ms: u64, clock: &Clock) {
+    loop {
+        match rx.recv_timeout(POLL) {
+            Ok(event) => apply(store, event, lock_ms, clock),
+            Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::Acquire) => {}
+            Err(_) => break,
+        }
+    }
+    for event in rx.try_iter() {
+        apply(store, event, lock_ms, clock);
+    }
+}
+
+fn apply(store: &Store, event: LoginEvent, lock_ms: u64, clock: &Clock) {
+    let result = match &event {
+        LoginEvent::Failed { email } => {
+            store.record_failure(email, clock.now_ms(), MAX_FAILURES, lock_ms).map(|until| {
+                if let Some(until) = until {
+                    log::warn!("[lockout] {email} blocked until {} after {MAX_FAILURES} failed logins", rfc3339(until));
+                }
+            })
+        }
+        LoginEvent::Succeeded { email } => store.reset_failures(email),
+    };
+    if let Err(e) = result {
+        log::error!("[lockout] cannot record {event:?}: {e}");
+    }
+}

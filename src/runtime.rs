@@ -1,0 +1,198 @@
+//! Everything `proxy` runs, started and stopped as one: the data plane ([`Server`]), the management
+//! API ([`ApiServer`]) over the SQLite store, and the background threads (health checks, execution
+//! log writer, lock-out consumer, purge of apps without endpoints). Tests start it on `127.0.0.1:0`
+//! listeners with a temporary database and a clock they control.
+//!
+//! ```text
+//! proxy listener ─► Server (workers) ─► Router snapshot ─► app pools / ip_serverN pool
+//!                         │ request records          ▲ swap after each change
+//!                         ▼                          │
+//!                    LogWriter ─► SQLite ◄─ ApiServer (api_port) ─► Lockout consumer ─► SQLite
+//! HealthChecker ─► backends' healthy flags            Purger ─► SQLite + Router
+//! ```
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use crossbeam_channel::{RecvTimeoutError, Sender};
+
+use crate::api::throttle::Throttle;
+use crate::api::{ApiServer, ApiState};
+use crate::applog::LogWriter;
+use crate::auth::{self, Tokens};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::health::{HealthChecker, Targets};
+use crate::lockout::Lockout;
+use crate::routing::Router;
+use crate::server::Server;
+use crate::store::{Durability, Store, StoreError};
+
+/// Why pibl could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// Binding a port or starting a thread failed.
+    Io { what: String, source: io::Error },
+    /// The database could not be opened or migrated.
+    Store { path: String, source: StoreError },
+    /// No random JWT secret could be made.
+    Secret(auth::HashError),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Io { what, source } => write!(f, "{what}: {source}"),
+            StartError::Store { path, source } => write!(f, "database {path}: {source}"),
+            StartError::Secret(e) => write!(f, "JWT secret: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+fn io_err(what: &str) -> impl FnOnce(io::Error) -> StartError + '_ {
+    move |source| StartError::Io { what: what.to_string(), source }
+}
+
+/// A running pibl: data plane, management API and background threads.
+pub struct Pibl {
+    server: Server,
+    api: ApiServer,
+    state: Arc<ApiState>,
+    health: HealthChecker,
+    logs: LogWriter,
+    lockout: Lockout,
+    purger: Purger,
+}
+
+impl Pibl {
+    /// Binds `bind:port` and `api_bind:api_port` and starts everything with the system clock.
+    pub fn start(config: Config) -> Result<Pibl, StartError> {
+        let proxy = TcpListener::bind(SocketAddr::new(config.bind, config.port))
+            .map_err(io_err(&format!("cannot listen on {}:{}", config.bind, config.port)))?;
+        let api = TcpListener::bind(SocketAddr::new(config.api_bind, config.api_port))
+            .map_err(io_err(&format!("cannot listen on {}:{} (api_port)", config.api_bind, config.api_port)))?;
+        Pibl::start_on(proxy, api, config, Clock::system())
+    }
+
+    /// Starts everything on listeners already bound, with `clock` for what expires.
+    pub fn start_on(proxy: TcpListener, api: TcpListener, config: Config, clock: Clock) -> Result<Pibl, StartError> {
+        let path = config.database.clone();
+        let open = |durability| {
+            Store::open(&path, durability, config.log_retention)
+                .map_err(|source| StartError::Store { path: path.display().to_string(), source })
+        };
+        let store = Arc::new(open(Durability::Full)?);
+        let secret = if config.jwt_secret.is_empty() {
+            let mut failure = None;
+            let secret = store
+                .setting_or_insert("jwt_secret", || match auth::new_secret() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        failure = Some(e);
+                        String::new()
+                    }
+                })
+                .map_err(|source| StartError::Store { path: path.display().to_string(), source })?;
+            if let Some(e) = failure {
+                return Err(StartError::Secret(e));
+            }
+            secret
+        } else {
+            config.jwt_secret.clone()
+        };
+
+        let router = Arc::new(Router::new(config.backend_pool_size));
+        let logs = LogWriter::start(open(Durability::Normal)?).map_err(io_err("cannot start the log writer"))?;
+        router.set_log_sink(logs.sender());
+        let lockout = Lockout::start(open(Durability::Full)?, config.lockout_secs, clock.clone())
+            .map_err(io_err("cannot start the lock-out consumer"))?;
+
+        let state = Arc::new(ApiState {
+            store,
+            tokens: Tokens::new(secret.as_bytes(), config.jwt_ttl.as_secs()),
+            router: Arc::clone(&router),
+            lockout: lockout.sender(),
+            throttle: Throttle::new(config.auth_rate),
+            clock: clock.clone(),
+            admins: config.admins.iter().map(|a| a.to_lowercase()).collect(),
+            access_log: config.access_log,
+        });
+        state.reload_routes().map_err(|source| StartError::Store { path: path.display().to_string(), source })?;
+
+        let (health_interval, purge_interval) = (config.health_interval, config.purge_interval);
+        let default_path = Some(config.health_path.clone()).filter(|p| !p.is_empty());
+        let server =
+            Server::start_with_router(proxy, config, Arc::clone(&router)).map_err(io_err("cannot start the proxy"))?;
+        let targets = Targets { router, pools: Box::new(server.health_targets(default_path)) };
+        let health =
+            HealthChecker::start(targets, health_interval, clock).map_err(io_err("cannot start the health checker"))?;
+        let api = ApiServer::start(api, Arc::clone(&state)).map_err(io_err("cannot start the API"))?;
+        let purger = Purger::start(Arc::clone(&state), purge_interval).map_err(io_err("cannot start the purger"))?;
+        Ok(Pibl { server, api, state, health, logs, lockout, purger })
+    }
+
+    /// The data plane: its cache, clock, access log and reload.
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
+    /// Where the data plane listens.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Where the management API listens.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api.local_addr()
+    }
+
+    /// The API's shared state (store, router), for tests and tools.
+    pub fn state(&self) -> &Arc<ApiState> {
+        &self.state
+    }
+
+    /// Stops the API, then the data plane (in-flight requests finish within `shutdown_grace`), then
+    /// the background threads, writing what they still hold. Returns whether the data plane
+    /// finished in time.
+    pub fn shutdown(self) -> bool {
+        self.api.shutdown();
+        self.purger.shutdown();
+        let clean = self.server.shutdown();
+        self.health.shutdown();
+        self.lockout.shutdown();
+        self.logs.shutdown();
+        clean
+    }
+}
+
+/// Deletes apps without endpoints every `purge_interval`.
+struct Purger {
+    stop: Sender<()>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Purger {
+    fn start(state: Arc<ApiState>, interval: std::time::Duration) -> io::Result<Purger> {
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
+        let handle = thread::Builder::new().name("pibl-purge".into()).spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                if let Err(e) = state.purge() {
+                    log::error!("[purge] failed: {e}");
+                }
+            }
+        })?;
+        Ok(Purger { stop, handle: Some(handle) })
+    }
+
+    fn shutdown(mut self) {
+        let _ = self.stop.try_send(());
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
