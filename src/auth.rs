@@ -93,6 +93,16 @@ pub fn verify_dummy(password: &str) {
 }
 
 /// Issues and checks HS256 access tokens with one secret.
+/// The token of an `Authorization` value in the seed's `JWT <token>` scheme or the usual
+/// `Bearer <token>`.
+pub fn token_from_header(value: &[u8]) -> Option<&str> {
+    let value = std::str::from_utf8(value).ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    ((scheme.eq_ignore_ascii_case("jwt") || scheme.eq_ignore_ascii_case("bearer")) && !token.is_empty())
+        .then_some(token)
+}
+
 pub struct Tokens {
     encoding: EncodingKey,
     decoding: DecodingKey,

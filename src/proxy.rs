@@ -12,10 +12,12 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::access_log::AccessRecord;
+use crate::auth;
 use crate::auth_request::AuthDecision;
 use crate::backend::{Backend, InFlight, Pool};
 use crate::buffer::{ReadBuf, WriteBatch};
 use crate::cache::Entry;
+use crate::config::RouteAuth;
 use crate::conn::Conn;
 use crate::gateway::{Gateway, Refusal};
 use crate::http::body::{self, BodyError, Encoding, Source};
@@ -196,7 +198,9 @@ pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Requ
             let status = e.status();
             match &e {
                 ForwardError::ClientGone(_) => {}
-                ForwardError::ClientBody(_) => log::info!("{}: {e}", conn.peer),
+                ForwardError::ClientBody(_) | ForwardError::Refused(_) => {
+                    log::info!("{} {} {}: {e}", conn.peer, req.method(), req.target())
+                }
                 _ => log::warn!("{} {} {}: {e}", conn.peer, req.method(), req.target()),
             }
             // After a backend failure the request body has been read in full (or there was none),
@@ -590,9 +594,11 @@ fn admit<'r>(shared: &Shared, gateway: &Gateway, client: IpAddr, req: &'r Reques
     if gateway.hides(upstream.pool(), route.map(|r| &**r), &target) {
         return Err(Refusal::Hidden);
     }
-    let auth_user = match route.and_then(|r| r.auth.as_ref()) {
-        None => None,
-        Some(checker) => match checker.check(req, client, now) {
+    let auth_user = match route.map(|r| (&r.config.auth, r.auth.as_ref())) {
+        None | Some((RouteAuth::None, _)) => None,
+        Some((RouteAuth::Jwt, _)) => Some(verify_jwt(shared, req)?),
+        Some((RouteAuth::Request(_), None)) => None,
+        Some((RouteAuth::Request(_), Some(checker))) => match checker.check(req, client, now) {
             AuthDecision::Allow(user) => user,
             AuthDecision::Deny { status, challenge } => return Err(Refusal::Unauthorized { status, challenge }),
             AuthDecision::Failed(reason) => return Err(Refusal::AuthBroken { status: 500, reason }),
@@ -600,6 +606,19 @@ fn admit<'r>(shared: &Shared, gateway: &Gateway, client: IpAddr, req: &'r Reques
         },
     };
     Ok(Dispatch { upstream, target, client, auth_user })
+}
+
+/// `auth = jwt`: a token from pibl's own `/api/auth`, checked locally (signature, `nbf`, `exp`);
+/// its identity goes on as `X-Auth-User`.
+fn verify_jwt(shared: &Shared, req: &Request) -> Result<Vec<u8>, Refusal> {
+    let refuse = || Refusal::Unauthorized { status: 401, challenge: Some(b"Bearer realm=\"pibl\"".to_vec()) };
+    let Some(tokens) = &shared.tokens else {
+        return Err(Refusal::AuthBroken { status: 503, reason: "jwt routes need the management API".into() });
+    };
+    let token = req.header("authorization").and_then(auth::token_from_header).ok_or_else(refuse)?;
+    let now = shared.clock.system_now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let claims = tokens.verify(token, now).map_err(|_| refuse())?;
+    Ok(claims.identity.into_bytes())
 }
 
 /// Header fields an error answer carries: `Retry-After` for 429, the auth server's challenge for 401.

@@ -112,9 +112,10 @@ impl Pibl {
         let lockout = Lockout::start(open(Durability::Full)?, config.lockout_secs, clock.clone())
             .map_err(io_err("cannot start the lock-out consumer"))?;
 
+        let tokens = Arc::new(Tokens::new(secret.as_bytes(), config.jwt_ttl.as_secs()));
         let state = Arc::new(ApiState {
             store,
-            tokens: Tokens::new(secret.as_bytes(), config.jwt_ttl.as_secs()),
+            tokens: Arc::clone(&tokens),
             router: Arc::clone(&router),
             lockout: lockout.sender(),
             throttle: Throttle::new(config.auth_rate),
@@ -126,8 +127,8 @@ impl Pibl {
 
         let (health_interval, purge_interval) = (config.health_interval, config.purge_interval);
         let default_path = Some(config.health_path.clone()).filter(|p| !p.is_empty());
-        let server =
-            Server::start_with_router(proxy, config, Arc::clone(&router)).map_err(io_err("cannot start the proxy"))?;
+        let server = Server::start_with_router(proxy, config, Arc::clone(&router), Some(tokens))
+            .map_err(io_err("cannot start the proxy"))?;
         let targets = Targets { router, pools: Box::new(server.health_targets(default_path)) };
         let health =
             HealthChecker::start(targets, health_interval, clock).map_err(io_err("cannot start the health checker"))?;

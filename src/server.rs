@@ -20,6 +20,7 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::RwLock;
 
 use crate::access_log::AccessLog;
+use crate::auth::Tokens;
 use crate::backend::Backend;
 use crate::cache::{Cache, Limits as CacheLimits};
 use crate::config::Config;
@@ -39,6 +40,8 @@ pub struct Shared {
     gateway: RwLock<Arc<Gateway>>,
     /// Apps registered through the management API (empty when none is running).
     pub router: Arc<Router>,
+    /// Verifies pibl's own tokens on `auth = jwt` routes (`None` without the management API).
+    pub tokens: Option<Arc<Tokens>>,
     pub limits: Limits,
     /// The response cache; `None` when `ttl` is zero.
     pub cache: Option<Cache>,
@@ -92,11 +95,16 @@ impl Server {
     /// Starts serving on a listener that is already bound (tests bind `127.0.0.1:0`).
     pub fn start_on(listener: TcpListener, config: Config) -> io::Result<Server> {
         let router = Arc::new(Router::new(config.backend_pool_size));
-        Server::start_with_router(listener, config, router)
+        Server::start_with_router(listener, config, router, None)
     }
 
     /// Like [`Server::start_on`], routing `/<appid>/...` by `router`, which the management API updates.
-    pub fn start_with_router(listener: TcpListener, config: Config, router: Arc<Router>) -> io::Result<Server> {
+    pub fn start_with_router(
+        listener: TcpListener,
+        config: Config,
+        router: Arc<Router>,
+        tokens: Option<Arc<Tokens>>,
+    ) -> io::Result<Server> {
         let local_addr = listener.local_addr()?;
         let limits = Limits {
             max_head_bytes: config.max_header_bytes,
@@ -114,6 +122,7 @@ impl Server {
         let shared = Arc::new(Shared {
             gateway: RwLock::new(Arc::new(Gateway::new(&config))),
             router,
+            tokens,
             limits,
             refresh_tx: cache.is_some().then_some(refresh_tx),
             cache,

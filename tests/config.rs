@@ -229,3 +229,12 @@ fn parser_binary_rejects_bad_flags() {
     assert!(String::from_utf8_lossy(&help.stdout).starts_with("usage: parser "));
     assert!(help.stderr.is_empty());
 }
+
+#[test]
+fn the_deploy_gateway_example_loads() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/gateway.ini");
+    let config = Config::load(std::path::Path::new(path)).expect("deploy/gateway.ini is valid");
+    let names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["users", "games"]);
+    assert_eq!(config.routes[1].servers.len(), 3);
+}

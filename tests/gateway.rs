@@ -345,3 +345,37 @@ fn sighup_swaps_routes_under_load_without_a_failed_request() {
     }
     assert_eq!(failures.load(Ordering::SeqCst), 0, "no request failed across two reloads");
 }
+
+#[test]
+fn jwt_routes_accept_pibl_tokens_and_refuse_the_rest() {
+    let secure = TestBackend::start(|req| ok(&format!("hello {}", req.header("x-auth-user").unwrap_or("?"))));
+    let db = TempDb::new("jwt-route");
+    let mut config = api_config(&[], &db);
+    let route = Config::from_ini_str(
+        &format!("[route.secure]\nprefix = /secure/\nservers = {}\nauth = jwt\n", secure.addr),
+        "r.ini",
+    )
+    .expect("route");
+    config.routes = route.routes;
+    config.ttl = Duration::ZERO;
+    let pibl = start_pibl(config, pibl::clock::Clock::system());
+    let token = register_and_login(pibl.api_addr(), "ana@example.com");
+
+    let get_with =
+        |auth: &str| request(pibl.proxy_addr(), format!("GET /secure/x HTTP/1.1\r\nHost: t\r\n{auth}\r\n").as_bytes());
+    let res = get_with("");
+    assert_eq!((res.status, res.header("www-authenticate")), (401, Some("Bearer realm=\"pibl\"")));
+    for scheme in ["JWT", "Bearer"] {
+        let res = get_with(&format!("Authorization: {scheme} {token}\r\n"));
+        assert_eq!((res.status, res.text().as_str()), (200, "hello ana@example.com"), "{scheme}");
+    }
+    // A token signed with another key, or tampered with, is refused.
+    let mut forged = token.clone();
+    forged.push('x');
+    assert_eq!(get_with(&format!("Authorization: JWT {forged}\r\n")).status, 401);
+    assert_eq!(get_with("Authorization: Basic YWxpY2U6c2VjcmV0\r\n").status, 401);
+    // Past jwt_ttl (300 s) the token has expired.
+    pibl.server().clock().advance(Duration::from_secs(301));
+    assert_eq!(get_with(&format!("Authorization: JWT {token}\r\n")).status, 401);
+    assert_eq!(secure.requests(), 2, "only the two valid requests reached the backend");
+}

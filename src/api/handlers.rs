@@ -25,7 +25,8 @@ const MAX_LOG_PAGE: usize = 1000;
 /// Everything the handlers share.
 pub struct ApiState {
     pub store: Arc<Store>,
-    pub tokens: Tokens,
+    /// Shared with the data plane, which verifies tokens on `auth = jwt` routes.
+    pub tokens: Arc<Tokens>,
     pub router: Arc<Router>,
     pub lockout: Sender<LoginEvent>,
     pub throttle: super::throttle::Throttle,
@@ -288,13 +289,10 @@ fn authenticate(state: &ApiState, req: &Request) -> Result<User> {
     const HOW: &str =
         "send the header `Authorization: JWT <token>` (or `Bearer <token>`) with a token from POST /api/auth";
     let value = req.header("authorization").ok_or_else(|| ApiError::Unauthorized(format!("missing token: {HOW}")))?;
-    let value = std::str::from_utf8(value).map_err(|_| ApiError::Unauthorized(format!("unreadable token: {HOW}")))?;
-    let (scheme, token) = value.trim().split_once(' ').unwrap_or((value, ""));
-    if !(scheme.eq_ignore_ascii_case("jwt") || scheme.eq_ignore_ascii_case("bearer")) || token.trim().is_empty() {
-        return Err(ApiError::Unauthorized(format!("unsupported Authorization scheme: {HOW}")));
-    }
+    let token = auth::token_from_header(value)
+        .ok_or_else(|| ApiError::Unauthorized(format!("unsupported Authorization scheme: {HOW}")))?;
     let claims =
-        state.tokens.verify(token.trim(), state.clock.now_secs()).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+        state.tokens.verify(token, state.clock.now_secs()).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
     let user = state
         .store
         .user(&claims.identity)?
