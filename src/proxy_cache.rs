@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::buffer::WriteBatch;
 use crate::cache::policy::{self, CacheControl, Exchange, Freshness, RequestDirectives, Usability};
-use crate::cache::{response_facts, vary_names, Cache, Entry, Join, VaryValues};
+use crate::cache::{response_facts, vary_names, Cache, Entry, Join, VaryValues, PASS_TIME};
 use crate::conn::Conn;
 use crate::http::body::{self, Encoding, Source, Tee};
 use crate::http::request::Request;
@@ -146,8 +146,9 @@ pub fn handle(
         if plan.directives.cc.only_if_cached {
             return Err((ForwardError::NotCached, None));
         }
-        // Only a GET can fill the cache for the others, and only once per wait.
-        if !is_get || waited {
+        // Only a GET can fill the cache for the others, only once per wait, and only for URLs
+        // that lately answered with something storable.
+        if !is_get || waited || cache.is_uncacheable(&plan.key, shared.clock.now()) {
             break None;
         }
         match cache.join_flight(&plan.key) {
@@ -227,6 +228,19 @@ pub fn start_storing(
     if !plan.store {
         return None;
     }
+    let pending = storable_answer(shared, plan, values, res);
+    if pending.is_none() {
+        plan.cache.mark_uncacheable(&plan.key, shared.clock.now() + PASS_TIME);
+    }
+    pending
+}
+
+fn storable_answer(
+    shared: &Shared,
+    plan: &CachePlan<'_>,
+    values: &dyn Fn(&str) -> Option<Vec<u8>>,
+    res: &Response,
+) -> Option<Pending> {
     let limit = plan.cache.limits().max_object_bytes;
     if matches!(res.framing, Framing::Length(n) if n > limit as u64) {
         return None;

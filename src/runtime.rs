@@ -113,22 +113,27 @@ impl Pibl {
             .map_err(io_err("cannot start the lock-out consumer"))?;
 
         let tokens = Arc::new(Tokens::new(secret.as_bytes(), config.jwt_ttl.as_secs()));
-        let state = Arc::new(ApiState {
-            store,
-            tokens: Arc::clone(&tokens),
-            router: Arc::clone(&router),
-            lockout: lockout.sender(),
-            throttle: Throttle::new(config.auth_rate),
-            clock: clock.clone(),
-            admins: config.admins.iter().map(|a| a.to_lowercase()).collect(),
-            access_log: config.access_log,
-        });
-        state.reload_routes().map_err(|source| StartError::Store { path: path.display().to_string(), source })?;
+        // The apps are routed from the first request on.
+        router
+            .reload(|| store.all_apps())
+            .map_err(|source| StartError::Store { path: path.display().to_string(), source })?;
 
         let (health_interval, purge_interval) = (config.health_interval, config.purge_interval);
         let default_path = Some(config.health_path.clone()).filter(|p| !p.is_empty());
-        let server = Server::start_with_router(proxy, config, Arc::clone(&router), Some(tokens))
+        let (auth_rate, admins, access_log) = (config.auth_rate, config.admins.clone(), config.access_log);
+        let server = Server::start_with_router(proxy, config, Arc::clone(&router), Some(Arc::clone(&tokens)))
             .map_err(io_err("cannot start the proxy"))?;
+        let state = Arc::new(ApiState {
+            store,
+            tokens,
+            router: Arc::clone(&router),
+            lockout: lockout.sender(),
+            throttle: Throttle::new(auth_rate),
+            clock: clock.clone(),
+            admins: admins.iter().map(|a| a.to_lowercase()).collect(),
+            access_log,
+            cache: server.cache_handle(),
+        });
         let targets = Targets { router, pools: Box::new(server.health_targets(default_path)) };
         let health =
             HealthChecker::start(targets, health_interval, clock).map_err(io_err("cannot start the health checker"))?;

@@ -44,7 +44,7 @@ pub struct Shared {
     pub tokens: Option<Arc<Tokens>>,
     pub limits: Limits,
     /// The response cache; `None` when `ttl` is zero.
-    pub cache: Option<Cache>,
+    pub cache: Option<Arc<Cache>>,
     pub clock: OffsetClock,
     /// Background refreshes of stale cache entries.
     pub refresh_tx: Option<Sender<RefreshJob>>,
@@ -112,10 +112,10 @@ impl Server {
             max_body_bytes: config.max_body_bytes,
         };
         let cache = (!config.ttl.is_zero()).then(|| {
-            Cache::new(CacheLimits {
+            Arc::new(Cache::new(CacheLimits {
                 max_bytes: config.cache_max_bytes,
                 max_object_bytes: config.cache_max_object_bytes,
-            })
+            }))
         });
         // Refreshes wait in a short queue; when it is full the entry is simply refreshed later.
         let (refresh_tx, refresh_rx) = crossbeam_channel::bounded(64);
@@ -193,7 +193,12 @@ impl Server {
 
     /// The response cache, unless `ttl` is zero.
     pub fn cache(&self) -> Option<&Cache> {
-        self.shared.cache.as_ref()
+        self.shared.cache.as_deref()
+    }
+
+    /// A shared handle on the response cache, for the management API's purge.
+    pub fn cache_handle(&self) -> Option<Arc<Cache>> {
+        self.shared.cache.clone()
     }
 
     /// The access log, for the binary to hook SIGUSR1 to it.

@@ -438,3 +438,65 @@ fn ttl_zero_turns_the_cache_off() {
     let res = get_with(&proxy, "/z", "");
     assert_eq!((res.header("x-cache"), backend.requests()), (None, 2));
 }
+
+#[test]
+fn the_management_api_purges_an_owners_urls_and_admins_purge_everything() {
+    let backend = scripted("Cache-Control: max-age=600\r\n");
+    let db = TempDb::new("purge");
+    let pibl = start_pibl(api_config(&[backend.addr], &db), pibl::clock::Clock::system());
+    let (api_addr, proxy) = (pibl.api_addr(), pibl.proxy_addr());
+    let owner = register_and_login(api_addr, "owner@example.com");
+    let other = register_and_login(api_addr, "other@example.com");
+    let admin = register_and_login(api_addr, ADMIN);
+    let app = api(api_addr, "POST", "/api/apps/shop", Some(&owner), Some(&endpoint_body(backend.addr, "/status")));
+    assert_eq!(app.status, 201, "{}", app.text());
+
+    let fetch = |path: &str| request(proxy, format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    fetch("/shop/item");
+    assert_eq!(x_cache(&fetch("/shop/item")), "HIT");
+
+    let purge = |token: &str, query: &str| api(api_addr, "DELETE", &format!("/api/cache{query}"), Some(token), None);
+    assert_eq!(purge(&other, "?url=/shop/item").status, 403, "not their app");
+    assert_eq!(purge(&owner, "").status, 403, "only admins empty the whole cache");
+    let res = purge(&owner, "?url=/shop/item");
+    assert_eq!((res.status, res.json()["purged"].as_u64()), (200, Some(1)));
+    assert_eq!(x_cache(&fetch("/shop/item")), "MISS");
+    assert_eq!(x_cache(&fetch("/shop/item")), "HIT");
+    let res = purge(&admin, "");
+    assert_eq!((res.status, res.json()["purged"].as_u64()), (200, Some(1)));
+    assert_eq!(x_cache(&fetch("/shop/item")), "MISS");
+}
+
+#[test]
+fn urls_that_answered_uncacheable_are_not_coalesced() {
+    // Each request waits until three are at the backend together (or gives up after a while): only
+    // uncoalesced requests can all be there at once.
+    let (current, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (now_in, peak, seen) = (current.clone(), most.clone(), Arc::new(AtomicUsize::new(0)));
+    let backend = TestBackend::start(move |_| {
+        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            return ok_with("Cache-Control: no-store\r\n", "dynamic");
+        }
+        let n = now_in.fetch_add(1, Ordering::SeqCst) + 1;
+        peak.fetch_max(n, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while now_in.load(Ordering::SeqCst) < 3
+            && peak.load(Ordering::SeqCst) < 3
+            && std::time::Instant::now() < deadline
+        {
+            thread::sleep(Duration::from_millis(1));
+        }
+        now_in.fetch_sub(1, Ordering::SeqCst);
+        ok_with("Cache-Control: no-store\r\n", "dynamic")
+    });
+    let proxy = cache_proxy(&backend);
+    // The first answer teaches the cache that this URL is not storable.
+    assert_eq!(get_with(&proxy, "/live", "").text(), "dynamic");
+    let addr = proxy.local_addr();
+    let clients: Vec<_> =
+        (0..3).map(|_| thread::spawn(move || request(addr, b"GET /live HTTP/1.1\r\nHost: t\r\n\r\n"))).collect();
+    for client in clients {
+        assert_eq!(client.join().unwrap().text(), "dynamic");
+    }
+    assert_eq!(most.load(Ordering::SeqCst), 3, "all three reached the backend together");
+}

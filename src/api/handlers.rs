@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use super::json::{self as schema, BodyError, FieldError};
 use crate::auth::{self, Tokens};
+use crate::cache::Cache;
 use crate::clock::{rfc3339, Clock};
 use crate::http::request::{Request, RequestError};
 use crate::lockout::LoginEvent;
@@ -35,6 +36,8 @@ pub struct ApiState {
     pub admins: Vec<String>,
     /// `access_log`: one line per API request too.
     pub access_log: bool,
+    /// The data plane's response cache, for `DELETE /api/cache` (`None` when `ttl` is 0).
+    pub cache: Option<Arc<Cache>>,
 }
 
 impl ApiState {
@@ -255,6 +258,10 @@ fn route(state: &ApiState, req: &Request, body: &[u8], client: IpAddr) -> Result
         ["api", "apps", id, "logs"] => match method {
             "GET" => app_logs(state, req, id, query),
             _ => wrong("GET"),
+        },
+        ["api", "cache"] => match method {
+            "DELETE" => purge_cache(state, req, query),
+            _ => wrong("DELETE"),
         },
         ["api", "blocked"] => match method {
             "GET" => blocked(state, req),
@@ -567,6 +574,55 @@ fn unblock(state: &ApiState, req: &Request, email: &str) -> Result<Reply> {
     } else {
         Err(ApiError::NotFound(format!("{email} is not blocked")))
     }
+}
+
+/// `DELETE /api/cache?url=<url>` drops the stored responses of one URL of the user's own app (any URL
+/// for an admin); `DELETE /api/cache` with no `url` empties the cache, for admins only.
+fn purge_cache(state: &ApiState, req: &Request, query: &str) -> Result<Reply> {
+    let user = authenticate(state, req)?;
+    let is_admin = state.admins.iter().any(|a| a.eq_ignore_ascii_case(&user.email));
+    let url = query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == "url")
+        .map(|(_, value)| {
+            percent_decode(value)
+                .ok_or_else(|| ApiError::BadParameter(FieldError::new("url", "is not valid percent-encoded UTF-8")))
+        })
+        .transpose()?;
+    let Some(cache) = &state.cache else {
+        return Ok(Reply::json(200, json!({ "purged": 0, "message": "the cache is off (ttl = 0)" })));
+    };
+    let Some(url) = url else {
+        if !is_admin {
+            return Err(ApiError::Forbidden(
+                "only admins may empty the whole cache; give ?url= to purge one URL".into(),
+            ));
+        }
+        let purged = cache.purge_all();
+        log::info!("[cache] emptied by {}: {purged} entries", user.email);
+        return Ok(Reply::json(200, json!({ "purged": purged })));
+    };
+    // `http://host/path` names one host's entry; a bare `/path` the entries of every host.
+    let (host, target) = match url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")) {
+        Some(rest) => match rest.find('/') {
+            Some(i) => (Some(rest[..i].to_ascii_lowercase()), rest[i..].to_string()),
+            None => (Some(rest.to_ascii_lowercase()), "/".to_string()),
+        },
+        None if url.starts_with('/') => (None, url.clone()),
+        None => {
+            return Err(ApiError::BadParameter(FieldError::new("url", "must be a path (/app/page) or an http:// URL")))
+        }
+    };
+    if !is_admin {
+        let first = target.trim_start_matches('/').split(['/', '?']).next().unwrap_or("");
+        own_app(state, &user, app_id(first)?)?;
+    }
+    let purged = match host {
+        Some(host) => cache.invalidate(&Cache::key(Some(&host), &target)),
+        None => cache.purge_matching(|key| key.split_once(' ').is_some_and(|(_, t)| t == target)),
+    };
+    Ok(Reply::json(200, json!({ "purged": purged, "url": url })))
 }
 
 /// Decodes `%XX` escapes (`%40` for `@`).

@@ -22,6 +22,10 @@ use policy::{CacheControl, Freshness, ResponseFacts};
 const MAX_SHARDS: usize = 16;
 /// Variants (by `Vary`) kept per URL; the oldest goes first.
 const MAX_VARIANTS: usize = 16;
+/// How long an uncacheable answer exempts its URL from coalescing.
+pub const PASS_TIME: Duration = Duration::from_secs(30);
+/// Uncacheable URLs remembered per shard.
+const MAX_PASSES_PER_SHARD: usize = 4096;
 /// Bookkeeping bytes counted per entry besides its head, key and body.
 const ENTRY_OVERHEAD: usize = 256;
 
@@ -252,6 +256,9 @@ struct Shard {
     lru: BTreeMap<u64, (String, u64)>,
     bytes: usize,
     flights: HashMap<String, Arc<Flight>>,
+    /// URLs whose last answer could not be stored, until when: their requests are not coalesced
+    /// (Varnish's "hit-for-pass"), so a dynamic page never makes clients queue behind each other.
+    passes: HashMap<String, Instant>,
 }
 
 impl Shard {
@@ -392,6 +399,7 @@ impl Cache {
             let oldest = shard.entries[key].iter().map(|e| e.id).min();
             shard.remove_where(key, |e| Some(e.id) == oldest, &self.stats);
         }
+        shard.passes.remove(key);
         shard.entries.entry(key.to_string()).or_default().push(entry);
         shard.lru.insert(tick, (key.to_string(), tick));
         shard.bytes += size;
@@ -461,6 +469,24 @@ impl Cache {
             }
         }
         removed
+    }
+
+    /// Remembers that `key`'s answer could not be stored, until `until`.
+    pub fn mark_uncacheable(&self, key: &str, until: Instant) {
+        let mut shard = self.shard(key).lock();
+        if shard.passes.len() >= MAX_PASSES_PER_SHARD {
+            let now = until.checked_sub(PASS_TIME).unwrap_or(until);
+            shard.passes.retain(|_, t| *t > now);
+            if shard.passes.len() >= MAX_PASSES_PER_SHARD {
+                shard.passes.clear();
+            }
+        }
+        shard.passes.insert(key.to_string(), until);
+    }
+
+    /// Whether `key` recently answered with something that could not be stored.
+    pub fn is_uncacheable(&self, key: &str, now: Instant) -> bool {
+        self.shard(key).lock().passes.get(key).is_some_and(|until| now < *until)
     }
 
     /// Joins the fetch of `key` in progress, or starts one.
