@@ -230,7 +230,22 @@ fn startup_summary(config: &Config) -> Vec<String> {
             "workers: {} threads, max_conn {}, buffer_size {} B, header_timeout {:?}, keepalive_timeout {:?}, backend_timeout {:?}",
             config.threads, config.max_conn, config.buffer_size, config.header_timeout, config.keepalive_timeout, config.backend_timeout
         ),
-        format!("cache: ttl {:?} (the response cache is not built yet: every request goes to a backend)", config.ttl),
+        if config.ttl.is_zero() {
+            "cache: off (ttl = 0)".to_string()
+        } else {
+            format!(
+                "cache: ttl {:?}, {} MiB, objects up to {} KiB",
+                config.ttl,
+                config.cache_max_bytes >> 20,
+                config.cache_max_object_bytes >> 10
+            )
+        },
+        format!(
+            "gateway: {} route(s){}{}",
+            config.routes.len(),
+            config.rate_limit.map(|l| format!(", rate_limit {}/s per client", l.per_second)).unwrap_or_default(),
+            if config.deny.is_empty() && config.allow.is_empty() { "" } else { ", deny/allow lists" }
+        ),
         if config.access_log {
             format!(
                 "access log: {} to {} (SIGUSR1 reopens a file)",

@@ -379,3 +379,32 @@ fn jwt_routes_accept_pibl_tokens_and_refuse_the_rest() {
     assert_eq!(get_with(&format!("Authorization: JWT {token}\r\n")).status, 401);
     assert_eq!(secure.requests(), 2, "only the two valid requests reached the backend");
 }
+
+#[test]
+fn route_servers_are_health_checked_on_the_routes_health_path() {
+    let healthy = Arc::new(AtomicBool::new(true));
+    let flag = healthy.clone();
+    let flaky = TestBackend::start(move |req| match req.target.as_str() {
+        "/healthz" if flag.load(Ordering::SeqCst) => ok("up"),
+        "/healthz" => Reply::Raw(b"HTTP/1.1 503 Down\r\nContent-Length: 0\r\n\r\n".to_vec()),
+        _ => ok("flaky"),
+    });
+    let steady = TestBackend::start(|req| ok(if req.target == "/healthz" { "up" } else { "steady" }));
+    let db = TempDb::new("route-health");
+    let mut config = api_config(&[], &db);
+    config.routes = Config::from_ini_str(
+        &format!("[route.r]\nprefix = /r/\nservers = {}, {}\nhealth_path = /healthz\n", flaky.addr, steady.addr),
+        "r.ini",
+    )
+    .expect("route")
+    .routes;
+    config.ttl = Duration::ZERO;
+    let pibl = start_pibl(config, pibl::clock::Clock::system());
+    let served = || (0..4).map(|_| get(pibl.proxy_addr(), "/r/x").text()).collect::<Vec<_>>();
+    wait_until("both servers serve", || served().contains(&"flaky".to_string()));
+
+    healthy.store(false, Ordering::SeqCst);
+    wait_until("the failing server leaves rotation", || served().iter().all(|s| s == "steady"));
+    healthy.store(true, Ordering::SeqCst);
+    wait_until("it comes back", || served().contains(&"flaky".to_string()));
+}
