@@ -1,42 +1,18 @@
 //! The configuration file end to end: `parser.ini.example`, error messages from real files, and the
 //! `parser` binary writing, refusing to overwrite and rejecting bad flags.
 
+mod common;
+
 use std::fs;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::TempDir;
 use pibl::config::{Config, ConfigError};
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/parser.ini.example");
-
-/// A fresh directory per test (the process id keeps concurrent `cargo test` runs apart), removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let unique = format!("pibl-config-{}-{}-{name}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        let dir = std::env::temp_dir().join(unique);
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    fn file(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        fs::write(&path, text).expect("write test file");
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Loads `text` from a real file and returns the error message, with the file shown as `label`.
 fn load_error(text: &str) -> String {

@@ -97,16 +97,24 @@ impl Entry {
         vary: VaryValues,
         now: Instant,
     ) -> Entry {
-        let headers: Vec<(String, Vec<u8>)> = headers
-            .filter(|(name, _)| {
-                !is_hop_by_hop(name) && !name.eq_ignore_ascii_case("age") && !name.eq_ignore_ascii_case("x-cache")
-            })
-            .map(|(name, value)| (name.to_string(), value.to_vec()))
-            .collect();
+        let headers =
+            headers.filter(|(name, _)| is_stored_field(name)).map(|(n, v)| (n.to_string(), v.to_vec())).collect();
+        Entry::assemble(status, reason.to_vec(), headers, body, freshness, vary, now)
+    }
+
+    fn assemble(
+        status: u16,
+        reason: Vec<u8>,
+        headers: Vec<(String, Vec<u8>)>,
+        body: Arc<[u8]>,
+        freshness: Freshness,
+        vary: VaryValues,
+        now: Instant,
+    ) -> Entry {
         let mut entry = Entry {
             status,
             head: Vec::new(),
-            reason: reason.to_vec(),
+            reason,
             headers,
             body,
             freshness,
@@ -163,27 +171,18 @@ impl Entry {
         now: Instant,
     ) -> Entry {
         let mut headers = self.headers.clone();
-        let update: Vec<(&str, &[u8])> = update
-            .filter(|(n, _)| !is_hop_by_hop(n) && !n.eq_ignore_ascii_case("age") && !n.eq_ignore_ascii_case("x-cache"))
-            .collect();
+        let update: Vec<(&str, &[u8])> = update.filter(|(name, _)| is_stored_field(name)).collect();
         headers.retain(|(name, _)| !update.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)));
         headers.extend(update.iter().map(|(n, v)| (n.to_string(), v.to_vec())));
-        let mut entry = Entry {
-            status: self.status,
-            head: Vec::new(),
-            reason: self.reason.clone(),
+        Entry::assemble(
+            self.status,
+            self.reason.clone(),
             headers,
-            body: Arc::clone(&self.body),
+            Arc::clone(&self.body),
             freshness,
-            stored_at: now,
-            vary: self.vary.clone(),
-            id: 0,
-            last_used: AtomicU64::new(0),
-            refreshing: AtomicBool::new(false),
-            size: 0,
-        };
-        entry.rebuild_head();
-        entry
+            self.vary.clone(),
+            now,
+        )
     }
 
     /// The request values this variant was stored for.
@@ -209,6 +208,12 @@ impl Entry {
     fn matches(&self, request_values: &dyn Fn(&str) -> Option<Vec<u8>>) -> bool {
         self.vary.iter().all(|(name, value)| request_values(name) == *value)
     }
+}
+
+/// Whether a response field is kept with a stored response: not hop-by-hop, and not the per-answer
+/// `Age` and `X-Cache`, which pibl writes itself.
+fn is_stored_field(name: &str) -> bool {
+    !is_hop_by_hop(name) && !name.eq_ignore_ascii_case("age") && !name.eq_ignore_ascii_case("x-cache")
 }
 
 /// The facts the storing policy needs, read from any list of header fields.
