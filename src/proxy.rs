@@ -122,7 +122,8 @@ impl fmt::Display for ForwardError {
             ForwardError::Refused(Refusal::Forbidden) => f.write_str("access denied"),
             ForwardError::Refused(Refusal::RateLimited(_)) => f.write_str("rate limit exceeded; retry later"),
             ForwardError::Refused(Refusal::Unauthorized { .. }) => f.write_str("authentication required"),
-            ForwardError::Refused(Refusal::AuthBroken { reason, .. }) => write!(f, "authentication failed: {reason}"),
+            // The details (which server, why) go to the log, not to the client.
+            ForwardError::Refused(Refusal::AuthBroken { .. }) => f.write_str("the authentication service failed"),
             ForwardError::Refused(Refusal::Hidden) => f.write_str("no such resource"),
         }
     }
@@ -601,8 +602,14 @@ fn admit<'r>(shared: &Shared, gateway: &Gateway, client: IpAddr, req: &'r Reques
         Some((RouteAuth::Request(_), Some(checker))) => match checker.check(req, client, now) {
             AuthDecision::Allow(user) => user,
             AuthDecision::Deny { status, challenge } => return Err(Refusal::Unauthorized { status, challenge }),
-            AuthDecision::Failed(reason) => return Err(Refusal::AuthBroken { status: 500, reason }),
-            AuthDecision::Unavailable(reason) => return Err(Refusal::AuthBroken { status: 503, reason }),
+            AuthDecision::Failed(reason) => {
+                log::warn!("auth for {} {}: {reason}", req.method(), req.target());
+                return Err(Refusal::AuthBroken { status: 500, reason });
+            }
+            AuthDecision::Unavailable(reason) => {
+                log::warn!("auth for {} {}: {reason}", req.method(), req.target());
+                return Err(Refusal::AuthBroken { status: 503, reason });
+            }
         },
     };
     Ok(Dispatch { upstream, target, client, auth_user })
