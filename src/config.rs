@@ -123,7 +123,7 @@ impl Default for Config {
         Config {
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             port: 8080,
-            threads: 8,
+            threads: 64,
             max_conn: 10_000,
             buffer_size: 8192,
             max_header_bytes: 16 * 1024,
@@ -600,7 +600,8 @@ const LAYOUT: &[Entry] = &[
     Entry::Group("Workers and limits"),
     Entry::Key(KeySpec {
         name: "threads",
-        help: "Worker threads serving client connections (1-1024).",
+        help: "Worker threads (1-1024). Each forwards one request at a time, so this is how many\n\
+               requests can wait on backends at once; idle keep-alive clients hold no thread.",
         apply: |c, v| parse_count(v, 1, 1024).map(|x| c.threads = x),
         render: |c| c.threads.to_string(),
     }),
