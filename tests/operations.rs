@@ -65,7 +65,7 @@ fn check_config_accepts_a_valid_file_and_creates_nothing() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(
         text(&out.stdout)
-            .ends_with("\nlisten 0.0.0.0:8080, 1 backend, 8 threads, access log seed to the log (stderr)\n"),
+            .ends_with("\nlisten 0.0.0.0:8080, 1 backend, 64 threads, access log seed to the log (stderr)\n"),
         "{}",
         text(&out.stdout)
     );
