@@ -248,16 +248,25 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Writes `reply` as JSON; `head_only` leaves the body out (an answer to HEAD) but keeps its length.
+/// Writes `reply` as JSON (or its fixed document, `raw`); `head_only` leaves the body out (an answer
+/// to HEAD) but keeps its length.
 fn write_reply(stream: &mut TcpStream, reply: &Reply, keep_alive: bool, head_only: bool) -> io::Result<()> {
-    let body = serde_json::to_vec_pretty(&reply.body).unwrap_or_else(|_| b"{}".to_vec());
+    let (content_type, body) = match reply.raw {
+        Some((content_type, text)) => (content_type, text.as_bytes().to_vec()),
+        None => {
+            // Pretty JSON ends with a newline, as curl users expect.
+            let mut json = serde_json::to_vec_pretty(&reply.body).unwrap_or_else(|_| b"{}".to_vec());
+            json.push(b'\n');
+            ("application/json", json)
+        }
+    };
     let mut out = Vec::with_capacity(body.len() + 256);
     write!(
         out,
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\n",
+        "HTTP/1.1 {} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n",
         reply.status,
         reason(reply.status),
-        body.len() + 1
+        body.len()
     )?;
     for (name, value) in &reply.headers {
         write!(out, "{name}: {value}\r\n")?;
@@ -265,7 +274,6 @@ fn write_reply(stream: &mut TcpStream, reply: &Reply, keep_alive: bool, head_onl
     out.extend_from_slice(if keep_alive { b"Connection: keep-alive\r\n\r\n" } else { b"Connection: close\r\n\r\n" });
     if !head_only {
         out.extend_from_slice(&body);
-        out.push(b'\n');
     }
     stream.write_all(&out)
 }
