@@ -7,12 +7,14 @@
 #
 #   scripts/schemathesis.sh                    # build the release proxy, run, clean up
 #   PIBL_BIN=target/debug/proxy scripts/schemathesis.sh --max-examples 20
+#   AUTH_SCHEME=Bearer scripts/schemathesis.sh      # the token as `Bearer` instead of `JWT`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 API_PORT="${API_PORT:-15000}"
 PROXY_PORT="${PROXY_PORT:-18080}"
 ST_VERSION="${ST_VERSION:-4.32.5}"
+AUTH_SCHEME="${AUTH_SCHEME:-JWT}"
 work="$(mktemp -d)"
 pid=""
 cleanup() {
@@ -69,5 +71,5 @@ curl -fsS -H 'Content-Type: application/json' -H "Authorization: JWT $token" \
   "$base/api/apps/helloworld" >/dev/null
 
 set -x
-"$st" --config-file scripts/schemathesis.toml run docs/openapi.yaml --url "$base" -H "Authorization: JWT $token" --checks all \
+"$st" --config-file scripts/schemathesis.toml run docs/openapi.yaml --url "$base" -H "Authorization: $AUTH_SCHEME $token" --checks all \
   --report junit --report-dir "${REPORT_DIR:-target/schemathesis}" "$@"

@@ -20,6 +20,12 @@ fn spec() -> Value {
     serde_norway::from_str(&text).expect("docs/openapi.yaml is YAML")
 }
 
+fn collection() -> Value {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/pibl.postman_collection.json"))
+        .expect("read the Postman collection");
+    serde_json::from_str(&text).expect("the Postman collection is JSON")
+}
+
 /// (METHOD, template) of every operation in the spec.
 fn operations(spec: &Value) -> BTreeSet<(String, String)> {
     let paths = spec["paths"].as_object().expect("paths");
@@ -134,6 +140,95 @@ fn spec_is_self_consistent() {
             assert!(responses.contains_key("400") && responses.contains_key("403"), "{what}: bad or foreign app id");
         }
     }
+}
+
+/// The path of a Postman request's URL, with `{{variables}}` in segments as `{…}` wildcards.
+fn postman_path(request: &Value) -> String {
+    let url = &request["url"];
+    let raw = url["raw"].as_str().or(url.as_str()).expect("url.raw");
+    let rest = raw.strip_prefix("{{base_url}}").unwrap_or_else(|| panic!("{raw}: starts with {{{{base_url}}}}"));
+    rest.split('?').next().unwrap_or(rest).to_string()
+}
+
+/// Whether a concrete path (segments may be `{{variable}}`) fits a template.
+fn fits(path: &str, template: &str) -> bool {
+    let (a, b): (Vec<&str>, Vec<&str>) = (path.split('/').collect(), template.split('/').collect());
+    a.len() == b.len() && a.iter().zip(&b).all(|(seg, t)| seg == t || (t.starts_with('{') && !seg.is_empty()))
+}
+
+#[test]
+fn postman_collection_follows_the_spec_and_the_seed() {
+    let spec = spec();
+    let ops = operations(&spec);
+    let col = collection();
+    assert_eq!(col["info"]["schema"], "https://schema.getpostman.com/json/collection/v2.1.0/collection.json");
+    let variables: Vec<&str> =
+        col["variable"].as_array().expect("variables").iter().filter_map(|v| v["key"].as_str()).collect();
+    assert!(variables.contains(&"base_url") && variables.contains(&"token"), "{variables:?}");
+    let base_url = col["variable"].as_array().into_iter().flatten().find(|v| v["key"] == "base_url");
+    assert_eq!(base_url.map(|v| &v["value"]), Some(&Value::from("http://localhost:5000")));
+
+    let items = col["item"].as_array().expect("items");
+    let mut calls = Vec::new();
+    for item in items {
+        let request = &item["request"];
+        let method = request["method"].as_str().expect("method").to_string();
+        let path = postman_path(request);
+        let op = ops.iter().find(|(m, t)| *m == method && fits(&path, t));
+        let (_, template) = op.unwrap_or_else(|| panic!("{method} {path} ({}) is not in the spec", item["name"]));
+        let op = &spec["paths"][template][method.to_lowercase()];
+        let headers: Vec<(String, String)> = request["header"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|h| (h["key"].as_str().unwrap_or("").to_lowercase(), h["value"].as_str().unwrap_or("").to_string()))
+            .collect();
+        let has = |k: &str, v: &str| headers.iter().any(|(hk, hv)| hk == k && hv == v);
+        if op["security"].as_array().is_some_and(|s| !s.is_empty()) {
+            assert!(has("authorization", "JWT {{token}}"), "{method} {path}: Authorization: JWT {{{{token}}}}");
+        }
+        if op.get("requestBody").is_some() {
+            assert!(has("content-type", "application/json"), "{method} {path}: Content-Type");
+            let raw = request["body"]["raw"].as_str().expect("a raw body");
+            let body: Value = serde_json::from_str(raw).expect("the body is JSON");
+            let schema = deref(&spec, &op["requestBody"]);
+            let schema = deref(&spec, &schema["content"]["application/json"]["schema"]);
+            for field in schema["required"].as_array().expect("required") {
+                let field = field.as_str().unwrap_or("");
+                assert!(body.get(field).is_some(), "{method} {path}: the body has {field}");
+            }
+        }
+        calls.push((method, template.clone()));
+    }
+
+    // The seed's flow, in order.
+    let expected = [
+        ("POST", "/api/users"),
+        ("POST", "/api/auth"),
+        ("POST", "/api/apps/{appid}"),
+        ("POST", "/api/apps/{appid}"),
+        ("GET", "/api/apps/{appid}"),
+        ("GET", "/api/apps/{appid}/logs"),
+        ("DELETE", "/api/apps/{appid}/endpoints/{endpoint_id}"),
+        ("DELETE", "/api/apps/{appid}"),
+        ("DELETE", "/api/users"),
+    ];
+    let calls: Vec<(&str, &str)> = calls.iter().map(|(m, t)| (m.as_str(), t.as_str())).collect();
+    assert_eq!(calls, expected);
+
+    // The login's test script keeps the token for the requests after it.
+    let login = &items[1];
+    let script: String = login["event"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["listen"] == "test")
+        .flat_map(|e| e["script"]["exec"].as_array().cloned().unwrap_or_default())
+        .filter_map(|l| l.as_str().map(String::from))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(script.contains("pm.collectionVariables.set(\"token\""), "{script}");
+    assert!(script.contains("access_token"), "{script}");
 }
 
 #[test]
