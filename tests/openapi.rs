@@ -69,6 +69,7 @@ fn spec_lists_exactly_the_servers_routes() {
     let spec = spec();
     assert_eq!(spec["openapi"].as_str().map(|v| v.starts_with("3.1")), Some(true));
     assert_eq!(spec["servers"][0]["url"], "http://localhost:5000");
+    assert_eq!(spec["info"]["version"], env!("CARGO_PKG_VERSION"), "the spec's version is the crate's");
     let in_spec = operations(&spec);
     let in_server: BTreeSet<(String, String)> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
     let missing: Vec<_> = in_server.difference(&in_spec).collect();
