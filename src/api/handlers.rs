@@ -297,7 +297,9 @@ fn route(state: &ApiState, req: &Request, body: &[u8], client: IpAddr) -> Result
             "GET" => Ok(Reply::document("application/yaml", OPENAPI_YAML)),
             _ => wrong("GET"),
         },
-        _ => Err(ApiError::NotFound(format!("no such API endpoint: {path} (see docs/api.md)"))),
+        _ => {
+            Err(ApiError::NotFound(format!("no such API endpoint: {path} (see docs/api.md or GET /api/openapi.yaml)")))
+        }
     }
 }
 

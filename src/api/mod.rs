@@ -8,6 +8,7 @@ pub mod handlers;
 pub mod json;
 pub mod throttle;
 
+use std::borrow::Cow;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
@@ -251,13 +252,13 @@ pub fn reason(status: u16) -> &'static str {
 /// Writes `reply` as JSON (or its fixed document, `raw`); `head_only` leaves the body out (an answer
 /// to HEAD) but keeps its length.
 fn write_reply(stream: &mut TcpStream, reply: &Reply, keep_alive: bool, head_only: bool) -> io::Result<()> {
-    let (content_type, body) = match reply.raw {
-        Some((content_type, text)) => (content_type, text.as_bytes().to_vec()),
+    let (content_type, body): (&str, Cow<'_, [u8]>) = match reply.raw {
+        Some((content_type, text)) => (content_type, Cow::Borrowed(text.as_bytes())),
         None => {
             // Pretty JSON ends with a newline, as curl users expect.
             let mut json = serde_json::to_vec_pretty(&reply.body).unwrap_or_else(|_| b"{}".to_vec());
             json.push(b'\n');
-            ("application/json", json)
+            ("application/json", Cow::Owned(json))
         }
     };
     let mut out = Vec::with_capacity(body.len() + 256);
