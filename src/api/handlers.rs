@@ -19,6 +19,27 @@ use crate::lockout::LoginEvent;
 use crate::routing::{resolve, Router};
 use crate::store::{self, AddEndpoint, Endpoint, LogEntry, Removal, Store, StoreError, User};
 
+/// Every (method, path template) that [`route`] answers, as `docs/openapi.yaml` writes them. The
+/// spec is tested against this table (`tests/openapi.rs`), and `route` against it (the unit test
+/// `routes_table_matches_the_router`): a new route goes into `route`, this table and the spec.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/api/users"),
+    ("DELETE", "/api/users"),
+    ("POST", "/api/auth"),
+    ("GET", "/api/apps"),
+    ("GET", "/api/apps/{appid}"),
+    ("POST", "/api/apps/{appid}"),
+    ("DELETE", "/api/apps/{appid}"),
+    ("DELETE", "/api/apps/{appid}/endpoints/{endpoint_id}"),
+    ("GET", "/api/apps/{appid}/logs"),
+    ("GET", "/api/blocked"),
+    ("DELETE", "/api/blocked/{email}"),
+    ("GET", "/api/openapi.yaml"),
+];
+
+/// The API's description, served at `GET /api/openapi.yaml`; embedded so the binary needs no file.
+pub const OPENAPI_YAML: &str = include_str!("../../docs/openapi.yaml");
+
 /// Default and largest page of `GET /api/apps/<appid>/logs`.
 const DEFAULT_LOG_PAGE: usize = 100;
 const MAX_LOG_PAGE: usize = 1000;
@@ -65,17 +86,24 @@ impl ApiState {
     }
 }
 
-/// An answer: status, JSON body, extra header fields.
+/// An answer: status, JSON body, extra header fields; or, when `raw` is set, that fixed document
+/// (content type, text) instead of the JSON body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
     pub status: u16,
     pub body: Value,
     pub headers: Vec<(&'static str, String)>,
+    pub raw: Option<(&'static str, &'static str)>,
 }
 
 impl Reply {
     pub fn json(status: u16, body: Value) -> Reply {
-        Reply { status, body, headers: Vec::new() }
+        Reply { status, body, headers: Vec::new(), raw: None }
+    }
+
+    /// A 200 with a fixed document that is not JSON (the OpenAPI description).
+    pub fn document(content_type: &'static str, text: &'static str) -> Reply {
+        Reply { raw: Some((content_type, text)), ..Reply::json(200, Value::Null) }
     }
 }
 
@@ -216,6 +244,7 @@ pub fn handle(state: &ApiState, req: &Request, body: &[u8], client: IpAddr) -> R
     }
 }
 
+/// Dispatches on method and path segments. Every arm here has its rows in [`ROUTES`].
 fn route(state: &ApiState, req: &Request, body: &[u8], client: IpAddr) -> Result<Reply> {
     let (path, query) = match req.target().split_once('?') {
         Some((p, q)) => (p, q),
@@ -271,7 +300,14 @@ fn route(state: &ApiState, req: &Request, body: &[u8], client: IpAddr) -> Result
             "DELETE" => unblock(state, req, email),
             _ => wrong("DELETE"),
         },
-        _ => Err(ApiError::NotFound(format!("no such API endpoint: {path} (see docs/api.md)"))),
+        // No auth: the description of the API is public, like the docs.
+        ["api", "openapi.yaml"] => match method {
+            "GET" => Ok(Reply::document("application/yaml", OPENAPI_YAML)),
+            _ => wrong("GET"),
+        },
+        _ => {
+            Err(ApiError::NotFound(format!("no such API endpoint: {path} (see docs/api.md or GET /api/openapi.yaml)")))
+        }
     }
 }
 
@@ -646,6 +682,90 @@ fn percent_decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::request::{self, Limits};
+    use std::collections::BTreeSet;
+
+    /// An API state over a fresh database in the temp dir, with no throttle; the file goes on drop.
+    struct TestState(ApiState, std::path::PathBuf);
+
+    impl TestState {
+        fn new(name: &str) -> TestState {
+            let path = std::env::temp_dir().join(format!("pibl-unit-{}-{name}.db", std::process::id()));
+            let store = Arc::new(Store::open(&path, store::Durability::Normal, 100).expect("open store"));
+            let state = ApiState {
+                store,
+                tokens: Tokens::new(b"unit-test-secret", 300),
+                router: Arc::new(Router::new(4)),
+                lockout: crossbeam_channel::unbounded().0,
+                throttle: super::super::throttle::Throttle::new(0),
+                clock: Clock::system(),
+                admins: Vec::new(),
+                access_log: false,
+            };
+            TestState(state, path)
+        }
+    }
+
+    impl Drop for TestState {
+        fn drop(&mut self) {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", self.1.display()));
+            }
+        }
+    }
+
+    /// `method path` without a token, as the router sees it.
+    fn call(state: &ApiState, method: &str, path: &str) -> Reply {
+        let head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        let limits = Limits { max_head_bytes: 16 * 1024, max_headers: 100, max_body_bytes: 1024 };
+        let (req, _) = request::parse(head.as_bytes(), &limits).expect("valid head").expect("complete head");
+        handle(state, &req, b"", IpAddr::from([127, 0, 0, 1]))
+    }
+
+    /// A concrete path for a template: each `{parameter}` filled with a valid value.
+    fn concrete(template: &str) -> String {
+        template.replace("{appid}", "helloworld").replace("{endpoint_id}", "1").replace("{email}", "a%40b.io")
+    }
+
+    #[test]
+    fn routes_table_matches_the_router() {
+        let state = TestState::new("routes");
+        let templates: BTreeSet<&str> = ROUTES.iter().map(|(_, t)| *t).collect();
+        for template in &templates {
+            let path = concrete(template);
+            let listed: BTreeSet<&str> = ROUTES.iter().filter(|(_, t)| t == template).map(|(m, _)| *m).collect();
+            for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"] {
+                let reply = call(&state.0, method, &path);
+                if listed.contains(method) {
+                    // Without a token or body the handler refuses (401, 415...) but never as "no
+                    // such path" (404) or "wrong method" (405): those only come from the router here.
+                    assert!(![404, 405].contains(&reply.status), "{method} {path}: {} {}", reply.status, reply.body);
+                } else {
+                    assert_eq!(reply.status, 405, "{method} {path} should be refused: {}", reply.body);
+                    let allow: BTreeSet<&str> = reply.headers[0].1.split(", ").collect();
+                    assert_eq!(allow, listed, "Allow of {path}");
+                }
+            }
+        }
+        // Paths outside the table are not routed.
+        for path in ["/api", "/api/apps/x/y", "/api/apps/x/endpoints", "/api/openapi.json", "/metrics"] {
+            assert_eq!(call(&state.0, "GET", path).status, 404, "{path}");
+        }
+        // A coarse tripwire against an arm added to `route` but not to ROUTES: `route`'s slice
+        // patterns (`["api", ...] =>`) are as many as the table's distinct templates.
+        let source = include_str!("handlers.rs");
+        let body = source.split("fn route(").nth(1).and_then(|s| s.split("\nfn throttle(").next()).unwrap_or("");
+        let arms = body.lines().filter(|l| l.trim_start().starts_with("[\"") && l.contains("=>")).count();
+        assert_eq!(arms, templates.len(), "route has {arms} path arms, ROUTES {} templates", templates.len());
+    }
+
+    #[test]
+    fn openapi_is_served_as_yaml_without_auth() {
+        let state = TestState::new("openapi");
+        let reply = call(&state.0, "GET", "/api/openapi.yaml");
+        assert_eq!((reply.status, reply.raw), (200, Some(("application/yaml", OPENAPI_YAML))));
+        assert!(OPENAPI_YAML.starts_with("openapi: 3.1"), "the embedded file is the spec");
+    }
 
     #[test]
     fn percent_decoding() {

@@ -8,6 +8,7 @@ pub mod handlers;
 pub mod json;
 pub mod throttle;
 
+use std::borrow::Cow;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
@@ -248,16 +249,25 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Writes `reply` as JSON; `head_only` leaves the body out (an answer to HEAD) but keeps its length.
+/// Writes `reply` as JSON (or its fixed document, `raw`); `head_only` leaves the body out (an answer
+/// to HEAD) but keeps its length.
 fn write_reply(stream: &mut TcpStream, reply: &Reply, keep_alive: bool, head_only: bool) -> io::Result<()> {
-    let body = serde_json::to_vec_pretty(&reply.body).unwrap_or_else(|_| b"{}".to_vec());
+    let (content_type, body): (&str, Cow<'_, [u8]>) = match reply.raw {
+        Some((content_type, text)) => (content_type, Cow::Borrowed(text.as_bytes())),
+        None => {
+            // Pretty JSON ends with a newline, as curl users expect.
+            let mut json = serde_json::to_vec_pretty(&reply.body).unwrap_or_else(|_| b"{}".to_vec());
+            json.push(b'\n');
+            ("application/json", Cow::Owned(json))
+        }
+    };
     let mut out = Vec::with_capacity(body.len() + 256);
     write!(
         out,
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\n",
+        "HTTP/1.1 {} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n",
         reply.status,
         reason(reply.status),
-        body.len() + 1
+        body.len()
     )?;
     for (name, value) in &reply.headers {
         write!(out, "{name}: {value}\r\n")?;
@@ -265,7 +275,6 @@ fn write_reply(stream: &mut TcpStream, reply: &Reply, keep_alive: bool, head_onl
     out.extend_from_slice(if keep_alive { b"Connection: keep-alive\r\n\r\n" } else { b"Connection: close\r\n\r\n" });
     if !head_only {
         out.extend_from_slice(&body);
-        out.push(b'\n');
     }
     stream.write_all(&out)
 }
