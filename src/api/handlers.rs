@@ -34,6 +34,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/apps/{appid}/logs"),
     ("GET", "/api/blocked"),
     ("DELETE", "/api/blocked/{email}"),
+    ("DELETE", "/api/cache"),
     ("GET", "/api/openapi.yaml"),
 ];
 
@@ -694,13 +695,14 @@ mod tests {
             let store = Arc::new(Store::open(&path, store::Durability::Normal, 100).expect("open store"));
             let state = ApiState {
                 store,
-                tokens: Tokens::new(b"unit-test-secret", 300),
+                tokens: Arc::new(Tokens::new(b"unit-test-secret", 300)),
                 router: Arc::new(Router::new(4)),
                 lockout: crossbeam_channel::unbounded().0,
                 throttle: super::super::throttle::Throttle::new(0),
                 clock: Clock::system(),
                 admins: Vec::new(),
                 access_log: false,
+                cache: None,
             };
             TestState(state, path)
         }
