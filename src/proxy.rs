@@ -22,6 +22,7 @@ use crate::http::body::{self, BodyError, Encoding, Source};
 use crate::http::request::Request;
 use crate::http::response::{self, Response, MAX_RESPONSE_HEAD};
 use crate::http::{reason, Framing};
+use crate::metrics;
 use crate::proxy_cache::{self, CachePlan};
 use crate::routing::AppRoute;
 use crate::server::Shared;
@@ -190,6 +191,10 @@ pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Requ
             _ => forward(shared, scratch, conn, &req, &dispatch, None),
         },
     };
+    let rejection = match &result {
+        Err((ForwardError::Refused(refusal), _)) => metrics::Rejection::of(refusal),
+        _ => None,
+    };
     let (status, backend, outcome) = match result {
         Ok((status, backend, outcome)) => (status, backend, outcome),
         Err((e, backend)) => {
@@ -239,6 +244,10 @@ pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Requ
             user_agent: req.header("user-agent"),
         });
     }
+    let route = gateway.route(req.target()).map(|r| r.config.name.as_str());
+    let label = metrics::route_label(app.as_ref().map(|a| a.name.as_str()), route);
+    let now_secs = metrics::unix_secs(shared.clock.system_now());
+    shared.metrics.record(label, status, started.elapsed(), rejection, now_secs);
     if let Some(app) = &app {
         shared.router.log_request(app, conn.peer.ip(), &req, status, backend, started.elapsed());
     }
@@ -309,7 +318,11 @@ fn forward_to_backends(
                 },
             };
             let in_flight = InFlight::enter(backend);
+            let sent = Instant::now();
             let exchanged = exchange(shared, scratch, conn, req, &mut stream, reused);
+            if exchanged.is_ok() {
+                shared.metrics.observe_upstream(&backend.name, sent.elapsed());
+            }
             let result = match exchanged {
                 Ok(res) => Ok(relay(shared, scratch, conn, req, res, backend, in_flight, stream, plan.as_deref_mut())),
                 Err(AttemptError::Stale) => Err(None),

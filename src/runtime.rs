@@ -121,6 +121,7 @@ impl Pibl {
             clock: clock.clone(),
             admins: config.admins.iter().map(|a| a.to_lowercase()).collect(),
             access_log: config.access_log,
+            observe: Default::default(),
         });
         state.reload_routes().map_err(|source| StartError::Store { path: path.display().to_string(), source })?;
 
@@ -128,6 +129,7 @@ impl Pibl {
         let default_path = Some(config.health_path.clone()).filter(|p| !p.is_empty());
         let server =
             Server::start_with_router(proxy, config, Arc::clone(&router)).map_err(io_err("cannot start the proxy"))?;
+        state.observe.attach(server.probe());
         let targets = Targets { router, pools: Box::new(server.health_targets(default_path)) };
         let health =
             HealthChecker::start(targets, health_interval, clock).map_err(io_err("cannot start the health checker"))?;

@@ -12,7 +12,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::conn::{Conn, ConnLimit, PerIpLimit};
 use crate::gateway::Gateway;
 use crate::http::request::{self, Limits};
+use crate::metrics::Metrics;
 use crate::offset_clock::OffsetClock;
 use crate::parker::Parker;
 use crate::proxy::{self, Outcome, Scratch};
@@ -46,6 +47,8 @@ pub struct Shared {
     /// Background refreshes of stale cache entries.
     pub refresh_tx: Option<Sender<RefreshJob>>,
     pub access_log: AccessLog,
+    /// Counters and histograms for `/metrics` and the dashboard.
+    pub metrics: Metrics,
     shutdown: AtomicBool,
     conns: Arc<ConnLimit>,
     per_ip: Arc<PerIpLimit>,
@@ -61,6 +64,31 @@ impl Shared {
     pub fn is_shutting_down(&self) -> bool {
         self.shutdown.load(Ordering::Acquire)
     }
+
+    pub fn stats(&self) -> Stats {
+        Stats { open_connections: self.conns.open(), parked_connections: self.parker.len() }
+    }
+}
+
+/// A handle on a running server's state for metrics and status pages. It holds the state weakly,
+/// so a probe kept by the API never keeps a stopped server alive.
+#[derive(Clone)]
+pub struct Probe {
+    shared: Weak<Shared>,
+    /// A clone of the workers' queue, only ever asked its length.
+    ready: Receiver<Conn>,
+}
+
+impl Probe {
+    /// The server's state, unless it has stopped.
+    pub fn shared(&self) -> Option<Arc<Shared>> {
+        self.shared.upgrade()
+    }
+
+    /// Connections waiting for a worker.
+    pub fn queue_depth(&self) -> usize {
+        self.ready.len()
+    }
 }
 
 /// A running server. Dropping it does not stop it; call [`Server::shutdown`].
@@ -72,6 +100,7 @@ pub struct Server {
     refresher: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
     worker_done: Receiver<()>,
+    ready: Receiver<Conn>,
 }
 
 /// Live figures about a server, for tests and status pages.
@@ -119,6 +148,7 @@ impl Server {
             cache,
             clock: OffsetClock::default(),
             access_log: AccessLog::start(&config).map_err(io::Error::other)?,
+            metrics: Metrics::default(),
             shutdown: AtomicBool::new(false),
             conns: Arc::new(ConnLimit::default()),
             per_ip: Arc::new(PerIpLimit::default()),
@@ -129,6 +159,7 @@ impl Server {
         // parker; the acceptor waits for a free slot before it accepts.
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Conn>(shared.config.max_conn + 1);
         let (done_tx, worker_done) = crossbeam_channel::unbounded();
+        shared.metrics.prepare(&shared.config);
 
         let mut workers = Vec::with_capacity(shared.config.threads);
         for i in 0..shared.config.threads {
@@ -170,6 +201,7 @@ impl Server {
             refresher,
             workers,
             worker_done,
+            ready: ready_rx,
         })
     }
 
@@ -209,6 +241,7 @@ impl Server {
             }
         }
         *self.shared.gateway.write() = Arc::new(Gateway::new(config));
+        self.shared.metrics.prepare(config);
         log::info!("reload: {} route(s), {} default backend(s)", config.routes.len(), config.backends.len());
     }
 
@@ -236,7 +269,12 @@ impl Server {
     }
 
     pub fn stats(&self) -> Stats {
-        Stats { open_connections: self.shared.conns.open(), parked_connections: self.shared.parker.len() }
+        self.shared.stats()
+    }
+
+    /// A handle for metrics and status pages.
+    pub fn probe(&self) -> Probe {
+        Probe { shared: Arc::downgrade(&self.shared), ready: self.ready.clone() }
     }
 
     /// Stops accepting, closes idle connections, lets in-flight requests finish for up to

@@ -34,6 +34,8 @@ pub struct ApiState {
     pub admins: Vec<String>,
     /// `access_log`: one line per API request too.
     pub access_log: bool,
+    /// The data plane's figures for `/metrics` and `/api/status`, and the API's own counters.
+    pub observe: crate::metrics::ApiObserver,
 }
 
 impl ApiState {
@@ -67,11 +69,18 @@ pub struct Reply {
     pub status: u16,
     pub body: Value,
     pub headers: Vec<(&'static str, String)>,
+    /// A body that is not JSON (`/metrics`, `/dashboard`): its media type and bytes, sent instead of `body`.
+    pub raw: Option<(&'static str, Vec<u8>)>,
 }
 
 impl Reply {
     pub fn json(status: u16, body: Value) -> Reply {
-        Reply { status, body, headers: Vec::new() }
+        Reply { status, body, headers: Vec::new(), raw: None }
+    }
+
+    /// A 200 answer with a body of `media_type`.
+    pub fn raw(media_type: &'static str, bytes: Vec<u8>) -> Reply {
+        Reply { raw: Some((media_type, bytes)), ..Reply::json(200, Value::Null) }
     }
 }
 
@@ -208,7 +217,12 @@ type Result<T> = std::result::Result<T, ApiError>;
 pub fn handle(state: &ApiState, req: &Request, body: &[u8], client: IpAddr) -> Reply {
     match route(state, req, body, client) {
         Ok(reply) => reply,
-        Err(e) => e.reply(),
+        Err(e) => {
+            if e.status() == 401 {
+                state.observe.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            e.reply()
+        }
     }
 }
 
@@ -262,6 +276,18 @@ fn route(state: &ApiState, req: &Request, body: &[u8], client: IpAddr) -> Result
         ["api", "blocked", email] => match method {
             "DELETE" => unblock(state, req, email),
             _ => wrong("DELETE"),
+        },
+        ["metrics"] => match method {
+            "GET" | "HEAD" => Ok(super::status::metrics(state)),
+            _ => wrong("GET"),
+        },
+        ["dashboard"] => match method {
+            "GET" | "HEAD" => Ok(super::status::dashboard()),
+            _ => wrong("GET"),
+        },
+        ["api", "status"] => match method {
+            "GET" => super::status::status(state, &authenticate(state, req)?),
+            _ => wrong("GET"),
         },
         _ => Err(ApiError::NotFound(format!("no such API endpoint: {path} (see docs/api.md)"))),
     }

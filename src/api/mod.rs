@@ -6,6 +6,7 @@
 
 pub mod handlers;
 pub mod json;
+pub mod status;
 pub mod throttle;
 
 use std::io::{self, Write};
@@ -250,14 +251,21 @@ pub fn reason(status: u16) -> &'static str {
 
 /// Writes `reply` as JSON; `head_only` leaves the body out (an answer to HEAD) but keeps its length.
 fn write_reply(stream: &mut TcpStream, reply: &Reply, keep_alive: bool, head_only: bool) -> io::Result<()> {
-    let body = serde_json::to_vec_pretty(&reply.body).unwrap_or_else(|_| b"{}".to_vec());
+    let (media_type, body) = match &reply.raw {
+        Some((media_type, bytes)) => (*media_type, bytes.clone()),
+        None => {
+            let mut body = serde_json::to_vec_pretty(&reply.body).unwrap_or_else(|_| b"{}".to_vec());
+            body.push(b'\n');
+            ("application/json", body)
+        }
+    };
     let mut out = Vec::with_capacity(body.len() + 256);
     write!(
         out,
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\n",
+        "HTTP/1.1 {} {}\r\nContent-Type: {media_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n",
         reply.status,
         reason(reply.status),
-        body.len() + 1
+        body.len()
     )?;
     for (name, value) in &reply.headers {
         write!(out, "{name}: {value}\r\n")?;
@@ -265,7 +273,6 @@ fn write_reply(stream: &mut TcpStream, reply: &Reply, keep_alive: bool, head_onl
     out.extend_from_slice(if keep_alive { b"Connection: keep-alive\r\n\r\n" } else { b"Connection: close\r\n\r\n" });
     if !head_only {
         out.extend_from_slice(&body);
-        out.push(b'\n');
     }
     stream.write_all(&out)
 }
