@@ -298,6 +298,8 @@ pub struct ApiObserver {
     probe: OnceLock<Probe>,
     /// 401 answers of the API: wrong passwords and missing, expired or invalid tokens.
     pub auth_failures: AtomicU64,
+    /// `metrics_bind` is set: the API port answers `/metrics` with 404.
+    pub metrics_elsewhere: std::sync::atomic::AtomicBool,
 }
 
 impl ApiObserver {

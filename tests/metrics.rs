@@ -156,3 +156,15 @@ fn dashboard_is_one_self_contained_page() {
     assert!(!page.contains("http://") && !page.contains("https://") && !page.contains("//cdn"), "external resource");
     assert!(pibl.shutdown());
 }
+
+#[test]
+fn metrics_bind_moves_metrics_to_a_loopback_listener() {
+    let db = TempDb::new("metrics-bind");
+    let config = Config { metrics_bind: Some("127.0.0.1:0".parse().unwrap()), ..api_config(&[], &db) };
+    let pibl = start_pibl(config, Clock::system());
+    let metrics = pibl.metrics_addr().expect("a metrics listener");
+    assert!(scrape(metrics).contains("pibl_build_info{version="));
+    assert_eq!(get(metrics, "/api/status").status, 404, "the metrics port serves nothing else");
+    assert_eq!(get(pibl.api_addr(), "/metrics").status, 404, "and the API port no longer serves /metrics");
+    assert!(pibl.shutdown());
+}

@@ -278,7 +278,7 @@ fn route(state: &ApiState, req: &Request, body: &[u8], client: IpAddr) -> Result
             _ => wrong("DELETE"),
         },
         ["metrics"] => match method {
-            "GET" | "HEAD" => Ok(super::status::metrics(state)),
+            "GET" | "HEAD" => super::status::metrics_on_api(state),
             _ => wrong("GET"),
         },
         ["dashboard"] => match method {

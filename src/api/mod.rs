@@ -6,6 +6,7 @@
 
 pub mod handlers;
 pub mod json;
+pub mod scrape;
 pub mod status;
 pub mod throttle;
 

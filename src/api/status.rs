@@ -22,6 +22,14 @@ pub fn dashboard() -> Reply {
     Reply::raw("text/html; charset=utf-8", DASHBOARD.as_bytes().to_vec())
 }
 
+/// `GET /metrics` on the API port, unless `metrics_bind` moved it to its own listener.
+pub fn metrics_on_api(state: &ApiState) -> Result<Reply, ApiError> {
+    match state.observe.metrics_elsewhere.load(Ordering::Relaxed) {
+        true => Err(ApiError::NotFound("/metrics is served on the metrics_bind address".into())),
+        false => Ok(metrics(state)),
+    }
+}
+
 /// `GET /metrics`: the Prometheus text format. Unauthenticated, as scrapers expect; it names routes,
 /// apps and backends but no users, keys or addresses of clients.
 pub fn metrics(state: &ApiState) -> Reply {
