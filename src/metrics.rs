@@ -189,7 +189,14 @@ impl RouteMetrics {
 #[derive(Debug, Default)]
 pub struct Metrics {
     routes: RwLock<HashMap<String, Arc<RouteMetrics>>>,
-    upstream: RwLock<HashMap<String, Arc<Histogram>>>,
+    upstream: RwLock<HashMap<String, Arc<BackendMetrics>>>,
+}
+
+/// Timings of one backend (by name, so they outlive reloads that rebuild the pools).
+#[derive(Debug, Default)]
+pub struct BackendMetrics {
+    connect: Histogram,
+    response: Histogram,
 }
 
 /// Runs `f` on the entry for `key`, creating it the first time (the only allocation).
@@ -229,7 +236,12 @@ impl Metrics {
 
     /// Time from sending a request to a backend until its response head arrived.
     pub fn observe_upstream(&self, backend: &str, elapsed: Duration) {
-        with_entry(&self.upstream, backend, |h| h.observe(elapsed));
+        with_entry(&self.upstream, backend, |m| m.response.observe(elapsed));
+    }
+
+    /// Time to open a new connection to a backend.
+    pub fn observe_connect(&self, backend: &str, elapsed: Duration) {
+        with_entry(&self.upstream, backend, |m| m.connect.observe(elapsed));
     }
 
     /// Every route's counters, by name.
@@ -239,7 +251,7 @@ impl Metrics {
         all
     }
 
-    fn upstreams(&self) -> Vec<(String, Arc<Histogram>)> {
+    fn upstreams(&self) -> Vec<(String, Arc<BackendMetrics>)> {
         let mut all: Vec<_> = self.upstream.read().iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
@@ -393,8 +405,13 @@ pub fn render(s: &Scrape<'_>) -> String {
         "histogram",
         "Time from sending a request to a backend to its response head.",
     );
-    for (backend, h) in s.metrics.upstreams() {
-        histogram(o, "pibl_upstream_response_seconds", &format!("backend=\"{}\"", label(&backend)), &h);
+    let upstreams = s.metrics.upstreams();
+    for (backend, m) in &upstreams {
+        histogram(o, "pibl_upstream_response_seconds", &format!("backend=\"{}\"", label(backend)), &m.response);
+    }
+    family(o, "pibl_upstream_connect_seconds", "histogram", "Time to open a new connection to a backend.");
+    for (backend, m) in &upstreams {
+        histogram(o, "pibl_upstream_connect_seconds", &format!("backend=\"{}\"", label(backend)), &m.connect);
     }
     family(o, "pibl_backend_up", "gauge", "1 when the backend is in rotation (healthy, not cooling down).");
     for b in s.backends {
@@ -499,6 +516,7 @@ mod tests {
         metrics.record("default", 502, Duration::from_secs(20), None, 0);
         metrics.record("api", 401, Duration::from_micros(10), Some(Rejection::AuthFailed), 0);
         metrics.observe_upstream("127.0.0.1:9", Duration::from_millis(40));
+        metrics.observe_connect("127.0.0.1:9", Duration::from_micros(300));
         let cache = cache::Stats::default();
         cache.hits.store(7, Ordering::Relaxed);
         let backends = [BackendState {
@@ -539,6 +557,8 @@ mod tests {
             "pibl_auth_failures_total{source=\"api\"} 4",
             "pibl_upstream_response_seconds_bucket{backend=\"127.0.0.1:9\",le=\"0.025\"} 0",
             "pibl_upstream_response_seconds_bucket{backend=\"127.0.0.1:9\",le=\"0.05\"} 1",
+            "pibl_upstream_connect_seconds_bucket{backend=\"127.0.0.1:9\",le=\"0.001\"} 1",
+            "pibl_upstream_connect_seconds_count{backend=\"127.0.0.1:9\"} 1",
             "pibl_backend_up{pool=\"default\",backend=\"127.0.0.1:9\"} 0",
             "pibl_backend_in_flight{pool=\"default\",backend=\"127.0.0.1:9\"} 2",
             "pibl_cache_hits_total 7",

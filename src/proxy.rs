@@ -245,7 +245,12 @@ pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Requ
         });
     }
     let route = gateway.route(req.target()).map(|r| r.config.name.as_str());
-    let label = metrics::route_label(app.as_ref().map(|a| a.name.as_str()), route);
+    // A refused request never reached the app lookup; find its app so its owner sees the refusal.
+    let refused_app = match (&app, route, rejection) {
+        (None, None, Some(_)) => shared.router.lookup(req.target()).map(|m| m.app),
+        _ => None,
+    };
+    let label = metrics::route_label(app.as_ref().or(refused_app.as_ref()).map(|a| a.name.as_str()), route);
     let now_secs = metrics::unix_secs(shared.clock.system_now());
     shared.metrics.record(label, status, started.elapsed(), rejection, now_secs);
     if let Some(app) = &app {
@@ -305,12 +310,14 @@ fn forward_to_backends(
         loop {
             let (mut stream, reused) = match attempt.take() {
                 Some(pair) => pair,
-                None => match backend.connect(config.connect_timeout, config.backend_timeout) {
-                    Ok(stream) => {
+                // The tuple takes the start time before connecting (left to right).
+                None => match (Instant::now(), backend.connect(config.connect_timeout, config.backend_timeout)) {
+                    (connecting, Ok(stream)) => {
+                        shared.metrics.observe_connect(&backend.name, connecting.elapsed());
                         backend.mark_up();
                         (stream, false)
                     }
-                    Err(e) => {
+                    (_, Err(e)) => {
                         log::warn!("backend {} is down for {:?}: {e}", backend.name, config.backend_cooldown);
                         backend.mark_down(Instant::now(), config.backend_cooldown);
                         break;

@@ -82,6 +82,8 @@ fn metrics_and_status_follow_real_traffic() {
     ] {
         assert!(has_line(&text, &line), "missing {line:?} in:\n{text}");
     }
+    let connects = format!("pibl_upstream_connect_seconds_count{{backend=\"{a}\"}} ");
+    assert!(text.lines().any(|l| l.starts_with(&connects) && !l.ends_with(" 0")), "{text}");
     // Failed logins count as auth failures; five in a row block the account.
     let _user = register_and_login(api_addr, "eve@pibl.test");
     for _ in 0..5 {
