@@ -49,6 +49,8 @@ pub struct Shared {
     pub access_log: AccessLog,
     /// Counters and histograms for `/metrics` and the dashboard.
     pub metrics: Metrics,
+    /// A clone of the workers' queue, only ever asked its length.
+    ready: Receiver<Conn>,
     shutdown: AtomicBool,
     conns: Arc<ConnLimit>,
     per_ip: Arc<PerIpLimit>,
@@ -68,6 +70,11 @@ impl Shared {
     pub fn stats(&self) -> Stats {
         Stats { open_connections: self.conns.open(), parked_connections: self.parker.len() }
     }
+
+    /// Connections waiting for a worker.
+    pub fn queue_depth(&self) -> usize {
+        self.ready.len()
+    }
 }
 
 /// A handle on a running server's state for metrics and status pages. It holds the state weakly,
@@ -75,19 +82,12 @@ impl Shared {
 #[derive(Clone)]
 pub struct Probe {
     shared: Weak<Shared>,
-    /// A clone of the workers' queue, only ever asked its length.
-    ready: Receiver<Conn>,
 }
 
 impl Probe {
     /// The server's state, unless it has stopped.
     pub fn shared(&self) -> Option<Arc<Shared>> {
         self.shared.upgrade()
-    }
-
-    /// Connections waiting for a worker.
-    pub fn queue_depth(&self) -> usize {
-        self.ready.len()
     }
 }
 
@@ -100,7 +100,6 @@ pub struct Server {
     refresher: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
     worker_done: Receiver<()>,
-    ready: Receiver<Conn>,
 }
 
 /// Live figures about a server, for tests and status pages.
@@ -140,6 +139,9 @@ impl Server {
         });
         // Refreshes wait in a short queue; when it is full the entry is simply refreshed later.
         let (refresh_tx, refresh_rx) = crossbeam_channel::bounded(64);
+        // Every open connection is in at most one place, so a queue of max_conn never blocks the
+        // parker; the acceptor waits for a free slot before it accepts.
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Conn>(config.max_conn + 1);
         let shared = Arc::new(Shared {
             gateway: RwLock::new(Arc::new(Gateway::new(&config))),
             router,
@@ -149,15 +151,13 @@ impl Server {
             clock: OffsetClock::default(),
             access_log: AccessLog::start(&config).map_err(io::Error::other)?,
             metrics: Metrics::default(),
+            ready: ready_rx.clone(),
             shutdown: AtomicBool::new(false),
             conns: Arc::new(ConnLimit::default()),
             per_ip: Arc::new(PerIpLimit::default()),
             parker: Parker::new()?,
             config,
         });
-        // Every open connection is in at most one place, so a queue of max_conn never blocks the
-        // parker; the acceptor waits for a free slot before it accepts.
-        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Conn>(shared.config.max_conn + 1);
         let (done_tx, worker_done) = crossbeam_channel::unbounded();
         shared.metrics.prepare(&shared.config);
 
@@ -201,7 +201,6 @@ impl Server {
             refresher,
             workers,
             worker_done,
-            ready: ready_rx,
         })
     }
 
@@ -274,7 +273,7 @@ impl Server {
 
     /// A handle for metrics and status pages.
     pub fn probe(&self) -> Probe {
-        Probe { shared: Arc::downgrade(&self.shared), ready: self.ready.clone() }
+        Probe { shared: Arc::downgrade(&self.shared) }
     }
 
     /// Stops accepting, closes idle connections, lets in-flight requests finish for up to

@@ -152,6 +152,7 @@ fn dashboard_is_one_self_contained_page() {
     let res = get(pibl.api_addr(), "/dashboard");
     assert_eq!(res.status, 200);
     assert_eq!(res.header("content-type"), Some("text/html; charset=utf-8"));
+    assert!(res.header("content-security-policy").is_some_and(|csp| csp.starts_with("default-src 'none'")));
     let page = res.text();
     assert!(page.contains("/api/status") && page.contains("/api/auth") && page.contains("sessionStorage"));
     // Nothing is fetched from elsewhere: no external scripts, styles or fonts.

@@ -19,7 +19,16 @@ const RECENT_SLOTS: usize = 6;
 
 /// `GET /dashboard`.
 pub fn dashboard() -> Reply {
-    Reply::raw("text/html; charset=utf-8", DASHBOARD.as_bytes().to_vec())
+    let mut reply = Reply::raw("text/html; charset=utf-8", DASHBOARD.as_bytes().to_vec());
+    // The browser enforces what the page promises: it loads nothing and talks only to this origin.
+    reply.headers.push((
+        "Content-Security-Policy",
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; \
+         base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+            .into(),
+    ));
+    reply.headers.push(("X-Content-Type-Options", "nosniff".into()));
+    reply
 }
 
 /// `GET /metrics` on the API port, unless `metrics_bind` moved it to its own listener.
@@ -36,7 +45,6 @@ pub fn metrics(state: &ApiState) -> Reply {
     let Some(shared) = state.observe.probe().and_then(|p| p.shared()) else {
         return ApiError::Request(503, "the proxy is not running".into()).reply();
     };
-    let queue_depth = state.observe.probe().map_or(0, |p| p.queue_depth());
     let backends = metrics::backend_states(&shared, Instant::now());
     // A failed count is logged and scraped as 0 rather than failing the whole scrape.
     let locked_accounts = state.store.blocked_list(state.clock.now_ms()).map(|l| l.len()).unwrap_or_else(|e| {
@@ -50,7 +58,7 @@ pub fn metrics(state: &ApiState) -> Reply {
         cache: shared.cache.as_ref().map(|c| &c.stats),
         open_connections: stats.open_connections,
         parked_connections: stats.parked_connections,
-        queue_depth,
+        queue_depth: shared.queue_depth(),
         api_auth_failures: state.observe.auth_failures.load(Ordering::Relaxed),
         locked_accounts,
     });
@@ -178,7 +186,7 @@ pub fn status(state: &ApiState, user: &User) -> Result<Reply, ApiError> {
         true => json!({
             "active": stats.open_connections.saturating_sub(stats.parked_connections),
             "parked": stats.parked_connections,
-            "queue": state.observe.probe().map_or(0, |p| p.queue_depth()),
+            "queue": shared.queue_depth(),
         }),
         false => Value::Null,
     };
