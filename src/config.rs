@@ -98,6 +98,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `api_bind`: address the management API listens on.
     pub api_bind: IpAddr,
+    /// `metrics_bind`: a loopback address and port serving only `/metrics`; `None` = on the API port.
+    pub metrics_bind: Option<SocketAddr>,
     /// `jwt_secret`: HS256 signing secret; empty = a random one kept in the database.
     pub jwt_secret: String,
     /// `jwt_ttl`: lifetime of an access token.
@@ -154,6 +156,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             routes: Vec::new(),
             api_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            metrics_bind: None,
             jwt_secret: String::new(),
             jwt_ttl: Duration::from_secs(300),
             admins: Vec::new(),
@@ -823,6 +826,13 @@ const LAYOUT: &[Entry] = &[
         render: |c| c.api_bind.to_string(),
     }),
     Entry::Key(KeySpec {
+        name: "metrics_bind",
+        help: "Loopback address:port that serves only GET /metrics (e.g. 127.0.0.1:9100), away from\n\
+               the API. Empty = /metrics is served on the API port.",
+        apply: |c, v| parse_metrics_bind(v).map(|x| c.metrics_bind = x),
+        render: |c| c.metrics_bind.map(|a| a.to_string()).unwrap_or_default(),
+    }),
+    Entry::Key(KeySpec {
         name: "jwt_secret",
         help: "Secret that signs access tokens (HS256). Empty = a random secret made on first start\n\
                and kept in the database.",
@@ -1030,6 +1040,22 @@ fn parse_bind(v: &str) -> Result<IpAddr, String> {
         return Err(format!("{v:?} includes a port: write only the address here and the port in `port`"));
     }
     Err(format!("{v:?} is not an IP address (e.g. 0.0.0.0, 127.0.0.1 or ::)"))
+}
+
+/// `metrics_bind`: empty, or a loopback `address:port`, so the metrics never face the network.
+fn parse_metrics_bind(v: &str) -> Result<Option<SocketAddr>, String> {
+    let t = v.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    let addr: SocketAddr =
+        t.parse().map_err(|_| format!("{v:?} is not an address:port (e.g. 127.0.0.1:9100 or [::1]:9100)"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{v:?} is not a loopback address: metrics_bind only listens on this machine (127.0.0.1 or ::1)"
+        ));
+    }
+    Ok(Some(addr))
 }
 
 fn parse_database(v: &str) -> Result<PathBuf, String> {
@@ -1473,6 +1499,10 @@ mod tests {
         assert!(parse_database("  ").is_err());
         assert_eq!(parse_admins(" a@b.c, ,d@e.f "), Ok(vec!["a@b.c".to_string(), "d@e.f".to_string()]));
         assert!(parse_admins("root").is_err());
+        assert_eq!(parse_metrics_bind(" "), Ok(None));
+        assert_eq!(parse_metrics_bind("127.0.0.1:9100"), Ok(Some("127.0.0.1:9100".parse().unwrap())));
+        assert!(parse_metrics_bind("0.0.0.0:9100").unwrap_err().contains("loopback"));
+        assert!(parse_metrics_bind("127.0.0.1").is_err());
         assert_eq!(parse_health_path(" "), Ok(String::new()));
         assert_eq!(parse_health_path("/status"), Ok("/status".to_string()));
         assert!(parse_health_path("status").is_err());
@@ -1576,6 +1606,7 @@ mod tests {
             trusted_proxies: parse_nets("127.0.0.1").unwrap(),
             routes: Vec::new(),
             api_bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            metrics_bind: Some("[::1]:9100".parse().unwrap()),
             jwt_secret: "s3cret-value".to_string(),
             jwt_ttl: Duration::from_millis(1500),
             admins: vec!["root@example.com".to_string(), "ops@example.org".to_string()],

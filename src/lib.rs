@@ -20,6 +20,7 @@ pub mod health;
 pub mod http;
 pub mod lockout;
 pub mod logging;
+pub mod metrics;
 pub mod offset_clock;
 pub mod parker;
 pub mod proxy;

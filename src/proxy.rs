@@ -24,6 +24,7 @@ use crate::http::body::{self, BodyError, Encoding, Source};
 use crate::http::request::Request;
 use crate::http::response::{self, Response, MAX_RESPONSE_HEAD};
 use crate::http::{reason, Framing};
+use crate::metrics;
 use crate::proxy_cache::{self, CachePlan};
 use crate::routing::AppRoute;
 use crate::server::Shared;
@@ -193,6 +194,10 @@ pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Requ
             _ => forward(shared, scratch, conn, &req, &dispatch, None),
         },
     };
+    let rejection = match &result {
+        Err((ForwardError::Refused(refusal), _)) => metrics::Rejection::of(refusal),
+        _ => None,
+    };
     let (status, backend, outcome) = match result {
         Ok((status, backend, outcome)) => (status, backend, outcome),
         Err((e, backend)) => {
@@ -244,6 +249,15 @@ pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Requ
             user_agent: req.header("user-agent"),
         });
     }
+    let route = gateway.route(req.target()).map(|r| r.config.name.as_str());
+    // A refused request never reached the app lookup; find its app so its owner sees the refusal.
+    let refused_app = match (&app, route, rejection) {
+        (None, None, Some(_)) => shared.router.lookup(req.target()).map(|m| m.app),
+        _ => None,
+    };
+    let label = metrics::route_label(app.as_ref().or(refused_app.as_ref()).map(|a| a.name.as_str()), route);
+    let now_secs = metrics::unix_secs(shared.clock.system_now());
+    shared.metrics.record(label, status, started.elapsed(), rejection, now_secs);
     if let Some(app) = &app {
         shared.router.log_request(app, conn.peer.ip(), &req, status, backend, started.elapsed());
     }
@@ -301,12 +315,14 @@ fn forward_to_backends(
         loop {
             let (mut stream, reused) = match attempt.take() {
                 Some(pair) => pair,
-                None => match backend.connect(config.connect_timeout, config.backend_timeout) {
-                    Ok(stream) => {
+                // The tuple takes the start time before connecting (left to right).
+                None => match (Instant::now(), backend.connect(config.connect_timeout, config.backend_timeout)) {
+                    (connecting, Ok(stream)) => {
+                        shared.metrics.observe_connect(&backend.name, connecting.elapsed());
                         backend.mark_up();
                         (stream, false)
                     }
-                    Err(e) => {
+                    (_, Err(e)) => {
                         log::warn!("backend {} is down for {:?}: {e}", backend.name, config.backend_cooldown);
                         backend.mark_down(Instant::now(), config.backend_cooldown);
                         break;
@@ -314,7 +330,11 @@ fn forward_to_backends(
                 },
             };
             let in_flight = InFlight::enter(backend);
+            let sent = Instant::now();
             let exchanged = exchange(shared, scratch, conn, req, &mut stream, reused);
+            if exchanged.is_ok() {
+                shared.metrics.observe_upstream(&backend.name, sent.elapsed());
+            }
             let result = match exchanged {
                 Ok(res) => Ok(relay(shared, scratch, conn, req, res, backend, in_flight, stream, plan.as_deref_mut())),
                 Err(AttemptError::Stale) => Err(None),

@@ -19,6 +19,7 @@ use std::thread::{self, JoinHandle};
 
 use crossbeam_channel::{RecvTimeoutError, Sender};
 
+use crate::api::scrape::MetricsListener;
 use crate::api::throttle::Throttle;
 use crate::api::{ApiServer, ApiState};
 use crate::applog::LogWriter;
@@ -67,6 +68,7 @@ pub struct Pibl {
     logs: LogWriter,
     lockout: Lockout,
     purger: Purger,
+    metrics: Option<MetricsListener>,
 }
 
 impl Pibl {
@@ -118,6 +120,13 @@ impl Pibl {
             .reload(|| store.all_apps())
             .map_err(|source| StartError::Store { path: path.display().to_string(), source })?;
 
+        // Bound before the proxy starts, so a taken port fails the start instead of losing the metrics.
+        let metrics_listener = match config.metrics_bind {
+            Some(addr) => {
+                Some(TcpListener::bind(addr).map_err(io_err(&format!("cannot listen on {addr} (metrics_bind)")))?)
+            }
+            None => None,
+        };
         let (health_interval, purge_interval) = (config.health_interval, config.purge_interval);
         let default_path = Some(config.health_path.clone()).filter(|p| !p.is_empty());
         let (auth_rate, admins, access_log) = (config.auth_rate, config.admins.clone(), config.access_log);
@@ -133,13 +142,23 @@ impl Pibl {
             admins: admins.iter().map(|a| a.to_lowercase()).collect(),
             access_log,
             cache: server.cache_handle(),
+            observe: Default::default(),
         });
+        state.observe.attach(server.probe());
+        state.observe.metrics_elsewhere.store(metrics_listener.is_some(), std::sync::atomic::Ordering::Relaxed);
         let targets = Targets { router, pools: Box::new(server.health_targets(default_path)) };
         let health =
             HealthChecker::start(targets, health_interval, clock).map_err(io_err("cannot start the health checker"))?;
         let api = ApiServer::start(api, Arc::clone(&state)).map_err(io_err("cannot start the API"))?;
         let purger = Purger::start(Arc::clone(&state), purge_interval).map_err(io_err("cannot start the purger"))?;
-        Ok(Pibl { server, api, state, health, logs, lockout, purger })
+        let metrics = match metrics_listener {
+            Some(listener) => Some(
+                MetricsListener::start(listener, Arc::clone(&state))
+                    .map_err(io_err("cannot start the metrics listener"))?,
+            ),
+            None => None,
+        };
+        Ok(Pibl { server, api, state, health, logs, lockout, purger, metrics })
     }
 
     /// The data plane: its cache, clock, access log and reload.
@@ -157,6 +176,11 @@ impl Pibl {
         self.api.local_addr()
     }
 
+    /// Where `/metrics` is served when `metrics_bind` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsListener::local_addr)
+    }
+
     /// The API's shared state (store, router), for tests and tools.
     pub fn state(&self) -> &Arc<ApiState> {
         &self.state
@@ -167,6 +191,9 @@ impl Pibl {
     /// finished in time.
     pub fn shutdown(self) -> bool {
         self.api.shutdown();
+        if let Some(metrics) = self.metrics {
+            metrics.shutdown();
+        }
         self.purger.shutdown();
         let clean = self.server.shutdown();
         self.health.shutdown();

@@ -12,7 +12,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::conn::{Conn, ConnLimit, PerIpLimit};
 use crate::gateway::Gateway;
 use crate::http::request::{self, Limits};
+use crate::metrics::Metrics;
 use crate::offset_clock::OffsetClock;
 use crate::parker::Parker;
 use crate::proxy::{self, Outcome, Scratch};
@@ -49,6 +50,10 @@ pub struct Shared {
     /// Background refreshes of stale cache entries.
     pub refresh_tx: Option<Sender<RefreshJob>>,
     pub access_log: AccessLog,
+    /// Counters and histograms for `/metrics` and the dashboard.
+    pub metrics: Metrics,
+    /// A clone of the workers' queue, only ever asked its length.
+    ready: Receiver<Conn>,
     shutdown: AtomicBool,
     conns: Arc<ConnLimit>,
     per_ip: Arc<PerIpLimit>,
@@ -63,6 +68,29 @@ impl Shared {
 
     pub fn is_shutting_down(&self) -> bool {
         self.shutdown.load(Ordering::Acquire)
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats { open_connections: self.conns.open(), parked_connections: self.parker.len() }
+    }
+
+    /// Connections waiting for a worker.
+    pub fn queue_depth(&self) -> usize {
+        self.ready.len()
+    }
+}
+
+/// A handle on a running server's state for metrics and status pages. It holds the state weakly,
+/// so a probe kept by the API never keeps a stopped server alive.
+#[derive(Clone)]
+pub struct Probe {
+    shared: Weak<Shared>,
+}
+
+impl Probe {
+    /// The server's state, unless it has stopped.
+    pub fn shared(&self) -> Option<Arc<Shared>> {
+        self.shared.upgrade()
     }
 }
 
@@ -119,6 +147,9 @@ impl Server {
         });
         // Refreshes wait in a short queue; when it is full the entry is simply refreshed later.
         let (refresh_tx, refresh_rx) = crossbeam_channel::bounded(64);
+        // Every open connection is in at most one place, so a queue of max_conn never blocks the
+        // parker; the acceptor waits for a free slot before it accepts.
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Conn>(config.max_conn + 1);
         let shared = Arc::new(Shared {
             gateway: RwLock::new(Arc::new(Gateway::new(&config))),
             router,
@@ -128,16 +159,16 @@ impl Server {
             cache,
             clock: OffsetClock::default(),
             access_log: AccessLog::start(&config).map_err(io::Error::other)?,
+            metrics: Metrics::default(),
+            ready: ready_rx.clone(),
             shutdown: AtomicBool::new(false),
             conns: Arc::new(ConnLimit::default()),
             per_ip: Arc::new(PerIpLimit::default()),
             parker: Parker::new()?,
             config,
         });
-        // Every open connection is in at most one place, so a queue of max_conn never blocks the
-        // parker; the acceptor waits for a free slot before it accepts.
-        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Conn>(shared.config.max_conn + 1);
         let (done_tx, worker_done) = crossbeam_channel::unbounded();
+        shared.metrics.prepare(&shared.config);
 
         let mut workers = Vec::with_capacity(shared.config.threads);
         for i in 0..shared.config.threads {
@@ -223,6 +254,7 @@ impl Server {
             }
         }
         *self.shared.gateway.write() = Arc::new(Gateway::new(config));
+        self.shared.metrics.prepare(config);
         log::info!("reload: {} route(s), {} default backend(s)", config.routes.len(), config.backends.len());
     }
 
@@ -250,7 +282,12 @@ impl Server {
     }
 
     pub fn stats(&self) -> Stats {
-        Stats { open_connections: self.shared.conns.open(), parked_connections: self.shared.parker.len() }
+        self.shared.stats()
+    }
+
+    /// A handle for metrics and status pages.
+    pub fn probe(&self) -> Probe {
+        Probe { shared: Arc::downgrade(&self.shared) }
     }
 
     /// Stops accepting, closes idle connections, lets in-flight requests finish for up to

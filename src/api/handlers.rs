@@ -35,7 +35,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/blocked"),
     ("DELETE", "/api/blocked/{email}"),
     ("DELETE", "/api/cache"),
+    ("GET", "/api/status"),
     ("GET", "/api/openapi.yaml"),
+    ("GET", "/metrics"),
+    ("GET", "/dashboard"),
 ];
 
 /// The API's description, served at `GET /api/openapi.yaml`; embedded so the binary needs no file.
@@ -60,6 +63,8 @@ pub struct ApiState {
     pub access_log: bool,
     /// The data plane's response cache, for `DELETE /api/cache` (`None` when `ttl` is 0).
     pub cache: Option<Arc<Cache>>,
+    /// The data plane's figures for `/metrics` and `/api/status`, and the API's own counters.
+    pub observe: crate::metrics::ApiObserver,
 }
 
 impl ApiState {
@@ -94,7 +99,8 @@ pub struct Reply {
     pub status: u16,
     pub body: Value,
     pub headers: Vec<(&'static str, String)>,
-    pub raw: Option<(&'static str, &'static str)>,
+    /// A body that is not JSON (`/metrics`, `/dashboard`): its media type and bytes, sent instead of `body`.
+    pub raw: Option<(&'static str, Vec<u8>)>,
 }
 
 impl Reply {
@@ -104,7 +110,12 @@ impl Reply {
 
     /// A 200 with a fixed document that is not JSON (the OpenAPI description).
     pub fn document(content_type: &'static str, text: &'static str) -> Reply {
-        Reply { raw: Some((content_type, text)), ..Reply::json(200, Value::Null) }
+        Reply::raw(content_type, text.as_bytes().to_vec())
+    }
+
+    /// A 200 answer with a body of `media_type`.
+    pub fn raw(media_type: &'static str, bytes: Vec<u8>) -> Reply {
+        Reply { raw: Some((media_type, bytes)), ..Reply::json(200, Value::Null) }
     }
 }
 
@@ -241,7 +252,12 @@ type Result<T> = std::result::Result<T, ApiError>;
 pub fn handle(state: &ApiState, req: &Request, body: &[u8], client: IpAddr) -> Reply {
     match route(state, req, body, client) {
         Ok(reply) => reply,
-        Err(e) => e.reply(),
+        Err(e) => {
+            if e.status() == 401 {
+                state.observe.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            e.reply()
+        }
     }
 }
 
@@ -300,6 +316,18 @@ fn route(state: &ApiState, req: &Request, body: &[u8], client: IpAddr) -> Result
         ["api", "blocked", email] => match method {
             "DELETE" => unblock(state, req, email),
             _ => wrong("DELETE"),
+        },
+        ["metrics"] => match method {
+            "GET" => super::status::metrics_on_api(state),
+            _ => wrong("GET"),
+        },
+        ["dashboard"] => match method {
+            "GET" => Ok(super::status::dashboard()),
+            _ => wrong("GET"),
+        },
+        ["api", "status"] => match method {
+            "GET" => super::status::status(state, &authenticate(state, req)?),
+            _ => wrong("GET"),
         },
         // No auth: the description of the API is public, like the docs.
         ["api", "openapi.yaml"] => match method {
@@ -703,6 +731,7 @@ mod tests {
                 admins: Vec::new(),
                 access_log: false,
                 cache: None,
+                observe: Default::default(),
             };
             TestState(state, path)
         }
@@ -750,7 +779,7 @@ mod tests {
             }
         }
         // Paths outside the table are not routed.
-        for path in ["/api", "/api/apps/x/y", "/api/apps/x/endpoints", "/api/openapi.json", "/metrics"] {
+        for path in ["/api", "/api/apps/x/y", "/api/apps/x/endpoints", "/api/openapi.json", "/metrics/x"] {
             assert_eq!(call(&state.0, "GET", path).status, 404, "{path}");
         }
         // A coarse tripwire against an arm added to `route` but not to ROUTES: `route`'s slice
@@ -765,7 +794,7 @@ mod tests {
     fn openapi_is_served_as_yaml_without_auth() {
         let state = TestState::new("openapi");
         let reply = call(&state.0, "GET", "/api/openapi.yaml");
-        assert_eq!((reply.status, reply.raw), (200, Some(("application/yaml", OPENAPI_YAML))));
+        assert_eq!((reply.status, reply.raw), (200, Some(("application/yaml", OPENAPI_YAML.as_bytes().to_vec()))));
         assert!(OPENAPI_YAML.starts_with("openapi: 3.1"), "the embedded file is the spec");
     }
 

@@ -6,9 +6,10 @@
 
 pub mod handlers;
 pub mod json;
+pub mod scrape;
+pub mod status;
 pub mod throttle;
 
-use std::borrow::Cow;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
@@ -252,19 +253,18 @@ pub fn reason(status: u16) -> &'static str {
 /// Writes `reply` as JSON (or its fixed document, `raw`); `head_only` leaves the body out (an answer
 /// to HEAD) but keeps its length.
 fn write_reply(stream: &mut TcpStream, reply: &Reply, keep_alive: bool, head_only: bool) -> io::Result<()> {
-    let (content_type, body): (&str, Cow<'_, [u8]>) = match reply.raw {
-        Some((content_type, text)) => (content_type, Cow::Borrowed(text.as_bytes())),
+    let (media_type, body) = match &reply.raw {
+        Some((media_type, bytes)) => (*media_type, bytes.clone()),
         None => {
-            // Pretty JSON ends with a newline, as curl users expect.
-            let mut json = serde_json::to_vec_pretty(&reply.body).unwrap_or_else(|_| b"{}".to_vec());
-            json.push(b'\n');
-            ("application/json", Cow::Owned(json))
+            let mut body = serde_json::to_vec_pretty(&reply.body).unwrap_or_else(|_| b"{}".to_vec());
+            body.push(b'\n');
+            ("application/json", body)
         }
     };
     let mut out = Vec::with_capacity(body.len() + 256);
     write!(
         out,
-        "HTTP/1.1 {} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n",
+        "HTTP/1.1 {} {}\r\nContent-Type: {media_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n",
         reply.status,
         reason(reply.status),
         body.len()

@@ -449,6 +449,23 @@ impl Cache {
         removed
     }
 
+    /// The `n` most recently used keys with the body bytes of their newest variant, most recent
+    /// first. Locks each shard in turn, so it is for status pages, never the request path.
+    pub fn top_keys(&self, n: usize) -> Vec<(String, usize)> {
+        let mut found: Vec<(u64, String, usize)> = Vec::new();
+        for shard in &self.shards {
+            let shard = shard.lock();
+            for (tick, (key, id)) in shard.lru.iter().rev().take(n) {
+                let size =
+                    shard.entries.get(key).and_then(|l| l.iter().find(|e| e.id == *id)).map_or(0, |e| e.body.len());
+                found.push((*tick, key.clone(), size));
+            }
+        }
+        found.sort_by_key(|e| std::cmp::Reverse(e.0));
+        let mut seen = std::collections::HashSet::new();
+        found.into_iter().filter(|(_, key, _)| seen.insert(key.clone())).take(n).map(|(_, k, s)| (k, s)).collect()
+    }
+
     /// Removes everything.
     pub fn purge_all(&self) -> usize {
         self.purge_matching(|_| true)
@@ -532,6 +549,18 @@ mod tests {
     fn head_is_prebuilt_without_hop_by_hop_fields() {
         let e = entry(3, Vec::new(), Instant::now());
         assert_eq!(e.head, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n");
+    }
+
+    #[test]
+    fn top_keys_are_the_most_recently_used() {
+        let cache = Cache::new(Limits { max_bytes: 1 << 20, max_object_bytes: 1 << 16 });
+        let now = Instant::now();
+        for i in 0..5 {
+            assert!(cache.insert(&format!("h /{i}"), entry(10 + i, Vec::new(), now)));
+        }
+        assert!(cache.lookup("h /1", &|_| None).is_some());
+        let top = cache.top_keys(3);
+        assert_eq!(top, vec![("h /1".to_string(), 11), ("h /4".to_string(), 14), ("h /3".to_string(), 13)]);
     }
 
     #[test]

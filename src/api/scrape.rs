@@ -1,0 +1,77 @@
+//! The `metrics_bind` listener: a loopback-only port that answers `GET /metrics` and nothing else, so Prometheus can scrape while the API port stays closed to it.
+//!
+//! One thread serves one connection at a time, one request each (`Connection: close`): scrapers
+//! come every few seconds, and the head read is bounded by the API's limits and timeouts.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use super::handlers::{ApiError, ApiState};
+use super::{read_head, status, write_reply, REQUEST_TIMEOUT};
+use crate::buffer::ReadBuf;
+
+/// The running metrics listener.
+pub struct MetricsListener {
+    local_addr: SocketAddr,
+    shutdown: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl MetricsListener {
+    /// Serves `/metrics` of `state` on an already bound listener.
+    pub fn start(listener: TcpListener, state: Arc<ApiState>) -> io::Result<MetricsListener> {
+        let local_addr = listener.local_addr()?;
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&shutdown);
+        let handle = thread::Builder::new().name("pibl-metrics".into()).spawn(move || {
+            for conn in listener.incoming() {
+                if flag.load(Ordering::Acquire) {
+                    break;
+                }
+                match conn {
+                    Ok(stream) => serve(stream, &state, &flag),
+                    Err(e) => {
+                        log::warn!("metrics: accept failed: {e}");
+                        thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            }
+        })?;
+        Ok(MetricsListener { local_addr, shutdown, handle: Some(handle) })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting and waits for the thread.
+    pub fn shutdown(mut self) {
+        self.shutdown.store(true, Ordering::Release);
+        // accept() has no timeout: a connection to ourselves wakes it (the address is loopback).
+        let _ = TcpStream::connect_timeout(&self.local_addr, Duration::from_secs(1));
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn serve(mut stream: TcpStream, state: &ApiState, shutdown: &AtomicBool) {
+    if stream.set_write_timeout(Some(REQUEST_TIMEOUT)).is_err() {
+        return;
+    }
+    let mut buf = ReadBuf::new();
+    let reply = match read_head(&mut stream, &mut buf, shutdown) {
+        Ok(None) => return,
+        Err(e) => ApiError::from_request(e).reply(),
+        Ok(Some(req)) => match (req.method(), req.target().split('?').next()) {
+            ("GET" | "HEAD", Some("/metrics")) => status::metrics(state),
+            (_, Some("/metrics")) => ApiError::MethodNotAllowed("GET").reply(),
+            _ => ApiError::NotFound("this port serves only GET /metrics".into()).reply(),
+        },
+    };
+    let _ = write_reply(&mut stream, &reply, false, false);
+}
