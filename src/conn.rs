@@ -2,26 +2,15 @@
 //! the bytes read but not yet used, its deadlines, and its slot under `max_conn`.
 
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use rustix::event::{poll, PollFd, PollFlags, Timespec};
-use rustix::net::{recv, send, RecvFlags, SendFlags};
 
 use crate::buffer::ReadBuf;
-
-/// Reads that return at once with what is there (`EAGAIN`, i.e. `WouldBlock`, when nothing is).
-struct DontWait<'a>(&'a TcpStream);
-
-impl Read for DontWait<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        recv(self.0, buf, RecvFlags::DONTWAIT).map(|(n, _)| n).map_err(io::Error::from)
-    }
-}
 
 /// Counts open client connections against `max_conn` and lets the acceptor wait for a free slot.
 #[derive(Debug, Default)]
@@ -118,6 +107,7 @@ pub struct Conn {
     pub idle_since: Instant,
     /// Requests served on this connection.
     pub served: u64,
+    nonblocking: bool,
     _slot: ConnSlot,
     _ip_slot: Option<IpSlot>,
 }
@@ -131,29 +121,20 @@ impl Conn {
             head_started: Some(now),
             idle_since: now,
             served: 0,
+            nonblocking: false,
             _slot: slot,
             _ip_slot: ip_slot,
         }
     }
 
-    /// Reads what has already arrived, without waiting (`MSG_DONTWAIT`). The socket itself stays
-    /// blocking, bounded by its timeouts, for the phases where a request is in flight, so moving
-    /// between the two costs no `fcntl` per request.
-    pub fn read_available(&mut self, step: usize, max: usize) -> io::Result<usize> {
-        self.buf.fill_from(&mut DontWait(&self.stream), step, max)
-    }
-
-    /// Waits up to `wait` for bytes to arrive; false on timeout or error.
-    pub fn wait_readable(&self, wait: Duration) -> bool {
-        let Ok(timeout) = Timespec::try_from(wait) else { return false };
-        let mut fds = [PollFd::new(&self.stream, PollFlags::IN)];
-        matches!(poll(&mut fds, Some(&timeout)), Ok(n) if n > 0)
-    }
-
-    /// Sends `bytes` if the socket can take them now; never blocks (for a parting 408 to a client
-    /// that may not be reading).
-    pub fn send_now(&self, bytes: &[u8]) {
-        let _ = send(&self.stream, bytes, SendFlags::DONTWAIT | SendFlags::NOSIGNAL);
+    /// Switches between non-blocking reads (waiting for a head, never holding a worker) and blocking
+    /// I/O bounded by the socket timeouts (while a request is in flight).
+    pub fn set_nonblocking(&mut self, on: bool) -> io::Result<()> {
+        if self.nonblocking != on {
+            self.stream.set_nonblocking(on)?;
+            self.nonblocking = on;
+        }
+        Ok(())
     }
 
     /// When this connection must be closed if no complete head has arrived.

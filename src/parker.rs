@@ -3,6 +3,7 @@
 //! connections go back on the ready queue; connections past their deadline are closed.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -104,11 +105,12 @@ impl Parker {
             let keys: Vec<usize> = parked.iter().filter(|(_, p)| p.deadline <= now).map(|(k, _)| *k).collect();
             expired.extend(keys.into_iter().filter_map(|k| self.unpark(k, &mut parked)));
         }
-        for conn in expired {
+        for mut conn in expired {
             if !conn.buf.is_empty() {
                 log::debug!("closing {}: request head not complete within header_timeout", conn.peer);
-                // Without waiting: a client that sends this slowly may not be reading either.
-                conn.send_now(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+                let _ = conn
+                    .stream
+                    .write_all(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
             }
         }
     }

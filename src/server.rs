@@ -401,11 +401,6 @@ fn worker_loop(shared: &Shared, ready: &Receiver<Conn>) {
     }
 }
 
-/// How long a worker waits on its own keep-alive connection for the next request while no other
-/// connection is queued: a busy client's next request is usually microseconds away, and waiting
-/// here is cheaper than a round trip through the parker (an epoll registration and two hand-offs).
-const LINGER: Duration = Duration::from_millis(1);
-
 /// Serves requests on `conn` until it must wait for bytes (then it is parked) or is closed.
 fn serve(shared: &Shared, scratch: &mut Scratch, mut conn: Conn) {
     let config = &shared.config;
@@ -414,6 +409,9 @@ fn serve(shared: &Shared, scratch: &mut Scratch, mut conn: Conn) {
             match request::parse(conn.buf.filled(), &shared.limits) {
                 Ok(Some((req, head_len))) => {
                     conn.buf.consume(head_len);
+                    if conn.set_nonblocking(false).is_err() {
+                        return;
+                    }
                     let outcome = proxy::handle(shared, scratch, &mut conn, req);
                     conn.served += 1;
                     conn.head_started = None;
@@ -426,7 +424,9 @@ fn serve(shared: &Shared, scratch: &mut Scratch, mut conn: Conn) {
                 Ok(None) => {}
                 Err(e) => {
                     log::info!("{}: {e}", conn.peer);
-                    let _ = proxy::write_error(&mut conn.stream, e.status(), &e.to_string(), false, false);
+                    if conn.set_nonblocking(false).is_ok() {
+                        let _ = proxy::write_error(&mut conn.stream, e.status(), &e.to_string(), false, false);
+                    }
                     return;
                 }
             }
@@ -434,7 +434,10 @@ fn serve(shared: &Shared, scratch: &mut Scratch, mut conn: Conn) {
         if shared.is_shutting_down() && conn.buf.is_empty() {
             return;
         }
-        match conn.read_available(config.buffer_size, config.max_header_bytes) {
+        if conn.set_nonblocking(true).is_err() {
+            return;
+        }
+        match conn.buf.fill_from(&mut conn.stream, config.buffer_size, config.max_header_bytes) {
             Ok(0) => return,
             Ok(_) => {
                 conn.head_started.get_or_insert_with(Instant::now);
@@ -444,19 +447,19 @@ fn serve(shared: &Shared, scratch: &mut Scratch, mut conn: Conn) {
                 let now = Instant::now();
                 let deadline = conn.deadline(config.header_timeout, config.keepalive_timeout);
                 if now >= deadline {
-                    if !conn.buf.is_empty() {
-                        conn.send_now(
-                            b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+                    if !conn.buf.is_empty() && conn.set_nonblocking(false).is_ok() {
+                        let _ = proxy::write_error(
+                            &mut conn.stream,
+                            408,
+                            "request head not complete in time",
+                            false,
+                            false,
                         );
                     }
                     return;
                 }
                 if shared.is_shutting_down() {
                     return;
-                }
-                let between_requests = conn.buf.is_empty() && conn.served > 0;
-                if between_requests && shared.queue_depth() == 0 && conn.wait_readable(LINGER) {
-                    continue;
                 }
                 shared.parker.park(conn, deadline);
                 return;
