@@ -15,7 +15,7 @@ use crate::buffer::{ReadBuf, WriteBatch};
 use crate::config::{AuthUrl, BackendAddr};
 use crate::http::body::{self, Encoding, Source};
 use crate::http::request::Request;
-use crate::http::response::{self, MAX_RESPONSE_HEAD};
+use crate::http::response::{self, ReadHeadError};
 
 /// Largest auth answer body read (and dropped) to keep the connection reusable.
 const MAX_AUTH_BODY: u64 = 64 * 1024;
@@ -137,32 +137,21 @@ impl AuthChecker {
             return Err(Stale);
         }
         let mut buf = ReadBuf::new();
-        let res = loop {
-            if !buf.is_empty() {
-                match response::parse(buf.filled(), false) {
-                    Ok(Some((res, len))) if res.is_informational() => buf.consume(len),
-                    Ok(Some((res, len))) => {
-                        buf.consume(len);
-                        break res;
-                    }
-                    Ok(None) => {}
-                    Err(e) => return Ok(AuthDecision::Failed(format!("auth server: {e}"))),
-                }
+        let res = match response::read_head(&mut buf, &mut stream, 4096, false) {
+            Ok(res) => res,
+            Err(ReadHeadError::Invalid(e)) => return Ok(AuthDecision::Failed(format!("auth server: {e}"))),
+            Err(ReadHeadError::Io { error, .. })
+                if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+            {
+                return Ok(AuthDecision::Unavailable(format!(
+                    "auth server did not answer within {:?}",
+                    self.io_timeout
+                )))
             }
-            match buf.fill_from(&mut stream, 4096, MAX_RESPONSE_HEAD) {
-                Ok(0) if buf.is_empty() => return Err(Stale),
-                Ok(0) => return Ok(AuthDecision::Unavailable("auth server closed mid-answer".into())),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                    return Ok(AuthDecision::Unavailable(format!(
-                        "auth server did not answer within {:?}",
-                        self.io_timeout
-                    )))
-                }
-                Err(_) if buf.is_empty() => return Err(Stale),
-                Err(e) => return Ok(AuthDecision::Unavailable(format!("auth server: {e}"))),
+            Err(ReadHeadError::Closed { before_any_byte: true } | ReadHeadError::Io { before_any_byte: true, .. }) => {
+                return Err(Stale)
             }
+            Err(e) => return Ok(AuthDecision::Unavailable(format!("auth server {e}"))),
         };
         let decision = match res.status {
             200..=299 => AuthDecision::Allow(res.header("x-auth-user").map(<[u8]>::to_vec)),

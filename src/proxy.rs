@@ -22,7 +22,7 @@ use crate::conn::Conn;
 use crate::gateway::{Gateway, Refusal};
 use crate::http::body::{self, BodyError, Encoding, Source};
 use crate::http::request::Request;
-use crate::http::response::{self, Response, MAX_RESPONSE_HEAD};
+use crate::http::response::{self, ReadHeadError, Response};
 use crate::http::{reason, Framing};
 use crate::metrics;
 use crate::proxy_cache::{self, CachePlan};
@@ -389,52 +389,19 @@ fn exchange(
     }
 
     scratch.upstream_buf.clear();
-    loop {
-        if !scratch.upstream_buf.is_empty() {
-            match response::parse(scratch.upstream_buf.filled(), req.is_head()) {
-                Ok(Some((res, len))) if res.status == 101 => {
-                    let _ = len;
-                    return Err(AttemptError::Fatal(ForwardError::Upstream(
-                        "backend switched protocols, which pibl does not relay".into(),
-                    )));
-                }
-                Ok(Some((res, len))) if res.is_informational() => {
-                    scratch.upstream_buf.consume(len);
-                    continue;
-                }
-                Ok(Some((res, len))) => {
-                    scratch.upstream_buf.consume(len);
-                    return Ok(res);
-                }
-                Ok(None) => {}
-                Err(e) => return Err(AttemptError::Fatal(ForwardError::Upstream(e.to_string()))),
-            }
+    let replayable = !req.framing.has_body();
+    match response::read_head(&mut scratch.upstream_buf, stream, upstream_read_step(config), req.is_head()) {
+        Ok(res) if res.status == 101 => Err(AttemptError::Fatal(ForwardError::Upstream(
+            "backend switched protocols, which pibl does not relay".into(),
+        ))),
+        Ok(res) => Ok(res),
+        Err(ReadHeadError::Io { error, .. }) if is_timeout(&error) => {
+            Err(AttemptError::Fatal(ForwardError::Timeout(format!("no response within {:?}", config.backend_timeout))))
         }
-        let nothing_yet = scratch.upstream_buf.is_empty();
-        match scratch.upstream_buf.fill_from(stream, upstream_read_step(config), MAX_RESPONSE_HEAD) {
-            Ok(0) if nothing_yet && !req.framing.has_body() => {
-                return Err(stale_or(ForwardError::Upstream("backend closed the connection without answering".into())))
-            }
-            Ok(0) => {
-                return Err(AttemptError::Fatal(ForwardError::Upstream(
-                    "backend closed the connection mid-response".into(),
-                )))
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if is_timeout(&e) => {
-                return Err(AttemptError::Fatal(ForwardError::Timeout(format!(
-                    "no response within {:?}",
-                    config.backend_timeout
-                ))))
-            }
-            Err(e) if nothing_yet && !req.framing.has_body() => {
-                return Err(stale_or(ForwardError::Upstream(format!("reading the response failed: {e}"))))
-            }
-            Err(e) => {
-                return Err(AttemptError::Fatal(ForwardError::Upstream(format!("reading the response failed: {e}"))))
-            }
-        }
+        Err(
+            e @ (ReadHeadError::Closed { before_any_byte: true } | ReadHeadError::Io { before_any_byte: true, .. }),
+        ) if replayable => Err(stale_or(ForwardError::Upstream(format!("backend {e}")))),
+        Err(e) => Err(AttemptError::Fatal(ForwardError::Upstream(format!("backend {e}")))),
     }
 }
 

@@ -17,7 +17,7 @@ use crate::cache::{response_facts, vary_names, Cache, Entry, Join, VaryValues, P
 use crate::conn::Conn;
 use crate::http::body::{self, Encoding, Source, Tee};
 use crate::http::request::Request;
-use crate::http::response::{self, Response, MAX_RESPONSE_HEAD};
+use crate::http::response::{self, Response};
 use crate::http::{trim, Framing};
 use crate::proxy::Upstream;
 use crate::proxy::{self, Dispatch, ForwardError, Forwarded, Outcome, Scratch};
@@ -399,21 +399,7 @@ fn refresh(shared: &Shared, cache: &Cache, scratch: &mut Scratch, job: &RefreshJ
     stream.write_all(&head).map_err(|e| e.to_string())?;
     let buf = scratch.upstream_buf_mut();
     buf.clear();
-    let res = loop {
-        if !buf.is_empty() {
-            match response::parse(buf.filled(), false).map_err(|e| e.to_string())? {
-                Some((res, len)) if res.is_informational() => buf.consume(len),
-                Some((res, len)) => {
-                    buf.consume(len);
-                    break res;
-                }
-                None => {}
-            }
-        }
-        if buf.fill_from(&mut stream, config.buffer_size, MAX_RESPONSE_HEAD).map_err(|e| e.to_string())? == 0 {
-            return Err("backend closed the connection".into());
-        }
-    };
+    let res = response::read_head(buf, &mut stream, config.buffer_size, false).map_err(|e| e.to_string())?;
     if res.status == 304 {
         refresh_from_304(shared, &plan, entry, &res);
     } else {

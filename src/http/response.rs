@@ -2,10 +2,12 @@
 //! backend connection can be reused afterwards.
 
 use std::fmt;
+use std::io::{self, Read};
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use super::{parse_content_length, tokens, ConnectionOptions, Framing};
+use crate::buffer::ReadBuf;
 
 /// Most header fields accepted from a backend.
 const MAX_RESPONSE_HEADERS: usize = 256;
@@ -63,6 +65,61 @@ impl Response {
     /// 1xx answers precede the final response.
     pub fn is_informational(&self) -> bool {
         (100..200).contains(&self.status)
+    }
+}
+
+/// Why no final response head could be read from a backend.
+#[derive(Debug)]
+pub enum ReadHeadError {
+    /// The peer closed the connection; `before_any_byte` when it sent nothing at all (a pooled
+    /// connection it had already closed).
+    Closed { before_any_byte: bool },
+    /// Reading failed or timed out (`WouldBlock`/`TimedOut` kinds are the socket timeout).
+    Io { error: io::Error, before_any_byte: bool },
+    /// What arrived is not a valid response head.
+    Invalid(ResponseError),
+}
+
+impl fmt::Display for ReadHeadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadHeadError::Closed { before_any_byte: true } => f.write_str("closed the connection without answering"),
+            ReadHeadError::Closed { before_any_byte: false } => f.write_str("closed the connection mid-response"),
+            ReadHeadError::Io { error, .. } => write!(f, "reading the response failed: {error}"),
+            ReadHeadError::Invalid(e) => e.fmt(f),
+        }
+    }
+}
+
+/// Reads from `src` into `buf` (`step` bytes at a time) until a final response head is complete and
+/// consumes it; interim 1xx answers are skipped, except 101, which is final.
+pub fn read_head<R: Read>(
+    buf: &mut ReadBuf,
+    src: &mut R,
+    step: usize,
+    request_was_head: bool,
+) -> Result<Response, ReadHeadError> {
+    loop {
+        if !buf.is_empty() {
+            match parse(buf.filled(), request_was_head) {
+                Ok(Some((res, len))) => {
+                    buf.consume(len);
+                    if res.is_informational() && res.status != 101 {
+                        continue;
+                    }
+                    return Ok(res);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(ReadHeadError::Invalid(e)),
+            }
+        }
+        let before_any_byte = buf.is_empty();
+        match buf.fill_from(src, step, MAX_RESPONSE_HEAD) {
+            Ok(0) => return Err(ReadHeadError::Closed { before_any_byte }),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(ReadHeadError::Io { error, before_any_byte }),
+        }
     }
 }
 
