@@ -19,7 +19,7 @@ use crate::buffer::{ReadBuf, WriteBatch};
 use crate::cache::Entry;
 use crate::config::RouteAuth;
 use crate::conn::Conn;
-use crate::gateway::{Gateway, Refusal};
+use crate::gateway::{Gateway, Refusal, Route};
 use crate::http::body::{self, BodyError, Encoding, Source};
 use crate::http::request::Request;
 use crate::http::response::{self, ReadHeadError, Response};
@@ -183,7 +183,8 @@ pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Requ
     scratch.body_bytes = 0;
     let gateway = shared.gateway();
     let client = gateway.client_ip(conn.peer.ip(), &req);
-    let admitted = admit(shared, &gateway, client, &req);
+    let route = gateway.route(req.target());
+    let admitted = admit(shared, &gateway, route, client, &req);
     let app = admitted.as_ref().ok().and_then(|d| d.upstream.app()).cloned();
     let result = match admitted {
         Err(refusal) => Err((ForwardError::Refused(refusal), None)),
@@ -249,7 +250,7 @@ pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Requ
             user_agent: req.header("user-agent"),
         });
     }
-    let route = gateway.route(req.target()).map(|r| r.config.name.as_str());
+    let route = route.map(|r| r.config.name.as_str());
     // A refused request never reached the app lookup; find its app so its owner sees the refusal.
     let refused_app = match (&app, route, rejection) {
         (None, None, Some(_)) => shared.router.lookup(req.target()).map(|m| m.app),
@@ -555,9 +556,14 @@ fn push_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 
 /// Runs the gateway's checks in order — deny/allow, rate limits, hidden auth endpoints, the route's
 /// authentication — and decides where the request goes.
-fn admit<'r>(shared: &Shared, gateway: &Gateway, client: IpAddr, req: &'r Request) -> Result<Dispatch<'r>, Refusal> {
+fn admit<'r>(
+    shared: &Shared,
+    gateway: &Gateway,
+    route: Option<&Arc<Route>>,
+    client: IpAddr,
+    req: &'r Request,
+) -> Result<Dispatch<'r>, Refusal> {
     let now = shared.clock.now();
-    let route = gateway.route(req.target());
     gateway.admit(client, route.map(|r| &**r), now)?;
     let (upstream, target) = match route {
         // No configured route: an app of the management API owns `/<appid>/...`, else the default pool.
