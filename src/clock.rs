@@ -1,44 +1,36 @@
-//! Wall-clock time for everything in the management plane that expires or is stored (tokens,
-//! lock-outs, throttles, log timestamps): the system clock in production, a clock that tests set
-//! and advance, so nothing has to sleep to age state.
+//! The one clock of a running pibl: real time plus an offset that tests advance, so anything that
+//! expires (tokens, lock-outs, throttles, cache freshness, cool-downs, rate-limit buckets) can be
+//! aged without sleeping. Made once at start-up and passed to both planes, so a JWT issued by the API
+//! is checked on `auth = jwt` routes against the same time. Socket deadlines are not read from it:
+//! those are the kernel's time, and a test never needs to age them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Milliseconds since the Unix epoch, from the system or set by hand.
-#[derive(Debug, Clone)]
-pub struct Clock(Arc<Source>);
-
-#[derive(Debug)]
-enum Source {
-    System,
-    Manual(AtomicU64),
-}
+/// Monotonic and wall-clock time, both shifted by the same offset. Clones share the offset.
+#[derive(Debug, Clone, Default)]
+pub struct Clock(Arc<AtomicU64>);
 
 impl Clock {
-    /// The system's real-time clock.
+    /// The system's clock, with no offset until [`Clock::advance`] moves it.
     pub fn system() -> Clock {
-        Clock(Arc::new(Source::System))
+        Clock::default()
     }
 
-    /// A clock that stands still at `start_ms` until [`Clock::advance`] or [`Clock::set`] moves it.
-    /// Copies share the same time.
-    pub fn manual(start_ms: u64) -> Clock {
-        Clock(Arc::new(Source::Manual(AtomicU64::new(start_ms))))
+    /// Monotonic now, for deadlines and durations.
+    pub fn now(&self) -> Instant {
+        Instant::now() + self.offset()
     }
 
-    /// A manual clock starting at the current system time.
-    pub fn manual_now() -> Clock {
-        Clock::manual(system_ms())
+    /// Wall-clock now, for HTTP dates (`Date`, `Expires`, `Last-Modified`) and stored timestamps.
+    pub fn wall(&self) -> SystemTime {
+        SystemTime::now() + self.offset()
     }
 
     /// Now, in milliseconds since the Unix epoch.
     pub fn now_ms(&self) -> u64 {
-        match &*self.0 {
-            Source::System => system_ms(),
-            Source::Manual(ms) => ms.load(Ordering::SeqCst),
-        }
+        epoch_ms(self.wall())
     }
 
     /// Now, in whole seconds since the Unix epoch (JWT's `iat`, `nbf`, `exp`).
@@ -46,24 +38,19 @@ impl Clock {
         self.now_ms() / 1000
     }
 
-    /// Moves a manual clock forward; the system clock ignores it.
+    /// Moves time forward for everything that reads this clock or a clone of it.
     pub fn advance(&self, by: Duration) {
-        if let Source::Manual(ms) = &*self.0 {
-            ms.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
-        }
+        self.0.fetch_add(by.as_nanos() as u64, Ordering::Relaxed);
     }
 
-    /// Sets a manual clock; the system clock ignores it.
-    pub fn set(&self, to_ms: u64) {
-        if let Source::Manual(ms) = &*self.0 {
-            ms.store(to_ms, Ordering::SeqCst);
-        }
+    fn offset(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
     }
 }
 
-/// The system clock in milliseconds since the Unix epoch (0 if it is set before 1970).
-pub fn system_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+/// Milliseconds since the Unix epoch (0 for a time before 1970).
+fn epoch_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Formats milliseconds since the epoch as RFC 3339 in UTC, e.g. `2026-11-23T12:33:12.042Z`.
@@ -103,14 +90,13 @@ mod tests {
     }
 
     #[test]
-    fn manual_clock_moves_only_when_told() {
-        let clock = Clock::manual(1_000);
+    fn advancing_moves_every_clone_and_both_kinds_of_time() {
+        let clock = Clock::system();
         let copy = clock.clone();
-        assert_eq!(clock.now_ms(), 1_000);
-        copy.advance(Duration::from_secs(2));
-        assert_eq!((clock.now_ms(), clock.now_secs()), (3_000, 3));
-        clock.set(10);
-        assert_eq!(copy.now_ms(), 10);
+        let (mono, wall) = (clock.now(), clock.now_ms());
+        copy.advance(Duration::from_secs(3600));
+        assert!(clock.now() >= mono + Duration::from_secs(3600));
+        assert!(clock.now_ms() >= wall + 3_600_000);
         assert!(Clock::system().now_secs() > 1_700_000_000);
     }
 }

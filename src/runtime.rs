@@ -22,15 +22,15 @@ use crossbeam_channel::{RecvTimeoutError, Sender};
 use crate::api::scrape::MetricsListener;
 use crate::api::throttle::Throttle;
 use crate::api::{ApiServer, ApiState};
-use crate::applog::LogWriter;
-use crate::auth::{self, Tokens};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::health::{HealthChecker, Targets};
-use crate::lockout::Lockout;
-use crate::routing::Router;
 use crate::server::Server;
+use crate::store::applog::LogWriter;
+use crate::store::credentials::{self, Tokens};
+use crate::store::lockout::Lockout;
 use crate::store::{Durability, Store, StoreError};
+use crate::upstream::apps::Router;
+use crate::upstream::health::{HealthChecker, Targets};
 
 /// Why pibl could not start.
 #[derive(Debug)]
@@ -40,7 +40,7 @@ pub enum StartError {
     /// The database could not be opened or migrated.
     Store { path: String, source: StoreError },
     /// No random JWT secret could be made.
-    Secret(auth::HashError),
+    Secret(credentials::HashError),
 }
 
 impl fmt::Display for StartError {
@@ -92,7 +92,7 @@ impl Pibl {
         let secret = if config.jwt_secret.is_empty() {
             let mut failure = None;
             let secret = store
-                .setting_or_insert("jwt_secret", || match auth::new_secret() {
+                .setting_or_insert("jwt_secret", || match credentials::new_secret() {
                     Ok(s) => s,
                     Err(e) => {
                         failure = Some(e);
@@ -108,7 +108,7 @@ impl Pibl {
             config.jwt_secret.clone()
         };
 
-        let router = Arc::new(Router::new(config.backend_pool_size));
+        let router = Arc::new(Router::new(config.backend_pool_size, clock.clone()));
         let logs = LogWriter::start(open(Durability::Normal)?).map_err(io_err("cannot start the log writer"))?;
         router.set_log_sink(logs.sender());
         let lockout = Lockout::start(open(Durability::Full)?, config.lockout_secs, clock.clone())
@@ -130,8 +130,9 @@ impl Pibl {
         let (health_interval, purge_interval) = (config.health_interval, config.purge_interval);
         let default_path = Some(config.health_path.clone()).filter(|p| !p.is_empty());
         let (auth_rate, admins, access_log) = (config.auth_rate, config.admins.clone(), config.access_log);
-        let server = Server::start_with_router(proxy, config, Arc::clone(&router), Some(Arc::clone(&tokens)))
-            .map_err(io_err("cannot start the proxy"))?;
+        let server =
+            Server::start_with_router(proxy, config, Arc::clone(&router), Some(Arc::clone(&tokens)), clock.clone())
+                .map_err(io_err("cannot start the proxy"))?;
         let state = Arc::new(ApiState {
             store,
             tokens,

@@ -199,7 +199,7 @@ fn deleting_a_user_cascades_to_apps_endpoints_and_logs() {
     let alpha = app_backend("alpha", up());
     let default = TestBackend::named("default");
     let db = TempDb::new("cascade");
-    let clock = Clock::manual_now();
+    let clock = Clock::system();
     let pibl = start_pibl(api_config(&[default.addr], &db), clock.clone());
     let addr = pibl.api_addr();
     let token = register_and_login(addr, "leaver@x.io");

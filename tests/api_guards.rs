@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use pibl::auth::Tokens;
 use pibl::clock::Clock;
+use pibl::store::credentials::Tokens;
 use serde_json::Value;
 
 fn start(name: &str, clock: &Clock, tweak: impl FnOnce(&mut pibl::Config)) -> (pibl::Pibl, TempDb) {
@@ -35,7 +35,7 @@ fn blocked(addr: SocketAddr, admin: &str) -> Value {
 
 #[test]
 fn five_failures_lock_an_address_until_unblocked_or_expired() {
-    let clock = Clock::manual_now();
+    let clock = Clock::system();
     let (pibl, _db) = start("lockout", &clock, |c| c.lockout_secs = Duration::from_secs(900));
     let addr = pibl.api_addr();
     let admin = register_and_login(addr, ADMIN);
@@ -77,7 +77,7 @@ fn five_failures_lock_an_address_until_unblocked_or_expired() {
 
 #[test]
 fn credential_endpoints_are_throttled_per_client_address() {
-    let clock = Clock::manual_now();
+    let clock = Clock::system();
     let (pibl, _db) = start("throttle", &clock, |c| c.auth_rate = 3);
     let addr = pibl.api_addr();
     let creds = r#"{"email":"someone@x.io","password":"whatever"}"#;
@@ -97,7 +97,7 @@ fn credential_endpoints_are_throttled_per_client_address() {
 
 #[test]
 fn expired_forged_and_malformed_tokens_are_refused() {
-    let clock = Clock::manual_now();
+    let clock = Clock::system();
     let (pibl, _db) = start("tokens", &clock, |c| c.jwt_ttl = Duration::from_secs(300));
     let addr = pibl.api_addr();
     let token = register_and_login(addr, "holder@x.io");
@@ -151,7 +151,7 @@ fn raw(method: &str, path: &str, token: Option<&str>, content_type: Option<&str>
 
 #[test]
 fn every_schema_violation_is_a_400_naming_its_fields() {
-    let clock = Clock::manual_now();
+    let clock = Clock::system();
     let backend = TestBackend::named("b");
     let (pibl, _db) = start("schema", &clock, |_| {});
     let addr = pibl.api_addr();
@@ -239,7 +239,7 @@ fn every_schema_violation_is_a_400_naming_its_fields() {
 
 #[test]
 fn http_level_mistakes_get_json_errors_and_keep_alive_works() {
-    let clock = Clock::manual_now();
+    let clock = Clock::system();
     let (pibl, _db) = start("http", &clock, |_| {});
     let addr = pibl.api_addr();
 

@@ -11,13 +11,13 @@ use crossbeam_channel::Sender;
 use serde_json::{json, Value};
 
 use super::json::{self as schema, BodyError, FieldError};
-use crate::auth::{self, Tokens};
 use crate::cache::Cache;
 use crate::clock::{rfc3339, Clock};
 use crate::http::request::{Request, RequestError};
-use crate::lockout::LoginEvent;
-use crate::routing::{resolve, Router};
+use crate::store::credentials::{self, Tokens};
+use crate::store::lockout::LoginEvent;
 use crate::store::{self, AddEndpoint, Endpoint, LogEntry, Removal, Store, StoreError, User};
+use crate::upstream::apps::{resolve, Router};
 
 /// Every (method, path template) that [`route`] answers, as `docs/openapi.yaml` writes them. The
 /// spec is tested against this table (`tests/openapi.rs`), and `route` against it (the unit test
@@ -64,7 +64,7 @@ pub struct ApiState {
     /// The data plane's response cache, for `DELETE /api/cache` (`None` when `ttl` is 0).
     pub cache: Option<Arc<Cache>>,
     /// The data plane's figures for `/metrics` and `/api/status`, and the API's own counters.
-    pub observe: crate::metrics::ApiObserver,
+    pub observe: crate::observe::metrics::ApiObserver,
 }
 
 impl ApiState {
@@ -229,8 +229,8 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl From<auth::HashError> for ApiError {
-    fn from(e: auth::HashError) -> Self {
+impl From<credentials::HashError> for ApiError {
+    fn from(e: credentials::HashError) -> Self {
         log::error!("api: {e}");
         ApiError::Internal
     }
@@ -361,7 +361,7 @@ fn authenticate(state: &ApiState, req: &Request) -> Result<User> {
     const HOW: &str =
         "send the header `Authorization: JWT <token>` (or `Bearer <token>`) with a token from POST /api/auth";
     let value = req.header("authorization").ok_or_else(|| ApiError::Unauthorized(format!("missing token: {HOW}")))?;
-    let token = auth::token_from_header(value)
+    let token = credentials::token_from_header(value)
         .ok_or_else(|| ApiError::Unauthorized(format!("unsupported Authorization scheme: {HOW}")))?;
     let claims =
         state.tokens.verify(token, state.clock.now_secs()).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
@@ -390,9 +390,9 @@ fn check_credentials(state: &ApiState, creds: &schema::Credentials) -> Result<Us
     }
     let user = state.store.user(&creds.email)?;
     let ok = match &user {
-        Some(user) => auth::verify_password(&creds.password, &user.password_hash),
+        Some(user) => credentials::verify_password(&creds.password, &user.password_hash),
         None => {
-            auth::verify_dummy(&creds.password);
+            credentials::verify_dummy(&creds.password);
             false
         }
     };
@@ -411,7 +411,7 @@ fn check_credentials(state: &ApiState, creds: &schema::Credentials) -> Result<Us
 
 fn register(state: &ApiState, req: &Request, body: &[u8]) -> Result<Reply> {
     let creds = schema::credentials(json_body(req, body)?)?;
-    let hash = auth::hash_password(&creds.password)?;
+    let hash = credentials::hash_password(&creds.password)?;
     match state.store.create_user(&creds.email, &hash, state.clock.now_ms())? {
         Some(user) => {
             log::info!("api: user {} registered", user.email);
@@ -724,7 +724,7 @@ mod tests {
             let state = ApiState {
                 store,
                 tokens: Arc::new(Tokens::new(b"unit-test-secret", 300)),
-                router: Arc::new(Router::new(4)),
+                router: Arc::new(Router::new(4, Clock::system())),
                 lockout: crossbeam_channel::unbounded().0,
                 throttle: super::super::throttle::Throttle::new(0),
                 clock: Clock::system(),

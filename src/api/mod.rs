@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::buffer::{ReadBuf, WriteBatch};
 use crate::http::body::{self, BodyError, Encoding, Source};
+use crate::http::buffer::{ReadBuf, WriteBatch};
 use crate::http::request::{self, Limits, Request, RequestError};
 use crossbeam_channel::{Receiver, Sender};
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::handlers::{ApiError, ApiState};
 use super::{read_head, status, write_reply, REQUEST_TIMEOUT};
-use crate::buffer::ReadBuf;
+use crate::http::buffer::ReadBuf;
 
 /// The running metrics listener.
 pub struct MetricsListener {

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::handlers::{ApiError, ApiState, Reply};
 use crate::clock::rfc3339;
-use crate::metrics::{self, quantile, BackendState, Point, Scrape, BUCKETS, SLOT_SECS};
+use crate::observe::metrics::{self, quantile, BackendState, Point, Scrape, BUCKETS, SLOT_SECS};
 use crate::store::User;
 
 /// The dashboard page; everything it needs (CSS, script, charts) is inside it.
@@ -114,7 +114,7 @@ pub fn status(state: &ApiState, user: &User) -> Result<Reply, ApiError> {
         })
         .collect();
 
-    let now_secs = metrics::unix_secs(shared.clock.system_now());
+    let now_secs = metrics::unix_secs(shared.clock.wall());
     let mut series: Vec<Point> = Vec::new();
     let mut routes = Vec::new();
     let (mut rate_limited, mut denied) = (0, 0);

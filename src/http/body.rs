@@ -5,7 +5,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 use super::Framing;
-use crate::buffer::{ReadBuf, WriteBatch};
+use crate::http::buffer::{ReadBuf, WriteBatch};
 
 /// Longest chunk-size line (with extensions) or trailer line accepted.
 const MAX_LINE: usize = 4096;

@@ -3,6 +3,7 @@
 //! the header rules they share (hop-by-hop fields, token lists).
 
 pub mod body;
+pub mod buffer;
 pub mod request;
 pub mod response;
 

@@ -7,7 +7,7 @@ use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use super::{parse_content_length, tokens, ConnectionOptions, Framing};
-use crate::buffer::ReadBuf;
+use crate::http::buffer::ReadBuf;
 
 /// Most header fields accepted from a backend.
 const MAX_RESPONSE_HEADERS: usize = 256;

@@ -11,16 +11,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use crate::buffer::WriteBatch;
 use crate::cache::policy::{self, CacheControl, Exchange, Freshness, RequestDirectives, Usability};
 use crate::cache::{response_facts, vary_names, Cache, Entry, Join, VaryValues, PASS_TIME};
-use crate::conn::Conn;
 use crate::http::body::{self, Encoding, Source, Tee};
+use crate::http::buffer::WriteBatch;
 use crate::http::request::Request;
 use crate::http::response::{self, Response};
 use crate::http::{trim, Framing};
 use crate::proxy::Upstream;
 use crate::proxy::{self, Dispatch, ForwardError, Forwarded, Outcome, Scratch};
+use crate::server::conn::Conn;
 use crate::server::Shared;
 
 /// The access-log name of answers served from storage.
@@ -114,7 +114,7 @@ pub fn handle(
         store: is_get && !directives.cc.no_store,
         directives,
         stale: None,
-        request_time: shared.clock.system_now(),
+        request_time: shared.clock.wall(),
     };
     if plan.directives.cc.no_store {
         cache.stats.misses.fetch_add(1, Ordering::Relaxed);
@@ -245,7 +245,7 @@ fn storable_answer(
     if matches!(res.framing, Framing::Length(n) if n > limit as u64) {
         return None;
     }
-    let at = Exchange { request_time: plan.request_time, response_time: shared.clock.system_now() };
+    let at = Exchange { request_time: plan.request_time, response_time: shared.clock.wall() };
     let freshness =
         policy::storable(&plan.directives, &response_facts(res.status, res.headers()), shared.config.ttl, at)?;
     let vary = vary_names(res.headers()).into_iter().map(|name| {
@@ -269,7 +269,7 @@ pub fn finish_storing(plan: &CachePlan<'_>, res: &Response, pending: Pending) {
 /// After a 304 to a revalidation: merges its fields into the stored entry and stores the result.
 pub fn refresh_from_304(shared: &Shared, plan: &CachePlan<'_>, stale: &Entry, res: &Response) -> Arc<Entry> {
     let merged = stale.refreshed(res.headers(), stale.freshness.clone(), shared.clock.now());
-    let at = Exchange { request_time: plan.request_time, response_time: shared.clock.system_now() };
+    let at = Exchange { request_time: plan.request_time, response_time: shared.clock.wall() };
     let mut facts = response_facts(merged.status, merged.headers());
     if res.header("date").is_none() {
         // The stored Date is the original generation time; measured from it, the refreshed response
@@ -388,7 +388,7 @@ fn refresh(shared: &Shared, cache: &Cache, scratch: &mut Scratch, job: &RefreshJ
         directives: RequestDirectives::default(),
         stale: Some(Arc::clone(entry)),
         store: true,
-        request_time: shared.clock.system_now(),
+        request_time: shared.clock.wall(),
     };
     let now = std::time::Instant::now();
     let backend = job.upstream.pool().candidates(now, job.client).next().ok_or("no backend is up")?;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use ini::Ini;
 
 mod routes;
-use crate::access_log::{AccessLogFormat, AccessLogTarget};
+use crate::observe::access_log::{AccessLogFormat, AccessLogTarget};
 use routes::{parse_nets, parse_rate, render_nets, render_rate};
 pub use routes::{AuthUrl, Balance, IpNet, RateLimit, RouteAuth, RouteConfig};
 

@@ -3,16 +3,19 @@
 //! else the `ip_serverN` pool), and how the route authenticates it. Built from a `Config` as one
 //! snapshot that a reload swaps whole.
 
+pub mod auth_request;
+pub mod ratelimit;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::auth_request::AuthChecker;
-use crate::backend::Pool;
 use crate::config::{Config, IpNet, RouteAuth, RouteConfig};
+use crate::gateway::auth_request::AuthChecker;
+use crate::gateway::ratelimit::RateLimiter;
 use crate::http::request::Request;
 use crate::http::tokens;
-use crate::ratelimit::RateLimiter;
+use crate::upstream::backend::Pool;
 
 /// One `[route.NAME]` with its live parts.
 pub struct Route {

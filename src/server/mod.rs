@@ -8,6 +8,9 @@
 //!    │              └── parker ◄───┘   (idle keep-alive, or head still arriving)
 //! ```
 
+pub mod conn;
+pub mod parker;
+
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
@@ -19,20 +22,20 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::RwLock;
 
-use crate::access_log::AccessLog;
-use crate::auth::Tokens;
-use crate::backend::Backend;
 use crate::cache::{Cache, Limits as CacheLimits};
+use crate::clock::Clock;
 use crate::config::Config;
-use crate::conn::{Conn, ConnLimit, PerIpLimit};
 use crate::gateway::Gateway;
 use crate::http::request::{self, Limits};
-use crate::metrics::Metrics;
-use crate::offset_clock::OffsetClock;
-use crate::parker::Parker;
+use crate::observe::access_log::AccessLog;
+use crate::observe::metrics::Metrics;
+use crate::proxy::cache_step::{self, RefreshJob};
 use crate::proxy::{self, Outcome, Scratch};
-use crate::proxy_cache::{self, RefreshJob};
-use crate::routing::Router;
+use crate::server::conn::{Conn, ConnLimit, PerIpLimit};
+use crate::server::parker::Parker;
+use crate::store::credentials::Tokens;
+use crate::upstream::apps::Router;
+use crate::upstream::backend::Backend;
 
 /// State every thread of one server shares.
 pub struct Shared {
@@ -46,7 +49,7 @@ pub struct Shared {
     pub limits: Limits,
     /// The response cache; `None` when `ttl` is zero.
     pub cache: Option<Arc<Cache>>,
-    pub clock: OffsetClock,
+    pub clock: Clock,
     /// Background refreshes of stale cache entries.
     pub refresh_tx: Option<Sender<RefreshJob>>,
     pub access_log: AccessLog,
@@ -122,8 +125,9 @@ impl Server {
 
     /// Starts serving on a listener that is already bound (tests bind `127.0.0.1:0`).
     pub fn start_on(listener: TcpListener, config: Config) -> io::Result<Server> {
-        let router = Arc::new(Router::new(config.backend_pool_size));
-        Server::start_with_router(listener, config, router, None)
+        let clock = Clock::system();
+        let router = Arc::new(Router::new(config.backend_pool_size, clock.clone()));
+        Server::start_with_router(listener, config, router, None, clock)
     }
 
     /// Like [`Server::start_on`], routing `/<appid>/...` by `router`, which the management API updates.
@@ -132,6 +136,7 @@ impl Server {
         config: Config,
         router: Arc<Router>,
         tokens: Option<Arc<Tokens>>,
+        clock: Clock,
     ) -> io::Result<Server> {
         let local_addr = listener.local_addr()?;
         let limits = Limits {
@@ -157,7 +162,7 @@ impl Server {
             limits,
             refresh_tx: cache.is_some().then_some(refresh_tx),
             cache,
-            clock: OffsetClock::default(),
+            clock,
             access_log: AccessLog::start(&config).map_err(io::Error::other)?,
             metrics: Metrics::default(),
             ready: ready_rx.clone(),
@@ -190,7 +195,7 @@ impl Server {
                 let shared = Arc::clone(&shared);
                 Some(thread::Builder::new().name("pibl-cache".into()).spawn(move || {
                     if let Some(cache) = &shared.cache {
-                        proxy_cache::run_refresher(&shared, cache, &refresh_rx);
+                        cache_step::run_refresher(&shared, cache, &refresh_rx);
                     }
                 })?)
             }
@@ -218,7 +223,7 @@ impl Server {
     }
 
     /// The clock the server reads; tests advance it to age cached responses.
-    pub fn clock(&self) -> &OffsetClock {
+    pub fn clock(&self) -> &Clock {
         &self.shared.clock
     }
 

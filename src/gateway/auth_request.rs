@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::backend::Backend;
-use crate::buffer::{ReadBuf, WriteBatch};
 use crate::config::{AuthUrl, BackendAddr};
 use crate::http::body::{self, Encoding, Source};
+use crate::http::buffer::{ReadBuf, WriteBatch};
 use crate::http::request::Request;
 use crate::http::response::{self, ReadHeadError};
+use crate::upstream::backend::Backend;
 
 /// Largest auth answer body read (and dropped) to keep the connection reusable.
 const MAX_AUTH_BODY: u64 = 64 * 1024;

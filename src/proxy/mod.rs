@@ -2,6 +2,8 @@
 //! body, relay the response head and body back, and log the exchange. Errors carry who is at fault,
 //! which picks the status code: the client (4xx), a backend (502/504), or pibl itself (500).
 
+pub mod cache_step;
+
 use std::borrow::Cow;
 use std::fmt;
 use std::io::{self, Write};
@@ -11,23 +13,23 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use crate::access_log::AccessRecord;
-use crate::auth;
-use crate::auth_request::AuthDecision;
-use crate::backend::{Backend, InFlight, Pool};
-use crate::buffer::{ReadBuf, WriteBatch};
 use crate::cache::Entry;
 use crate::config::RouteAuth;
-use crate::conn::Conn;
+use crate::gateway::auth_request::AuthDecision;
 use crate::gateway::{Gateway, Refusal, Route};
 use crate::http::body::{self, BodyError, Encoding, Source};
+use crate::http::buffer::{ReadBuf, WriteBatch};
 use crate::http::request::Request;
 use crate::http::response::{self, ReadHeadError, Response};
 use crate::http::{reason, Framing};
-use crate::metrics;
-use crate::proxy_cache::{self, CachePlan};
-use crate::routing::AppRoute;
+use crate::observe::access_log::AccessRecord;
+use crate::observe::metrics;
+use crate::server::conn::Conn;
 use crate::server::Shared;
+use crate::store::credentials;
+use crate::upstream::apps::AppRoute;
+use crate::upstream::backend::{Backend, InFlight, Pool};
+use cache_step::CachePlan;
 
 /// The `Via` pseudonym pibl adds to forwarded requests.
 const VIA_NAME: &str = "pibl";
@@ -190,7 +192,7 @@ pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Requ
         Err(refusal) => Err((ForwardError::Refused(refusal), None)),
         Ok(dispatch) => match &shared.cache {
             Some(cache) if matches!(req.method(), "GET" | "HEAD") => {
-                proxy_cache::handle(shared, cache, scratch, conn, &req, &dispatch)
+                cache_step::handle(shared, cache, scratch, conn, &req, &dispatch)
             }
             _ => forward(shared, scratch, conn, &req, &dispatch, None),
         },
@@ -257,7 +259,7 @@ pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Requ
         _ => None,
     };
     let label = metrics::route_label(app.as_ref().or(refused_app.as_ref()).map(|a| a.name.as_str()), route);
-    let now_secs = metrics::unix_secs(shared.clock.system_now());
+    let now_secs = metrics::unix_secs(shared.clock.wall());
     shared.metrics.record(label, status, started.elapsed(), rejection, now_secs);
     if let Some(app) = &app {
         shared.router.log_request(app, conn.peer.ip(), &req, status, backend, started.elapsed());
@@ -287,7 +289,7 @@ pub fn forward(
             Some(entry) => {
                 log::warn!("{} {}: {e}; answering with the stale stored response", req.method(), req.target());
                 plan.cache.stats.stale.fetch_add(1, Ordering::Relaxed);
-                Ok(proxy_cache::serve_entry(shared, scratch, conn, req, &entry, "STALE"))
+                Ok(cache_step::serve_entry(shared, scratch, conn, req, &entry, "STALE"))
             }
             None => Err((e, backend)),
         },
@@ -425,7 +427,7 @@ fn relay(
     let config = &shared.config;
     if let Some(plan) = plan.as_deref() {
         let answered_from_storage = if res.status == 304 && plan.revalidating().is_some() {
-            plan.stale.as_deref().map(|stale| (proxy_cache::refresh_from_304(shared, plan, stale, &res), "REVALIDATED"))
+            plan.stale.as_deref().map(|stale| (cache_step::refresh_from_304(shared, plan, stale, &res), "REVALIDATED"))
         } else if res.status >= 500 {
             plan.stale_for_error(shared).map(|entry| {
                 plan.cache.stats.stale.fetch_add(1, Ordering::Relaxed);
@@ -438,18 +440,18 @@ fn relay(
             if res.status == 304 && res.reusable && scratch.upstream_buf.is_empty() {
                 backend.put_idle(stream, Instant::now());
             }
-            let (status, _, outcome) = proxy_cache::serve_entry(shared, scratch, conn, req, &entry, label);
+            let (status, _, outcome) = cache_step::serve_entry(shared, scratch, conn, req, &entry, label);
             return (status, outcome);
         }
     }
     if let Some(cache) = &shared.cache {
         if !matches!(req.method(), "GET" | "HEAD" | "OPTIONS" | "TRACE") {
-            proxy_cache::invalidate_after_unsafe(cache, req, &res);
+            cache_step::invalidate_after_unsafe(cache, req, &res);
         }
     }
     let mut pending = plan
         .as_deref()
-        .and_then(|plan| proxy_cache::start_storing(shared, plan, &|name| proxy_cache::request_value(req, name), &res));
+        .and_then(|plan| cache_step::start_storing(shared, plan, &|name| cache_step::request_value(req, name), &res));
 
     // Bodies whose end only the closing of the connection marks are re-chunked for HTTP/1.1
     // clients, so their connection survives; HTTP/1.0 clients get the bytes and a close.
@@ -477,7 +479,7 @@ fn relay(
         // The backend's part is done before the client's last bytes go out, so the client's next
         // request already finds the stored response and the pooled connection.
         if let (Some(plan), Some(pending)) = (plan.as_deref(), pending) {
-            proxy_cache::finish_storing(plan, &res, pending);
+            cache_step::finish_storing(plan, &res, pending);
         }
         if res.reusable && scratch.upstream_buf.is_empty() {
             backend.put_idle(stream, Instant::now());
@@ -615,8 +617,8 @@ fn verify_jwt(shared: &Shared, req: &Request) -> Result<Vec<u8>, Refusal> {
     let Some(tokens) = &shared.tokens else {
         return Err(Refusal::AuthBroken { status: 503, reason: "jwt routes need the management API".into() });
     };
-    let token = req.header("authorization").and_then(auth::token_from_header).ok_or_else(refuse)?;
-    let now = shared.clock.system_now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let token = req.header("authorization").and_then(credentials::token_from_header).ok_or_else(refuse)?;
+    let now = shared.clock.wall().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let claims = tokens.verify(token, now).map_err(|_| refuse())?;
     Ok(claims.identity.into_bytes())
 }

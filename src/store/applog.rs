@@ -1,5 +1,5 @@
 //! The per-app execution log writer: the data plane hands each record for an app's request to a
-//! bounded channel without waiting ([`crate::routing::Router::log`]), and this one thread takes
+//! bounded channel without waiting ([`crate::upstream::apps::Router::log`]), and this one thread takes
 //! them in batches and inserts each batch in one SQLite transaction, trimming every app to
 //! `log_retention` entries. Management actions are logged by the store in the same transaction as
 //! the change itself.
@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::routing::LOG_QUEUE;
 use crate::store::{LogEntry, Store};
+use crate::upstream::apps::LOG_QUEUE;
 
 /// Most entries written in one transaction.
 const BATCH: usize = 1024;

@@ -11,7 +11,7 @@ use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use polling::{Event, Events, Poller};
 
-use crate::conn::Conn;
+use crate::server::conn::Conn;
 
 /// A parked connection and the instant it must be closed by.
 struct Parked {

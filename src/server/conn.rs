@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::buffer::ReadBuf;
+use crate::http::buffer::ReadBuf;
 
 /// Counts open client connections against `max_conn` and lets the acceptor wait for a free slot.
 #[derive(Debug, Default)]

@@ -6,6 +6,10 @@
 //! One [`Store`] is one connection behind a mutex; the API threads share one, and the log writer
 //! and the lock-out consumer each open their own, so their writes queue in SQLite, not in pibl.
 
+pub mod applog;
+pub mod credentials;
+pub mod lockout;
+
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;

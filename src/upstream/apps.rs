@@ -17,10 +17,11 @@ use arc_swap::ArcSwap;
 use crossbeam_channel::{Sender, TrySendError};
 use parking_lot::Mutex;
 
-use crate::backend::{Backend, Pool};
+use crate::clock::Clock;
 use crate::config::BackendAddr;
 use crate::http::request::Request;
 use crate::store::{self, LogEntry};
+use crate::upstream::backend::{Backend, Pool};
 
 /// One endpoint of an app as the data plane sees it.
 #[derive(Debug)]
@@ -91,12 +92,15 @@ pub struct Router {
     rebuild: Mutex<()>,
     log: OnceLock<Sender<LogEntry>>,
     dropped_logs: AtomicU64,
+    /// Stamps execution-log entries.
+    clock: Clock,
 }
 
 impl Router {
     /// An empty table; `idle_limit` is the idle connections kept per endpoint.
-    pub fn new(idle_limit: usize) -> Router {
+    pub fn new(idle_limit: usize, clock: Clock) -> Router {
         Router {
+            clock,
             table: ArcSwap::from_pointee(Routes::default()),
             idle_limit,
             rebuild: Mutex::new(()),
@@ -217,7 +221,7 @@ impl Router {
     ) {
         self.log(LogEntry {
             app_pk: app.pk,
-            time_ms: crate::clock::system_ms(),
+            time_ms: self.clock.now_ms(),
             kind: "request".into(),
             actor: Some(client.to_string()),
             method: Some(req.method().to_string()),
@@ -262,7 +266,7 @@ mod tests {
 
     #[test]
     fn lookup_strips_the_prefix() {
-        let router = Router::new(1);
+        let router = Router::new(1, Clock::system());
         router.rebuild(&[app(1, "hello", &[(1, 9)])]);
         let cases = [("/hello", "/"), ("/hello/", "/"), ("/hello/a/b?c", "/a/b?c"), ("/hello?x=1", "/?x=1")];
         for (target, stripped) in cases {
@@ -276,7 +280,7 @@ mod tests {
 
     #[test]
     fn rebuild_keeps_unchanged_backends() {
-        let router = Router::new(1);
+        let router = Router::new(1, Clock::system());
         router.rebuild(&[app(1, "a", &[(1, 9), (2, 10)])]);
         let before = router.snapshot();
         let b1 = before.app("a").unwrap().endpoints[0].backend.clone().unwrap();

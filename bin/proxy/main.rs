@@ -1,6 +1,8 @@
 //! `proxy`: runs pibl (data plane and management API) from `parser.ini`, or `--demo` with built-in
 //! backends.
 
+mod demo;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,9 +13,9 @@ use std::time::Duration;
 use crossbeam_channel::RecvTimeoutError;
 use signal_hook::consts::{SIGHUP, SIGTERM, SIGUSR1};
 
+use demo::DemoBackend;
 use pibl::config::{BackendAddr, Config};
-use pibl::demo::DemoBackend;
-use pibl::{logging, Pibl};
+use pibl::{observe::logging, Pibl};
 
 const USAGE: &str = "\
 usage: proxy [--config FILE] [--demo] [--log-level LEVEL] [--check-config]

@@ -284,7 +284,7 @@ pub struct BackendState {
 pub fn backend_states(shared: &Shared, now: Instant) -> Vec<BackendState> {
     let gateway = shared.gateway();
     let routes = shared.router.snapshot();
-    let mut pools: Vec<(&str, &[Arc<crate::backend::Backend>])> =
+    let mut pools: Vec<(&str, &[Arc<crate::upstream::backend::Backend>])> =
         vec![(DEFAULT_ROUTE, gateway.default_pool.backends())];
     pools.extend(gateway.routes().iter().map(|r| (r.config.name.as_str(), r.pool.backends())));
     let mut apps: Vec<_> = routes.apps().collect();

@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use crossbeam_channel::{RecvTimeoutError, Sender};
 
-use crate::backend::Backend;
 use crate::clock::Clock;
 use crate::http::response;
-use crate::routing::Router;
 use crate::store::LogEntry;
+use crate::upstream::apps::Router;
+use crate::upstream::backend::Backend;
 
 /// Failures in a row that take a healthy backend out of rotation.
 pub const FALL: u32 = 2;

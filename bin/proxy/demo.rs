@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use crate::buffer::{ReadBuf, WriteBatch};
-use crate::http::body::{self, Encoding, Source};
-use crate::http::request::{self, Limits};
+use pibl::http::body::{self, Encoding, Source};
+use pibl::http::buffer::{ReadBuf, WriteBatch};
+use pibl::http::request::{self, Limits};
 
 /// Connections one demo backend serves at once; more are closed at once.
 const MAX_CONNECTIONS: usize = 512;
@@ -20,7 +20,6 @@ const LIMITS: Limits = Limits { max_head_bytes: 16 * 1024, max_headers: 100, max
 pub struct DemoBackend {
     pub name: String,
     addr: SocketAddr,
-    requests: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
 
@@ -32,7 +31,7 @@ impl DemoBackend {
         let requests = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let open = Arc::new(AtomicUsize::new(0));
-        let (thread_name, counter, stopped) = (name.to_string(), Arc::clone(&requests), Arc::clone(&stop));
+        let (thread_name, counter, stopped) = (name.to_string(), requests, Arc::clone(&stop));
         thread::Builder::new().name(format!("demo-{name}")).spawn(move || {
             for stream in listener.incoming() {
                 if stopped.load(Ordering::Acquire) {
@@ -53,16 +52,11 @@ impl DemoBackend {
                 }
             }
         })?;
-        Ok(DemoBackend { name: name.to_string(), addr, requests, stop })
+        Ok(DemoBackend { name: name.to_string(), addr, stop })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
-    }
-
-    /// Requests answered so far.
-    pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
     }
 }
 
