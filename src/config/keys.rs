@@ -371,7 +371,32 @@ pub(super) fn key_names() -> impl Iterator<Item = &'static str> {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+    use std::path::Path;
+
     use super::*;
+    use crate::config::routes::ROUTE_KEYS;
+
+    fn repo_file(name: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(name);
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// The first cells of the first table after `heading` in `text`: the keys that table documents.
+    fn first_cells(text: &str, heading: &str) -> Vec<String> {
+        let start = text.find(heading).unwrap_or_else(|| panic!("README has no {heading:?}"));
+        text[start..]
+            .lines()
+            .skip_while(|line| !line.starts_with('|'))
+            .take_while(|line| line.starts_with('|'))
+            .skip(2) // the header row and the |---| row
+            .filter_map(|line| line.split('|').nth(1).map(|cell| cell.trim().to_string()))
+            .collect()
+    }
+
+    fn documents(cells: &[String], key: &str) -> bool {
+        cells.iter().any(|cell| cell.contains(&format!("`{key}`")) || cell.contains(&format!("`{key}1..N`")))
+    }
 
     #[test]
     fn every_key_is_documented_once() {
@@ -383,5 +408,35 @@ mod tests {
             assert_eq!(lines, 1, "{name}");
         }
         assert!(text.lines().all(|l| l.len() <= 100), "keep the file readable in a terminal");
+    }
+
+    /// The README's key tables and `parser.ini.example` are written by hand (the example is regenerated
+    /// by `parser`, but only when someone runs it): a key added to the table must reach both.
+    #[test]
+    fn every_key_is_in_the_readme_tables_and_the_example_file() {
+        let readme = repo_file("README.md");
+        let defaults = first_cells(&readme, "## Configuration");
+        let routes = first_cells(&readme, "### Routes");
+        let example = repo_file("parser.ini.example");
+        let example_keys: Vec<&str> = example
+            .lines()
+            .filter(|line| !line.starts_with(['#', ';', '[']))
+            .filter_map(|line| line.split_once('=').map(|(key, _)| key.trim()))
+            .collect();
+
+        for key in key_names().chain(["ip_server"]) {
+            assert!(documents(&defaults, key), "README's configuration table does not list `{key}`");
+            let in_example = if key == "ip_server" {
+                example_keys.iter().any(|k| k.starts_with("ip_server"))
+            } else {
+                example_keys.contains(&key)
+            };
+            assert!(in_example, "parser.ini.example does not set `{key}`; regenerate it with `parser`");
+        }
+        for key in ROUTE_KEYS {
+            assert!(documents(&routes, key), "README's route table does not list `{key}`");
+            let commented = example.lines().any(|line| line.starts_with('#') && line.contains(&format!("{key} = ")));
+            assert!(commented, "parser.ini.example does not explain the route key `{key}`");
+        }
     }
 }
