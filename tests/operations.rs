@@ -10,8 +10,7 @@ use std::process::{Command, Output};
 use std::time::Instant;
 
 use common::{ok, start_proxy, test_config, wait_until, Client, ProxyProcess, Reply, TempDir, TestBackend, WAIT};
-use pibl::config::Config;
-use pibl::observe::access_log::{AccessLogFormat, AccessLogTarget};
+use pibl::config::{AccessLogFormat, AccessLogTarget, Config};
 
 fn proxy(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_proxy")).args(args).output().expect("run the proxy binary")

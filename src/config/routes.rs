@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use ini::Properties;
 
-use super::{parse_backend, parse_bool, parse_duration, BackendAddr, ConfigError, LineKind, ScannedLine};
+use super::error::ConfigError;
+use super::scan::{key_line_in, section_line, ScannedLine};
+use super::values::{parse_backend, parse_bool, parse_duration, render_duration, BackendAddr};
 
 /// Documentation written after `[DEFAULT]` by `to_ini`, with a commented example route.
 pub(super) const ROUTES_HELP: &str = "
@@ -158,19 +160,8 @@ pub struct RouteConfig {
     pub expose_auth: bool,
 }
 
-/// Line of `key` inside `[section]`.
-pub(super) fn key_line_in(lines: &[ScannedLine], section: &str, key: &str) -> Option<usize> {
-    lines
-        .iter()
-        .find(|l| matches!(&l.kind, LineKind::SectionKey { section: s, key: k } if s == section && k == key))
-        .map(|l| l.number)
-}
-
-fn section_line(lines: &[ScannedLine], section: &str) -> Option<usize> {
-    lines.iter().find(|l| matches!(&l.kind, LineKind::Section(s) if s == section)).map(|l| l.number)
-}
-
-const ROUTE_KEYS: [&str; 11] = [
+/// Every key a `[route.NAME]` section may hold.
+pub(super) const ROUTE_KEYS: [&str; 11] = [
     "prefix",
     "servers",
     "balance",
@@ -375,7 +366,7 @@ pub(super) fn render(route: &RouteConfig) -> String {
         RouteAuth::Request(url) => out.push_str(&format!("auth = request\nauth_url = {}\n", url.url)),
     }
     if !route.auth_cache.is_zero() {
-        out.push_str(&format!("auth_cache_secs = {}\n", super::render_duration(route.auth_cache)));
+        out.push_str(&format!("auth_cache_secs = {}\n", render_duration(route.auth_cache)));
     }
     if let Some(limit) = route.rate_limit {
         out.push_str(&format!("rate_limit = {}\nrate_burst = {}\n", render_rate(Some(limit)), limit.burst));

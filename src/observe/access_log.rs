@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
-use crate::config::Config;
+use crate::config::{AccessLogFormat, AccessLogTarget, Config};
 
 /// Records waiting for the writer thread. Past this the request path drops records (and counts them)
 /// rather than wait on a slow disk; about 3 MB of lines at 200 bytes each.
@@ -24,41 +24,6 @@ const BATCH: usize = 1024;
 const TICK: Duration = Duration::from_millis(100);
 /// Size of the file buffer; one flush per batch writes it out.
 const FILE_BUFFER: usize = 64 * 1024;
-
-/// `access_log_format`: how one request is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AccessLogFormat {
-    /// The original proxy's line: `[*] Request done: <client> => <METHOD> <path> <status> <secs>s <= <backend>`.
-    #[default]
-    Seed,
-    /// Apache/nginx combined log format, which log analysers (GoAccess, AWStats) read as is.
-    Combined,
-    /// One JSON object per line, for log shippers.
-    Json,
-}
-
-impl AccessLogFormat {
-    /// The name used in `parser.ini`.
-    pub fn name(self) -> &'static str {
-        match self {
-            AccessLogFormat::Seed => "seed",
-            AccessLogFormat::Combined => "combined",
-            AccessLogFormat::Json => "json",
-        }
-    }
-}
-
-/// `access_log_file`: where access records go.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum AccessLogTarget {
-    /// Through the process logger (stderr), beside every other log line (empty value).
-    #[default]
-    Logger,
-    /// Bare lines on standard output (`-`), for a supervisor that collects stdout.
-    Stdout,
-    /// Appended to this file, reopened on SIGUSR1 so logrotate can move it away.
-    File(PathBuf),
-}
 
 impl AccessLogTarget {
     /// What `proxy --check-config` verifies without creating anything: an existing file must open for

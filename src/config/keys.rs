@@ -1,0 +1,442 @@
+//! The key table of `[DEFAULT]`: one entry per key with its name, its documentation, how its text is
+//! parsed into a [`Config`] field and how the field is written back. One table drives parsing,
+//! rendering and documentation, so a key cannot be read without also being written and explained.
+
+use super::access_log::{parse_access_log_file, parse_access_log_format, render_access_log_file};
+use super::routes::{parse_nets, parse_rate, render_nets, render_rate, RateLimit};
+use super::settings::Config;
+use super::values::{
+    parse_admins, parse_bind, parse_bool, parse_buffer_bytes, parse_count, parse_database, parse_duration,
+    parse_health_path, parse_log_level, parse_metrics_bind, parse_port, parse_size, parse_timeout, render_duration,
+    render_path, render_size,
+};
+
+/// One key of `[DEFAULT]`: its name, its documentation, and how its text becomes a `Config` field and back.
+pub(super) struct KeySpec {
+    pub(super) name: &'static str,
+    /// One or two comment lines; the default is appended by `to_ini`.
+    pub(super) help: &'static str,
+    pub(super) apply: fn(&mut Config, &str) -> Result<(), String>,
+    pub(super) render: fn(&Config) -> String,
+}
+
+/// One item of `parser.ini`'s `[DEFAULT]` section, in the order the file is written.
+pub(super) enum Entry {
+    Group(&'static str),
+    Key(KeySpec),
+    /// The `ip_serverN` keys, which are a list rather than one key.
+    Backends,
+}
+
+/// The top of every written `parser.ini`: how to read and write the file.
+pub(super) const INI_HEADER: &str = "\
+# parser.ini: configuration of pibl, the reverse proxy and load balancer.
+# Written by `cargo run --bin parser`; edit the values, then restart the proxy.
+#
+# One `key = value` per line. Comments start with # or ; at the very start of a line, never after
+# a value. Every key is optional: a key left out takes the default given in its comment.
+# Durations: a plain number is seconds (60), or give a unit: 500ms, 10s, 2m, 1h.
+# Sizes: a plain number is bytes, or give a unit: k, m, g for KiB, MiB, GiB (16m).
+";
+
+/// The comment above the `ip_serverN` keys.
+pub(super) const BACKENDS_HELP: &str = "\
+Backend servers requests are spread over: ip_server1, ip_server2, ... = host or host:port
+(port 80 if left out; IPv6 as [::1]:8080). Host names are resolved at start-up.";
+
+/// Every key of `[DEFAULT]` but `ip_serverN`, grouped as the written file shows them.
+pub(super) const LAYOUT: &[Entry] = &[
+    Entry::Group("Listener"),
+    Entry::Key(KeySpec {
+        name: "bind",
+        help: "Address to listen on: 0.0.0.0 = every IPv4 interface, :: = every IPv6 one,\n\
+               127.0.0.1 = this machine only.",
+        apply: |c, v| parse_bind(v).map(|x| c.bind = x),
+        render: |c| c.bind.to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "port",
+        help: "Port clients connect to (1-65535).",
+        apply: |c, v| parse_port(v).map(|x| c.port = x),
+        render: |c| c.port.to_string(),
+    }),
+    Entry::Group("Workers and limits"),
+    Entry::Key(KeySpec {
+        name: "threads",
+        help: "Worker threads (1-1024). Each forwards one request at a time, so this is how many\n\
+               requests can wait on backends at once; idle keep-alive clients hold no thread.",
+        apply: |c, v| parse_count(v, 1, 1024).map(|x| c.threads = x),
+        render: |c| c.threads.to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "max_conn",
+        help: "Most client connections served at once (1-1000000);\n\
+               more wait in the operating system's listen backlog.",
+        apply: |c, v| parse_count(v, 1, 1_000_000).map(|x| c.max_conn = x),
+        render: |c| c.max_conn.to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "buffer_size",
+        help: "I/O buffer per connection, in bytes (1024-1048576, i.e. 1k-1m).",
+        apply: |c, v| parse_buffer_bytes(v).map(|x| c.buffer_size = x),
+        render: |c| render_size(c.buffer_size as u64),
+    }),
+    Entry::Key(KeySpec {
+        name: "max_header_bytes",
+        help: "Largest request head (request line and headers) in bytes (1024-1048576);\n\
+               a bigger one is refused with 431.",
+        apply: |c, v| parse_buffer_bytes(v).map(|x| c.max_header_bytes = x),
+        render: |c| render_size(c.max_header_bytes as u64),
+    }),
+    Entry::Key(KeySpec {
+        name: "max_headers",
+        help: "Most header fields in one request (1-1000); more are refused with 431.",
+        apply: |c, v| parse_count(v, 1, 1000).map(|x| c.max_headers = x),
+        render: |c| c.max_headers.to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "max_body_bytes",
+        help: "Largest request body in bytes (k, m, g allowed); a bigger one is refused with 413.",
+        apply: |c, v| parse_size(v).map(|x| c.max_body_bytes = x),
+        render: |c| render_size(c.max_body_bytes),
+    }),
+    Entry::Group("Timeouts (seconds, or 500ms, 2m, 1h; all must be above 0)"),
+    Entry::Key(KeySpec {
+        name: "header_timeout",
+        help: "Time a client has to send a complete request head.",
+        apply: |c, v| parse_timeout(v).map(|x| c.header_timeout = x),
+        render: |c| render_duration(c.header_timeout),
+    }),
+    Entry::Key(KeySpec {
+        name: "keepalive_timeout",
+        help: "Idle time after which a keep-alive client connection is closed.",
+        apply: |c, v| parse_timeout(v).map(|x| c.keepalive_timeout = x),
+        render: |c| render_duration(c.keepalive_timeout),
+    }),
+    Entry::Key(KeySpec {
+        name: "client_timeout",
+        help: "Longest wait for each read or write on a client socket\n\
+               while a request is in flight.",
+        apply: |c, v| parse_timeout(v).map(|x| c.client_timeout = x),
+        render: |c| render_duration(c.client_timeout),
+    }),
+    Entry::Key(KeySpec {
+        name: "connect_timeout",
+        help: "Time allowed to open a connection to a backend.",
+        apply: |c, v| parse_timeout(v).map(|x| c.connect_timeout = x),
+        render: |c| render_duration(c.connect_timeout),
+    }),
+    Entry::Key(KeySpec {
+        name: "backend_timeout",
+        help: "Longest wait for each read or write on a backend connection;\n\
+               past it the client gets 504.",
+        apply: |c, v| parse_timeout(v).map(|x| c.backend_timeout = x),
+        render: |c| render_duration(c.backend_timeout),
+    }),
+    Entry::Key(KeySpec {
+        name: "shutdown_grace",
+        help: "After Ctrl-C or SIGTERM, how long requests in flight may still run\n\
+               before the proxy exits.",
+        apply: |c, v| parse_timeout(v).map(|x| c.shutdown_grace = x),
+        render: |c| render_duration(c.shutdown_grace),
+    }),
+    Entry::Group("Backends"),
+    Entry::Backends,
+    Entry::Key(KeySpec {
+        name: "backend_pool_size",
+        help: "Idle keep-alive connections kept open to each backend for reuse (0-10000;\n\
+               0 = a new connection for every request).",
+        apply: |c, v| parse_count(v, 0, 10_000).map(|x| c.backend_pool_size = x),
+        render: |c| c.backend_pool_size.to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "backend_cooldown",
+        help: "How long a backend that refused a connection is left out of rotation (a duration;\n\
+               0 = try it again at once).",
+        apply: |c, v| parse_duration(v).map(|x| c.backend_cooldown = x),
+        render: |c| render_duration(c.backend_cooldown),
+    }),
+    Entry::Group("Cache"),
+    Entry::Key(KeySpec {
+        name: "ttl",
+        help: "Response cache (RFC 9111, GET only). Freshness comes from Cache-Control s-maxage/max-age,\n\
+               then Expires; a response with neither but with a validator (ETag or Last-Modified) is\n\
+               fresh for ttl, one with no validator either is not cached. ttl also caps every\n\
+               lifetime. A duration; 0 turns the cache off.",
+        apply: |c, v| parse_duration(v).map(|x| c.ttl = x),
+        render: |c| render_duration(c.ttl),
+    }),
+    Entry::Key(KeySpec {
+        name: "cache_max_bytes",
+        help: "Memory for cached responses, in bytes (k, m, g allowed); the least recently used\n\
+               responses are dropped to stay under it.",
+        apply: |c, v| parse_size(v).map(|x| c.cache_max_bytes = x as usize),
+        render: |c| render_size(c.cache_max_bytes as u64),
+    }),
+    Entry::Key(KeySpec {
+        name: "cache_max_object_bytes",
+        help: "Largest response body kept in the cache (k, m, g allowed); bigger ones stream\n\
+               through uncached.",
+        apply: |c, v| parse_size(v).map(|x| c.cache_max_object_bytes = x as usize),
+        render: |c| render_size(c.cache_max_object_bytes as u64),
+    }),
+    Entry::Group("Limits and access"),
+    Entry::Key(KeySpec {
+        name: "rate_limit",
+        help: "Requests each client IP may make, as N/s or N/m (e.g. 50/s); past it the answer is 429\n\
+               with Retry-After. off = no limit. A [route.NAME] section may set its own.",
+        apply: |c, v| {
+            parse_rate(v).map(|r| {
+                c.rate_limit =
+                    r.map(|(per_second, _)| RateLimit { per_second, burst: c.rate_limit.map_or(0, |l| l.burst) })
+            })
+        },
+        render: |c| render_rate(c.rate_limit),
+    }),
+    Entry::Key(KeySpec {
+        name: "rate_burst",
+        help: "Requests a client may send at once above rate_limit (0 = one second's worth).",
+        apply: |c, v| {
+            parse_count(v, 0, 1_000_000).map(|b| {
+                if let Some(limit) = c.rate_limit.as_mut() {
+                    limit.burst = b as u32;
+                }
+            })
+        },
+        render: |c| c.rate_limit.map_or(0, |l| l.burst).to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "max_conn_per_ip",
+        help: "Connections one client IP may hold open at once; more are refused with 429.\n\
+               0 = no limit.",
+        apply: |c, v| parse_count(v, 0, 1_000_000).map(|x| c.max_conn_per_ip = x),
+        render: |c| c.max_conn_per_ip.to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "deny",
+        help: "Client addresses refused with 403, comma-separated, IPv4 or IPv6, single or CIDR\n\
+               (e.g. 10.0.0.0/8, 203.0.113.7, 2001:db8::/32). Empty = none.",
+        apply: |c, v| parse_nets(v).map(|x| c.deny = x),
+        render: |c| render_nets(&c.deny),
+    }),
+    Entry::Key(KeySpec {
+        name: "allow",
+        help: "When set, only these client addresses are served (same form as deny; deny wins).",
+        apply: |c, v| parse_nets(v).map(|x| c.allow = x),
+        render: |c| render_nets(&c.allow),
+    }),
+    Entry::Key(KeySpec {
+        name: "trusted_proxies",
+        help: "Proxies in front of pibl whose X-Forwarded-For is believed when deciding the client\n\
+               address for deny/allow and rate limits.\n\
+               Empty = the connection's address is the client.",
+        apply: |c, v| parse_nets(v).map(|x| c.trusted_proxies = x),
+        render: |c| render_nets(&c.trusted_proxies),
+    }),
+    Entry::Group("Logging"),
+    Entry::Key(KeySpec {
+        name: "access_log",
+        help: "One log line per request: on or off (true/false, yes/no, 1/0 also work).",
+        apply: |c, v| parse_bool(v).map(|x| c.access_log = x),
+        render: |c| if c.access_log { "on" } else { "off" }.to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "access_log_format",
+        help: "Access log line: seed (\"[*] Request done: ...\", as the original proxy),\n\
+               combined (the Apache/nginx combined format) or json (one object per line).",
+        apply: |c, v| parse_access_log_format(v).map(|x| c.access_log_format = x),
+        render: |c| c.access_log_format.name().to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "access_log_file",
+        help: "Where access log lines go: empty = the log on stderr, - = standard output,\n\
+               or a file, appended to and reopened on SIGUSR1 (for logrotate).",
+        apply: |c, v| parse_access_log_file(v).map(|x| c.access_log_file = x),
+        render: |c| render_access_log_file(&c.access_log_file),
+    }),
+    Entry::Key(KeySpec {
+        name: "log_level",
+        help: "Least severe messages logged: off, error, warn, info, debug or trace.",
+        apply: |c, v| parse_log_level(v).map(|x| c.log_level = x),
+        render: |c| c.log_level.as_str().to_ascii_lowercase(),
+    }),
+    Entry::Group("Management API"),
+    Entry::Key(KeySpec {
+        name: "api_port",
+        help: "Port of the management API (1-65535).",
+        apply: |c, v| parse_port(v).map(|x| c.api_port = x),
+        render: |c| c.api_port.to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "database",
+        help: "SQLite file of the management API\n\
+               (a relative path starts at the proxy's working directory).",
+        apply: |c, v| parse_database(v).map(|x| c.database = x),
+        render: |c| render_path(&c.database),
+    }),
+    Entry::Key(KeySpec {
+        name: "api_bind",
+        help: "Address the management API listens on (127.0.0.1 = this machine only;\n\
+               0.0.0.0 to reach it from elsewhere).",
+        apply: |c, v| parse_bind(v).map(|x| c.api_bind = x),
+        render: |c| c.api_bind.to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "metrics_bind",
+        help: "Loopback address:port that serves only GET /metrics (e.g. 127.0.0.1:9100), away from\n\
+               the API. Empty = /metrics is served on the API port.",
+        apply: |c, v| parse_metrics_bind(v).map(|x| c.metrics_bind = x),
+        render: |c| c.metrics_bind.map(|a| a.to_string()).unwrap_or_default(),
+    }),
+    Entry::Key(KeySpec {
+        name: "jwt_secret",
+        help: "Secret that signs access tokens (HS256). Empty = a random secret made on first start\n\
+               and kept in the database.",
+        apply: |c, v| {
+            c.jwt_secret = v.trim().to_string();
+            Ok(())
+        },
+        render: |c| c.jwt_secret.clone(),
+    }),
+    Entry::Key(KeySpec {
+        name: "jwt_ttl",
+        help: "How long an access token from /api/auth stays valid.",
+        apply: |c, v| parse_timeout(v).map(|x| c.jwt_ttl = x),
+        render: |c| render_duration(c.jwt_ttl),
+    }),
+    Entry::Key(KeySpec {
+        name: "admins",
+        help: "E-mail addresses, comma-separated, allowed to list and unblock locked-out users\n\
+               (GET /api/blocked). Empty = nobody.",
+        apply: |c, v| parse_admins(v).map(|x| c.admins = x),
+        render: |c| c.admins.join(", "),
+    }),
+    Entry::Key(KeySpec {
+        name: "lockout_secs",
+        help: "How long 5 failed /api/auth attempts in a row block that address (a duration).",
+        apply: |c, v| parse_timeout(v).map(|x| c.lockout_secs = x),
+        render: |c| render_duration(c.lockout_secs),
+    }),
+    Entry::Key(KeySpec {
+        name: "auth_rate",
+        help: "Requests a minute one client IP may make to /api/auth and /api/users\n\
+               (0-1000000; past it 429; 0 = no limit).",
+        apply: |c, v| parse_count(v, 0, 1_000_000).map(|x| c.auth_rate = x as u32),
+        render: |c| c.auth_rate.to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "log_retention",
+        help: "Execution-log entries kept per app; older ones are deleted (1-10000000).",
+        apply: |c, v| parse_count(v, 1, 10_000_000).map(|x| c.log_retention = x),
+        render: |c| c.log_retention.to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "purge_interval",
+        help: "How often apps left without endpoints are deleted (a duration above 0;\n\
+               the environment variable PIBL_PURGE_INTERVAL overrides it).",
+        apply: |c, v| parse_timeout(v).map(|x| c.purge_interval = x),
+        render: |c| render_duration(c.purge_interval),
+    }),
+    Entry::Group("Health checks"),
+    Entry::Key(KeySpec {
+        name: "health_interval",
+        help: "Time between two active health checks (GET of the status path) of each backend.",
+        apply: |c, v| parse_timeout(v).map(|x| c.health_interval = x),
+        render: |c| render_duration(c.health_interval),
+    }),
+    Entry::Key(KeySpec {
+        name: "health_path",
+        help: "Path checked on the ip_server backends, e.g. /status (anything but 200 takes a backend\n\
+               out of rotation until it answers 200 again). Empty = no active checks for them.",
+        apply: |c, v| parse_health_path(v).map(|x| c.health_path = x),
+        render: |c| c.health_path.clone(),
+    }),
+];
+
+/// The table entry of `name`, if it is a `[DEFAULT]` key (`ip_serverN` is not in the table).
+pub(super) fn key_spec(name: &str) -> Option<&'static KeySpec> {
+    LAYOUT.iter().find_map(|entry| match entry {
+        Entry::Key(spec) if spec.name == name => Some(spec),
+        _ => None,
+    })
+}
+
+/// The names of the table's keys, in file order.
+pub(super) fn key_names() -> impl Iterator<Item = &'static str> {
+    LAYOUT.iter().filter_map(|entry| match entry {
+        Entry::Key(spec) => Some(spec.name),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::routes::ROUTE_KEYS;
+
+    fn repo_file(name: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(name);
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// The first cells of the first table after `heading` in `text`: the keys that table documents.
+    fn first_cells(text: &str, heading: &str) -> Vec<String> {
+        let start = text.find(heading).unwrap_or_else(|| panic!("README has no {heading:?}"));
+        text[start..]
+            .lines()
+            .skip_while(|line| !line.starts_with('|'))
+            .take_while(|line| line.starts_with('|'))
+            .skip(2) // the header row and the |---| row
+            .filter_map(|line| line.split('|').nth(1).map(|cell| cell.trim().to_string()))
+            .collect()
+    }
+
+    fn documents(cells: &[String], key: &str) -> bool {
+        cells.iter().any(|cell| cell.contains(&format!("`{key}`")) || cell.contains(&format!("`{key}1..N`")))
+    }
+
+    #[test]
+    fn every_key_is_documented_once() {
+        let text = Config::default().to_ini();
+        for name in key_names() {
+            // An empty value is written `key =`, without trailing space.
+            let lines =
+                text.lines().filter(|l| l.starts_with(&format!("{name} = ")) || *l == format!("{name} =")).count();
+            assert_eq!(lines, 1, "{name}");
+        }
+        assert!(text.lines().all(|l| l.len() <= 100), "keep the file readable in a terminal");
+    }
+
+    /// The README's key tables and `parser.ini.example` are written by hand (the example is regenerated
+    /// by `parser`, but only when someone runs it): a key added to the table must reach both.
+    #[test]
+    fn every_key_is_in_the_readme_tables_and_the_example_file() {
+        let readme = repo_file("README.md");
+        let defaults = first_cells(&readme, "## Configuration");
+        let routes = first_cells(&readme, "### Routes");
+        let example = repo_file("parser.ini.example");
+        let example_keys: Vec<&str> = example
+            .lines()
+            .filter(|line| !line.starts_with(['#', ';', '[']))
+            .filter_map(|line| line.split_once('=').map(|(key, _)| key.trim()))
+            .collect();
+
+        for key in key_names().chain(["ip_server"]) {
+            assert!(documents(&defaults, key), "README's configuration table does not list `{key}`");
+            let in_example = if key == "ip_server" {
+                example_keys.iter().any(|k| k.starts_with("ip_server"))
+            } else {
+                example_keys.contains(&key)
+            };
+            assert!(in_example, "parser.ini.example does not set `{key}`; regenerate it with `parser`");
+        }
+        for key in ROUTE_KEYS {
+            assert!(documents(&routes, key), "README's route table does not list `{key}`");
+            let commented = example.lines().any(|line| line.starts_with('#') && line.contains(&format!("{key} = ")));
+            assert!(commented, "parser.ini.example does not explain the route key `{key}`");
+        }
+    }
+}

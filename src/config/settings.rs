@@ -1,0 +1,159 @@
+//! The validated configuration: [`Config`], one typed field per key of `parser.ini`, and the default
+//! each field keeps when its key is left out. Reading and writing the file is the parent module's job.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::access_log::{AccessLogFormat, AccessLogTarget};
+use super::routes::{IpNet, RateLimit, RouteConfig};
+use super::values::BackendAddr;
+
+/// The validated configuration shared by both binaries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `bind`: address the proxy listens on.
+    pub bind: IpAddr,
+    /// `port`: data-plane port.
+    pub port: u16,
+    /// `threads`: size of the worker pool.
+    pub threads: usize,
+    /// `max_conn`: most client connections held at once; past it new ones wait in the listen backlog.
+    pub max_conn: usize,
+    /// `buffer_size`: I/O buffer per connection, in bytes.
+    pub buffer_size: usize,
+    /// `max_header_bytes`: largest request head accepted (431 past it).
+    pub max_header_bytes: usize,
+    /// `max_headers`: most header fields in one request head (431 past it).
+    pub max_headers: usize,
+    /// `max_body_bytes`: largest request body accepted (413 past it).
+    pub max_body_bytes: u64,
+    /// `ttl`: freshness given to cacheable responses that have a validator but no explicit lifetime,
+    /// and the cap on every cached lifetime; zero turns the cache off.
+    pub ttl: Duration,
+    /// `cache_max_bytes`: memory for cached responses.
+    pub cache_max_bytes: usize,
+    /// `cache_max_object_bytes`: largest response body the cache keeps.
+    pub cache_max_object_bytes: usize,
+    /// `ip_server1..N`: the default backend pool, in order.
+    pub backends: Vec<BackendAddr>,
+    /// `header_timeout`: time a client has to send a complete request head.
+    pub header_timeout: Duration,
+    /// `keepalive_timeout`: idle time after which a keep-alive client connection is closed.
+    pub keepalive_timeout: Duration,
+    /// `client_timeout`: per read/write on the client socket while a request is in flight.
+    pub client_timeout: Duration,
+    /// `connect_timeout`: time to open a connection to a backend.
+    pub connect_timeout: Duration,
+    /// `backend_timeout`: per read/write on a backend connection; a backend silent this long gives 504.
+    pub backend_timeout: Duration,
+    /// `backend_cooldown`: how long a backend that refused a connection stays out of rotation.
+    pub backend_cooldown: Duration,
+    /// `backend_pool_size`: idle keep-alive connections kept per backend.
+    pub backend_pool_size: usize,
+    /// `shutdown_grace`: how long in-flight requests may run after Ctrl-C / SIGTERM.
+    pub shutdown_grace: Duration,
+    /// `access_log`: one log line per request.
+    pub access_log: bool,
+    /// `access_log_format`: seed, combined or json.
+    pub access_log_format: AccessLogFormat,
+    /// `access_log_file`: the logger (empty), stdout (`-`) or a file reopened on SIGUSR1.
+    pub access_log_file: AccessLogTarget,
+    /// `log_level`: error, warn, info, debug or trace.
+    pub log_level: log::LevelFilter,
+    /// `api_port`: management API port.
+    pub api_port: u16,
+    /// `database`: SQLite file of the management API.
+    pub database: PathBuf,
+    /// `rate_limit` / `rate_burst`: requests per client IP, for every route (`None` = unlimited).
+    pub rate_limit: Option<RateLimit>,
+    /// `max_conn_per_ip`: concurrent connections one client IP may hold (0 = no limit).
+    pub max_conn_per_ip: usize,
+    /// `deny`: client addresses answered 403 before anything else runs.
+    pub deny: Vec<IpNet>,
+    /// `allow`: when not empty, only these client addresses are served.
+    pub allow: Vec<IpNet>,
+    /// `trusted_proxies`: peers whose `X-Forwarded-For` names the real client.
+    pub trusted_proxies: Vec<IpNet>,
+    /// `[route.NAME]` sections, in file order.
+    pub routes: Vec<RouteConfig>,
+    /// `api_bind`: address the management API listens on.
+    pub api_bind: IpAddr,
+    /// `metrics_bind`: a loopback address and port serving only `/metrics`; `None` = on the API port.
+    pub metrics_bind: Option<SocketAddr>,
+    /// `jwt_secret`: HS256 signing secret; empty = a random one kept in the database.
+    pub jwt_secret: String,
+    /// `jwt_ttl`: lifetime of an access token.
+    pub jwt_ttl: Duration,
+    /// `admins`: e-mail addresses allowed to see and lift lock-outs.
+    pub admins: Vec<String>,
+    /// `lockout_secs`: how long 5 failed logins in a row block an e-mail address.
+    pub lockout_secs: Duration,
+    /// `auth_rate`: requests a minute one client IP may make to `/api/auth` and `/api/users`; 0 = no limit.
+    pub auth_rate: u32,
+    /// `health_interval`: time between two active health checks of each backend.
+    pub health_interval: Duration,
+    /// `health_path`: path checked on the `ip_serverN` backends; empty = no active checks for them.
+    pub health_path: String,
+    /// `log_retention`: execution-log entries kept per app (the oldest go first).
+    pub log_retention: usize,
+    /// `purge_interval`: how often apps left without endpoints are deleted.
+    pub purge_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: 8080,
+            threads: 64,
+            max_conn: 10_000,
+            buffer_size: 8192,
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_body_bytes: 16 * 1024 * 1024,
+            ttl: Duration::from_secs(60),
+            cache_max_bytes: 64 * 1024 * 1024,
+            cache_max_object_bytes: 1024 * 1024,
+            backends: default_backends(),
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
+            client_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(3),
+            backend_timeout: Duration::from_secs(30),
+            backend_cooldown: Duration::from_secs(10),
+            backend_pool_size: 32,
+            shutdown_grace: Duration::from_secs(10),
+            access_log: true,
+            access_log_format: AccessLogFormat::Seed,
+            access_log_file: AccessLogTarget::Logger,
+            log_level: log::LevelFilter::Info,
+            api_port: 5000,
+            database: PathBuf::from("pibl.db"),
+            rate_limit: None,
+            max_conn_per_ip: 0,
+            deny: Vec::new(),
+            allow: Vec::new(),
+            trusted_proxies: Vec::new(),
+            routes: Vec::new(),
+            api_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            metrics_bind: None,
+            jwt_secret: String::new(),
+            jwt_ttl: Duration::from_secs(300),
+            admins: Vec::new(),
+            lockout_secs: Duration::from_secs(900),
+            auth_rate: 30,
+            health_interval: Duration::from_secs(5),
+            health_path: String::new(),
+            log_retention: 10_000,
+            purge_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The backends a fresh `parser.ini` lists: three servers on this host, as in the seed's three-server setup.
+fn default_backends() -> Vec<BackendAddr> {
+    (9001..=9003)
+        .map(|port| BackendAddr { name: format!("127.0.0.1:{port}"), addr: SocketAddr::from(([127, 0, 0, 1], port)) })
+        .collect()
+}
