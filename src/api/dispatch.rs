@@ -135,7 +135,7 @@ fn dispatch(state: &ApiState, req: &Request, body: &[u8], client: IpAddr) -> Api
 
 /// Spends one of `client`'s attempts at the credential endpoints.
 fn throttle(state: &ApiState, client: IpAddr) -> ApiResult<()> {
-    state.throttle.check(client, state.clock.now_ms()).map_err(|retry_after| ApiError::Throttled { retry_after })
+    state.throttle.check(client, state.clock.now()).map_err(|retry_after| ApiError::Throttled { retry_after })
 }
 
 #[cfg(test)]
