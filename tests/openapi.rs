@@ -1,5 +1,5 @@
 //! The API's descriptions kept in step with the server: `docs/openapi.yaml` lists exactly the
-//! routes of `handlers::ROUTES` (which a unit test holds to the router), every reference in it
+//! endpoints of `dispatch::ENDPOINTS` (which a unit test holds to the dispatch), every reference in it
 //! resolves, every operation names its path parameters and its errors with the shared `Error`
 //! schema, the Postman collection only calls operations of the spec (in the seed's order), and the
 //! running API serves the spec at `GET /api/openapi.yaml`.
@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::*;
-use pibl::api::handlers::{OPENAPI_YAML, ROUTES};
+use pibl::api::dispatch::{ENDPOINTS, OPENAPI_YAML};
 use pibl::clock::Clock;
 use serde_json::Value;
 
@@ -71,11 +71,11 @@ fn spec_lists_exactly_the_servers_routes() {
     assert_eq!(spec["servers"][0]["url"], "http://localhost:5000");
     assert_eq!(spec["info"]["version"], env!("CARGO_PKG_VERSION"), "the spec's version is the crate's");
     let in_spec = operations(&spec);
-    let in_server: BTreeSet<(String, String)> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+    let in_server: BTreeSet<(String, String)> = ENDPOINTS.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
     let missing: Vec<_> = in_server.difference(&in_spec).collect();
     let extra: Vec<_> = in_spec.difference(&in_server).collect();
-    assert!(missing.is_empty(), "routes the server has but docs/openapi.yaml lacks: {missing:?}");
-    assert!(extra.is_empty(), "operations in docs/openapi.yaml the server does not route: {extra:?}");
+    assert!(missing.is_empty(), "endpoints the server has but docs/openapi.yaml lacks: {missing:?}");
+    assert!(extra.is_empty(), "operations in docs/openapi.yaml the server does not answer: {extra:?}");
 }
 
 #[test]

@@ -3,15 +3,17 @@
 //! One thread serves one connection at a time, one request each (`Connection: close`): scrapers
 //! come every few seconds, and the head read is bounded by the API's limits and timeouts.
 
-use std::io;
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use super::handlers::{ApiError, ApiState};
-use super::{read_head, status, write_reply, REQUEST_TIMEOUT};
+use super::reply::ApiError;
+use super::state::ApiState;
+use super::status;
+use super::wire::{read_head, REQUEST_TIMEOUT};
 use crate::http::buffer::ReadBuf;
 
 /// The running metrics listener.
@@ -73,5 +75,5 @@ fn serve(mut stream: TcpStream, state: &ApiState, shutdown: &AtomicBool) {
             _ => ApiError::NotFound("this port serves only GET /metrics".into()).reply(),
         },
     };
-    let _ = write_reply(&mut stream, &reply, false, false);
+    let _ = stream.write_all(&reply.encode(false, false));
 }

@@ -5,7 +5,9 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use super::handlers::{ApiError, ApiState, Reply};
+use super::auth::is_admin;
+use super::reply::{ApiError, Reply};
+use super::state::ApiState;
 use crate::clock::rfc3339;
 use crate::observe::metrics::{self, quantile, BackendState, Point, Scrape, BUCKETS, SLOT_SECS};
 use crate::store::User;
@@ -63,10 +65,6 @@ pub fn metrics(state: &ApiState) -> Reply {
         locked_accounts,
     });
     Reply::raw("text/plain; version=0.0.4; charset=utf-8", text.into_bytes())
-}
-
-fn is_admin(state: &ApiState, user: &User) -> bool {
-    state.admins.iter().any(|a| a.eq_ignore_ascii_case(&user.email))
 }
 
 fn ms(seconds: Option<f64>) -> Value {

@@ -1,0 +1,78 @@
+//! The user endpoints: `POST /api/users` (register), `DELETE /api/users` (delete an account and its
+//! apps, with its credentials) and `POST /api/auth` (log in: a token for the credentials). Passwords
+//! are checked under the lock-out: a blocked address is refused before its password is looked at.
+
+use serde_json::json;
+
+use super::input::json_body;
+use super::json::{self as schema, Credentials};
+use super::reply::{ApiError, ApiResult, Reply};
+use super::state::ApiState;
+use crate::http::request::Request;
+use crate::store::credentials;
+use crate::store::lockout::LoginEvent;
+use crate::store::User;
+
+/// Checks e-mail and password, with the lock-out: a blocked address is refused before its password
+/// is looked at, and each outcome goes to the lock-out consumer.
+fn check_credentials(state: &ApiState, creds: &Credentials) -> ApiResult<User> {
+    let now = state.clock.now_ms();
+    if let Some(until) = state.store.blocked_until(&creds.email, now)? {
+        return Err(ApiError::Locked { retry_after: (until - now).div_ceil(1000) });
+    }
+    let user = state.store.user(&creds.email)?;
+    let ok = match &user {
+        Some(user) => credentials::verify_password(&creds.password, &user.password_hash),
+        None => {
+            credentials::verify_dummy(&creds.password);
+            false
+        }
+    };
+    let email = creds.email.clone();
+    match (ok, user) {
+        (true, Some(user)) => {
+            let _ = state.lockout.send(LoginEvent::Succeeded { email });
+            Ok(user)
+        }
+        _ => {
+            let _ = state.lockout.send(LoginEvent::Failed { email });
+            Err(ApiError::Unauthorized("wrong e-mail or password".into()))
+        }
+    }
+}
+
+/// `POST /api/users`.
+pub fn register(state: &ApiState, req: &Request, body: &[u8]) -> ApiResult<Reply> {
+    let creds = schema::credentials(json_body(req, body)?)?;
+    let hash = credentials::hash_password(&creds.password)?;
+    match state.store.create_user(&creds.email, &hash, state.clock.now_ms())? {
+        Some(user) => {
+            log::info!("api: user {} registered", user.email);
+            Ok(Reply::json(201, json!({ "message": "user created", "email": user.email })))
+        }
+        None => Err(ApiError::Conflict(format!("a user with the e-mail {} already exists", creds.email))),
+    }
+}
+
+/// `DELETE /api/users`.
+pub fn unregister(state: &ApiState, req: &Request, body: &[u8]) -> ApiResult<Reply> {
+    let creds = schema::credentials(json_body(req, body)?)?;
+    let user = check_credentials(state, &creds)?;
+    let apps = state.store.delete_user(user.id)?;
+    if !apps.is_empty() {
+        state.routes_changed();
+    }
+    log::info!("api: user {} deleted with {} app(s)", user.email, apps.len());
+    Ok(Reply::json(200, json!({ "message": "user deleted", "email": user.email, "apps_deleted": apps })))
+}
+
+/// `POST /api/auth`.
+pub fn login(state: &ApiState, req: &Request, body: &[u8]) -> ApiResult<Reply> {
+    let creds = schema::credentials(json_body(req, body)?)?;
+    let user = check_credentials(state, &creds)?;
+    let token = state.tokens.issue(&user.email, state.clock.now_secs()).map_err(|e| {
+        log::error!("api: cannot issue a token: {e}");
+        ApiError::Internal
+    })?;
+    Ok(Reply::json(200, json!({ "access_token": token })))
+}
