@@ -12,12 +12,12 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
+use crate::background::Background;
 use crate::config::Config;
 
 /// Records waiting for the writer thread. Past this the request path drops records (and counts them)
@@ -171,7 +171,7 @@ enum Msg {
 enum Sink {
     Off,
     Logger,
-    Writer { tx: Sender<Msg>, thread: Mutex<Option<JoinHandle<()>>> },
+    Writer { tx: Sender<Msg>, thread: Mutex<Option<Background>> },
 }
 
 /// The access log of one server. Workers call [`AccessLog::log`]; with a file or stdout, lines go over
@@ -202,9 +202,9 @@ impl AccessLog {
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
         let thread = {
             let (reopen, dropped) = (Arc::clone(&reopen), Arc::clone(&dropped));
-            thread::Builder::new()
-                .name("pibl-access-log".into())
-                .spawn(move || write_loop(&rx, output, &reopen, &dropped))
+            // Stopped by `Msg::Stop` behind the lines already queued, not by the signal, so that
+            // every line logged before close() is written.
+            Background::spawn("pibl-access-log", move |_| write_loop(&rx, output, &reopen, &dropped))
                 .map_err(AccessLogError::Thread)?
         };
         Ok(AccessLog { format, sink: Sink::Writer { tx, thread: Mutex::new(Some(thread)) }, reopen, dropped })
@@ -247,8 +247,8 @@ impl AccessLog {
         if let Sink::Writer { tx, thread } = &self.sink {
             // A full queue is being drained; the writer takes Stop once there is room.
             let _ = tx.send_timeout(Msg::Stop, Duration::from_secs(5));
-            if let Some(handle) = thread.lock().take() {
-                let _ = handle.join();
+            if let Some(writer) = thread.lock().take() {
+                writer.stop();
             }
         }
     }
