@@ -1,5 +1,5 @@
 //! Request metrics: what the request path counts (`counters`: histograms, counters, the dashboard's
-//! recent-traffic ring), the Prometheus text a scrape gets ([`render`]), and the figures read from
+//! recent-traffic ring), the Prometheus text a scrape gets ([`render()`]), and the figures read from
 //! the running server and the management API ([`backend_states`], [`ApiObserver`]).
 
 mod counters;
