@@ -6,6 +6,7 @@
 //! management plane is `api` over `store`; `observe` watches both; `config` and `clock` feed all.
 
 pub mod api; // management HTTP API: its listener, endpoints, JSON checks, status pages
+pub mod background; // named background threads: started, asked to stop, joined
 pub mod cache; // in-memory response cache: storage, eviction, coalescing, RFC 9111 policy
 pub mod clock; // the one clock, made at start-up and passed in; tests advance it
 pub mod config; // parser.ini: keys, scanning, typed values, `[route.NAME]` sections

@@ -15,13 +15,12 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
-
-use crossbeam_channel::{RecvTimeoutError, Sender};
+use std::time::Duration;
 
 use crate::api::scrape::MetricsListener;
 use crate::api::throttle::Throttle;
 use crate::api::{ApiServer, ApiState};
+use crate::background::Background;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::server::Server;
@@ -67,7 +66,7 @@ pub struct Pibl {
     health: HealthChecker,
     logs: LogWriter,
     lockout: Lockout,
-    purger: Purger,
+    purger: Background,
     metrics: Option<MetricsListener>,
 }
 
@@ -151,7 +150,7 @@ impl Pibl {
         let health =
             HealthChecker::start(targets, health_interval, clock).map_err(io_err("cannot start the health checker"))?;
         let api = ApiServer::start(api, Arc::clone(&state)).map_err(io_err("cannot start the API"))?;
-        let purger = Purger::start(Arc::clone(&state), purge_interval).map_err(io_err("cannot start the purger"))?;
+        let purger = start_purger(Arc::clone(&state), purge_interval).map_err(io_err("cannot start the purger"))?;
         let metrics = match metrics_listener {
             Some(listener) => Some(
                 MetricsListener::start(listener, Arc::clone(&state))
@@ -195,7 +194,7 @@ impl Pibl {
         if let Some(metrics) = self.metrics {
             metrics.shutdown();
         }
-        self.purger.shutdown();
+        self.purger.stop();
         let clean = self.server.shutdown();
         self.health.shutdown();
         self.lockout.shutdown();
@@ -204,29 +203,13 @@ impl Pibl {
     }
 }
 
-/// Deletes apps without endpoints every `purge_interval`.
-struct Purger {
-    stop: Sender<()>,
-    handle: Option<JoinHandle<()>>,
-}
-
-impl Purger {
-    fn start(state: Arc<ApiState>, interval: std::time::Duration) -> io::Result<Purger> {
-        let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
-        let handle = thread::Builder::new().name("pibl-purge".into()).spawn(move || {
-            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
-                if let Err(e) = state.purge() {
-                    log::error!("[purge] failed: {e}");
-                }
+/// The purger: deletes apps without endpoints every `interval`.
+fn start_purger(state: Arc<ApiState>, interval: Duration) -> io::Result<Background> {
+    Background::spawn("pibl-purge", move |stop| {
+        while !stop.wait(interval) {
+            if let Err(e) = state.purge() {
+                log::error!("[purge] failed: {e}");
             }
-        })?;
-        Ok(Purger { stop, handle: Some(handle) })
-    }
-
-    fn shutdown(mut self) {
-        let _ = self.stop.try_send(());
-        if let Some(handle) = self.handle.take() {
-            let _ = handle.join();
         }
-    }
+    })
 }

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::clock;
 use crate::http::{tokens, trim};
 
 /// Longest delta-seconds value honoured (RFC 9111 section 1.2.2 suggests 2^31).
@@ -104,9 +105,10 @@ fn parse_delta(v: &[u8]) -> Option<u64> {
     Some(n.min(MAX_DELTA))
 }
 
-/// Parses an HTTP date (IMF-fixdate, or the obsolete RFC 850 and asctime forms).
-pub fn parse_http_date(v: &[u8]) -> Option<SystemTime> {
-    httpdate::parse_http_date(std::str::from_utf8(trim(v)).ok()?).ok()
+/// The time in a date field's value (`Date`, `Expires`, `If-Modified-Since`, ...), whitespace around it
+/// allowed; `None` when it is not an HTTP date.
+fn field_date(v: &[u8]) -> Option<SystemTime> {
+    clock::parse_http_date(std::str::from_utf8(trim(v)).ok()?)
 }
 
 /// What the request asks of the cache.
@@ -178,13 +180,13 @@ pub fn storable(req: &RequestDirectives, res: &ResponseFacts<'_>, ttl: Duration,
     if req.has_authorization && !shareable_with_auth {
         return None;
     }
-    let date = res.date.and_then(parse_http_date);
+    let date = res.date.and_then(field_date);
     let explicit = if let Some(s) = cc.s_maxage {
         Some(Duration::from_secs(s))
     } else if let Some(m) = cc.max_age {
         Some(Duration::from_secs(m))
     } else {
-        res.expires.map(|e| match parse_http_date(e) {
+        res.expires.map(|e| match field_date(e) {
             // An invalid Expires means "already expired" (RFC 9111 section 5.3).
             None => Duration::ZERO,
             Some(expires) => expires.duration_since(date.unwrap_or(at.response_time)).unwrap_or(Duration::ZERO),
@@ -276,7 +278,7 @@ pub fn not_modified(
         let Some(etag) = etag else { return trim(inm) == b"*" };
         return trim(inm) == b"*" || tokens(inm).any(|tag| weak_eq(tag, etag));
     }
-    match (if_modified_since.and_then(parse_http_date), last_modified.and_then(parse_http_date)) {
+    match (if_modified_since.and_then(field_date), last_modified.and_then(field_date)) {
         (Some(since), Some(modified)) => modified <= since,
         _ => false,
     }

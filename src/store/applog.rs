@@ -5,13 +5,11 @@
 //! the change itself.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use crate::background::{Background, StopSignal};
 use crate::store::{LogEntry, Store};
 use crate::upstream::apps::LOG_QUEUE;
 
@@ -23,18 +21,15 @@ const POLL: Duration = Duration::from_millis(100);
 /// The running writer thread.
 pub struct LogWriter {
     tx: Sender<LogEntry>,
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
+    thread: Background,
 }
 
 impl LogWriter {
     /// Starts the writer on its own connection.
     pub fn start(store: Store) -> io::Result<LogWriter> {
         let (tx, rx) = crossbeam_channel::bounded(LOG_QUEUE);
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let handle = thread::Builder::new().name("pibl-applog".into()).spawn(move || run(&store, &rx, &flag))?;
-        Ok(LogWriter { tx, stop, handle: Some(handle) })
+        let thread = Background::spawn("pibl-applog", move |stop| run(&store, &rx, stop))?;
+        Ok(LogWriter { tx, thread })
     }
 
     /// Where producers send entries.
@@ -43,20 +38,17 @@ impl LogWriter {
     }
 
     /// Writes what is queued and stops.
-    pub fn shutdown(mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(handle) = self.handle.take() {
-            let _ = handle.join();
-        }
+    pub fn shutdown(self) {
+        self.thread.stop();
     }
 }
 
-fn run(store: &Store, rx: &Receiver<LogEntry>, stop: &AtomicBool) {
+fn run(store: &Store, rx: &Receiver<LogEntry>, stop: &StopSignal) {
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         match rx.recv_timeout(POLL) {
             Ok(entry) => batch.push(entry),
-            Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::Acquire) => continue,
+            Err(RecvTimeoutError::Timeout) if !stop.is_raised() => continue,
             Err(_) => break,
         }
         while batch.len() < BATCH {

@@ -5,13 +5,11 @@
 //! lifts none. The handler checks the block before it checks the password.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use crate::background::{Background, StopSignal};
 use crate::clock::{rfc3339, Clock};
 use crate::store::Store;
 
@@ -31,21 +29,16 @@ pub enum LoginEvent {
 /// The running consumer.
 pub struct Lockout {
     tx: Sender<LoginEvent>,
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
+    thread: Background,
 }
 
 impl Lockout {
     /// Starts the consumer on its own connection; blocks last `lock_for`.
     pub fn start(store: Store, lock_for: Duration, clock: Clock) -> io::Result<Lockout> {
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
         let lock_ms = lock_for.as_millis() as u64;
-        let handle = thread::Builder::new()
-            .name("pibl-lockout".into())
-            .spawn(move || run(&store, &rx, &flag, lock_ms, &clock))?;
-        Ok(Lockout { tx, stop, handle: Some(handle) })
+        let thread = Background::spawn("pibl-lockout", move |stop| run(&store, &rx, stop, lock_ms, &clock))?;
+        Ok(Lockout { tx, thread })
     }
 
     /// Where the auth handler publishes outcomes.
@@ -54,19 +47,16 @@ impl Lockout {
     }
 
     /// Records what is queued and stops.
-    pub fn shutdown(mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(handle) = self.handle.take() {
-            let _ = handle.join();
-        }
+    pub fn shutdown(self) {
+        self.thread.stop();
     }
 }
 
-fn run(store: &Store, rx: &Receiver<LoginEvent>, stop: &AtomicBool, lock_ms: u64, clock: &Clock) {
+fn run(store: &Store, rx: &Receiver<LoginEvent>, stop: &StopSignal, lock_ms: u64, clock: &Clock) {
     loop {
         match rx.recv_timeout(POLL) {
             Ok(event) => apply(store, event, lock_ms, clock),
-            Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::Acquire) => {}
+            Err(RecvTimeoutError::Timeout) if !stop.is_raised() => {}
             Err(_) => break,
         }
     }

@@ -8,11 +8,10 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::Duration;
 
-use crossbeam_channel::{RecvTimeoutError, Sender};
-
+use crate::background::Background;
 use crate::clock::Clock;
 use crate::http::response;
 use crate::store::LogEntry;
@@ -42,28 +41,23 @@ pub struct Targets {
 
 /// The running checker thread.
 pub struct HealthChecker {
-    stop: Sender<()>,
-    handle: Option<JoinHandle<()>>,
+    thread: Background,
 }
 
 impl HealthChecker {
     pub fn start(targets: Targets, interval: Duration, clock: Clock) -> io::Result<HealthChecker> {
-        let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
-        let handle = thread::Builder::new().name("pibl-health".into()).spawn(move || loop {
+        let thread = Background::spawn("pibl-health", move |stop| loop {
             check_all(&targets, &clock);
-            match stopped.recv_timeout(interval) {
-                Err(RecvTimeoutError::Timeout) => {}
-                _ => break,
+            if stop.wait(interval) {
+                break;
             }
         })?;
-        Ok(HealthChecker { stop, handle: Some(handle) })
+        Ok(HealthChecker { thread })
     }
 
-    pub fn shutdown(mut self) {
-        let _ = self.stop.try_send(());
-        if let Some(handle) = self.handle.take() {
-            let _ = handle.join();
-        }
+    /// Stops after the round in progress, if any.
+    pub fn shutdown(self) {
+        self.thread.stop();
     }
 }
 

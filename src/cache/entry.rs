@@ -1,0 +1,238 @@
+//! One stored response ([`Entry`]): its status line and end-to-end header fields prebuilt as the head
+//! of every answer, its shared body, its freshness and `Vary` values, and when it was stored; plus the
+//! readings of a response's header fields that deciding to store it needs ([`response_facts`],
+//! [`vary_names`]). Where entries are kept and evicted is the `shards` module's.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::policy::{CacheControl, Freshness, ResponseFacts};
+use crate::http::is_hop_by_hop;
+
+/// Bookkeeping bytes counted per entry besides its head, key and body.
+const ENTRY_OVERHEAD: usize = 256;
+
+/// The request header values a variant was stored for, by `Vary` field name (lower case).
+pub type VaryValues = Vec<(String, Option<Vec<u8>>)>;
+
+/// One stored response.
+#[derive(Debug)]
+pub struct Entry {
+    pub status: u16,
+    /// Status line and end-to-end header fields, each line ending in CRLF, without the empty line;
+    /// `Age`, framing and `Connection` are added per answer.
+    pub head: Vec<u8>,
+    reason: Vec<u8>,
+    headers: Vec<(String, Vec<u8>)>,
+    pub body: Arc<[u8]>,
+    pub freshness: Freshness,
+    /// When it was stored or last revalidated.
+    pub stored_at: Instant,
+    pub(super) vary: VaryValues,
+    // Bookkeeping of the storage: which insert this is (unique per cache) and the use tick that is
+    // its place in the least-recently-used order.
+    pub(super) id: u64,
+    pub(super) last_used: AtomicU64,
+    /// A background refresh is under way.
+    refreshing: AtomicBool,
+    /// Bytes counted against the cache's budget: head, body and [`ENTRY_OVERHEAD`].
+    pub(super) size: usize,
+}
+
+impl Entry {
+    /// Builds an entry from a response's status, reason and header fields.
+    pub fn new<'a>(
+        status: u16,
+        reason: &[u8],
+        headers: impl Iterator<Item = (&'a str, &'a [u8])>,
+        body: Arc<[u8]>,
+        freshness: Freshness,
+        vary: VaryValues,
+        now: Instant,
+    ) -> Entry {
+        let headers =
+            headers.filter(|(name, _)| is_stored_field(name)).map(|(n, v)| (n.to_string(), v.to_vec())).collect();
+        Entry::assemble(status, reason.to_vec(), headers, body, freshness, vary, now)
+    }
+
+    fn assemble(
+        status: u16,
+        reason: Vec<u8>,
+        headers: Vec<(String, Vec<u8>)>,
+        body: Arc<[u8]>,
+        freshness: Freshness,
+        vary: VaryValues,
+        now: Instant,
+    ) -> Entry {
+        let mut entry = Entry {
+            status,
+            head: Vec::new(),
+            reason,
+            headers,
+            body,
+            freshness,
+            stored_at: now,
+            vary,
+            id: 0,
+            last_used: AtomicU64::new(0),
+            refreshing: AtomicBool::new(false),
+            size: 0,
+        };
+        entry.rebuild_head();
+        entry
+    }
+
+    fn rebuild_head(&mut self) {
+        let mut head = Vec::with_capacity(256);
+        head.extend_from_slice(format!("HTTP/1.1 {} ", self.status).as_bytes());
+        head.extend_from_slice(&self.reason);
+        head.extend_from_slice(b"\r\n");
+        for (name, value) in &self.headers {
+            head.extend_from_slice(name.as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value);
+            head.extend_from_slice(b"\r\n");
+        }
+        self.head = head;
+        self.size = ENTRY_OVERHEAD + self.head.len() + self.body.len();
+    }
+
+    /// The stored header fields.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + Clone {
+        self.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+    }
+
+    pub fn has_validator(&self) -> bool {
+        self.header("etag").is_some() || self.header("last-modified").is_some()
+    }
+
+    /// Current age (RFC 9111 section 4.2.3).
+    pub fn age(&self, now: Instant) -> Duration {
+        self.freshness.initial_age + now.saturating_duration_since(self.stored_at)
+    }
+
+    /// A copy with the header fields of a 304 merged in (RFC 9111 section 4.3.4), a new freshness
+    /// and a new storage time.
+    pub fn refreshed<'a>(
+        &self,
+        update: impl Iterator<Item = (&'a str, &'a [u8])>,
+        freshness: Freshness,
+        now: Instant,
+    ) -> Entry {
+        let mut headers = self.headers.clone();
+        let update: Vec<(&str, &[u8])> = update.filter(|(name, _)| is_stored_field(name)).collect();
+        headers.retain(|(name, _)| !update.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)));
+        headers.extend(update.iter().map(|(n, v)| (n.to_string(), v.to_vec())));
+        Entry::assemble(
+            self.status,
+            self.reason.clone(),
+            headers,
+            Arc::clone(&self.body),
+            freshness,
+            self.vary.clone(),
+            now,
+        )
+    }
+
+    /// The request values this variant was stored for.
+    pub fn vary_values(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
+        self.vary.iter().map(|(n, v)| (n.as_str(), v.as_deref()))
+    }
+
+    /// The value of one `Vary` field this variant was stored for.
+    pub fn vary_value(&self, name: &str) -> Option<Vec<u8>> {
+        self.vary.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).and_then(|(_, v)| v.clone())
+    }
+
+    /// Gives up a claimed refresh (it failed or could not be queued), so a later request may try.
+    pub fn release_refresh(&self) {
+        self.refreshing.store(false, Ordering::Release);
+    }
+
+    /// Claims the single background refresh of this entry; false if one is already running.
+    pub fn claim_refresh(&self) -> bool {
+        !self.refreshing.swap(true, Ordering::AcqRel)
+    }
+
+    /// Whether this variant was stored for the request header values `request_values` gives.
+    pub(super) fn matches(&self, request_values: &dyn Fn(&str) -> Option<Vec<u8>>) -> bool {
+        self.vary.iter().all(|(name, value)| request_values(name) == *value)
+    }
+}
+
+/// Whether a response field is kept with a stored response: not hop-by-hop, and not the per-answer
+/// `Age` and `X-Cache`, which pibl writes itself.
+fn is_stored_field(name: &str) -> bool {
+    !is_hop_by_hop(name) && !name.eq_ignore_ascii_case("age") && !name.eq_ignore_ascii_case("x-cache")
+}
+
+/// The facts the storing policy needs, read from any list of header fields.
+pub fn response_facts<'a>(
+    status: u16,
+    headers: impl Iterator<Item = (&'a str, &'a [u8])> + Clone,
+) -> ResponseFacts<'a> {
+    let find = |name: &str| headers.clone().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v);
+    ResponseFacts {
+        status,
+        cache_control: CacheControl::parse(
+            headers.clone().filter(|(n, _)| n.eq_ignore_ascii_case("cache-control")).map(|(_, v)| v),
+        ),
+        expires: find("expires"),
+        date: find("date"),
+        age: find("age"),
+        has_validator: find("etag").is_some() || find("last-modified").is_some(),
+        has_set_cookie: find("set-cookie").is_some(),
+        vary_star: headers
+            .clone()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("vary"))
+            .any(|(_, v)| crate::http::tokens(v).any(|t| t == b"*")),
+        has_content_range: find("content-range").is_some(),
+    }
+}
+
+/// The `Vary` field names of a response, lower-cased.
+pub fn vary_names<'a>(headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> Vec<String> {
+    let mut names = Vec::new();
+    for (_, value) in headers.filter(|(n, _)| n.eq_ignore_ascii_case("vary")) {
+        for token in crate::http::tokens(value) {
+            let name = String::from_utf8_lossy(token).to_ascii_lowercase();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn freshness(secs: u64) -> Freshness {
+        Freshness {
+            lifetime: Duration::from_secs(secs),
+            initial_age: Duration::ZERO,
+            no_cache: false,
+            never_stale: false,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            shareable_with_auth: false,
+        }
+    }
+
+    fn entry(body: usize, vary: VaryValues, now: Instant) -> Entry {
+        let headers = [("Content-Type", &b"text/plain"[..]), ("Connection", b"close"), ("Age", b"3")];
+        Entry::new(200, b"OK", headers.into_iter(), vec![7u8; body].into(), freshness(60), vary, now)
+    }
+
+    #[test]
+    fn head_is_prebuilt_without_hop_by_hop_fields() {
+        let e = entry(3, Vec::new(), Instant::now());
+        assert_eq!(e.head, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n");
+    }
+}
