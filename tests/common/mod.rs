@@ -461,7 +461,7 @@ impl ProxyProcess {
                 "parser.ini",
                 &format!(
                     "[DEFAULT]\nbind = 127.0.0.1\nport = {port}\napi_port = {api_port}\ndatabase = {}\nthreads = 2\n\
-                     ip_server1 = {backend}\nshutdown_grace = 2\nlog_level = warn\n{extra}",
+                     ip_server1 = {backend}\nshutdown_grace = 2\nlog_level = info\n{extra}",
                     dir.0.join("pibl.db").display()
                 ),
             );
@@ -477,7 +477,10 @@ impl ProxyProcess {
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let deadline = Instant::now() + WAIT;
             loop {
-                if TcpStream::connect(addr).is_ok() {
+                // Started means the start-up line is logged: a proxy whose API port was taken in the meantime
+                // has bound its data port (which then accepts) before it fails and exits.
+                let log = fs::read_to_string(dir.0.join("proxy.stderr")).unwrap_or_default();
+                if log.contains("Server started successfully") {
                     return ProxyProcess { child, addr };
                 }
                 if child.try_wait().expect("poll the proxy").is_some() || Instant::now() > deadline {
