@@ -64,7 +64,7 @@ pub struct ApiState {
     /// The data plane's response cache, for `DELETE /api/cache` (`None` when `ttl` is 0).
     pub cache: Option<Arc<Cache>>,
     /// The data plane's figures for `/metrics` and `/api/status`, and the API's own counters.
-    pub observe: crate::observe::metrics::ApiObserver,
+    pub observe: crate::server::probe::ApiObserver,
 }
 
 impl ApiState {

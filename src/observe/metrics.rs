@@ -9,15 +9,14 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
 
 use crate::cache;
 use crate::config::Config;
 use crate::gateway::Refusal;
-use crate::server::{Probe, Shared};
 
 /// Upper bounds of the histogram buckets, in microseconds (1 ms to 10 s); slower goes to `+Inf`.
 const BOUNDS_US: [u64; 13] = [
@@ -278,51 +277,6 @@ pub struct BackendState {
     pub up: bool,
     pub last_check_ms: Option<u64>,
     pub in_flight: usize,
-}
-
-/// Every backend the server can send to: the default pool, each route's, each app's.
-pub fn backend_states(shared: &Shared, now: Instant) -> Vec<BackendState> {
-    let gateway = shared.gateway();
-    let routes = shared.router.snapshot();
-    let mut pools: Vec<(&str, &[Arc<crate::upstream::backend::Backend>])> =
-        vec![(DEFAULT_ROUTE, gateway.default_pool.backends())];
-    pools.extend(gateway.routes().iter().map(|r| (r.config.name.as_str(), r.pool.backends())));
-    let mut apps: Vec<_> = routes.apps().collect();
-    apps.sort_by(|a, b| a.name.cmp(&b.name));
-    pools.extend(apps.iter().map(|a| (a.name.as_str(), a.pool.backends())));
-    pools
-        .into_iter()
-        .flat_map(|(pool, backends)| {
-            backends.iter().map(move |b| BackendState {
-                pool: pool.to_string(),
-                backend: b.name.clone(),
-                up: b.is_usable(now),
-                last_check_ms: b.last_check_ms(),
-                in_flight: b.in_flight.load(Ordering::Relaxed),
-            })
-        })
-        .collect()
-}
-
-/// What the management API adds to the data plane's figures.
-#[derive(Default)]
-pub struct ApiObserver {
-    probe: OnceLock<Probe>,
-    /// 401 answers of the API: wrong passwords and missing, expired or invalid tokens.
-    pub auth_failures: AtomicU64,
-    /// `metrics_bind` is set: the API port answers `/metrics` with 404.
-    pub metrics_elsewhere: std::sync::atomic::AtomicBool,
-}
-
-impl ApiObserver {
-    /// Connects the API to the data plane it reports on (once, at start-up).
-    pub fn attach(&self, probe: Probe) {
-        let _ = self.probe.set(probe);
-    }
-
-    pub fn probe(&self) -> Option<&Probe> {
-        self.probe.get()
-    }
 }
 
 /// Everything one scrape shows, gathered before rendering.
