@@ -13,6 +13,7 @@ use crate::cache::Entry;
 use crate::config::Config;
 use crate::http::body::{self, BodyError, Encoding, Source};
 use crate::http::buffer::{ReadBuf, WriteBatch};
+use crate::http::outbound::RequestHead;
 use crate::http::request::Request;
 use crate::http::response::{self, ReadHeadError, Response};
 use crate::http::Framing;
@@ -21,9 +22,6 @@ use crate::proxy::dispatch::Dispatch;
 use crate::proxy::error::{is_timeout, Failure, ForwardError};
 use crate::server::shared::Shared;
 use crate::upstream::backend::{Backend, InFlight, Pool};
-
-/// The `Via` pseudonym pibl adds to forwarded requests.
-const VIA_NAME: &str = "pibl";
 
 /// Least bytes asked of a backend per read. The buffer belongs to the worker, not to a connection,
 /// so it can be larger than `buffer_size`: a 64 KiB body then takes one read instead of eight.
@@ -69,11 +67,13 @@ enum AttemptError {
 /// into `buf`.
 pub fn exchange<'p>(shared: &Shared, out: &mut Outbound<'p, '_>, buf: &mut ReadBuf) -> Result<Exchanged<'p>, Failure> {
     let pool = out.pool;
-    let now = Instant::now();
+    // Cool-downs are pibl's own timing (the one clock, which tests advance); an idle connection's
+    // age is the socket's, measured as the backend measures it, in real time.
+    let (now, socket_now) = (shared.clock.now(), Instant::now());
     for backend in pool.candidates(now, out.client) {
         // A reused connection may have been closed by the backend; without a body the request can
         // simply be sent again, so only body-less requests take an idle connection.
-        let mut pooled = if out.body.is_none() { backend.take_idle(now) } else { None };
+        let mut pooled = if out.body.is_none() { backend.take_idle(socket_now) } else { None };
         loop {
             let (mut stream, reused) = match pooled.take() {
                 Some(stream) => (stream, true),
@@ -110,7 +110,7 @@ fn connect(shared: &Shared, backend: &Backend) -> Option<TcpStream> {
         }
         Err(e) => {
             log::warn!("backend {} is down for {:?}: {e}", backend.name, config.backend_cooldown);
-            backend.mark_down(Instant::now(), config.backend_cooldown);
+            backend.mark_down(shared.clock.now(), config.backend_cooldown);
             None
         }
     }
@@ -193,13 +193,6 @@ pub fn send<'a>(ctx: &mut RequestCtx<'a>, revalidating: Option<&Entry>) -> Resul
     exchange(shared, &mut outbound, upstream_buf)
 }
 
-fn push_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
 /// Writes the head sent to every backend for this request: hop-by-hop fields removed, `Host` kept,
 /// `X-Forwarded-*` and `Via` added, framing written by pibl. When revalidating a stored entry, its
 /// validators replace the client's own conditional fields.
@@ -210,14 +203,10 @@ fn build_upstream_head(
     revalidating: Option<&Entry>,
     out: &mut Vec<u8>,
 ) {
-    out.clear();
-    out.extend_from_slice(req.method().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(dispatch.target.as_bytes());
     let prefix = dispatch.upstream.app().map(|app| app.prefix.as_str());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut head = RequestHead::start(out, req.method(), &dispatch.target);
     if let Some(host) = req.host() {
-        push_field(out, "Host", host.as_bytes());
+        head.field("Host", host.as_bytes());
     }
     let is = |name: &str, other: &str| name.eq_ignore_ascii_case(other);
     for (name, value) in req.headers() {
@@ -235,48 +224,28 @@ fn build_upstream_head(
         {
             continue;
         }
-        push_field(out, name, value);
+        head.field(name, value);
     }
     if let Some(entry) = revalidating {
-        if let Some(etag) = entry.header("etag") {
-            push_field(out, "If-None-Match", etag);
-        }
-        if let Some(modified) = entry.header("last-modified") {
-            push_field(out, "If-Modified-Since", modified);
-        }
+        head.validators(entry.header("etag"), entry.header("last-modified"));
     }
     // Appended to what earlier proxies recorded, as nginx's $proxy_add_x_forwarded_for does.
-    out.extend_from_slice(b"X-Forwarded-For: ");
-    for (_, value) in req.headers().filter(|(n, _)| is(n, "x-forwarded-for")) {
-        out.extend_from_slice(value);
-        out.extend_from_slice(b", ");
-    }
-    let _ = write!(out, "{}\r\n", peer.ip());
-    out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
+    head.list_field(
+        "X-Forwarded-For",
+        req.headers().filter(|(n, _)| is(n, "x-forwarded-for")).map(|(_, v)| v),
+        peer.ip(),
+    );
+    head.field("X-Forwarded-Proto", b"http");
     if let Some(user) = &dispatch.auth_user {
-        push_field(out, "X-Auth-User", user);
+        head.field("X-Auth-User", user);
     }
     if let Some(host) = req.host() {
-        push_field(out, "X-Forwarded-Host", host.as_bytes());
+        head.field("X-Forwarded-Host", host.as_bytes());
     }
     if let Some(prefix) = prefix {
-        push_field(out, "X-Forwarded-Prefix", prefix.as_bytes());
+        head.field("X-Forwarded-Prefix", prefix.as_bytes());
     }
-    out.extend_from_slice(b"Via: ");
-    for (_, value) in req.headers().filter(|(n, _)| is(n, "via")) {
-        out.extend_from_slice(value);
-        out.extend_from_slice(b", ");
-    }
-    let _ = write!(out, "1.{} {VIA_NAME}\r\n", req.version);
-    match req.framing {
-        Framing::Length(len) => {
-            let _ = write!(out, "Content-Length: {len}\r\n");
-        }
-        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        Framing::None if matches!(req.method(), "POST" | "PUT" | "PATCH") => {
-            out.extend_from_slice(b"Content-Length: 0\r\n")
-        }
-        Framing::None | Framing::UntilClose => {}
-    }
-    out.extend_from_slice(b"\r\n");
+    head.via(req.headers().filter(|(n, _)| is(n, "via")).map(|(_, v)| v), req.version);
+    head.framing(req.framing, req.method());
+    head.finish();
 }

@@ -2,9 +2,9 @@
 //! `stale-while-revalidate` (queued by the cache step as [`RefreshJob`]s) and, every second,
 //! reclaims entries that can no longer be used.
 
-use std::io::{self, Write};
+use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
@@ -12,10 +12,12 @@ use crate::cache::policy::RequestDirectives;
 use crate::cache::Cache;
 use crate::http::body::{self, Encoding, Source, Tee};
 use crate::http::buffer::WriteBatch;
-use crate::http::response;
+use crate::http::outbound::RequestHead;
 use crate::proxy::cache_step::{finish_storing, refresh_from_304, start_storing, CachePlan};
 use crate::proxy::context::Scratch;
 use crate::proxy::dispatch::RefreshJob;
+use crate::proxy::error::ForwardError;
+use crate::proxy::forward::{self, upstream_read_step, Exchanged, Outbound};
 use crate::server::shared::Shared;
 
 /// The refresher thread's loop, until shutdown.
@@ -38,32 +40,23 @@ pub fn run_refresher(shared: &Shared, cache: &Cache, jobs: &Receiver<RefreshJob>
 }
 
 /// Fetches `job`'s URL again (conditionally when the entry has validators) and stores the result.
-fn refresh(shared: &Shared, cache: &Cache, scratch: &mut Scratch, job: &RefreshJob) -> Result<(), String> {
+/// It goes the way a forwarded request goes ([`forward::exchange`]): a stale pooled connection is
+/// replaced, a backend that refuses is taken out of rotation, timings reach the metrics.
+fn refresh(shared: &Shared, cache: &Cache, scratch: &mut Scratch, job: &RefreshJob) -> Result<(), ForwardError> {
     let config = &shared.config;
     let entry = &job.entry;
-    let mut head = Vec::with_capacity(256);
-    let _ = write!(head, "GET {} HTTP/1.1\r\n", job.dispatch.target);
+    let mut head = RequestHead::start(&mut scratch.upstream_head, "GET", &job.dispatch.target);
     if let Some(host) = &job.host {
-        let _ = write!(head, "Host: {host}\r\n");
+        head.field("Host", host.as_bytes());
     }
     for (name, value) in entry.vary_values() {
         if let Some(value) = value {
-            let _ = write!(head, "{name}: ");
-            head.extend_from_slice(value);
-            head.extend_from_slice(b"\r\n");
+            head.field(name, value);
         }
     }
-    if let Some(etag) = entry.header("etag") {
-        head.extend_from_slice(b"If-None-Match: ");
-        head.extend_from_slice(etag);
-        head.extend_from_slice(b"\r\n");
-    }
-    if let Some(lm) = entry.header("last-modified") {
-        head.extend_from_slice(b"If-Modified-Since: ");
-        head.extend_from_slice(lm);
-        head.extend_from_slice(b"\r\n");
-    }
-    head.extend_from_slice(b"Via: 1.1 pibl\r\n\r\n");
+    head.validators(entry.header("etag"), entry.header("last-modified"));
+    head.via(std::iter::empty(), 1);
+    head.finish();
 
     let plan = CachePlan {
         cache,
@@ -74,16 +67,15 @@ fn refresh(shared: &Shared, cache: &Cache, scratch: &mut Scratch, job: &RefreshJ
         request_time: shared.clock.wall(),
         leader: None,
     };
-    let now = std::time::Instant::now();
-    let backend = job.dispatch.upstream.pool().candidates(now, job.dispatch.client).next().ok_or("no backend is up")?;
-    let mut stream = match backend.take_idle(now) {
-        Some(s) => s,
-        None => backend.connect(config.connect_timeout, config.backend_timeout).map_err(|e| e.to_string())?,
+    let mut outbound = Outbound {
+        pool: job.dispatch.upstream.pool(),
+        client: job.dispatch.client,
+        head: &scratch.upstream_head,
+        body: None,
+        is_head: false,
     };
-    stream.write_all(&head).map_err(|e| e.to_string())?;
-    let buf = &mut scratch.upstream_buf;
-    buf.clear();
-    let res = response::read_head(buf, &mut stream, config.buffer_size, false).map_err(|e| e.to_string())?;
+    let Exchanged { backend, mut stream, response: res, in_flight } =
+        forward::exchange(shared, &mut outbound, &mut scratch.upstream_buf).map_err(|failure| failure.error)?;
     if res.status == 304 {
         refresh_from_304(shared, &plan, entry, &res);
     } else {
@@ -91,9 +83,10 @@ fn refresh(shared: &Shared, cache: &Cache, scratch: &mut Scratch, job: &RefreshJ
         let mut tee = Tee::new(cache.limits().max_object_bytes);
         let (mut out, mut sink) = (Vec::new(), io::sink());
         let mut dst = WriteBatch::new(&mut out, &mut sink, config.buffer_size);
-        let mut src = Source { buf: &mut scratch.upstream_buf, sock: &mut stream, step: config.buffer_size };
-        body::transfer_with_copy(&mut src, res.framing, &mut dst, Encoding::Identity, &mut tee)
-            .map_err(|e| e.to_string())?;
+        let mut src = Source { buf: &mut scratch.upstream_buf, sock: &mut stream, step: upstream_read_step(config) };
+        body::transfer_with_copy(&mut src, res.framing, &mut dst, Encoding::Identity, &mut tee).map_err(|e| {
+            ForwardError::Upstream(format!("backend {} broke off the response body: {e}", backend.name))
+        })?;
         match pending {
             Some(mut pending) => {
                 pending.tee = tee;
@@ -105,7 +98,8 @@ fn refresh(shared: &Shared, cache: &Cache, scratch: &mut Scratch, job: &RefreshJ
         }
     }
     if res.reusable && scratch.upstream_buf.is_empty() {
-        backend.put_idle(stream, std::time::Instant::now());
+        backend.put_idle(stream, Instant::now());
     }
+    drop(in_flight);
     Ok(())
 }
