@@ -12,9 +12,10 @@ pub mod conn;
 pub mod parker;
 pub mod probe;
 pub mod shared;
+pub mod wake;
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -240,8 +241,7 @@ impl Server {
         let deadline = Instant::now() + self.shared.config.shutdown_grace;
         self.shared.shutdown.store(true, Ordering::Release);
         self.shared.parker.wake();
-        // accept() has no timeout: a connection to ourselves wakes it.
-        let _ = TcpStream::connect_timeout(&wake_addr(self.local_addr), Duration::from_secs(1));
+        wake::wake_acceptor(self.local_addr);
         for handle in [self.acceptor.take(), self.parker.take(), self.refresher.take()].into_iter().flatten() {
             let _ = handle.join();
         }
@@ -264,16 +264,6 @@ impl Server {
         }
         clean
     }
-}
-
-/// Where to connect to reach a listener bound to `addr` (a wildcard address is reached on loopback).
-fn wake_addr(addr: SocketAddr) -> SocketAddr {
-    let ip = match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    SocketAddr::new(ip, addr.port())
 }
 
 /// How often the parker checks deadlines: a quarter of the shortest timeout, within 10-250 ms.
