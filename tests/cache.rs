@@ -322,6 +322,50 @@ fn stale_while_revalidate_serves_stale_and_refreshes_once_in_the_background() {
 }
 
 #[test]
+fn a_background_refresh_retries_a_pooled_connection_the_backend_closed() {
+    // Every answer promises keep-alive, then the backend hangs up: the connection pibl pooled after
+    // the first fetch is dead when the refresh takes it.
+    let count = Arc::new(AtomicUsize::new(0));
+    let n = count.clone();
+    let backend = TestBackend::start(move |_| {
+        let body = format!("response {}", n.fetch_add(1, Ordering::SeqCst) + 1);
+        Reply::RawThenClose(
+            format!(
+                "HTTP/1.1 200 OK\r\nCache-Control: max-age=10, stale-while-revalidate=60\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        )
+    });
+    let proxy = cache_proxy(&backend);
+    assert_eq!(get_with(&proxy, "/p", "").text(), "response 1");
+    proxy.clock().advance(Duration::from_secs(15));
+    let res = get_with(&proxy, "/p", "");
+    assert_eq!((x_cache(&res), res.text().as_str()), ("STALE", "response 1"));
+    // No further request could schedule another refresh: the one refresh must get through on its own.
+    wait_until("the refresh reaches the backend on a fresh connection", || backend.requests() == 2);
+    wait_until("the refreshed entry is served", || get_with(&proxy, "/p", "").text() == "response 2");
+    assert_eq!(backend.connections(), 2);
+}
+
+#[test]
+fn a_background_refresh_takes_a_dead_backend_out_of_rotation() {
+    let backend = scripted("Cache-Control: max-age=10, stale-while-revalidate=60\r\n");
+    let proxy = cache_proxy(&backend);
+    let backends = proxy.health_targets(Some("/".into()));
+    let is_up = || backends()[0].0.is_up(proxy.clock().now());
+    get_with(&proxy, "/d", "");
+    proxy.clock().advance(Duration::from_secs(15));
+    backend.stop();
+    assert!(is_up(), "nothing has tried the stopped backend yet");
+    let res = get_with(&proxy, "/d", "");
+    assert_eq!((x_cache(&res), res.text().as_str()), ("STALE", "response 1"));
+    wait_until("the refresh finds the backend refusing and marks it down", || !is_up());
+    proxy.clock().advance(Duration::from_secs(11));
+    assert!(is_up(), "back in rotation once the cool-down has passed on the proxy's clock");
+}
+
+#[test]
 fn stale_if_error_covers_a_dead_or_failing_backend() {
     let failing = Arc::new(AtomicBool::new(false));
     let fail = failing.clone();

@@ -63,7 +63,7 @@ impl DemoBackend {
 impl Drop for DemoBackend {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        pibl::server::wake::wake_acceptor(self.addr);
     }
 }
 

@@ -76,12 +76,7 @@ impl ApiServer {
     /// Stops accepting, lets requests in progress finish, closes idle connections.
     pub fn shutdown(mut self) {
         self.shutdown.store(true, Ordering::Release);
-        let wake = match self.local_addr.ip() {
-            ip if ip.is_unspecified() && ip.is_ipv4() => SocketAddr::from(([127, 0, 0, 1], self.local_addr.port())),
-            ip if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, self.local_addr.port())),
-            _ => self.local_addr,
-        };
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        crate::server::wake::wake_acceptor(self.local_addr);
         if let Some(handle) = self.acceptor.take() {
             let _ = handle.join();
         }

@@ -53,8 +53,7 @@ impl MetricsListener {
     /// Stops accepting and waits for the thread.
     pub fn shutdown(mut self) {
         self.shutdown.store(true, Ordering::Release);
-        // accept() has no timeout: a connection to ourselves wakes it (the address is loopback).
-        let _ = TcpStream::connect_timeout(&self.local_addr, Duration::from_secs(1));
+        crate::server::wake::wake_acceptor(self.local_addr);
         if let Some(handle) = self.handle.take() {
             let _ = handle.join();
         }

@@ -9,7 +9,7 @@ use crossbeam_channel::Sender;
 use super::throttle::Throttle;
 use crate::cache::Cache;
 use crate::clock::Clock;
-use crate::observe::metrics::ApiObserver;
+use crate::server::probe::ApiObserver;
 use crate::store::credentials::Tokens;
 use crate::store::lockout::LoginEvent;
 use crate::store::{Store, StoreError};

@@ -1,7 +1,6 @@
 //! The operations endpoints of the API port: `GET /metrics` (Prometheus text), `GET /api/status` (the JSON the dashboard polls: admins see every pool, route and app, users their own apps) and `GET /dashboard` (one self-contained HTML page embedded in the binary).
 
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use serde_json::{json, Value};
 
@@ -47,7 +46,7 @@ pub fn metrics(state: &ApiState) -> Reply {
     let Some(shared) = state.observe.probe().and_then(|p| p.shared()) else {
         return ApiError::Request(503, "the proxy is not running".into()).reply();
     };
-    let backends = metrics::backend_states(&shared, Instant::now());
+    let backends = shared.backend_states(shared.clock.now());
     // A failed count is logged and scraped as 0 rather than failing the whole scrape.
     let locked_accounts = state.store.blocked_list(state.clock.now_ms()).map(|l| l.len()).unwrap_or_else(|e| {
         log::error!("metrics: cannot count blocked accounts: {e}");
@@ -98,7 +97,8 @@ pub fn status(state: &ApiState, user: &User) -> Result<Reply, ApiError> {
     };
     let visible = |name: &str| own.as_ref().is_none_or(|names| names.iter().any(|n| n == name));
 
-    let backends: Vec<Value> = metrics::backend_states(&shared, Instant::now())
+    let backends: Vec<Value> = shared
+        .backend_states(shared.clock.now())
         .into_iter()
         .filter(|b| visible(&b.pool))
         .map(|BackendState { pool, backend, up, last_check_ms, in_flight }| {

@@ -13,8 +13,10 @@ use parking_lot::Mutex;
 use crate::config::{AuthUrl, BackendAddr};
 use crate::http::body::{self, Encoding, Source};
 use crate::http::buffer::{ReadBuf, WriteBatch};
+use crate::http::outbound::RequestHead;
 use crate::http::request::Request;
 use crate::http::response::{self, ReadHeadError};
+use crate::http::Framing;
 use crate::upstream::backend::Backend;
 
 /// Largest auth answer body read (and dropped) to keep the connection reusable.
@@ -102,21 +104,19 @@ impl AuthChecker {
 
     fn ask(&self, req: &Request, client: IpAddr) -> AuthDecision {
         let mut head = Vec::with_capacity(512);
-        let _ = write!(head, "GET {} HTTP/1.1\r\nHost: {}\r\n", self.url.path, self.url.host);
+        let mut fields = RequestHead::start(&mut head, "GET", &self.url.path);
+        fields.field("Host", self.url.host.as_bytes());
         for name in ["authorization", "cookie"] {
             for (field, value) in req.headers().filter(|(n, _)| n.eq_ignore_ascii_case(name)) {
-                head.extend_from_slice(field.as_bytes());
-                head.extend_from_slice(b": ");
-                head.extend_from_slice(value);
-                head.extend_from_slice(b"\r\n");
+                fields.field(field, value);
             }
         }
-        let _ = write!(
-            head,
-            "X-Original-URI: {}\r\nX-Original-Method: {}\r\nX-Forwarded-For: {client}\r\nContent-Length: 0\r\n\r\n",
-            req.target(),
-            req.method()
-        );
+        fields
+            .field("X-Original-URI", req.target().as_bytes())
+            .field("X-Original-Method", req.method().as_bytes())
+            .field("X-Forwarded-For", client.to_string().as_bytes())
+            .framing(Framing::Length(0), "GET");
+        fields.finish();
         // A pooled connection may have been closed by the auth server: then ask once more on a new one.
         let now = Instant::now();
         if let Some(stream) = self.server.take_idle(now) {

@@ -1,9 +1,12 @@
 //! HTTP/1.x message handling shared by both sides of the proxy: request heads from clients
-//! (`request`), response heads from backends (`response`), body framing and streaming (`body`), and
-//! the header rules they share (hop-by-hop fields, token lists).
+//! (`request`), response heads from backends (`response`), request heads pibl sends upstream
+//! (`outbound`), body framing and streaming (`body`), and what both kinds of head share: their
+//! field list (`headers`), hop-by-hop fields, token lists.
 
 pub mod body;
 pub mod buffer;
+pub mod headers;
+pub mod outbound;
 pub mod request;
 pub mod response;
 

@@ -5,6 +5,7 @@ use std::fmt;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
+use super::headers::{span, HeaderList};
 use super::{parse_content_length, tokens, ConnectionOptions, Framing};
 
 /// The highest `max_headers` the config accepts; sizes the parser's stack array.
@@ -67,17 +68,16 @@ impl fmt::Display for RequestError {
     }
 }
 
-/// A parsed request head. Header names and values are ranges into an owned copy of the head, so
-/// parsing allocates a fixed handful of times whatever the number of fields.
+/// A parsed request head.
 #[derive(Debug, Clone)]
 pub struct Request {
-    head: Vec<u8>,
+    fields: HeaderList,
+    /// Where the method sits in the head.
     method: Range<usize>,
     /// The origin-form target (`/path?query`).
     target: String,
     /// `Host`, or the authority of an absolute-form target.
     host: Option<String>,
-    headers: Vec<(Range<usize>, Range<usize>)>,
     /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub version: u8,
     pub framing: Framing,
@@ -89,7 +89,7 @@ pub struct Request {
 
 impl Request {
     pub fn method(&self) -> &str {
-        std::str::from_utf8(&self.head[self.method.clone()]).unwrap_or("")
+        std::str::from_utf8(self.fields.slice(&self.method)).unwrap_or("")
     }
 
     pub fn target(&self) -> &str {
@@ -106,14 +106,12 @@ impl Request {
 
     /// Every header field in order, names as sent.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + Clone {
-        self.headers
-            .iter()
-            .map(|(n, v)| (std::str::from_utf8(&self.head[n.clone()]).unwrap_or(""), &self.head[v.clone()]))
+        self.fields.iter()
     }
 
     /// The value of the first field called `name`.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        self.fields.get(name)
     }
 }
 
@@ -138,9 +136,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, Re
     let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
         return Err(RequestError::Malformed("incomplete request line".into()));
     };
-    let head = buf[..head_len].to_vec();
-    let offset = |s: &[u8]| s.as_ptr() as usize - buf.as_ptr() as usize;
-    let range = |s: &[u8]| offset(s)..offset(s) + s.len();
+    let fields = HeaderList::parsed(buf, head_len, req.headers);
 
     if method == "CONNECT" {
         return Err(RequestError::NotImplemented(method.to_string()));
@@ -154,9 +150,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, Re
     let mut host_header = None;
     let mut expect_continue = false;
     let mut connection = ConnectionOptions::default();
-    let mut headers = Vec::with_capacity(req.headers.len());
     for h in req.headers.iter() {
-        headers.push((range(h.name.as_bytes()), range(h.value)));
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
             let len = parse_content_length(h.value).ok_or(RequestError::Framing("invalid Content-Length"))?;
@@ -222,11 +216,10 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, Re
 
     Ok(Some((
         Request {
-            method: range(method.as_bytes()),
-            head,
+            method: span(buf, method.as_bytes()),
+            fields,
             target,
             host,
-            headers,
             version,
             framing,
             keep_alive,

@@ -6,6 +6,7 @@ use std::io::{self, Read};
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
+use super::headers::{span, HeaderList};
 use super::{parse_content_length, tokens, ConnectionOptions, Framing};
 use crate::http::buffer::ReadBuf;
 
@@ -32,12 +33,12 @@ impl fmt::Display for ResponseError {
     }
 }
 
-/// A parsed response head, with names and values as ranges into an owned copy of the head.
+/// A parsed response head.
 #[derive(Debug, Clone)]
 pub struct Response {
-    head: Vec<u8>,
+    fields: HeaderList,
+    /// Where the reason phrase sits in the head.
     reason: Range<usize>,
-    headers: Vec<(Range<usize>, Range<usize>)>,
     pub status: u16,
     /// Minor version of the backend's HTTP/1.x.
     pub version: u8,
@@ -49,17 +50,15 @@ pub struct Response {
 
 impl Response {
     pub fn reason(&self) -> &[u8] {
-        &self.head[self.reason.clone()]
+        self.fields.slice(&self.reason)
     }
 
     pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + Clone {
-        self.headers
-            .iter()
-            .map(|(n, v)| (std::str::from_utf8(&self.head[n.clone()]).unwrap_or(""), &self.head[v.clone()]))
+        self.fields.iter()
     }
 
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        self.fields.get(name)
     }
 
     /// 1xx answers precede the final response.
@@ -138,15 +137,11 @@ pub fn parse(buf: &[u8], request_was_head: bool) -> Result<Option<(Response, usi
     let (Some(status), Some(version)) = (res.code, res.version) else {
         return Err(ResponseError::Malformed("incomplete status line".into()));
     };
-    let offset = |s: &[u8]| s.as_ptr() as usize - buf.as_ptr() as usize;
-    let range = |s: &[u8]| offset(s)..offset(s) + s.len();
-
+    let fields = HeaderList::parsed(buf, head_len, res.headers);
     let mut content_length = None;
     let mut transfer_encoding: Option<bool> = None;
     let mut connection = ConnectionOptions::default();
-    let mut headers = Vec::with_capacity(res.headers.len());
     for h in res.headers.iter() {
-        headers.push((range(h.name.as_bytes()), range(h.value)));
         if h.name.eq_ignore_ascii_case("content-length") {
             let len = parse_content_length(h.value).ok_or(ResponseError::Framing("invalid Content-Length"))?;
             if content_length.is_some_and(|prev| prev != len) {
@@ -163,7 +158,7 @@ pub fn parse(buf: &[u8], request_was_head: bool) -> Result<Option<(Response, usi
         }
     }
     let reason = match res.reason {
-        Some(r) => range(r.as_bytes()),
+        Some(r) => span(buf, r.as_bytes()),
         None => 0..0,
     };
     let no_body = request_was_head || (100..200).contains(&status) || status == 204 || status == 304;
@@ -179,10 +174,7 @@ pub fn parse(buf: &[u8], request_was_head: bool) -> Result<Option<(Response, usi
     };
     let keep_alive = if version == 1 { !connection.close } else { connection.keep_alive && !connection.close };
     let reusable = keep_alive && framing != Framing::UntilClose;
-    Ok(Some((
-        Response { head: buf[..head_len].to_vec(), reason, headers, status, version, framing, reusable, connection },
-        head_len,
-    )))
+    Ok(Some((Response { fields, reason, status, version, framing, reusable, connection }, head_len)))
 }
 
 #[cfg(test)]

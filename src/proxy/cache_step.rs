@@ -1,27 +1,25 @@
 //! The response cache's part of the request pipeline: answer GET and HEAD from storage when policy
 //! allows, coalesce concurrent misses into one backend request, revalidate stale entries, serve stale
-//! ones when the backend fails, store what comes back, and refresh entries in the background
-//! (`stale-while-revalidate`).
+//! ones when the backend fails, store what comes back, and queue entries for a background refresh
+//! (`stale-while-revalidate`, done by `refresh`). It decides and stores; forwarding is `forward`'s.
 
+use std::borrow::Cow;
 use std::io::{self, Write};
-use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
-
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use std::time::{Instant, SystemTime};
 
 use crate::cache::policy::{self, CacheControl, Exchange, Freshness, RequestDirectives, Usability};
-use crate::cache::{response_facts, vary_names, Cache, Entry, Join, VaryValues, PASS_TIME};
-use crate::http::body::{self, Encoding, Source, Tee};
+use crate::cache::{response_facts, vary_names, Cache, Entry, FlightGuard, Join, VaryValues, PASS_TIME};
+use crate::http::body::Tee;
 use crate::http::buffer::WriteBatch;
 use crate::http::request::Request;
-use crate::http::response::{self, Response};
+use crate::http::response::Response;
 use crate::http::{trim, Framing};
-use crate::proxy::Upstream;
-use crate::proxy::{self, Dispatch, ForwardError, Forwarded, Outcome, Scratch};
-use crate::server::conn::Conn;
-use crate::server::Shared;
+use crate::proxy::context::{Answer, Forwarded, Outcome, RequestCtx};
+use crate::proxy::dispatch::{Dispatch, RefreshJob};
+use crate::proxy::error::Failure;
+use crate::server::shared::Shared;
 
 /// The access-log name of answers served from storage.
 pub const CACHE_LABEL: &str = "cache";
@@ -36,6 +34,8 @@ pub struct CachePlan<'c> {
     /// The response may be stored (GET without `no-store`).
     pub store: bool,
     pub request_time: SystemTime,
+    /// Held while this request fetches the URL for others waiting on it; dropped with the plan.
+    pub leader: Option<FlightGuard<'c>>,
 }
 
 impl CachePlan<'_> {
@@ -44,9 +44,8 @@ impl CachePlan<'_> {
         self.stale.as_deref().filter(|e| e.has_validator())
     }
 
-    /// The stale entry if policy lets it answer for a failed backend.
-    pub fn stale_for_error(&self, shared: &Shared) -> Option<Arc<Entry>> {
-        let now = shared.clock.now();
+    /// The stale entry if policy lets it answer at `now` for a failed backend.
+    pub fn stale_for_error(&self, now: Instant) -> Option<Arc<Entry>> {
         self.stale.as_ref().filter(|e| e.freshness.usable_on_error(e.age(now))).cloned()
     }
 }
@@ -58,17 +57,6 @@ pub struct Pending {
     received_at: Instant,
     vary: VaryValues,
     pub tee: Tee,
-}
-
-/// A stale entry to refresh off the request path.
-pub struct RefreshJob {
-    key: String,
-    host: Option<String>,
-    /// The target as sent upstream, and the pool that serves it.
-    target: String,
-    upstream: Upstream,
-    client: IpAddr,
-    entry: Arc<Entry>,
 }
 
 pub fn request_directives(req: &Request) -> RequestDirectives {
@@ -97,15 +85,21 @@ pub fn request_value(req: &Request, name: &str) -> Option<Vec<u8>> {
     joined
 }
 
-/// Answers a GET or HEAD from the cache, or forwards it with a plan for storing the answer.
-pub fn handle(
-    shared: &Shared,
-    cache: &Cache,
-    scratch: &mut Scratch,
-    conn: &mut Conn,
-    req: &Request,
-    dispatch: &Dispatch<'_>,
-) -> Result<Forwarded, (ForwardError, Option<String>)> {
+/// What the cache does with one GET or HEAD.
+pub enum Lookup<'c> {
+    /// A stored response answers (`HIT`, or `STALE` while a background refresh runs).
+    Stored { entry: Arc<Entry>, label: &'static str },
+    /// `only-if-cached` and nothing usable is stored.
+    NotCached,
+    /// The request goes to a backend with this plan for the answer.
+    Forward(CachePlan<'c>),
+}
+
+/// Looks the request up: a usable stored response answers it; otherwise it is forwarded with a
+/// plan (revalidating a stale entry, storing the answer). Concurrent misses of one URL wait for
+/// the first one's answer (which then fills the cache for them) instead of each reaching a backend.
+pub fn lookup<'c>(ctx: &RequestCtx<'_>, cache: &'c Cache) -> Lookup<'c> {
+    let (shared, req) = (ctx.shared, ctx.req);
     let directives = request_directives(req);
     let is_get = req.method() == "GET";
     let mut plan = CachePlan {
@@ -115,14 +109,15 @@ pub fn handle(
         directives,
         stale: None,
         request_time: shared.clock.wall(),
+        leader: None,
     };
     if plan.directives.cc.no_store {
         cache.stats.misses.fetch_add(1, Ordering::Relaxed);
-        return proxy::forward(shared, scratch, conn, req, dispatch, Some(&mut plan));
+        return Lookup::Forward(plan);
     }
     let values = |name: &str| request_value(req, name);
     let mut waited = false;
-    let _leader = loop {
+    plan.leader = loop {
         if let Some(entry) = cache.lookup(&plan.key, &values) {
             let now = shared.clock.now();
             let allowed = !plan.directives.has_authorization || entry.freshness.shareable_with_auth;
@@ -130,21 +125,21 @@ pub fn handle(
                 match entry.freshness.usability(entry.age(now), &plan.directives) {
                     Usability::Fresh => {
                         cache.stats.hits.fetch_add(1, Ordering::Relaxed);
-                        return Ok(serve_entry(shared, scratch, conn, req, &entry, "HIT"));
+                        return Lookup::Stored { entry, label: "HIT" };
                     }
                     Usability::StaleWhileRevalidate => {
                         if entry.claim_refresh() {
-                            schedule_refresh(shared, &plan.key, req, dispatch, &entry);
+                            schedule_refresh(shared, &plan.key, req, ctx.dispatch, &entry);
                         }
                         cache.stats.stale.fetch_add(1, Ordering::Relaxed);
-                        return Ok(serve_entry(shared, scratch, conn, req, &entry, "STALE"));
+                        return Lookup::Stored { entry, label: "STALE" };
                     }
                     Usability::Revalidate => plan.stale = Some(entry),
                 }
             }
         }
         if plan.directives.cc.only_if_cached {
-            return Err((ForwardError::NotCached, None));
+            return Lookup::NotCached;
         }
         // Only a GET can fill the cache for the others, only once per wait, and only for URLs
         // that lately answered with something storable.
@@ -160,19 +155,13 @@ pub fn handle(
         }
     };
     cache.stats.misses.fetch_add(1, Ordering::Relaxed);
-    proxy::forward(shared, scratch, conn, req, dispatch, Some(&mut plan))
+    Lookup::Forward(plan)
 }
 
 /// Writes a stored response to the client, or 304 when the client's own validators match it.
-pub fn serve_entry(
-    shared: &Shared,
-    scratch: &mut Scratch,
-    conn: &mut Conn,
-    req: &Request,
-    entry: &Entry,
-    label: &str,
-) -> Forwarded {
-    let keep_alive = req.keep_alive && !shared.is_shutting_down();
+pub fn serve_entry(ctx: &mut RequestCtx<'_>, entry: &Entry, label: &str) -> Answer {
+    let (shared, req) = (ctx.shared, ctx.req);
+    let keep_alive = ctx.may_keep_alive();
     let age = entry.age(shared.clock.now()).as_secs();
     let not_modified = policy::not_modified(
         req.header("if-none-match"),
@@ -181,7 +170,7 @@ pub fn serve_entry(
         entry.header("last-modified"),
     ) && entry.status == 200;
     let mut body_bytes = 0;
-    let mut dst = WriteBatch::new(scratch.out_buf(), &mut conn.stream, shared.config.buffer_size);
+    let mut dst = WriteBatch::new(&mut ctx.scratch.out, &mut ctx.conn.stream, shared.config.buffer_size);
     let written = (|| -> io::Result<u16> {
         if not_modified {
             // RFC 9110 section 15.4.5: the fields a 200 would have carried that describe the representation.
@@ -208,12 +197,25 @@ pub fn serve_entry(
         dst.send()?;
         Ok(if not_modified { 304 } else { entry.status })
     })();
-    scratch.set_body_bytes(body_bytes);
+    ctx.scratch.body_bytes = body_bytes;
+    let by = Some(CACHE_LABEL.to_string());
     match written {
-        Ok(status) => {
-            (status, Some(CACHE_LABEL.to_string()), if keep_alive { Outcome::KeepAlive } else { Outcome::Close })
+        Ok(status) => Answer { status, by, next: Outcome::keep_alive_if(keep_alive) },
+        Err(_) => Answer { status: entry.status, by, next: Outcome::Close },
+    }
+}
+
+/// After a backend failed (`is_backend_fault`): the stale entry answers instead if policy lets it
+/// (`stale-if-error`); otherwise the failure stands.
+pub fn stale_on_error(ctx: &mut RequestCtx<'_>, plan: &CachePlan<'_>, failure: Failure) -> Forwarded {
+    match plan.stale_for_error(ctx.shared.clock.now()) {
+        Some(entry) => {
+            let (req, e) = (ctx.req, &failure.error);
+            log::warn!("{} {}: {e}; answering with the stale stored response", req.method(), req.target());
+            plan.cache.stats.stale.fetch_add(1, Ordering::Relaxed);
+            Ok(serve_entry(ctx, &entry, "STALE"))
         }
-        Err(_) => (entry.status, Some(CACHE_LABEL.to_string()), Outcome::Close),
+        None => Err(failure),
     }
 }
 
@@ -321,9 +323,12 @@ fn schedule_refresh(shared: &Shared, key: &str, req: &Request, dispatch: &Dispat
     let job = RefreshJob {
         key: key.to_string(),
         host: req.host().map(str::to_string),
-        target: dispatch.target.to_string(),
-        upstream: dispatch.upstream.clone(),
-        client: dispatch.client,
+        dispatch: Dispatch {
+            upstream: dispatch.upstream.clone(),
+            target: Cow::Owned(dispatch.target.to_string()),
+            client: dispatch.client,
+            auth_user: None,
+        },
         entry: Arc::clone(entry),
     };
     if let Some(tx) = &shared.refresh_tx {
@@ -332,96 +337,4 @@ fn schedule_refresh(shared: &Shared, key: &str, req: &Request, dispatch: &Dispat
             entry.release_refresh();
         }
     }
-}
-
-/// The refresher thread: refreshes entries served under `stale-while-revalidate`, and every second
-/// reclaims entries that can no longer be used.
-pub fn run_refresher(shared: &Shared, cache: &Cache, jobs: &Receiver<RefreshJob>) {
-    let mut scratch = Scratch::default();
-    while !shared.is_shutting_down() {
-        match jobs.recv_timeout(Duration::from_secs(1)) {
-            Ok(job) => {
-                if let Err(e) = refresh(shared, cache, &mut scratch, &job) {
-                    log::debug!("background refresh of {} failed: {e}", job.target);
-                    job.entry.release_refresh();
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                cache.reclaim_expired(shared.clock.now());
-            }
-            Err(RecvTimeoutError::Disconnected) => return,
-        }
-    }
-}
-
-/// Fetches `job`'s URL again (conditionally when the entry has validators) and stores the result.
-fn refresh(shared: &Shared, cache: &Cache, scratch: &mut Scratch, job: &RefreshJob) -> Result<(), String> {
-    let config = &shared.config;
-    let entry = &job.entry;
-    let mut head = Vec::with_capacity(256);
-    let _ = write!(head, "GET {} HTTP/1.1\r\n", job.target);
-    if let Some(host) = &job.host {
-        let _ = write!(head, "Host: {host}\r\n");
-    }
-    for (name, value) in entry.vary_values() {
-        if let Some(value) = value {
-            let _ = write!(head, "{name}: ");
-            head.extend_from_slice(value);
-            head.extend_from_slice(b"\r\n");
-        }
-    }
-    if let Some(etag) = entry.header("etag") {
-        head.extend_from_slice(b"If-None-Match: ");
-        head.extend_from_slice(etag);
-        head.extend_from_slice(b"\r\n");
-    }
-    if let Some(lm) = entry.header("last-modified") {
-        head.extend_from_slice(b"If-Modified-Since: ");
-        head.extend_from_slice(lm);
-        head.extend_from_slice(b"\r\n");
-    }
-    head.extend_from_slice(b"Via: 1.1 pibl\r\n\r\n");
-
-    let plan = CachePlan {
-        cache,
-        key: job.key.clone(),
-        directives: RequestDirectives::default(),
-        stale: Some(Arc::clone(entry)),
-        store: true,
-        request_time: shared.clock.wall(),
-    };
-    let now = std::time::Instant::now();
-    let backend = job.upstream.pool().candidates(now, job.client).next().ok_or("no backend is up")?;
-    let mut stream = match backend.take_idle(now) {
-        Some(s) => s,
-        None => backend.connect(config.connect_timeout, config.backend_timeout).map_err(|e| e.to_string())?,
-    };
-    stream.write_all(&head).map_err(|e| e.to_string())?;
-    let buf = scratch.upstream_buf_mut();
-    buf.clear();
-    let res = response::read_head(buf, &mut stream, config.buffer_size, false).map_err(|e| e.to_string())?;
-    if res.status == 304 {
-        refresh_from_304(shared, &plan, entry, &res);
-    } else {
-        let pending = start_storing(shared, &plan, &|name| entry.vary_value(name), &res);
-        let mut tee = Tee::new(cache.limits().max_object_bytes);
-        let (mut out, mut sink) = (Vec::new(), io::sink());
-        let mut dst = WriteBatch::new(&mut out, &mut sink, config.buffer_size);
-        let mut src = Source { buf: scratch.upstream_buf_mut(), sock: &mut stream, step: config.buffer_size };
-        body::transfer_with_copy(&mut src, res.framing, &mut dst, Encoding::Identity, &mut tee)
-            .map_err(|e| e.to_string())?;
-        match pending {
-            Some(mut pending) => {
-                pending.tee = tee;
-                finish_storing(&plan, &res, pending);
-            }
-            None => {
-                cache.remove_entry(&job.key, entry);
-            }
-        }
-    }
-    if res.reusable && scratch.upstream_buf_mut().is_empty() {
-        backend.put_idle(stream, std::time::Instant::now());
-    }
-    Ok(())
 }

@@ -10,12 +10,15 @@
 
 pub mod conn;
 pub mod parker;
+pub mod probe;
+pub mod shared;
+pub mod wake;
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -29,73 +32,17 @@ use crate::gateway::Gateway;
 use crate::http::request::{self, Limits};
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Metrics;
-use crate::proxy::cache_step::{self, RefreshJob};
-use crate::proxy::{self, Outcome, Scratch};
+use crate::proxy;
+use crate::proxy::context::{Outcome, Scratch};
+use crate::proxy::error::write_error;
+use crate::proxy::refresh;
 use crate::server::conn::{Conn, ConnLimit, PerIpLimit};
 use crate::server::parker::Parker;
+use crate::server::probe::Probe;
+use crate::server::shared::{Shared, Stats};
 use crate::store::credentials::Tokens;
 use crate::upstream::apps::Router;
 use crate::upstream::backend::Backend;
-
-/// State every thread of one server shares.
-pub struct Shared {
-    pub config: Config,
-    /// Routes, pools and access rules; replaced whole by [`Server::reload`].
-    gateway: RwLock<Arc<Gateway>>,
-    /// Apps registered through the management API (empty when none is running).
-    pub router: Arc<Router>,
-    /// Verifies pibl's own tokens on `auth = jwt` routes (`None` without the management API).
-    pub tokens: Option<Arc<Tokens>>,
-    pub limits: Limits,
-    /// The response cache; `None` when `ttl` is zero.
-    pub cache: Option<Arc<Cache>>,
-    pub clock: Clock,
-    /// Background refreshes of stale cache entries.
-    pub refresh_tx: Option<Sender<RefreshJob>>,
-    pub access_log: AccessLog,
-    /// Counters and histograms for `/metrics` and the dashboard.
-    pub metrics: Metrics,
-    /// A clone of the workers' queue, only ever asked its length.
-    ready: Receiver<Conn>,
-    shutdown: AtomicBool,
-    conns: Arc<ConnLimit>,
-    per_ip: Arc<PerIpLimit>,
-    parker: Parker,
-}
-
-impl Shared {
-    /// The current routes and pools; the lock is held only to clone the `Arc`.
-    pub fn gateway(&self) -> Arc<Gateway> {
-        Arc::clone(&self.gateway.read())
-    }
-
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutdown.load(Ordering::Acquire)
-    }
-
-    pub fn stats(&self) -> Stats {
-        Stats { open_connections: self.conns.open(), parked_connections: self.parker.len() }
-    }
-
-    /// Connections waiting for a worker.
-    pub fn queue_depth(&self) -> usize {
-        self.ready.len()
-    }
-}
-
-/// A handle on a running server's state for metrics and status pages. It holds the state weakly,
-/// so a probe kept by the API never keeps a stopped server alive.
-#[derive(Clone)]
-pub struct Probe {
-    shared: Weak<Shared>,
-}
-
-impl Probe {
-    /// The server's state, unless it has stopped.
-    pub fn shared(&self) -> Option<Arc<Shared>> {
-        self.shared.upgrade()
-    }
-}
 
 /// A running server. Dropping it does not stop it; call [`Server::shutdown`].
 pub struct Server {
@@ -106,13 +53,6 @@ pub struct Server {
     refresher: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
     worker_done: Receiver<()>,
-}
-
-/// Live figures about a server, for tests and status pages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stats {
-    pub open_connections: usize,
-    pub parked_connections: usize,
 }
 
 impl Server {
@@ -195,7 +135,7 @@ impl Server {
                 let shared = Arc::clone(&shared);
                 Some(thread::Builder::new().name("pibl-cache".into()).spawn(move || {
                     if let Some(cache) = &shared.cache {
-                        cache_step::run_refresher(&shared, cache, &refresh_rx);
+                        refresh::run_refresher(&shared, cache, &refresh_rx);
                     }
                 })?)
             }
@@ -292,7 +232,7 @@ impl Server {
 
     /// A handle for metrics and status pages.
     pub fn probe(&self) -> Probe {
-        Probe { shared: Arc::downgrade(&self.shared) }
+        Probe::new(&self.shared)
     }
 
     /// Stops accepting, closes idle connections, lets in-flight requests finish for up to
@@ -301,8 +241,7 @@ impl Server {
         let deadline = Instant::now() + self.shared.config.shutdown_grace;
         self.shared.shutdown.store(true, Ordering::Release);
         self.shared.parker.wake();
-        // accept() has no timeout: a connection to ourselves wakes it.
-        let _ = TcpStream::connect_timeout(&wake_addr(self.local_addr), Duration::from_secs(1));
+        wake::wake_acceptor(self.local_addr);
         for handle in [self.acceptor.take(), self.parker.take(), self.refresher.take()].into_iter().flatten() {
             let _ = handle.join();
         }
@@ -325,16 +264,6 @@ impl Server {
         }
         clean
     }
-}
-
-/// Where to connect to reach a listener bound to `addr` (a wildcard address is reached on loopback).
-fn wake_addr(addr: SocketAddr) -> SocketAddr {
-    let ip = match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    SocketAddr::new(ip, addr.port())
 }
 
 /// How often the parker checks deadlines: a quarter of the shortest timeout, within 10-250 ms.
@@ -430,7 +359,7 @@ fn serve(shared: &Shared, scratch: &mut Scratch, mut conn: Conn) {
                 Err(e) => {
                     log::info!("{}: {e}", conn.peer);
                     if conn.set_nonblocking(false).is_ok() {
-                        let _ = proxy::write_error(&mut conn.stream, e.status(), &e.to_string(), false, false);
+                        let _ = write_error(&mut conn.stream, e.status(), &e.to_string(), false, false);
                     }
                     return;
                 }
@@ -453,13 +382,7 @@ fn serve(shared: &Shared, scratch: &mut Scratch, mut conn: Conn) {
                 let deadline = conn.deadline(config.header_timeout, config.keepalive_timeout);
                 if now >= deadline {
                     if !conn.buf.is_empty() && conn.set_nonblocking(false).is_ok() {
-                        let _ = proxy::write_error(
-                            &mut conn.stream,
-                            408,
-                            "request head not complete in time",
-                            false,
-                            false,
-                        );
+                        let _ = write_error(&mut conn.stream, 408, "request head not complete in time", false, false);
                     }
                     return;
                 }

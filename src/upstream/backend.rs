@@ -1,7 +1,8 @@
 //! Backend servers and pools: round-robin choice without locks, passive health (a backend that
 //! refuses a connection sits out a cool-down), active health (a flag the health checker sets after
 //! consecutive results, read with one atomic load), and a bounded set of idle keep-alive connections
-//! per backend for reuse.
+//! per backend for reuse. Time is passed in: cool-downs are measured on the caller's
+//! [`crate::clock::Clock`] (tests advance it), idle connections' ages in the socket's real time.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -140,10 +141,6 @@ impl Backend {
         if idle.len() < self.idle_limit {
             idle.push((stream, now));
         }
-    }
-
-    pub fn idle_count(&self) -> usize {
-        self.idle.lock().len()
     }
 }
 
