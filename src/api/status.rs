@@ -12,7 +12,7 @@ use crate::observe::metrics::{self, quantile, BackendState, Point, Scrape, BUCKE
 use crate::store::User;
 
 /// The dashboard page; everything it needs (CSS, script, charts) is inside it.
-const DASHBOARD: &str = include_str!("../dashboard.html");
+const DASHBOARD: &str = include_str!("dashboard.html");
 /// Cache keys listed on the dashboard.
 const TOP_KEYS: usize = 10;
 /// Slots averaged for the current request rate and percentiles: the last minute.
