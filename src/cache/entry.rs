@@ -210,10 +210,11 @@ pub fn vary_names<'a>(headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> Vec
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn freshness(secs: u64) -> Freshness {
+    /// Fresh for `secs`, with no extensions: the plainest stored answer's timing.
+    pub(crate) fn freshness(secs: u64) -> Freshness {
         Freshness {
             lifetime: Duration::from_secs(secs),
             initial_age: Duration::ZERO,
@@ -225,7 +226,8 @@ mod tests {
         }
     }
 
-    fn entry(body: usize, vary: VaryValues, now: Instant) -> Entry {
+    /// A 200 text answer of `body` bytes, fresh for a minute, as the storage tests need one.
+    pub(crate) fn entry(body: usize, vary: VaryValues, now: Instant) -> Entry {
         let headers = [("Content-Type", &b"text/plain"[..]), ("Connection", b"close"), ("Age", b"3")];
         Entry::new(200, b"OK", headers.into_iter(), vec![7u8; body].into(), freshness(60), vary, now)
     }

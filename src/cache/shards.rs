@@ -329,25 +329,7 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::entry::VaryValues;
-    use crate::cache::policy::Freshness;
-
-    fn freshness(secs: u64) -> Freshness {
-        Freshness {
-            lifetime: Duration::from_secs(secs),
-            initial_age: Duration::ZERO,
-            no_cache: false,
-            never_stale: false,
-            stale_while_revalidate: Duration::ZERO,
-            stale_if_error: Duration::ZERO,
-            shareable_with_auth: false,
-        }
-    }
-
-    fn entry(body: usize, vary: VaryValues, now: Instant) -> Entry {
-        let headers = [("Content-Type", &b"text/plain"[..]), ("Connection", b"close"), ("Age", b"3")];
-        Entry::new(200, b"OK", headers.into_iter(), vec![7u8; body].into(), freshness(60), vary, now)
-    }
+    use crate::cache::entry::tests::{entry, freshness};
 
     #[test]
     fn top_keys_are_the_most_recently_used() {
