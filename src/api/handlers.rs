@@ -16,6 +16,7 @@ use crate::clock::{rfc3339, Clock};
 use crate::http::request::{Request, RequestError};
 use crate::store::credentials::{self, Tokens};
 use crate::store::lockout::LoginEvent;
+use crate::store::notify::CachePurge;
 use crate::store::{self, AddEndpoint, Endpoint, LogEntry, Removal, Store, StoreError, User};
 use crate::upstream::apps::{resolve, Router};
 
@@ -225,6 +226,15 @@ impl fmt::Display for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         log::error!("api: {e}");
+        // [pg] A database out of reach (PostgreSQL down or restarting) is a 503 that passes by itself.
+        if e.is_unavailable() {
+            return ApiError::Request(
+                503,
+                "the database is unavailable; the proxy keeps routing, and the API works again once the \
+                 database is back: retry shortly"
+                    .into(),
+            );
+        }
         ApiError::Internal
     }
 }
@@ -665,6 +675,7 @@ fn purge_cache(state: &ApiState, req: &Request, query: &str) -> Result<Reply> {
             ));
         }
         let purged = cache.purge_all();
+        announce_purge(state, &CachePurge::All); // [pg]
         log::info!("[cache] emptied by {}: {purged} entries", user.email);
         return Ok(Reply::json(200, json!({ "purged": purged })));
     };
@@ -683,11 +694,23 @@ fn purge_cache(state: &ApiState, req: &Request, query: &str) -> Result<Reply> {
         let first = target.trim_start_matches('/').split(['/', '?']).next().unwrap_or("");
         own_app(state, &user, app_id(first)?)?;
     }
-    let purged = match host {
-        Some(host) => cache.invalidate(&Cache::key(Some(&host), &target)),
-        None => cache.purge_matching(|key| key.split_once(' ').is_some_and(|(_, t)| t == target)),
+    // [pg] One description of the purge, applied here and announced to the other instances.
+    let purge = match host {
+        Some(host) => CachePurge::Key { host, target },
+        None => CachePurge::Target(target),
     };
+    let purged = purge.apply(cache);
+    announce_purge(state, &purge);
     Ok(Reply::json(200, json!({ "purged": purged, "url": url })))
+}
+
+/// [pg] Records a purge for the instances sharing the database (nothing to do with a SQLite file).
+/// This instance's cache is already purged; if the database is down the others keep their entries
+/// until they expire, which the log says.
+fn announce_purge(state: &ApiState, purge: &CachePurge) {
+    if let Err(e) = state.store.announce_cache_purge(purge, state.clock.now_ms()) {
+        log::warn!("[cache] purge {purge:?} done here but not announced to the other instances: {e}");
+    }
 }
 
 /// Decodes `%XX` escapes (`%40` for `@`).

@@ -82,7 +82,8 @@ pub struct Config {
     pub log_level: log::LevelFilter,
     /// `api_port`: management API port.
     pub api_port: u16,
-    /// `database`: SQLite file of the management API.
+    /// `database`: SQLite file of the management API, or a `postgres://` URL shared by several
+    /// instances (typed by `store::Database::from_setting`; `PIBL_DATABASE_URL` overrides it).
     pub database: PathBuf,
     /// `rate_limit` / `rate_burst`: requests per client IP, for every route (`None` = unlimited).
     pub rate_limit: Option<RateLimit>,
@@ -172,13 +173,18 @@ impl Default for Config {
 
 /// The environment variable that overrides `purge_interval`, as the seed's purge cron was configured.
 pub const PURGE_INTERVAL_ENV: &str = "PIBL_PURGE_INTERVAL";
+/// The environment variable that overrides `database`, so a PostgreSQL password need not sit in the file.
+pub const DATABASE_URL_ENV: &str = "PIBL_DATABASE_URL";
 
 impl Config {
-    /// Applies overrides from the environment (`PIBL_PURGE_INTERVAL`, a duration such as `30` or `2m`).
-    /// The binary calls it after loading the file; tests leave it out.
+    /// Applies overrides from the environment (`PIBL_PURGE_INTERVAL`, a duration such as `30` or `2m`;
+    /// `PIBL_DATABASE_URL`, a `database` value). The binary calls it after loading the file; tests leave it out.
     pub fn apply_env(&mut self) -> Result<(), String> {
         if let Ok(value) = std::env::var(PURGE_INTERVAL_ENV) {
             self.purge_interval = parse_timeout(&value).map_err(|e| format!("{PURGE_INTERVAL_ENV}: {e}"))?;
+        }
+        if let Some(value) = std::env::var(DATABASE_URL_ENV).ok().filter(|v| !v.trim().is_empty()) {
+            self.database = parse_database(&value).map_err(|e| format!("{DATABASE_URL_ENV}: {e}"))?;
         }
         Ok(())
     }
@@ -813,8 +819,10 @@ const LAYOUT: &[Entry] = &[
     }),
     Entry::Key(KeySpec {
         name: "database",
-        help: "SQLite file of the management API\n\
-               (a relative path starts at the proxy's working directory).",
+        help: "SQLite file of the management API (a relative path starts at the proxy's working\n\
+               directory), or postgres://user:password@host:port/dbname for a PostgreSQL database\n\
+               that several pibl instances share (see the README's \"Several instances\").\n\
+               PIBL_DATABASE_URL in the environment overrides it (no password in files).",
         apply: |c, v| parse_database(v).map(|x| c.database = x),
         render: |c| render_path(&c.database),
     }),
@@ -835,7 +843,7 @@ const LAYOUT: &[Entry] = &[
     Entry::Key(KeySpec {
         name: "jwt_secret",
         help: "Secret that signs access tokens (HS256). Empty = a random secret made on first start\n\
-               and kept in the database.",
+               and kept in the database (shared by the instances of one PostgreSQL database).",
         apply: |c, v| {
             c.jwt_secret = v.trim().to_string();
             Ok(())
@@ -1062,6 +1070,8 @@ fn parse_database(v: &str) -> Result<PathBuf, String> {
     if v.trim().is_empty() {
         return Err("has no value: give the SQLite file name, e.g. pibl.db".to_string());
     }
+    // A postgres:// URL is checked now, so a mistake names this line rather than failing at start-up.
+    crate::store::Database::parse(v)?;
     Ok(PathBuf::from(v))
 }
 

@@ -1,0 +1,124 @@
+//! `proxy --copy-database FROM TO`: moves an instance's SQLite file into an empty PostgreSQL
+//! database, keeping every id (so tokens, app keys and log cursors stay valid), in one transaction,
+//! then checks that each table holds as many rows as the source.
+
+use std::fmt;
+
+use super::{Durability, Store, StoreError, User};
+use crate::store::LogEntry;
+
+/// The tables copied, in an order that respects the foreign keys.
+pub const TABLES: &[&str] = &["settings", "users", "apps", "endpoints", "app_logs", "login_failures", "blocked"];
+
+/// An app row as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppRow {
+    pub pk: i64,
+    pub name: String,
+    pub owner_id: i64,
+    pub created_ms: i64,
+}
+
+/// An endpoint row as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointRow {
+    pub id: i64,
+    pub app_pk: i64,
+    pub host: String,
+    pub port: i64,
+    pub statuspath: String,
+    pub created_ms: i64,
+}
+
+/// Every row of a database, read in one go.
+#[derive(Debug, Clone, Default)]
+pub struct Dump {
+    pub settings: Vec<(String, String)>,
+    pub users: Vec<User>,
+    pub apps: Vec<AppRow>,
+    pub endpoints: Vec<EndpointRow>,
+    pub logs: Vec<LogEntry>,
+    /// (email, count, last_ms)
+    pub failures: Vec<(String, i64, i64)>,
+    /// (email, since_ms, until_ms)
+    pub blocked: Vec<(String, i64, i64)>,
+}
+
+/// Why a copy did not happen, or did not check out.
+#[derive(Debug)]
+pub enum CopyError {
+    /// Opening or reading one side failed.
+    Store { side: &'static str, source: StoreError },
+    /// The copy goes from a SQLite file into PostgreSQL; this pair is not that.
+    Direction,
+    /// The target already holds data; copying would mix two management planes.
+    NotEmpty { table: &'static str, rows: i64 },
+    /// After the copy a table's count differs from the source's.
+    Mismatch { table: &'static str, source: i64, target: i64 },
+}
+
+impl fmt::Display for CopyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CopyError::Store { side, source } => write!(f, "{side}: {source}"),
+            CopyError::Direction => f.write_str("the copy goes from a SQLite file (FROM) into a postgres:// URL (TO)"),
+            CopyError::NotEmpty { table, rows } => write!(
+                f,
+                "the target is not empty ({table} has {rows} rows): copy into a new database, or empty it first"
+            ),
+            CopyError::Mismatch { table, source, target } => {
+                write!(f, "{table}: {source} rows in the source but {target} in the target")
+            }
+        }
+    }
+}
+
+impl std::error::Error for CopyError {}
+
+/// Rows copied per table, in [`TABLES`] order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyReport {
+    pub counts: Vec<(&'static str, i64)>,
+}
+
+impl fmt::Display for CopyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.counts.iter().map(|(t, n)| format!("{t} {n}")).collect();
+        write!(f, "{}", parts.join(", "))
+    }
+}
+
+/// Copies `from` (a SQLite file) into `to` (an empty PostgreSQL database, migrated on open), then
+/// compares the counts of every table.
+pub fn copy_database(from: &super::Database, to: &super::Database) -> Result<CopyReport, CopyError> {
+    if !matches!((from, to), (super::Database::Sqlite(_), super::Database::Postgres(_))) {
+        return Err(CopyError::Direction);
+    }
+    if let super::Database::Sqlite(path) = from {
+        if !path.exists() {
+            let source = StoreError::Unavailable(format!("{} does not exist", path.display()));
+            return Err(CopyError::Store { side: "FROM", source });
+        }
+    }
+    let source = Store::connect(from, Durability::Full, usize::MAX)
+        .map_err(|source| CopyError::Store { side: "FROM", source })?;
+    let target =
+        Store::connect(to, Durability::Full, usize::MAX).map_err(|source| CopyError::Store { side: "TO", source })?;
+    let (Some(sqlite), Some(pg)) = (source.sqlite(), target.postgres()) else { return Err(CopyError::Direction) };
+    let before = pg.counts().map_err(|source| CopyError::Store { side: "TO", source })?;
+    if let Some((table, rows)) = TABLES.iter().zip(&before).find(|(_, n)| **n > 0) {
+        return Err(CopyError::NotEmpty { table, rows: *rows });
+    }
+    let dump = sqlite.dump().map_err(|source| CopyError::Store { side: "FROM", source })?;
+    let expected = sqlite.counts().map_err(|source| CopyError::Store { side: "FROM", source })?;
+    pg.load_dump(&dump).map_err(|source| CopyError::Store { side: "TO", source })?;
+    let after = pg.counts().map_err(|source| CopyError::Store { side: "TO", source })?;
+    let mut counts = Vec::new();
+    for ((table, source), target) in TABLES.iter().zip(expected).zip(after) {
+        if source != target {
+            return Err(CopyError::Mismatch { table, source, target });
+        }
+        counts.push((*table, target));
+    }
+    Ok(CopyReport { counts })
+}
