@@ -423,3 +423,13 @@ fn database_outage_keeps_routing_and_the_api_comes_back() {
     drop(nodes);
     drop(pg);
 }
+
+#[test]
+fn deploy_example_configurations_load() {
+    for name in ["a.ini", "b.ini", "parser.ini"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/two-instances").join(name);
+        let config = pibl::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let database = pibl::store::Database::from_setting(&config.database).expect("a database setting");
+        assert!(matches!(database, pibl::store::Database::Postgres(_)), "{name}: {database}");
+    }
+}

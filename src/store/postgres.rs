@@ -618,7 +618,11 @@ impl PgStore {
 }
 
 fn apply_migrations(client: &mut ::postgres::Client) -> Result<()> {
-    client.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+    // Checked rather than `IF NOT EXISTS`, whose notice would be logged on every start.
+    let exists: bool = client.query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])?.try_get(0)?;
+    if !exists {
+        client.batch_execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")?;
+    }
     let current: i64 =
         client.query_one("SELECT COALESCE(MAX(version), 0)::BIGINT FROM schema_version", &[])?.try_get(0)?;
     let known = MIGRATIONS.len() as i64;
