@@ -82,8 +82,8 @@ impl ChangeListener {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let handle = thread::Builder::new().name("pibl-db-listen".into()).spawn(move || {
-            let mut sync = Sync { store: &store, router: &router, cache: cache.as_deref(), last_purge: None };
-            sync.run(&flag)
+            let mut follower = Follower { store: &store, router: &router, cache: cache.as_deref(), last_purge: None };
+            follower.run(&flag)
         })?;
         Ok(Some(ChangeListener { stop, handle: Some(handle) }))
     }
@@ -96,7 +96,7 @@ impl ChangeListener {
     }
 }
 
-struct Sync<'a> {
+struct Follower<'a> {
     store: &'a Store,
     router: &'a Router,
     cache: Option<&'a Cache>,
@@ -110,11 +110,12 @@ enum Ended {
     Lost(String),
 }
 
-impl Sync<'_> {
+impl Follower<'_> {
     fn run(&mut self, stop: &AtomicBool) {
         let mut backoff = MIN_BACKOFF;
         while !stop.load(Ordering::Acquire) {
-            match self.session(stop) {
+            let (ended, listened) = self.session(stop);
+            match ended {
                 Ended::Stopped => return,
                 Ended::Lost(why) => {
                     if let Some(pg) = self.store.postgres() {
@@ -123,34 +124,39 @@ impl Sync<'_> {
                     log::warn!("database listener: {why}; reconnecting (routing keeps its last table)");
                 }
             }
+            // A session that got as far as listening starts the pauses over.
+            if listened {
+                backoff = MIN_BACKOFF;
+            }
             let until = Instant::now() + backoff;
             while Instant::now() < until && !stop.load(Ordering::Acquire) {
                 thread::sleep(TICK.min(backoff));
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
-            // A session that lasted resets the pause (see `session`'s success path).
-            if self.store.is_up() {
-                backoff = MIN_BACKOFF;
-            }
         }
     }
 
     /// Connects, listens, catches up on everything, then follows notifications until the
-    /// connection is lost or a stop is asked.
-    fn session(&mut self, stop: &AtomicBool) -> Ended {
-        let Some(pg) = self.store.postgres() else { return Ended::Stopped };
+    /// connection is lost or a stop is asked. Also says whether it got as far as listening.
+    fn session(&mut self, stop: &AtomicBool) -> (Ended, bool) {
+        let Some(pg) = self.store.postgres() else { return (Ended::Stopped, false) };
         let mut client = match pg.connect_listener() {
             Ok(client) => client,
-            Err(e) => return Ended::Lost(e.to_string()),
+            Err(e) => return (Ended::Lost(e.to_string()), false),
         };
         if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")) {
-            return Ended::Lost(e.to_string());
+            return (Ended::Lost(e.to_string()), false);
         }
         // Listening from here on: a change committed from now is notified, one before is read now.
         if let Err(e) = self.catch_up(true, true) {
-            return Ended::Lost(e.to_string());
+            return (Ended::Lost(e.to_string()), false);
         }
         pg.set_up(true);
+        (self.follow(&mut client, stop), true)
+    }
+
+    /// Follows notifications on a listening connection until it is lost or a stop is asked.
+    fn follow(&mut self, client: &mut ::postgres::Client, stop: &AtomicBool) -> Ended {
         let mut last_ping = Instant::now();
         loop {
             if stop.load(Ordering::Acquire) {

@@ -200,7 +200,10 @@ impl PgStore {
     fn with<T>(&self, f: impl FnOnce(&mut ::postgres::Client) -> PgResult<T>) -> Result<T> {
         let mut conn = self.pool.get()?;
         match f(conn.client()) {
-            Ok(v) => Ok(v),
+            Ok(v) => {
+                self.pool.set_up(true);
+                Ok(v)
+            }
             Err(e) => {
                 if is_connection_error(&e) {
                     conn.mark_broken();
