@@ -10,6 +10,9 @@
 #   scripts/pg-test-cluster.sh halt DIR      stop the server, keep the cluster (start DIR again later,
 #                                            on the same port)
 #   scripts/pg-test-cluster.sh stop DIR      stop the server and delete the folder
+#
+# With PIBL_PG_TLS=1 a new cluster also gets a throwaway CA and a server certificate for 127.0.0.1
+# (openssl), TLS is turned on, and a third line exports PIBL_TEST_PG_CA (the CA's PEM file).
 set -euo pipefail
 
 USER_NAME=pibl-test
@@ -69,14 +72,43 @@ start() {
     as_owner "$bin/initdb" -D "$dir/data" -U pibl --auth=trust -E UTF8 --no-locale >"$dir/initdb.log" 2>&1 \
       || die "initdb failed; see $dir/initdb.log"
   fi
+  if [ "${PIBL_PG_TLS:-0}" = 1 ] && [ ! -f "$dir/server.pem" ]; then
+    make_certs "$dir"
+  fi
+  local tls_opts=""
+  if [ -f "$dir/server.pem" ]; then
+    tls_opts="-c ssl=on -c ssl_cert_file=$dir/server.pem -c ssl_key_file=$dir/server.key"
+  fi
   if [ -f "$dir/port" ]; then port=$(cat "$dir/port"); else port=$(free_port); fi
   as_owner sh -c "echo $port > '$dir/port'"
   # Throwaway data: no fsync. Sockets in the folder, TCP on loopback only.
   as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=300" \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=300 $tls_opts" \
     start >/dev/null || die "the server did not start; see $dir/server.log"
   echo "export PIBL_TEST_PG_URL=postgres://pibl@127.0.0.1:$port/postgres"
   echo "export PIBL_TEST_PG_DIR=$dir"
+  if [ -f "$dir/ca.pem" ]; then echo "export PIBL_TEST_PG_CA=$dir/ca.pem"; fi
+}
+
+# A CA and a server certificate for 127.0.0.1 signed by it, valid two days; the key is the owner's.
+make_certs() {
+  local dir=$1
+  if ! command -v openssl >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null 2>&1 || true
+  fi
+  command -v openssl >/dev/null 2>&1 || die "PIBL_PG_TLS=1 needs openssl"
+  (
+    cd "$dir"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj "/CN=pibl test CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+    openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj "/CN=127.0.0.1"
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 \
+      -extfile server.ext
+    chmod 600 server.key
+    chmod 644 ca.pem server.pem
+  ) >"$dir/certs.log" 2>&1 || die "could not make certificates; see $dir/certs.log"
+  [ "$(id -u)" -ne 0 ] || chown "$USER_NAME" "$dir/server.key" "$dir/server.pem"
 }
 
 halt() {

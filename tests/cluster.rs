@@ -314,14 +314,27 @@ struct OwnServer {
 
 impl OwnServer {
     fn start() -> OwnServer {
-        let out = cluster_script(&["start"]);
+        OwnServer::start_with(false).0
+    }
+
+    /// With `tls`, the server speaks TLS with a certificate from a throwaway CA, whose file comes back.
+    fn start_with(tls: bool) -> (OwnServer, String) {
+        let out = Command::new("bash")
+            .arg(CLUSTER_SCRIPT)
+            .arg("start")
+            .env("PIBL_PG_TLS", if tls { "1" } else { "0" })
+            .output()
+            .expect("run pg-test-cluster.sh");
+        assert!(out.status.success(), "pg-test-cluster.sh start: {}", String::from_utf8_lossy(&out.stderr));
+        let out = String::from_utf8_lossy(&out.stdout).into_owned();
         let value = |key: &str| {
             out.lines()
                 .find_map(|l| l.trim().strip_prefix("export ").and_then(|kv| kv.strip_prefix(key)))
                 .map(|v| v.trim_start_matches('=').to_string())
                 .unwrap_or_else(|| panic!("{key} in {out:?}"))
         };
-        OwnServer { dir: value("PIBL_TEST_PG_DIR"), url: value("PIBL_TEST_PG_URL") }
+        let ca = if tls { value("PIBL_TEST_PG_CA") } else { String::new() };
+        (OwnServer { dir: value("PIBL_TEST_PG_DIR"), url: value("PIBL_TEST_PG_URL") }, ca)
     }
 
     fn halt(&self) {
@@ -421,6 +434,35 @@ fn database_outage_keeps_routing_and_the_api_comes_back() {
     assert!(sent > 50, "the load ran ({sent} requests)");
     assert_eq!(failed, 0, "no data-plane request fails because of the database");
     drop(nodes);
+    drop(pg);
+}
+
+#[test]
+fn tls_to_the_database_is_verified() {
+    if pg_server_url().is_none() {
+        return;
+    }
+    let (server, ca) = OwnServer::start_with(true);
+    let pg = TempPg::on(&server.url, "tls");
+    let url = format!("{}?sslmode=require&sslrootcert={ca}", pg.url);
+    let default = TestBackend::named("default-pool");
+    let node = Instance::spawn("tls", &url, default.addr, true, "").ready();
+    register_and_login(node.api, "tls@x.io");
+    let mut admin = postgres::Client::connect(&pg.url, postgres::NoTls).expect("connect");
+    let encrypted: i64 = admin
+        .query_one(
+            "SELECT COUNT(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.application_name = 'pibl' AND s.ssl",
+            &[],
+        )
+        .expect("pg_stat_ssl")
+        .get(0);
+    assert!(encrypted >= 2, "pibl's pool and listener use TLS ({encrypted} connections)");
+    // Without the CA the self-made certificate is not trusted: no connection.
+    let untrusted = pibl::store::Database::parse(&format!("{}?sslmode=require", pg.url)).expect("a URL");
+    let refused = pibl::store::Store::connect(&untrusted, pibl::store::Durability::Full, 10).expect_err("refused");
+    assert!(refused.to_string().contains("certificate"), "{refused}");
+    drop(node);
     drop(pg);
 }
 

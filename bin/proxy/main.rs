@@ -146,7 +146,9 @@ fn main() -> ExitCode {
             .map(|b| BackendAddr { name: format!("{} ({})", b.addr(), b.name), addr: b.addr() })
             .collect();
         if args.config.is_none() {
-            config.database = PathBuf::from("pibl-demo.db");
+            if std::env::var_os(pibl::config::DATABASE_URL_ENV).is_none() {
+                config.database = PathBuf::from("pibl-demo.db");
+            }
             config.health_path = "/status".to_string();
         }
     }

@@ -17,6 +17,7 @@ pub mod notify;
 mod pool;
 pub mod postgres;
 pub mod sqlite;
+pub mod tls;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -105,16 +106,15 @@ impl Database {
             }
             return Ok(Database::Sqlite(PathBuf::from(value)));
         }
-        let config: ::postgres::Config = trimmed.parse().map_err(|e| {
+        let (bare, rootcert) = tls::split_rootcert(trimmed);
+        let config: ::postgres::Config = bare.parse().map_err(|e| {
             format!("is not a valid PostgreSQL URL ({e}); write postgres://user:password@host:port/dbname")
         })?;
         if config.get_dbname().is_none() {
             return Err("names no database: write postgres://user:password@host:port/dbname".into());
         }
-        if config.get_ssl_mode() == ::postgres::config::SslMode::Require {
-            return Err("asks for TLS (sslmode=require), which pibl does not speak to PostgreSQL yet; \
-                        reach the database over a private network or a local TLS tunnel"
-                .into());
+        if rootcert.is_some() && config.get_ssl_mode() != ::postgres::config::SslMode::Require {
+            return Err("has sslrootcert without sslmode=require".into());
         }
         Ok(Database::Postgres(PgUrl(trimmed.to_string())))
     }
@@ -176,7 +176,7 @@ impl From<rusqlite::Error> for StoreError {
 impl From<::postgres::Error> for StoreError {
     fn from(e: ::postgres::Error) -> Self {
         if postgres::is_connection_error(&e) {
-            StoreError::Unavailable(e.to_string())
+            StoreError::Unavailable(postgres::describe(&e))
         } else {
             StoreError::Postgres(e)
         }
@@ -666,7 +666,8 @@ mod tests {
         let pg = Database::parse("postgresql://pibl@127.0.0.1/pibl?password=x&application_name=a").unwrap();
         assert_eq!(pg.to_string(), "postgresql://pibl@127.0.0.1/pibl?password=***&application_name=a");
         assert!(Database::parse("postgres://pibl@host:notaport/pibl").is_err());
-        assert!(Database::parse("postgres://pibl@host/pibl?sslmode=require").unwrap_err().contains("TLS"));
+        assert!(Database::parse("postgres://pibl@host/pibl?sslmode=require&sslrootcert=/ca.pem").is_ok());
+        assert!(Database::parse("postgres://pibl@host/pibl?sslrootcert=/ca.pem").unwrap_err().contains("sslmode"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use ::postgres::{Client, NoTls};
 use parking_lot::{Condvar, Mutex};
 
+use super::tls::Tls;
 use super::StoreError;
 
 /// How long checking an idle connection may take before it counts as dead.
@@ -25,6 +26,7 @@ struct Idle {
 /// The pool; share it through an `Arc`.
 pub struct Pool {
     config: ::postgres::Config,
+    tls: Tls,
     max: usize,
     wait: Duration,
     idle: Mutex<Idle>,
@@ -39,9 +41,10 @@ impl fmt::Debug for Pool {
 }
 
 impl Pool {
-    pub fn new(config: ::postgres::Config, max: usize, wait: Duration) -> Pool {
+    pub fn new(config: ::postgres::Config, tls: Tls, max: usize, wait: Duration) -> Pool {
         Pool {
             config,
+            tls,
             max: max.max(1),
             wait,
             idle: Mutex::new(Idle { clients: Vec::new(), open: 0 }),
@@ -68,7 +71,10 @@ impl Pool {
 
     /// A fresh connection outside the pool (the change listener's own).
     pub fn connect_unpooled(&self) -> Result<Client, ::postgres::Error> {
-        self.config.connect(NoTls)
+        match &self.tls {
+            Tls::Plain => self.config.connect(NoTls),
+            Tls::Verified(tls) => self.config.connect(tls.clone()),
+        }
     }
 
     /// A connection: an idle one that still answers, or a new one while fewer than `max` are open.
@@ -89,7 +95,7 @@ impl Pool {
             if idle.open < self.max {
                 idle.open += 1;
                 drop(idle);
-                return match self.config.connect(NoTls) {
+                return match self.connect_unpooled() {
                     Ok(client) => {
                         self.set_up(true);
                         Ok(Conn { pool: self, client: Some(client), broken: false })
@@ -100,7 +106,7 @@ impl Pool {
                         drop(idle);
                         self.freed.notify_one();
                         self.set_up(false);
-                        Err(StoreError::Unavailable(e.to_string()))
+                        Err(StoreError::Unavailable(super::postgres::describe(&e)))
                     }
                 };
             }

@@ -117,6 +117,21 @@ pub(super) const MIGRATIONS: &[&str] = &[
         FOR EACH STATEMENT EXECUTE FUNCTION pibl_cache_purged();",
 ];
 
+/// `e` with its causes ("error performing TLS handshake: invalid peer certificate: UnknownIssuer").
+pub fn describe(e: &::postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// Whether `e` means the database is out of reach rather than refusing a statement: the socket
 /// failed or closed, a timeout, or the server shutting down, starting up or out of connections.
 pub fn is_connection_error(e: &::postgres::Error) -> bool {
@@ -155,10 +170,10 @@ type PgResult<T> = std::result::Result<T, ::postgres::Error>;
 impl PgStore {
     /// Connects, then applies the migrations this database lacks under the migration lock.
     pub fn connect(url: &PgUrl, durability: Durability, log_retention: usize) -> Result<PgStore> {
-        let mut config: ::postgres::Config = url
-            .expose()
-            .parse()
-            .map_err(|e| StoreError::Unavailable(format!("{url} is not a valid PostgreSQL URL: {e}")))?;
+        let (bare, rootcert) = super::tls::split_rootcert(url.expose());
+        let mut config: ::postgres::Config =
+            bare.parse().map_err(|e| StoreError::Unavailable(format!("{url} is not a valid PostgreSQL URL: {e}")))?;
+        let tls = super::tls::connector(&config, rootcert.as_deref()).map_err(StoreError::Unavailable)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -168,7 +183,7 @@ impl PgStore {
         // A peer that vanishes without closing (a cut network) is noticed in seconds, not hours.
         config.keepalives(true).keepalives_idle(Duration::from_secs(10)).tcp_user_timeout(Duration::from_secs(15));
         let store = PgStore {
-            pool: Arc::new(Pool::new(config, POOL_SIZE, POOL_WAIT)),
+            pool: Arc::new(Pool::new(config, tls, POOL_SIZE, POOL_WAIT)),
             durability,
             log_retention: log_retention.max(1),
         };
@@ -192,7 +207,7 @@ impl PgStore {
 
     /// A connection of its own, outside the pool, for `LISTEN`.
     pub fn connect_listener(&self) -> Result<::postgres::Client> {
-        self.pool.connect_unpooled().map_err(|e| StoreError::Unavailable(e.to_string()))
+        self.pool.connect_unpooled().map_err(|e| StoreError::Unavailable(describe(&e)))
     }
 
     /// Runs `f` on a pooled connection; a connection that failed at the socket level is closed and
