@@ -19,9 +19,14 @@ USER_NAME=pibl-test
 
 die() { echo "pg-test-cluster: $*" >&2; exit 1; }
 
+# The newest installed server's bin folder (Debian keeps one per major version).
+newest_bin() {
+  printf '%s\n' /usr/lib/postgresql/*/bin | grep -v '\*' | sort -V | tail -n 1 || true
+}
+
 pg_bin() {
   local bin
-  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+  bin=$(newest_bin)
   if [ -z "$bin" ] && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     # The package would create and start a cluster of its own on port 5432; none is wanted here.
     if [ ! -e /etc/postgresql-common/createcluster.conf ]; then
@@ -30,7 +35,7 @@ pg_bin() {
     fi
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } >&2 \
       || die "could not install postgresql"
-    bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+    bin=$(newest_bin)
   fi
   [ -n "$bin" ] || die "PostgreSQL is not installed (apt-get install postgresql)"
   echo "$bin"
