@@ -474,4 +474,8 @@ fn deploy_example_configurations_load() {
         let database = pibl::store::Database::from_setting(&config.database).expect("a database setting");
         assert!(matches!(database, pibl::store::Database::Postgres(_)), "{name}: {database}");
     }
+    // A malformed URL is refused when the file is read, with its line and key.
+    let e = pibl::Config::from_ini_str("[DEFAULT]\nport = 8080\ndatabase = postgres://u@db:notaport/pibl\n", "p.ini")
+        .expect_err("a bad URL");
+    assert!(e.to_string().starts_with("p.ini:3: database: is not a valid PostgreSQL URL"), "{e}");
 }
