@@ -51,6 +51,8 @@ pub enum CopyError {
     Store { side: &'static str, source: StoreError },
     /// The copy goes from a SQLite file into PostgreSQL; this pair is not that.
     Direction,
+    /// The SQLite file to copy from is not there.
+    NoSource(std::path::PathBuf),
     /// The target already holds data; copying would mix two management planes.
     NotEmpty { table: &'static str, rows: i64 },
     /// After the copy a table's count differs from the source's.
@@ -62,6 +64,7 @@ impl fmt::Display for CopyError {
         match self {
             CopyError::Store { side, source } => write!(f, "{side}: {source}"),
             CopyError::Direction => f.write_str("the copy goes from a SQLite file (FROM) into a postgres:// URL (TO)"),
+            CopyError::NoSource(path) => write!(f, "FROM: {} does not exist", path.display()),
             CopyError::NotEmpty { table, rows } => write!(
                 f,
                 "the target is not empty ({table} has {rows} rows): copy into a new database, or empty it first"
@@ -96,8 +99,7 @@ pub fn copy_database(from: &super::Database, to: &super::Database) -> Result<Cop
     }
     if let super::Database::Sqlite(path) = from {
         if !path.exists() {
-            let source = StoreError::Unavailable(format!("{} does not exist", path.display()));
-            return Err(CopyError::Store { side: "FROM", source });
+            return Err(CopyError::NoSource(path.clone()));
         }
     }
     let source = Store::connect(from, Durability::Full, usize::MAX)
