@@ -407,8 +407,8 @@ fn database_outage_keeps_routing_and_the_api_comes_back() {
     assert!(metrics.lines().any(|l| l == "pibl_database_up 0"), "metrics show the database down");
 
     // The data planes keep serving while the database stays away.
-    poll("100 more data-plane requests while the database is down", Duration::from_secs(20), || {
-        sent.load(Ordering::Relaxed) >= at_halt + 100
+    poll("300 more data-plane requests while the database is down", Duration::from_secs(20), || {
+        sent.load(Ordering::Relaxed) >= at_halt + 300
     });
     server.resume();
     for node in [a, b] {
@@ -433,6 +433,13 @@ fn database_outage_keeps_routing_and_the_api_comes_back() {
     eprintln!("cluster: {sent} data-plane requests during the outage, {failed} failed");
     assert!(sent > 50, "the load ran ({sent} requests)");
     assert_eq!(failed, 0, "no data-plane request fails because of the database");
+    // Both instances' execution logs, those held during the outage included, land in one place.
+    let want = sent.min(1000);
+    poll("every request is in the shared execution log", Duration::from_secs(20), || {
+        let res = api(a.api, "GET", "/api/apps/steady/logs?limit=1000", Some(&token), None);
+        let logs = res.json()["logs"].as_array().cloned().unwrap_or_default();
+        logs.iter().filter(|l| l["kind"] == "request").count() >= want
+    });
     drop(nodes);
     drop(pg);
 }
