@@ -1,6 +1,7 @@
 //! Everything `proxy` runs, started and stopped as one: the data plane ([`Server`]), the management
-//! API ([`ApiServer`]) over the SQLite store, and the background threads (health checks, execution
-//! log writer, lock-out consumer, purge of apps without endpoints). Tests start it on `127.0.0.1:0`
+//! API ([`ApiServer`]) over the store (a SQLite file, or PostgreSQL shared with other instances), and
+//! the background threads (health checks, execution log writer, lock-out consumer, purge of apps
+//! without endpoints, and with PostgreSQL the change listener). Tests start it on `127.0.0.1:0`
 //! listeners with a temporary database and a clock they control.
 //!
 //! ```text
@@ -27,9 +28,10 @@ use crate::server::Server;
 use crate::store::applog::LogWriter;
 use crate::store::credentials::{self, Tokens};
 use crate::store::lockout::Lockout;
-use crate::store::{Durability, Store, StoreError};
+use crate::store::{Database, Durability, Store, StoreError};
 use crate::upstream::apps::Router;
 use crate::upstream::health::{HealthChecker, Targets};
+use crate::upstream::sync::ChangeListener;
 
 /// Why pibl could not start.
 #[derive(Debug)]
@@ -68,6 +70,8 @@ pub struct Pibl {
     lockout: Lockout,
     purger: Background,
     metrics: Option<MetricsListener>,
+    /// Follows the other instances' changes (PostgreSQL only).
+    listener: Option<ChangeListener>,
 }
 
 impl Pibl {
@@ -82,12 +86,18 @@ impl Pibl {
 
     /// Starts everything on listeners already bound, with `clock` for what expires.
     pub fn start_on(proxy: TcpListener, api: TcpListener, config: Config, clock: Clock) -> Result<Pibl, StartError> {
-        let path = config.database.clone();
-        let open = |durability| {
-            Store::open(&path, durability, config.log_retention)
-                .map_err(|source| StartError::Store { path: path.display().to_string(), source })
-        };
-        let store = Arc::new(open(Durability::Full)?);
+        // [pg] `database` is a SQLite file or a postgres:// URL; shown with its password hidden.
+        let database = Database::from_setting(&config.database).map_err(|why| StartError::Store {
+            path: config.database.display().to_string(),
+            source: StoreError::Unavailable(why),
+        })?;
+        let path = database.to_string();
+        let store = Arc::new(
+            Store::connect(&database, Durability::Full, config.log_retention)
+                .map_err(|source| StartError::Store { path: path.clone(), source })?,
+        );
+        let open =
+            |durability| store.another(durability).map_err(|source| StartError::Store { path: path.clone(), source });
         let secret = if config.jwt_secret.is_empty() {
             let mut failure = None;
             let secret = store
@@ -98,7 +108,7 @@ impl Pibl {
                         String::new()
                     }
                 })
-                .map_err(|source| StartError::Store { path: path.display().to_string(), source })?;
+                .map_err(|source| StartError::Store { path: path.clone(), source })?;
             if let Some(e) = failure {
                 return Err(StartError::Secret(e));
             }
@@ -115,9 +125,7 @@ impl Pibl {
 
         let tokens = Arc::new(Tokens::new(secret.as_bytes(), config.jwt_ttl.as_secs()));
         // The apps are routed from the first request on.
-        router
-            .reload(|| store.all_apps())
-            .map_err(|source| StartError::Store { path: path.display().to_string(), source })?;
+        router.reload(|| store.all_apps()).map_err(|source| StartError::Store { path: path.clone(), source })?;
 
         // Bound before the proxy starts, so a taken port fails the start instead of losing the metrics.
         let metrics_listener = match config.metrics_bind {
@@ -146,6 +154,9 @@ impl Pibl {
         });
         state.observe.attach(server.probe());
         state.observe.metrics_elsewhere.store(metrics_listener.is_some(), std::sync::atomic::Ordering::Relaxed);
+        // [pg] Other instances' changes reach this one's routes and cache through the database.
+        let listener = ChangeListener::start(Arc::clone(&state.store), Arc::clone(&router), server.cache_handle())
+            .map_err(io_err("cannot start the database listener"))?;
         let targets = Targets { router, pools: Box::new(server.health_targets(default_path)) };
         let health =
             HealthChecker::start(targets, health_interval, clock).map_err(io_err("cannot start the health checker"))?;
@@ -158,7 +169,7 @@ impl Pibl {
             ),
             None => None,
         };
-        Ok(Pibl { server, api, state, health, logs, lockout, purger, metrics })
+        Ok(Pibl { server, api, state, health, logs, lockout, purger, metrics, listener })
     }
 
     /// The data plane: its cache, clock, access log and reload.
@@ -195,6 +206,9 @@ impl Pibl {
             metrics.shutdown();
         }
         self.purger.stop();
+        if let Some(listener) = self.listener {
+            listener.shutdown();
+        }
         let clean = self.server.shutdown();
         self.health.shutdown();
         self.lockout.shutdown();

@@ -48,10 +48,24 @@ fn request_logs(addr: std::net::SocketAddr, token: &str, app: &str) -> Vec<Value
 
 #[test]
 fn seed_flow_register_token_app_traffic_logs_delete() {
+    let db = TempDb::new("seed");
+    seed_flow(db.0.clone());
+}
+
+/// The same flow, unchanged, against an instance whose management state is in PostgreSQL.
+#[test]
+fn seed_flow_on_postgresql() {
+    let Some(pg) = TempPg::new("seed") else { return };
+    seed_flow(std::path::PathBuf::from(&pg.url));
+}
+
+/// The seed's `curl` examples in order, on the database `database` (a file or a postgres:// URL).
+fn seed_flow(database: std::path::PathBuf) {
     let (alpha, beta) = (app_backend("alpha", up()), app_backend("beta", up()));
     let default = TestBackend::named("default");
-    let db = TempDb::new("seed");
-    let pibl = start_pibl(api_config(&[default.addr], &db), Clock::system());
+    let unused = TempDb::new("seed-unused");
+    let config = pibl::Config { database, ..api_config(&[default.addr], &unused) };
+    let pibl = start_pibl(config, Clock::system());
     let addr = pibl.api_addr();
 
     // Registro de usuarios (the seed's first curl), then the same address again.

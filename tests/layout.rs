@@ -124,7 +124,11 @@ fn code_lines(text: &str) -> Vec<&str> {
     let mut code = Vec::new();
     for (i, line) in lines.iter().enumerate() {
         let trimmed = line.trim_start();
-        if trimmed == "#[cfg(test)]" && lines.get(i + 1).is_some_and(|n| n.trim_start().starts_with("mod tests")) {
+        let opens_tests = |n: &&str| {
+            let n = n.trim_start();
+            ["mod tests", "pub mod tests", "pub(crate) mod tests"].iter().any(|m| n.starts_with(m))
+        };
+        if trimmed == "#[cfg(test)]" && lines.get(i + 1).is_some_and(opens_tests) {
             break;
         }
         if trimmed.starts_with("//") || trimmed.starts_with("pub mod ") || trimmed.starts_with("mod ") {

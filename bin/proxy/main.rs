@@ -15,10 +15,12 @@ use signal_hook::consts::{SIGHUP, SIGTERM, SIGUSR1};
 
 use demo::DemoBackend;
 use pibl::config::{BackendAddr, Config};
+use pibl::store::Database;
 use pibl::{observe::logging, Pibl};
 
 const USAGE: &str = "\
 usage: proxy [--config FILE] [--demo] [--log-level LEVEL] [--check-config]
+       proxy --copy-database FROM TO
 
   --config FILE      INI file to load (default ./parser.ini; write one with `parser`)
   --check-config     validate the INI file, print a summary and exit: 0 if it is valid,
@@ -26,10 +28,16 @@ usage: proxy [--config FILE] [--demo] [--log-level LEVEL] [--check-config]
   --demo             start three demo backends on loopback and balance across them
                      (uses the built-in defaults and ./pibl-demo.db unless --config is given)
   --log-level LEVEL  off, error, warn, info, debug or trace (overrides log_level)
+  --copy-database FROM TO
+                     copy a SQLite file (FROM) into an empty PostgreSQL database
+                     (TO, a postgres:// URL), check the row counts and exit: 0 if
+                     they match; the way from one host to several instances
   -h, --help         show this help
   -V, --version      show the version";
 
 struct Args {
+    /// `--copy-database FROM TO`
+    copy: Option<(String, String)>,
     config: Option<PathBuf>,
     demo: bool,
     check_config: bool,
@@ -37,12 +45,17 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { config: None, demo: false, check_config: false, log_level: None };
+    let mut args = Args { copy: None, config: None, demo: false, check_config: false, log_level: None };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--config" | "-c" => args.config = Some(it.next().ok_or("--config needs a file name")?.into()),
             "--demo" => args.demo = true,
+            "--copy-database" => {
+                let from = it.next().ok_or("--copy-database needs FROM (a SQLite file) and TO (a postgres:// URL)")?;
+                let to = it.next().ok_or("--copy-database needs TO (a postgres:// URL) after FROM")?;
+                args.copy = Some((from, to));
+            }
             "--check-config" | "-t" => args.check_config = true,
             "--log-level" => {
                 let value = it.next().ok_or("--log-level needs a level")?;
@@ -74,6 +87,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some((from, to)) = &args.copy {
+        return copy_database(from, to);
+    }
     let mut config = match (&args.config, args.demo) {
         (None, true) => Config::default(),
         (path, _) => {
@@ -130,7 +146,9 @@ fn main() -> ExitCode {
             .map(|b| BackendAddr { name: format!("{} ({})", b.addr(), b.name), addr: b.addr() })
             .collect();
         if args.config.is_none() {
-            config.database = PathBuf::from("pibl-demo.db");
+            if std::env::var_os(pibl::config::DATABASE_URL_ENV).is_none() {
+                config.database = PathBuf::from("pibl-demo.db");
+            }
             config.health_path = "/status".to_string();
         }
     }
@@ -186,6 +204,29 @@ fn main() -> ExitCode {
     let clean = server.shutdown();
     log::info!("stopped{}", if clean { "" } else { " (some requests were cut off by shutdown_grace)" });
     ExitCode::SUCCESS
+}
+
+/// `--copy-database FROM TO`: SQLite file into an empty PostgreSQL database, checked by counts.
+fn copy_database(from: &str, to: &str) -> ExitCode {
+    logging::init(log::LevelFilter::Warn);
+    let parse = |side: &str, value: &str| Database::parse(value).map_err(|e| format!("{side} {e}"));
+    let (from, to) = match (parse("FROM", from), parse("TO", to)) {
+        (Ok(from), Ok(to)) => (from, to),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("proxy: --copy-database: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match pibl::store::copy::copy_database(&from, &to) {
+        Ok(report) => {
+            println!("copied {from} into {to}: {report}; every count matches");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("proxy: --copy-database {from} -> {to}: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// SIGHUP: re-reads the INI and swaps routes, pools and limits; a broken file keeps the old ones.
@@ -259,7 +300,8 @@ fn startup_summary(config: &Config) -> Vec<String> {
         },
         format!(
             "management API: database {}, jwt_ttl {:?}, health_interval {:?}, purge_interval {:?}",
-            config.database.display(),
+            // Typed to hide a PostgreSQL password; an invalid value fails the start right after.
+            Database::from_setting(&config.database).map_or_else(|e| e, |d| d.to_string()),
             config.jwt_ttl,
             config.health_interval,
             config.purge_interval

@@ -9,8 +9,8 @@ use super::input::{app_id, percent_decode};
 use super::json::FieldError;
 use super::reply::{ApiError, ApiResult, Reply};
 use super::state::ApiState;
-use crate::cache::Cache;
 use crate::http::request::Request;
+use crate::store::CachePurge;
 
 /// `GET /api/blocked`: the addresses locked out now.
 pub fn blocked(state: &ApiState, req: &Request) -> ApiResult<Reply> {
@@ -56,6 +56,7 @@ pub fn purge_cache(state: &ApiState, req: &Request, query: &str) -> ApiResult<Re
             ));
         }
         let purged = cache.purge_all();
+        announce_purge(state, &CachePurge::All);
         log::info!("[cache] emptied by {}: {purged} entries", user.email);
         return Ok(Reply::json(200, json!({ "purged": purged })));
     };
@@ -74,9 +75,21 @@ pub fn purge_cache(state: &ApiState, req: &Request, query: &str) -> ApiResult<Re
         let first = target.trim_start_matches('/').split(['/', '?']).next().unwrap_or("");
         own_app(state, &user, app_id(first)?)?;
     }
-    let purged = match host {
-        Some(host) => cache.invalidate(&Cache::key(Some(&host), &target)),
-        None => cache.purge_matching(|key| key.split_once(' ').is_some_and(|(_, t)| t == target)),
+    // One description of the purge, applied here and announced to the other instances.
+    let purge = match host {
+        Some(host) => CachePurge::Key { host, target },
+        None => CachePurge::Target(target),
     };
+    let purged = purge.apply(cache);
+    announce_purge(state, &purge);
     Ok(Reply::json(200, json!({ "purged": purged, "url": url })))
+}
+
+/// Records a purge for the instances sharing the database (nothing to do with a SQLite file). This
+/// instance's cache is already purged; if the database is down the others keep their entries until
+/// they expire, which the log says.
+fn announce_purge(state: &ApiState, purge: &CachePurge) {
+    if let Err(e) = state.store.announce_cache_purge(purge, state.clock.now_ms()) {
+        log::warn!("[cache] purge {purge:?} done here but not announced to the other instances: {e}");
+    }
 }

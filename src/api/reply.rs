@@ -178,6 +178,17 @@ impl fmt::Display for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        // A database out of reach (PostgreSQL down or restarting) is a 503 that passes by itself; the
+        // store logs the outage once, not once per request.
+        if e.is_unavailable() {
+            log::debug!("api: {e}");
+            return ApiError::Request(
+                503,
+                "the database is unavailable; the proxy keeps routing, and the API works again once the \
+                 database is back: retry shortly"
+                    .into(),
+            );
+        }
         log::error!("api: {e}");
         ApiError::Internal
     }

@@ -53,7 +53,7 @@ pub fn metrics(state: &ApiState) -> Reply {
         0
     });
     let stats = shared.stats();
-    let text = metrics::render(&Scrape {
+    let mut text = metrics::render(&Scrape {
         metrics: &shared.metrics,
         backends: &backends,
         cache: shared.cache.as_ref().map(|c| &c.stats),
@@ -63,6 +63,12 @@ pub fn metrics(state: &ApiState) -> Reply {
         api_auth_failures: state.observe.auth_failures.load(Ordering::Relaxed),
         locked_accounts,
     });
+    // [pg] The management database: a SQLite file is always up; PostgreSQL may be out of reach.
+    text.push_str(&format!(
+        "# HELP pibl_database_up Whether the management database answered when last asked (1) or not (0).\n\
+         # TYPE pibl_database_up gauge\npibl_database_up {}\n",
+        u8::from(state.store.is_up())
+    ));
     Reply::raw("text/plain; version=0.0.4; charset=utf-8", text.into_bytes())
 }
 
@@ -207,6 +213,8 @@ pub fn status(state: &ApiState, user: &User) -> Result<Reply, ApiError> {
             "cache": cache,
             "blocked": blocked,
             "connections": connections,
+            // [pg] Which database holds the management state and whether it answers.
+            "database": { "shared": state.store.is_shared(), "up": state.store.is_up() },
         }),
     ))
 }

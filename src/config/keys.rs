@@ -269,8 +269,10 @@ pub(super) const LAYOUT: &[Entry] = &[
     }),
     Entry::Key(KeySpec {
         name: "database",
-        help: "SQLite file of the management API\n\
-               (a relative path starts at the proxy's working directory).",
+        help: "SQLite file of the management API (a relative path starts at the proxy's working\n\
+               directory), or postgres://user:password@host:port/dbname for a PostgreSQL database\n\
+               that several pibl instances share (see the README's \"Several instances\").\n\
+               PIBL_DATABASE_URL in the environment overrides it (no password in files).",
         apply: |c, v| parse_database(v).map(|x| c.database = x),
         render: |c| render_path(&c.database),
     }),
@@ -291,7 +293,7 @@ pub(super) const LAYOUT: &[Entry] = &[
     Entry::Key(KeySpec {
         name: "jwt_secret",
         help: "Secret that signs access tokens (HS256). Empty = a random secret made on first start\n\
-               and kept in the database.",
+               and kept in the database (shared by the instances of one PostgreSQL database).",
         apply: |c, v| {
             c.jwt_secret = v.trim().to_string();
             Ok(())

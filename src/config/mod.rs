@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 mod access_log;
+pub mod database;
 mod error;
 mod keys;
 mod routes;
@@ -34,7 +35,7 @@ pub use values::BackendAddr;
 use keys::{key_spec, Entry, BACKENDS_HELP, INI_HEADER, LAYOUT};
 use scan::{key_line, key_line_in, section_line};
 use suggest::{suggest_key, suggest_section};
-use values::{parse_backend, parse_count, parse_server_number, parse_timeout, render_size};
+use values::{parse_backend, parse_count, parse_database, parse_server_number, parse_timeout, render_size};
 
 // ---------------------------------------------------------------------------------------------------------
 // Reading and writing the file
@@ -208,13 +209,19 @@ fn push_comment(out: &mut String, help: &str, default: &str) {
 
 /// The environment variable that overrides `purge_interval`, as the seed's purge cron was configured.
 pub const PURGE_INTERVAL_ENV: &str = "PIBL_PURGE_INTERVAL";
+/// The environment variable that overrides `database`, so a PostgreSQL password need not sit in the file.
+pub const DATABASE_URL_ENV: &str = "PIBL_DATABASE_URL";
 
 impl Config {
-    /// Applies overrides from the environment (`PIBL_PURGE_INTERVAL`, a duration such as `30` or `2m`).
-    /// The binary calls it after loading the file; tests leave it out.
+    /// Applies overrides from the environment (`PIBL_PURGE_INTERVAL`, a duration such as `30` or `2m`;
+    /// `PIBL_DATABASE_URL`, a `database` value). The binary calls it after loading the file; tests leave
+    /// it out.
     pub fn apply_env(&mut self) -> Result<(), String> {
         if let Ok(value) = std::env::var(PURGE_INTERVAL_ENV) {
             self.purge_interval = parse_timeout(&value).map_err(|e| format!("{PURGE_INTERVAL_ENV}: {e}"))?;
+        }
+        if let Some(value) = std::env::var(DATABASE_URL_ENV).ok().filter(|v| !v.trim().is_empty()) {
+            self.database = parse_database(&value).map_err(|e| format!("{DATABASE_URL_ENV}: {e}"))?;
         }
         Ok(())
     }

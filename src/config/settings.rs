@@ -63,7 +63,8 @@ pub struct Config {
     pub log_level: log::LevelFilter,
     /// `api_port`: management API port.
     pub api_port: u16,
-    /// `database`: SQLite file of the management API.
+    /// `database`: SQLite file of the management API, or a `postgres://` URL shared by several
+    /// instances (typed by `config::Database::from_setting`; `PIBL_DATABASE_URL` overrides it).
     pub database: PathBuf,
     /// `rate_limit` / `rate_burst`: requests per client IP, for every route (`None` = unlimited).
     pub rate_limit: Option<RateLimit>,

@@ -160,6 +160,8 @@ pub(super) fn parse_database(v: &str) -> Result<PathBuf, String> {
     if v.trim().is_empty() {
         return Err("has no value: give the SQLite file name, e.g. pibl.db".to_string());
     }
+    // A postgres:// URL is checked now, so a mistake names this line rather than failing at start-up.
+    super::database::Database::parse(v)?;
     Ok(PathBuf::from(v))
 }
 

@@ -1,6 +1,6 @@
 //! The per-app execution log writer: the data plane hands each record for an app's request to a
 //! bounded channel without waiting ([`crate::upstream::apps::Router::log`]), and this one thread takes
-//! them in batches and inserts each batch in one SQLite transaction, trimming every app to
+//! them in batches and inserts each batch in one database transaction, trimming every app to
 //! `log_retention` entries. Management actions are logged by the store in the same transaction as
 //! the change itself.
 
@@ -17,6 +17,9 @@ use crate::upstream::apps::LOG_QUEUE;
 const BATCH: usize = 1024;
 /// How often the writer looks at the stop flag while the queue is empty.
 const POLL: Duration = Duration::from_millis(100);
+/// Entries held while the database is unavailable, and the pause between two tries.
+const HELD: usize = 4 * BATCH;
+const RETRY: Duration = Duration::from_millis(500);
 
 /// The running writer thread.
 pub struct LogWriter {
@@ -69,8 +72,21 @@ fn run(store: &Store, rx: &Receiver<LogEntry>, stop: &StopSignal) {
 }
 
 fn write(store: &Store, batch: &mut Vec<LogEntry>) {
-    if let Err(e) = store.insert_logs(batch) {
-        log::error!("execution log: {} entries lost: {e}", batch.len());
+    match store.insert_logs(batch) {
+        Ok(()) => batch.clear(),
+        // [pg] A shared database out of reach: hold the entries (the newest HELD) and try again
+        // shortly; meanwhile the queue fills and the data plane drops what it cannot hand over.
+        Err(e) if e.is_unavailable() => {
+            if batch.len() > HELD {
+                let excess = batch.len() - HELD;
+                batch.drain(..excess);
+                log::warn!("execution log: the database is unavailable; {excess} oldest entries dropped");
+            }
+            std::thread::sleep(RETRY);
+        }
+        Err(e) => {
+            log::error!("execution log: {} entries lost: {e}", batch.len());
+            batch.clear();
+        }
     }
-    batch.clear();
 }

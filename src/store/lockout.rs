@@ -1,8 +1,9 @@
 //! Lock-out after repeated failed logins, the in-process form of the seed's Kafka flow: the
 //! `/api/auth` handler publishes each attempt's outcome on a channel and answers at once; this
 //! consumer thread records them in the database and blocks an e-mail address after
-//! [`MAX_FAILURES`] failures in a row, for `lockout_secs`. Blocks live in SQLite, so a restart
-//! lifts none. The handler checks the block before it checks the password.
+//! [`MAX_FAILURES`] failures in a row, for `lockout_secs`. The count and the blocks live in the
+//! database, so a restart lifts none, and with PostgreSQL failures through every instance add up to
+//! one count and a block holds on all of them. The handler checks the block before the password.
 
 use std::io;
 use std::time::Duration;

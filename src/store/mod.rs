@@ -1,384 +1,167 @@
-//! The management plane's state in embedded SQLite: users, apps, endpoints, execution logs, failed
-//! logins and blocks, and settings such as the JWT secret. All SQL lives here. The file is created
-//! and migrated on open (the `schema_version` table records how far), in WAL mode, with foreign keys
-//! so deleting a user or an app takes its endpoints and logs with it.
+//! The management plane's state: users, apps, endpoints, execution logs, failed logins and blocks,
+//! settings such as the JWT secret, and (when shared) cache purges. [`Store`] is the one interface the
+//! API and the background threads use; it dispatches to the embedded SQLite file (`sqlite.rs`, the
+//! default) or to a PostgreSQL database shared by several pibl instances (`postgres.rs`). Each keeps
+//! the same migrations in its own dialect, versioned in `schema_version`, and deleting a user or an
+//! app takes its endpoints and logs with it.
 //!
-//! One [`Store`] is one connection behind a mutex; the API threads share one, and the log writer
-//! and the lock-out consumer each open their own, so their writes queue in SQLite, not in pibl.
+//! With SQLite one [`Store`] is one connection behind a mutex, and the log writer and the lock-out
+//! consumer each open their own ([`Store::another`]). With PostgreSQL every [`Store`] of a process
+//! shares one small pool of connections.
 
 pub mod applog;
+pub mod copy;
 pub mod credentials;
 pub mod lockout;
+pub mod model;
+mod pool;
+pub mod postgres;
+pub mod sqlite;
+pub mod tls;
 
-use std::fmt;
 use std::path::Path;
-use std::time::Duration;
 
-use parking_lot::Mutex;
-use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+pub use crate::config::database::{Database, PgUrl};
+pub use model::{
+    AddEndpoint, App, AppRow, CachePurge, Dump, Durability, Endpoint, EndpointRow, LogEntry, Removal, Result,
+    StoreError, User, TABLES,
+};
 
-/// How long a connection waits for another one's write lock before giving up.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+use self::postgres::PgStore;
+use self::sqlite::SqliteStore;
 
-/// Schema steps, applied in order; entry N brings the schema to version N + 1. Never edit one that
-/// has shipped: add a new step.
-const MIGRATIONS: &[&str] = &[
-    // 1: the seed's model (users, apps, endpoints, execution logs) plus lock-out state and settings.
-    "CREATE TABLE settings (
-        key   TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    );
-    CREATE TABLE users (
-        id            INTEGER PRIMARY KEY,
-        email         TEXT NOT NULL UNIQUE COLLATE NOCASE,
-        password_hash TEXT NOT NULL,
-        created_ms    INTEGER NOT NULL
-    );
-    CREATE TABLE apps (
-        pk         INTEGER PRIMARY KEY,
-        name       TEXT NOT NULL UNIQUE,
-        owner_id   INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-        created_ms INTEGER NOT NULL
-    );
-    CREATE INDEX apps_owner ON apps(owner_id);
-    CREATE TABLE endpoints (
-        id         INTEGER PRIMARY KEY,
-        app_pk     INTEGER NOT NULL REFERENCES apps(pk) ON DELETE CASCADE,
-        host       TEXT NOT NULL,
-        port       INTEGER NOT NULL,
-        statuspath TEXT NOT NULL,
-        created_ms INTEGER NOT NULL
-    );
-    CREATE INDEX endpoints_app ON endpoints(app_pk);
-    CREATE TABLE app_logs (
-        id          INTEGER PRIMARY KEY,
-        app_pk      INTEGER NOT NULL REFERENCES apps(pk) ON DELETE CASCADE,
-        time_ms     INTEGER NOT NULL,
-        kind        TEXT NOT NULL,
-        actor       TEXT,
-        method      TEXT,
-        path        TEXT,
-        status      INTEGER,
-        endpoint    TEXT,
-        duration_ms REAL,
-        detail      TEXT
-    );
-    CREATE INDEX app_logs_app ON app_logs(app_pk, id);
-    CREATE TABLE login_failures (
-        email   TEXT PRIMARY KEY,
-        count   INTEGER NOT NULL,
-        last_ms INTEGER NOT NULL
-    );
-    CREATE TABLE blocked (
-        email    TEXT PRIMARY KEY,
-        since_ms INTEGER NOT NULL,
-        until_ms INTEGER NOT NULL
-    );",
-];
-
-/// Why the database could not do what was asked (each is a 500 for an API client).
+/// The one store interface: the same operations over SQLite or PostgreSQL.
 #[derive(Debug)]
-pub enum StoreError {
-    Sqlite(rusqlite::Error),
-    /// The file was written by a newer pibl whose schema this one does not know.
-    TooNew {
-        found: i64,
-        known: i64,
-    },
-}
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StoreError::Sqlite(e) => write!(f, "database error: {e}"),
-            StoreError::TooNew { found, known } => write!(
-                f,
-                "the database has schema version {found}, newer than this pibl knows ({known}); use a newer pibl"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for StoreError {}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Sqlite(e)
-    }
-}
-
-pub type Result<T> = std::result::Result<T, StoreError>;
-
-/// How hard each commit is pushed to disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// `synchronous=FULL`: an acknowledged change survives a crash of the process or the machine.
-    Full,
-    /// `synchronous=NORMAL`: survives a crash of the process; the last commits may be lost with the
-    /// machine. For the batched execution log.
-    Normal,
-}
-
-/// A registered user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    pub id: i64,
-    pub email: String,
-    pub password_hash: String,
-    pub created_ms: u64,
-}
-
-/// One backend server of an app.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    pub id: i64,
-    pub host: String,
-    pub port: u16,
-    pub statuspath: String,
-}
-
-/// An app with its owner and endpoints. `pk` changes when an app is deleted and its name taken again,
-/// so records about the old app never reach the new one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct App {
-    pub pk: i64,
-    pub name: String,
-    pub owner_id: i64,
-    pub owner: String,
-    pub endpoints: Vec<Endpoint>,
-}
-
-/// One execution-log record: a proxied request, a management action, or a health change.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct LogEntry {
-    /// Set when read back; ignored on insert.
-    pub id: i64,
-    pub app_pk: i64,
-    pub time_ms: u64,
-    /// `request`, `action` or `health`.
-    pub kind: String,
-    /// Who: the client address of a request, the user's e-mail for an action.
-    pub actor: Option<String>,
-    pub method: Option<String>,
-    pub path: Option<String>,
-    pub status: Option<u16>,
-    pub endpoint: Option<String>,
-    pub duration_ms: Option<f64>,
-    /// What happened, for actions and health changes.
-    pub detail: Option<String>,
-}
-
-impl LogEntry {
-    /// A management action by `actor` on an app.
-    pub fn action(app_pk: i64, time_ms: u64, actor: &str, detail: String) -> LogEntry {
-        LogEntry {
-            app_pk,
-            time_ms,
-            kind: "action".into(),
-            actor: Some(actor.into()),
-            detail: Some(detail),
-            ..LogEntry::default()
-        }
-    }
-}
-
-/// What adding an endpoint did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AddEndpoint {
-    /// Added (the app was created first when `created`).
-    Added { app: App, created: bool },
-    /// The app belongs to someone else.
-    NotYours,
-    /// The app already has this host, port and status path.
-    Duplicate,
-}
-
-/// What deleting an app or an endpoint found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Removal {
-    Removed,
-    NotFound,
-    NotYours,
-}
-
-fn ms(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-/// One connection to the database.
 pub struct Store {
-    conn: Mutex<Connection>,
-    log_retention: usize,
+    backend: Backend,
 }
 
-impl fmt::Debug for Store {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store").field("log_retention", &self.log_retention).finish_non_exhaustive()
-    }
+#[derive(Debug)]
+enum Backend {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+/// Calls the same method on whichever backend this store has.
+macro_rules! dispatch {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match &$self.backend {
+            Backend::Sqlite(s) => s.$method($($arg),*),
+            Backend::Postgres(s) => s.$method($($arg),*),
+        }
+    };
 }
 
 impl Store {
-    /// Opens (creating if needed) and migrates the database at `path`; `log_retention` is how many
-    /// execution-log entries each app keeps.
+    /// Opens (creating if needed) and migrates the SQLite database at `path`; `log_retention` is how
+    /// many execution-log entries each app keeps.
     pub fn open(path: &Path, durability: Durability, log_retention: usize) -> Result<Store> {
-        let mut conn = Connection::open(path)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            log::warn!("database {}: journal mode is {mode}, not WAL", path.display());
-        }
-        let sync = match durability {
-            Durability::Full => "FULL",
-            Durability::Normal => "NORMAL",
-        };
-        conn.pragma_update(None, "synchronous", sync)?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        migrate(&mut conn)?;
-        Ok(Store { conn: Mutex::new(conn), log_retention: log_retention.max(1) })
+        Ok(Store { backend: Backend::Sqlite(SqliteStore::open(path, durability, log_retention)?) })
     }
 
-    /// The schema version the file is at.
+    /// Opens `database` and brings its schema up to date (in PostgreSQL under an advisory lock, so
+    /// instances starting together migrate once).
+    pub fn connect(database: &Database, durability: Durability, log_retention: usize) -> Result<Store> {
+        match database {
+            Database::Sqlite(path) => Store::open(path, durability, log_retention),
+            Database::Postgres(url) => {
+                Ok(Store { backend: Backend::Postgres(PgStore::connect(url, durability, log_retention)?) })
+            }
+        }
+    }
+
+    /// A store for another thread: its own SQLite connection, or the same PostgreSQL pool.
+    pub fn another(&self, durability: Durability) -> Result<Store> {
+        let backend = match &self.backend {
+            Backend::Sqlite(s) => Backend::Sqlite(s.another(durability)?),
+            Backend::Postgres(s) => Backend::Postgres(s.another(durability)),
+        };
+        Ok(Store { backend })
+    }
+
+    /// Whether several instances may share this database (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// The PostgreSQL side, for the change listener and the copy tool.
+    pub fn postgres(&self) -> Option<&PgStore> {
+        match &self.backend {
+            Backend::Postgres(s) => Some(s),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
+    /// The SQLite side, for the copy tool.
+    pub fn sqlite(&self) -> Option<&SqliteStore> {
+        match &self.backend {
+            Backend::Sqlite(s) => Some(s),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// Whether the database answered last time it was asked (always true for a SQLite file).
+    pub fn is_up(&self) -> bool {
+        match &self.backend {
+            Backend::Sqlite(_) => true,
+            Backend::Postgres(s) => s.is_up(),
+        }
+    }
+
+    /// The schema version the database is at.
     pub fn schema_version(&self) -> Result<i64> {
-        Ok(self.conn.lock().query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |r| r.get(0))?)
+        dispatch!(self.schema_version())
     }
 
     // ----- settings -----
 
-    /// The stored value of `key`, storing `make()` first when there is none (first start).
+    /// The stored value of `key`, storing `make()` first when there is none (first start). With a
+    /// shared database the first instance's value wins and every other one reads it.
     pub fn setting_or_insert(&self, key: &str, make: impl FnOnce() -> String) -> Result<String> {
-        let conn = self.conn.lock();
-        if let Some(v) = conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0)).optional()? {
-            return Ok(v);
-        }
-        conn.execute("INSERT OR IGNORE INTO settings (key, value) VALUES (?1, ?2)", params![key, make()])?;
-        Ok(conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))?)
+        dispatch!(self.setting_or_insert(key, make))
     }
 
     // ----- users -----
 
     /// Registers a user; `None` when the e-mail address is taken (compared without case).
     pub fn create_user(&self, email: &str, password_hash: &str, now_ms: u64) -> Result<Option<User>> {
-        let conn = self.conn.lock();
-        let n = conn.execute(
-            "INSERT OR IGNORE INTO users (email, password_hash, created_ms) VALUES (?1, ?2, ?3)",
-            params![email, password_hash, ms(now_ms)],
-        )?;
-        if n == 0 {
-            return Ok(None);
-        }
-        Ok(Some(User {
-            id: conn.last_insert_rowid(),
-            email: email.to_string(),
-            password_hash: password_hash.to_string(),
-            created_ms: now_ms,
-        }))
+        dispatch!(self.create_user(email, password_hash, now_ms))
     }
 
     pub fn user(&self, email: &str) -> Result<Option<User>> {
-        let conn = self.conn.lock();
-        Ok(conn
-            .query_row("SELECT id, email, password_hash, created_ms FROM users WHERE email = ?1", [email], |r| {
-                Ok(User {
-                    id: r.get(0)?,
-                    email: r.get(1)?,
-                    password_hash: r.get(2)?,
-                    created_ms: r.get::<_, i64>(3)?.max(0) as u64,
-                })
-            })
-            .optional()?)
+        dispatch!(self.user(email))
     }
 
     /// Deletes a user with their apps, endpoints and logs; returns the names of the apps deleted.
     pub fn delete_user(&self, user_id: i64) -> Result<Vec<String>> {
-        let mut conn = self.conn.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let names = {
-            let mut stmt = tx.prepare("SELECT name FROM apps WHERE owner_id = ?1 ORDER BY name")?;
-            let rows = stmt.query_map([user_id], |r| r.get::<_, String>(0))?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()?
-        };
-        tx.execute("DELETE FROM users WHERE id = ?1", [user_id])?;
-        tx.commit()?;
-        Ok(names)
+        dispatch!(self.delete_user(user_id))
     }
 
     // ----- apps and endpoints -----
 
     /// The app called `name`, with its endpoints.
     pub fn app(&self, name: &str) -> Result<Option<App>> {
-        let conn = self.conn.lock();
-        load_app(&conn, name)
+        dispatch!(self.app(name))
     }
 
     /// Every app of `user_id`, by name.
     pub fn apps_of(&self, user_id: i64) -> Result<Vec<App>> {
-        let conn = self.conn.lock();
-        load_apps(&conn, Some(user_id))
+        dispatch!(self.apps_of(user_id))
     }
 
     /// Every app, by name (what the router serves).
     pub fn all_apps(&self) -> Result<Vec<App>> {
-        let conn = self.conn.lock();
-        load_apps(&conn, None)
+        dispatch!(self.all_apps())
     }
 
     /// Adds an endpoint to `name` for `user`, creating the app when it is new; logs the action.
     pub fn add_endpoint(&self, user: &User, name: &str, ep: &Endpoint, now_ms: u64) -> Result<AddEndpoint> {
-        let mut conn = self.conn.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let existing: Option<(i64, i64)> = tx
-            .query_row("SELECT pk, owner_id FROM apps WHERE name = ?1", [name], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let (pk, created) = match existing {
-            Some((_, owner)) if owner != user.id => return Ok(AddEndpoint::NotYours),
-            Some((pk, _)) => (pk, false),
-            None => {
-                tx.execute(
-                    "INSERT INTO apps (name, owner_id, created_ms) VALUES (?1, ?2, ?3)",
-                    params![name, user.id, ms(now_ms)],
-                )?;
-                (tx.last_insert_rowid(), true)
-            }
-        };
-        let duplicate: Option<i64> = tx
-            .query_row(
-                "SELECT id FROM endpoints WHERE app_pk = ?1 AND host = ?2 AND port = ?3 AND statuspath = ?4",
-                params![pk, ep.host, ep.port, ep.statuspath],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if duplicate.is_some() {
-            return Ok(AddEndpoint::Duplicate);
-        }
-        tx.execute(
-            "INSERT INTO endpoints (app_pk, host, port, statuspath, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![pk, ep.host, ep.port, ep.statuspath, ms(now_ms)],
-        )?;
-        let id = tx.last_insert_rowid();
-        if created {
-            insert_log(&tx, &LogEntry::action(pk, now_ms, &user.email, "created the app".into()))?;
-        }
-        let detail = format!("added endpoint {id} ({}:{}, status path {})", ep.host, ep.port, ep.statuspath);
-        insert_log(&tx, &LogEntry::action(pk, now_ms, &user.email, detail))?;
-        trim_logs(&tx, pk, self.log_retention)?;
-        let app = load_app(&tx, name)?.ok_or(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows))?;
-        tx.commit()?;
-        Ok(AddEndpoint::Added { app, created })
+        dispatch!(self.add_endpoint(user, name, ep, now_ms))
     }
 
     /// Deletes the app `name` of `user_id` with its endpoints and logs.
     pub fn delete_app(&self, user_id: i64, name: &str) -> Result<Removal> {
-        let conn = self.conn.lock();
-        let owner: Option<i64> =
-            conn.query_row("SELECT owner_id FROM apps WHERE name = ?1", [name], |r| r.get(0)).optional()?;
-        match owner {
-            None => Ok(Removal::NotFound),
-            Some(owner) if owner != user_id => Ok(Removal::NotYours),
-            Some(_) => {
-                conn.execute("DELETE FROM apps WHERE name = ?1 AND owner_id = ?2", params![name, user_id])?;
-                Ok(Removal::Removed)
-            }
-        }
+        dispatch!(self.delete_app(user_id, name))
     }
 
     /// Deletes one endpoint of an app of `user`; logs the action. With `Removed` comes the app as
@@ -390,40 +173,13 @@ impl Store {
         endpoint_id: i64,
         now_ms: u64,
     ) -> Result<(Removal, Option<App>)> {
-        let mut conn = self.conn.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let app: Option<(i64, i64)> = tx
-            .query_row("SELECT pk, owner_id FROM apps WHERE name = ?1", [name], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let pk = match app {
-            None => return Ok((Removal::NotFound, None)),
-            Some((_, owner)) if owner != user.id => return Ok((Removal::NotYours, None)),
-            Some((pk, _)) => pk,
-        };
-        let n = tx.execute("DELETE FROM endpoints WHERE id = ?1 AND app_pk = ?2", params![endpoint_id, pk])?;
-        if n == 0 {
-            return Ok((Removal::NotFound, None));
-        }
-        insert_log(&tx, &LogEntry::action(pk, now_ms, &user.email, format!("removed endpoint {endpoint_id}")))?;
-        trim_logs(&tx, pk, self.log_retention)?;
-        let app = load_app(&tx, name)?;
-        tx.commit()?;
-        Ok((Removal::Removed, app))
+        dispatch!(self.delete_endpoint(user, name, endpoint_id, now_ms))
     }
 
-    /// Deletes every app that has no endpoint left; returns their names.
+    /// Deletes every app that has no endpoint left; returns their names. With a shared database
+    /// one instance at a time does it (the others find nothing to do meanwhile).
     pub fn purge_empty_apps(&self) -> Result<Vec<String>> {
-        let mut conn = self.conn.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        const EMPTY: &str = "NOT EXISTS (SELECT 1 FROM endpoints e WHERE e.app_pk = apps.pk)";
-        let names = {
-            let mut stmt = tx.prepare(&format!("SELECT name FROM apps WHERE {EMPTY} ORDER BY name"))?;
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()?
-        };
-        tx.execute(&format!("DELETE FROM apps WHERE {EMPTY}"), [])?;
-        tx.commit()?;
-        Ok(names)
+        dispatch!(self.purge_empty_apps())
     }
 
     // ----- execution logs -----
@@ -431,207 +187,60 @@ impl Store {
     /// Inserts a batch in one transaction, skipping entries whose app no longer exists, then trims
     /// each app touched to the retention limit.
     pub fn insert_logs(&self, entries: &[LogEntry]) -> Result<()> {
-        let mut conn = self.conn.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut touched: Vec<i64> = Vec::new();
-        for entry in entries {
-            insert_log(&tx, entry)?;
-            if !touched.contains(&entry.app_pk) {
-                touched.push(entry.app_pk);
-            }
-        }
-        for pk in touched {
-            trim_logs(&tx, pk, self.log_retention)?;
-        }
-        tx.commit()?;
-        Ok(())
+        dispatch!(self.insert_logs(entries))
     }
 
     /// Up to `limit` entries of an app, newest first: those with an id below `before` when given,
     /// after skipping `offset`.
     pub fn logs(&self, app_pk: i64, before: Option<i64>, limit: usize, offset: usize) -> Result<Vec<LogEntry>> {
-        let conn = self.conn.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, app_pk, time_ms, kind, actor, method, path, status, endpoint, duration_ms, detail
-             FROM app_logs WHERE app_pk = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3 OFFSET ?4",
-        )?;
-        let rows = stmt.query_map(params![app_pk, before.unwrap_or(i64::MAX), limit as i64, offset as i64], |r| {
-            Ok(LogEntry {
-                id: r.get(0)?,
-                app_pk: r.get(1)?,
-                time_ms: r.get::<_, i64>(2)?.max(0) as u64,
-                kind: r.get(3)?,
-                actor: r.get(4)?,
-                method: r.get(5)?,
-                path: r.get(6)?,
-                status: r.get::<_, Option<i64>>(7)?.and_then(|s| u16::try_from(s).ok()),
-                endpoint: r.get(8)?,
-                duration_ms: r.get(9)?,
-                detail: r.get(10)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        dispatch!(self.logs(app_pk, before, limit, offset))
     }
 
     // ----- lock-out -----
 
     /// Until when (ms) `email` is blocked, if it is at `now_ms`.
     pub fn blocked_until(&self, email: &str, now_ms: u64) -> Result<Option<u64>> {
-        let conn = self.conn.lock();
-        let until: Option<i64> = conn
-            .query_row("SELECT until_ms FROM blocked WHERE email = ?1", [email.to_lowercase()], |r| r.get(0))
-            .optional()?;
-        Ok(until.map(|u| u.max(0) as u64).filter(|&u| u > now_ms))
+        dispatch!(self.blocked_until(email, now_ms))
     }
 
     /// Counts one failed login. On the `max`-th in a row the address is blocked until
-    /// `now_ms + lock_ms` and the count starts again; returns that time when it happens.
+    /// `now_ms + lock_ms` and the count starts again; returns that time when it happens. The count
+    /// is the database's, so failures through every instance add up.
     pub fn record_failure(&self, email: &str, now_ms: u64, max: u32, lock_ms: u64) -> Result<Option<u64>> {
-        let email = email.to_lowercase();
-        let mut conn = self.conn.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let count: i64 = tx.query_row(
-            "INSERT INTO login_failures (email, count, last_ms) VALUES (?1, 1, ?2)
-             ON CONFLICT(email) DO UPDATE SET count = count + 1, last_ms = excluded.last_ms
-             RETURNING count",
-            params![email, ms(now_ms)],
-            |r| r.get(0),
-        )?;
-        let blocked = if count >= i64::from(max) {
-            let until = now_ms.saturating_add(lock_ms);
-            tx.execute(
-                "INSERT INTO blocked (email, since_ms, until_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(email) DO UPDATE SET since_ms = excluded.since_ms, until_ms = excluded.until_ms",
-                params![email, ms(now_ms), ms(until)],
-            )?;
-            tx.execute("DELETE FROM login_failures WHERE email = ?1", [&email])?;
-            Some(until)
-        } else {
-            None
-        };
-        tx.commit()?;
-        Ok(blocked)
+        dispatch!(self.record_failure(email, now_ms, max, lock_ms))
     }
 
     /// A successful login: the failures so far no longer count.
     pub fn reset_failures(&self, email: &str) -> Result<()> {
-        self.conn.lock().execute("DELETE FROM login_failures WHERE email = ?1", [email.to_lowercase()])?;
-        Ok(())
+        dispatch!(self.reset_failures(email))
     }
 
     /// The addresses blocked at `now_ms`, sorted; expired blocks are cleared on the way.
     pub fn blocked_list(&self, now_ms: u64) -> Result<Vec<String>> {
-        let conn = self.conn.lock();
-        conn.execute("DELETE FROM blocked WHERE until_ms <= ?1", [ms(now_ms)])?;
-        let mut stmt = conn.prepare("SELECT email FROM blocked ORDER BY email")?;
-        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        dispatch!(self.blocked_list(now_ms))
     }
 
     /// Lifts a block (and forgets the failures); false when the address was not blocked.
     pub fn unblock(&self, email: &str, now_ms: u64) -> Result<bool> {
-        let email = email.to_lowercase();
-        let conn = self.conn.lock();
-        let n = conn.execute("DELETE FROM blocked WHERE email = ?1 AND until_ms > ?2", params![email, ms(now_ms)])?;
-        conn.execute("DELETE FROM blocked WHERE email = ?1", [&email])?;
-        conn.execute("DELETE FROM login_failures WHERE email = ?1", [&email])?;
-        Ok(n > 0)
+        dispatch!(self.unblock(email, now_ms))
     }
-}
 
-fn migrate(conn: &mut Connection) -> Result<()> {
-    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let current: i64 = tx.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |r| r.get(0))?;
-    let known = MIGRATIONS.len() as i64;
-    if current > known {
-        return Err(StoreError::TooNew { found: current, known });
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        tx.execute_batch(sql)?;
-        tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [i as i64 + 1])?;
-        log::info!("database: migrated to schema version {}", i + 1);
-    }
-    tx.commit()?;
-    Ok(())
-}
+    // ----- cache purges (shared database only) -----
 
-fn load_endpoints(conn: &Connection, app_pk: i64) -> Result<Vec<Endpoint>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT id, host, port, statuspath FROM endpoints WHERE app_pk = ?1 ORDER BY id")?;
-    let rows = stmt.query_map([app_pk], |r| {
-        Ok(Endpoint {
-            id: r.get(0)?,
-            host: r.get(1)?,
-            port: u16::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
-            statuspath: r.get(3)?,
-        })
-    })?;
-    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-}
-
-const APP_COLUMNS: &str = "SELECT a.pk, a.name, a.owner_id, u.email FROM apps a JOIN users u ON u.id = a.owner_id";
-
-fn app_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<App> {
-    Ok(App { pk: r.get(0)?, name: r.get(1)?, owner_id: r.get(2)?, owner: r.get(3)?, endpoints: Vec::new() })
-}
-
-fn load_app(conn: &Connection, name: &str) -> Result<Option<App>> {
-    let app = conn.query_row(&format!("{APP_COLUMNS} WHERE a.name = ?1"), [name], app_row).optional()?;
-    match app {
-        Some(mut app) => {
-            app.endpoints = load_endpoints(conn, app.pk)?;
-            Ok(Some(app))
+    /// Tells the other instances to purge what this one just purged from its cache. A SQLite file
+    /// has no other instances: nothing to do.
+    pub fn announce_cache_purge(&self, purge: &CachePurge, now_ms: u64) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(s) => s.announce_cache_purge(purge, now_ms),
         }
-        None => Ok(None),
     }
-}
-
-fn load_apps(conn: &Connection, owner: Option<i64>) -> Result<Vec<App>> {
-    let mut apps = {
-        let mut stmt =
-            conn.prepare_cached(&format!("{APP_COLUMNS} WHERE ?1 IS NULL OR a.owner_id = ?1 ORDER BY a.name"))?;
-        let rows = stmt.query_map([owner], app_row)?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()?
-    };
-    for app in &mut apps {
-        app.endpoints = load_endpoints(conn, app.pk)?;
-    }
-    Ok(apps)
-}
-
-fn insert_log(tx: &Transaction<'_>, e: &LogEntry) -> Result<()> {
-    let mut stmt = tx.prepare_cached(
-        "INSERT INTO app_logs (app_pk, time_ms, kind, actor, method, path, status, endpoint, duration_ms, detail)
-         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10 WHERE EXISTS (SELECT 1 FROM apps WHERE pk = ?1)",
-    )?;
-    stmt.execute(params![
-        e.app_pk,
-        ms(e.time_ms),
-        e.kind,
-        e.actor,
-        e.method,
-        e.path,
-        e.status,
-        e.endpoint,
-        e.duration_ms,
-        e.detail
-    ])?;
-    Ok(())
-}
-
-fn trim_logs(tx: &Transaction<'_>, app_pk: i64, keep: usize) -> Result<()> {
-    let mut stmt = tx.prepare_cached(
-        "DELETE FROM app_logs WHERE app_pk = ?1 AND id <=
-           (SELECT id FROM app_logs WHERE app_pk = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
-    )?;
-    stmt.execute(params![app_pk, keep as i64])?;
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sqlite::MIGRATIONS;
     use std::path::PathBuf;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -654,20 +263,66 @@ mod tests {
         }
     }
 
+    /// A fresh PostgreSQL database on the server `PIBL_TEST_PG_URL` names, dropped on drop.
+    struct TempPg {
+        admin: String,
+        name: String,
+        url: String,
+    }
+
+    impl TempPg {
+        /// `None` (with a loud notice) when no PostgreSQL is given; a failure in CI, where one must be.
+        fn new() -> Option<TempPg> {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let Ok(admin) = std::env::var("PIBL_TEST_PG_URL") else {
+                assert!(std::env::var_os("CI").is_none(), "CI must set PIBL_TEST_PG_URL (scripts/pg-test-cluster.sh)");
+                eprintln!("SKIPPED: no PostgreSQL (set PIBL_TEST_PG_URL, see scripts/pg-test-cluster.sh)");
+                return None;
+            };
+            let name = format!("pibl_unit_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+            let mut client = ::postgres::Client::connect(&admin, ::postgres::NoTls).expect("connect PIBL_TEST_PG_URL");
+            client.batch_execute(&format!("CREATE DATABASE {name}")).expect("create a test database");
+            let base = admin.split('?').next().unwrap_or(&admin);
+            let url = format!("{}/{name}", base.rsplit_once('/').map_or(base, |(b, _)| b));
+            Some(TempPg { admin, name, url })
+        }
+    }
+
+    impl Drop for TempPg {
+        fn drop(&mut self) {
+            if let Ok(mut c) = ::postgres::Client::connect(&self.admin, ::postgres::NoTls) {
+                let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+            }
+        }
+    }
+
+    /// Runs `check` on a new SQLite file, then on a new PostgreSQL database when there is a server.
+    fn on_each_backend(check: impl Fn(&Database)) {
+        let file = TempDb::new();
+        check(&Database::Sqlite(file.0.clone()));
+        if let Some(pg) = TempPg::new() {
+            check(&Database::parse(&pg.url).expect("a postgres URL"));
+        }
+    }
+
     fn ep(host: &str, port: u16) -> Endpoint {
         Endpoint { id: 0, host: host.into(), port, statuspath: "/status".into() }
     }
 
     #[test]
     fn migrates_once_and_keeps_data() {
-        let db = TempDb::new();
+        on_each_backend(migrates_once_and_keeps_data_on);
+    }
+
+    fn migrates_once_and_keeps_data_on(db: &Database) {
         {
-            let store = Store::open(&db.0, Durability::Full, 10).unwrap();
+            let store = Store::connect(db, Durability::Full, 10).unwrap();
             assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+            assert_eq!(MIGRATIONS.len(), postgres::MIGRATIONS.len(), "both dialects at one version");
             assert_eq!(store.setting_or_insert("k", || "first".into()).unwrap(), "first");
             store.create_user("A@x.io", "h", 1).unwrap().unwrap();
         }
-        let store = Store::open(&db.0, Durability::Normal, 10).unwrap();
+        let store = Store::connect(db, Durability::Normal, 10).unwrap();
         assert_eq!(store.setting_or_insert("k", || "second".into()).unwrap(), "first");
         assert!(store.create_user("a@X.io", "h", 2).unwrap().is_none(), "e-mail compared without case");
         assert_eq!(store.user("a@x.io").unwrap().unwrap().email, "A@x.io");
@@ -675,8 +330,11 @@ mod tests {
 
     #[test]
     fn apps_endpoints_cascade_and_logs_trim() {
-        let db = TempDb::new();
-        let store = Store::open(&db.0, Durability::Full, 3).unwrap();
+        on_each_backend(apps_endpoints_cascade_and_logs_trim_on);
+    }
+
+    fn apps_endpoints_cascade_and_logs_trim_on(db: &Database) {
+        let store = Store::connect(db, Durability::Full, 3).unwrap();
         let alice = store.create_user("alice@x.io", "h", 1).unwrap().unwrap();
         let bob = store.create_user("bob@x.io", "h", 1).unwrap().unwrap();
         let AddEndpoint::Added { app, created } = store.add_endpoint(&alice, "web", &ep("h1", 80), 5).unwrap() else {
@@ -723,8 +381,11 @@ mod tests {
 
     #[test]
     fn failures_block_and_expire() {
-        let db = TempDb::new();
-        let store = Store::open(&db.0, Durability::Full, 3).unwrap();
+        on_each_backend(failures_block_and_expire_on);
+    }
+
+    fn failures_block_and_expire_on(db: &Database) {
+        let store = Store::connect(db, Durability::Full, 3).unwrap();
         for i in 0..4 {
             assert_eq!(store.record_failure("U@x.io", 100 + i, 5, 1000).unwrap(), None);
         }
@@ -740,5 +401,117 @@ mod tests {
         store.record_failure("v@x.io", 0, 1, 1000).unwrap();
         assert!(store.unblock("v@x.io", 10).unwrap());
         assert!(!store.unblock("v@x.io", 10).unwrap());
+    }
+
+    #[test]
+    fn database_setting_and_redaction() {
+        assert_eq!(Database::parse("pibl.db"), Ok(Database::Sqlite(PathBuf::from("pibl.db"))));
+        assert_eq!(Database::parse(" my db.db"), Ok(Database::Sqlite(PathBuf::from(" my db.db"))));
+        assert!(Database::parse("  ").is_err());
+        let pg = Database::parse("postgres://pibl:s3cret@db.internal:5433/pibl").unwrap();
+        assert_eq!(pg.to_string(), "postgres://pibl:***@db.internal:5433/pibl");
+        assert!(!format!("{pg:?}").contains("s3cret"));
+        let pg = Database::parse("postgresql://pibl@127.0.0.1/pibl?password=x&application_name=a").unwrap();
+        assert_eq!(pg.to_string(), "postgresql://pibl@127.0.0.1/pibl?password=***&application_name=a");
+        assert!(Database::parse("postgres://pibl@host:notaport/pibl").is_err());
+        assert!(Database::parse("postgres://pibl@host/pibl?sslmode=require&sslrootcert=/ca.pem").is_ok());
+        assert!(Database::parse("postgres://pibl@host/pibl?sslrootcert=/ca.pem").unwrap_err().contains("sslmode"));
+    }
+
+    #[test]
+    fn migrations_race_once_under_the_lock() {
+        let Some(pg) = TempPg::new() else { return };
+        let db = Database::parse(&pg.url).unwrap();
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                let db = db.clone();
+                std::thread::spawn(move || Store::connect(&db, Durability::Full, 10).map(|s| s.schema_version()))
+            })
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap().unwrap().unwrap(), MIGRATIONS.len() as i64);
+        }
+        let mut c = ::postgres::Client::connect(&pg.url, ::postgres::NoTls).unwrap();
+        let rows: i64 = c.query_one("SELECT COUNT(*) FROM schema_version", &[]).unwrap().get(0);
+        assert_eq!(rows, MIGRATIONS.len() as i64, "each step applied once");
+    }
+
+    #[test]
+    fn purge_lock_cache_purges_and_shared_secret() {
+        let Some(pg) = TempPg::new() else { return };
+        let db = Database::parse(&pg.url).unwrap();
+        let a = Store::connect(&db, Durability::Full, 10).unwrap();
+        let b = Store::connect(&db, Durability::Full, 10).unwrap();
+        assert!(a.is_shared() && a.is_up());
+        // The first instance's secret is everyone's.
+        let secret = a.setting_or_insert("jwt_secret", || "one".into()).unwrap();
+        assert_eq!(b.setting_or_insert("jwt_secret", || "two".into()).unwrap(), secret);
+        // An app left empty is purged by whoever holds the lock; the other skips meanwhile.
+        let u = a.create_user("u@x.io", "h", 1).unwrap().unwrap();
+        a.add_endpoint(&u, "web", &ep("127.0.0.1", 80), 2).unwrap();
+        let id = b.app("web").unwrap().unwrap().endpoints[0].id;
+        b.delete_endpoint(&u, "web", id, 3).unwrap();
+        let mut holder = ::postgres::Client::connect(&pg.url, ::postgres::NoTls).unwrap();
+        let mut tx = holder.transaction().unwrap();
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&0x7069_626c_0002_i64]).unwrap();
+        assert!(a.purge_empty_apps().unwrap().is_empty(), "another instance is purging");
+        tx.rollback().unwrap();
+        assert_eq!(b.purge_empty_apps().unwrap(), ["web"]);
+        // Cache purges are kept in order for the listeners.
+        let pgs = a.postgres().unwrap();
+        let before = pgs.last_cache_purge_id().unwrap();
+        let purges = [
+            CachePurge::All,
+            CachePurge::Key { host: "h:1".into(), target: "/a".into() },
+            CachePurge::Target("/b".into()),
+        ];
+        for p in &purges {
+            b.announce_cache_purge(p, 10).unwrap();
+        }
+        let seen: Vec<CachePurge> = pgs.cache_purges_after(before).unwrap().into_iter().map(|(_, p)| p).collect();
+        assert_eq!(seen, purges);
+    }
+
+    #[test]
+    fn copies_sqlite_into_postgres_with_ids_and_counts() {
+        let Some(pg) = TempPg::new() else { return };
+        let file = TempDb::new();
+        let from = Database::Sqlite(file.0.clone());
+        let to = Database::parse(&pg.url).unwrap();
+        {
+            let s = Store::connect(&from, Durability::Full, 100).unwrap();
+            s.setting_or_insert("jwt_secret", || "kept".into()).unwrap();
+            let u = s.create_user("a@x.io", "h", 1).unwrap().unwrap();
+            s.create_user("b@x.io", "h", 1).unwrap().unwrap();
+            s.add_endpoint(&u, "web", &ep("127.0.0.1", 80), 2).unwrap();
+            s.add_endpoint(&u, "web", &ep("127.0.0.1", 81), 2).unwrap();
+            let pk = s.app("web").unwrap().unwrap().pk;
+            let logs: Vec<LogEntry> = (0..7)
+                .map(|i| LogEntry {
+                    app_pk: pk,
+                    time_ms: i,
+                    kind: "request".into(),
+                    status: Some(200),
+                    ..Default::default()
+                })
+                .collect();
+            s.insert_logs(&logs).unwrap();
+            s.record_failure("c@x.io", 5, 5, 1000).unwrap();
+            s.record_failure("d@x.io", 5, 1, u64::MAX / 4).unwrap();
+        }
+        let report = copy::copy_database(&from, &to).unwrap();
+        let counts: Vec<i64> = report.counts.iter().map(|(_, n)| *n).collect();
+        assert_eq!(counts, [1, 2, 1, 2, 10, 1, 1], "{report}");
+        let s = Store::connect(&to, Durability::Full, 100).unwrap();
+        assert_eq!(s.setting_or_insert("jwt_secret", || "new".into()).unwrap(), "kept");
+        let web = s.app("web").unwrap().unwrap();
+        assert_eq!((web.owner.as_str(), web.endpoints.len()), ("a@x.io", 2));
+        assert_eq!(s.logs(web.pk, None, 100, 0).unwrap().len(), 10);
+        assert!(s.blocked_until("d@x.io", 10).unwrap().is_some());
+        // New rows get ids past the copied ones.
+        let c = s.create_user("c@x.io", "h", 3).unwrap().unwrap();
+        assert!(c.id > 2, "{}", c.id);
+        assert!(matches!(copy::copy_database(&from, &to), Err(copy::CopyError::NotEmpty { .. })));
+        assert!(matches!(copy::copy_database(&to, &from), Err(copy::CopyError::Direction)));
     }
 }

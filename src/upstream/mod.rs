@@ -4,3 +4,4 @@
 pub mod apps;
 pub mod backend;
 pub mod health;
+pub mod sync;

@@ -610,3 +610,61 @@ pub fn login(addr: SocketAddr, email: &str, password: &str) -> String {
 pub fn endpoint_body(addr: SocketAddr, statuspath: &str) -> String {
     format!(r#"{{"host":"{}","port":{},"statuspath":"{statuspath}"}}"#, addr.ip(), addr.port())
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// PostgreSQL: a fresh database per test on the server `PIBL_TEST_PG_URL` names
+// (`eval "$(scripts/pg-test-cluster.sh start)"` starts a throwaway one).
+// ---------------------------------------------------------------------------------------------------------
+
+/// The PostgreSQL server to use, or `None` after a loud notice (a failure in CI).
+pub fn pg_server_url() -> Option<String> {
+    match std::env::var("PIBL_TEST_PG_URL") {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must run these tests: start PostgreSQL with scripts/pg-test-cluster.sh and export PIBL_TEST_PG_URL"
+            );
+            eprintln!(
+                "\n*** SKIPPED: no PostgreSQL (PIBL_TEST_PG_URL is not set). Run \
+                 `eval \"$(scripts/pg-test-cluster.sh start)\"` first to run the cluster tests. ***\n"
+            );
+            None
+        }
+    }
+}
+
+/// `url` with its database name replaced.
+fn with_dbname(url: &str, name: &str) -> String {
+    let base = url.split('?').next().unwrap_or(url);
+    format!("{}/{name}", base.rsplit_once('/').map_or(base, |(b, _)| b))
+}
+
+/// A new database on the server, dropped (whoever is still connected) on drop.
+pub struct TempPg {
+    admin: String,
+    name: String,
+    pub url: String,
+}
+
+impl TempPg {
+    pub fn on(admin: &str, tag: &str) -> TempPg {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!("pibl_test_{}_{}_{tag}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let mut client = ::postgres::Client::connect(admin, ::postgres::NoTls).expect("connect to PIBL_TEST_PG_URL");
+        client.batch_execute(&format!("CREATE DATABASE {name}")).expect("create the test database");
+        TempPg { admin: admin.to_string(), url: with_dbname(admin, &name), name }
+    }
+
+    pub fn new(tag: &str) -> Option<TempPg> {
+        pg_server_url().map(|admin| TempPg::on(&admin, tag))
+    }
+}
+
+impl Drop for TempPg {
+    fn drop(&mut self) {
+        if let Ok(mut c) = ::postgres::Client::connect(&self.admin, ::postgres::NoTls) {
+            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        }
+    }
+}
