@@ -41,7 +41,7 @@ fn example_file_is_the_default_config() {
     assert_eq!(
         text,
         Config::default().to_ini(),
-        "parser.ini.example is stale: regenerate it with `cargo run --bin parser -- --out parser.ini.example --force`"
+        "parser.ini.example is stale: regenerate it with `cargo run --release --bin parser -- --out parser.ini.example --force`"
     );
 }
 

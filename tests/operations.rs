@@ -97,6 +97,14 @@ fn check_config_rejects_bad_files_with_status_2() {
     let out = proxy(&["--check-config", "--config", missing.to_str().expect("UTF-8")]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).starts_with(&format!("{}: cannot read: ", missing.display())), "{}", text(&out.stderr));
+    // The hint names the README's own commands (release builds), so following it starts no second build.
+    let hint = text(&out.stderr).lines().last().unwrap_or_default().to_string();
+    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
+    assert!(hint.starts_with("hint: "), "{hint}");
+    for command in hint.split('`').skip(1).step_by(2) {
+        assert!(command.starts_with("cargo run --release --bin "), "{command}");
+        assert!(readme.contains(command), "the hint's `{command}` is not in the README");
+    }
 
     let out = proxy(&["--check-config", "--demo"]);
     assert_eq!(out.status.code(), Some(2));

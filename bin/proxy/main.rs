@@ -29,6 +29,11 @@ usage: proxy [--config FILE] [--demo] [--log-level LEVEL] [--check-config]
   -h, --help         show this help
   -V, --version      show the version";
 
+/// Printed when the INI file does not exist. The commands are the README's (`--release`), so
+/// following the hint reuses the build the README made instead of starting a debug one.
+const MISSING_CONFIG_HINT: &str = "hint: write one with `cargo run --release --bin parser` (it prints what it wrote), \
+or try pibl without one: `cargo run --release --bin proxy -- --demo`";
+
 struct Args {
     config: Option<PathBuf>,
     demo: bool,
@@ -83,7 +88,7 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("{e}");
                     if !path.exists() {
-                        eprintln!("hint: run `cargo run --bin parser` to write a parser.ini, or `proxy --demo` to try pibl without one");
+                        eprintln!("{MISSING_CONFIG_HINT}");
                     }
                     return ExitCode::from(2);
                 }
