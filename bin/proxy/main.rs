@@ -106,6 +106,11 @@ fn main() -> ExitCode {
         return check_config(args.config.as_deref().unwrap_or(Path::new("parser.ini")), &config);
     }
     logging::init(config.log_level);
+    if !args.demo || args.config.is_some() {
+        for line in file_advice(args.config.as_deref().unwrap_or(Path::new("parser.ini"))) {
+            log::warn!("{line}");
+        }
+    }
 
     // Installed before anything listens: until then SIGTERM, SIGHUP and SIGUSR1 (logrotate) would
     // kill the process with their default action. The access log adds its own SIGUSR1 flag later.
@@ -213,6 +218,9 @@ fn check_config(path: &Path, config: &Config) -> ExitCode {
         eprintln!("{}: {e}", path.display());
         return ExitCode::from(2);
     }
+    for line in file_advice(path) {
+        eprintln!("{line}");
+    }
     println!("configuration file {} is valid", path.display());
     println!(
         "listen {}, {} backend{}, {} threads, access log {}",
@@ -227,6 +235,13 @@ fn check_config(path: &Path, config: &Config) -> ExitCode {
         },
     );
     ExitCode::SUCCESS
+}
+
+/// [`pibl::config::advice`] on the file at `path` (empty, or no section header); nothing if it
+/// cannot be read (loading it has already said why).
+fn file_advice(path: &Path) -> Vec<String> {
+    let label = path.display().to_string();
+    std::fs::read_to_string(path).map(|text| pibl::config::advice(&text, &label)).unwrap_or_default()
 }
 
 fn startup_summary(config: &Config) -> Vec<String> {

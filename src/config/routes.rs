@@ -215,6 +215,11 @@ pub(super) fn parse_section(
     if servers.is_empty() {
         return Err(invalid("servers", "lists no server".into()));
     }
+    for (i, server) in servers.iter().enumerate() {
+        if servers[..i].iter().any(|s| s.addr == server.addr) {
+            return Err(invalid("servers", format!("{} is listed twice; list each server once", server.name)));
+        }
+    }
     let balance = match get("balance").unwrap_or("round_robin") {
         "round_robin" => Balance::RoundRobin,
         "least_conn" => Balance::LeastConn,
