@@ -2,6 +2,7 @@
 //! backends.
 
 mod demo;
+mod demo_admin;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,8 +24,11 @@ usage: proxy [--config FILE] [--demo] [--log-level LEVEL] [--check-config]
   --config FILE      INI file to load (default ./parser.ini; write one with `parser`)
   --check-config     validate the INI file, print a summary and exit: 0 if it is valid,
                      2 if not (like `nginx -t`)
-  --demo             start three demo backends on loopback and balance across them
-                     (uses the built-in defaults and ./pibl-demo.db unless --config is given)
+  --demo             start three demo backends on 127.0.0.1:9001-9003 and balance across them,
+                     with an admin account (printed at start-up) in ./pibl-demo.db; with --config,
+                     the file's settings and database (./pibl-demo.db if it names none).
+                     PIBL_DEMO_PORTS=8080,5000,9001,9002,9003 changes the proxy, API and
+                     backend ports
   --log-level LEVEL  off, error, warn, info, debug or trace (overrides log_level)
   -h, --help         show this help
   -V, --version      show the version";
@@ -95,6 +99,13 @@ fn main() -> ExitCode {
             }
         }
     };
+    let demo_ports = match demo_ports() {
+        Ok(ports) => ports,
+        Err(e) => {
+            eprintln!("proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if let Some(level) = args.log_level {
         config.log_level = level;
     }
@@ -125,23 +136,14 @@ fn main() -> ExitCode {
 
     // Kept alive for the life of the process.
     let mut demo_backends = Vec::new();
+    let mut demo_notes = Vec::new();
     if args.demo {
-        for i in 1..=3 {
-            match DemoBackend::start(&format!("demo-{i}"), 0) {
-                Ok(backend) => demo_backends.push(backend),
-                Err(e) => {
-                    log::error!("cannot start demo backend {i}: {e}");
-                    return ExitCode::from(1);
-                }
+        match setup_demo(&mut config, args.config.as_deref(), demo_ports) {
+            Ok((backends, notes)) => (demo_backends, demo_notes) = (backends, notes),
+            Err(e) => {
+                log::error!("cannot start the demo: {e}");
+                return ExitCode::from(1);
             }
-        }
-        config.backends = demo_backends
-            .iter()
-            .map(|b| BackendAddr { name: format!("{} ({})", b.addr(), b.name), addr: b.addr() })
-            .collect();
-        if args.config.is_none() {
-            config.database = PathBuf::from("pibl-demo.db");
-            config.health_path = "/status".to_string();
         }
     }
 
@@ -166,9 +168,17 @@ fn main() -> ExitCode {
     }
     if args.demo {
         log::info!(
-            "demo: open http://localhost:{}/ and reload to see each backend in turn",
-            server.proxy_addr().port()
+            "demo: open http://localhost:{}/ and reload to see each backend in turn ({})",
+            server.proxy_addr().port(),
+            demo_backends
+                .iter()
+                .map(|b| format!("{} on port {}", b.name, b.addr().port()))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
+        for note in demo_notes {
+            log::info!("{note}");
+        }
     }
 
     // Ctrl-C through `ctrlc`; SIGTERM and SIGHUP as flags polled here, so a reload never runs inside
@@ -196,6 +206,80 @@ fn main() -> ExitCode {
     let clean = server.shutdown();
     log::info!("stopped{}", if clean { "" } else { " (some requests were cut off by shutdown_grace)" });
     ExitCode::SUCCESS
+}
+
+/// `PIBL_DEMO_PORTS`: the demo's proxy, API and three backend ports, for a demo beside another one
+/// (or beside tests); `None` when unset.
+const DEMO_PORTS_ENV: &str = "PIBL_DEMO_PORTS";
+
+fn demo_ports() -> Result<Option<[u16; 5]>, String> {
+    let Ok(text) = std::env::var(DEMO_PORTS_ENV) else { return Ok(None) };
+    let bad = || {
+        format!("{DEMO_PORTS_ENV}={text:?}: give five ports: proxy, API and three backends (8080,5000,9001,9002,9003)")
+    };
+    let ports: Vec<u16> =
+        text.split(',').map(|p| p.trim().parse::<u16>()).collect::<Result<_, _>>().map_err(|_| bad())?;
+    ports.try_into().map(Some).map_err(|_| bad())
+}
+
+/// Starts the demo backends and fits `config` to them: backends, health checks on `/status`, the
+/// demo database (unless the file names one), the demo admin, and the favicon's own route. Returns
+/// the backends (to keep alive) and the lines to log once pibl runs.
+fn setup_demo(
+    config: &mut Config,
+    file: Option<&Path>,
+    ports: Option<[u16; 5]>,
+) -> Result<(Vec<DemoBackend>, Vec<String>), String> {
+    if let Some([proxy, api, ..]) = ports {
+        (config.port, config.api_port) = (proxy, api);
+    }
+    let backend_ports = ports.map_or([9001, 9002, 9003], |[_, _, a, b, c]| [a, b, c]);
+    let (backends, warnings) = demo::start_all(&backend_ports).map_err(|e| e.to_string())?;
+    for warning in warnings {
+        log::warn!("{warning}");
+    }
+    config.backends =
+        backends.iter().map(|b| BackendAddr { name: format!("{} ({})", b.addr(), b.name), addr: b.addr() }).collect();
+    if config.health_path.is_empty() {
+        config.health_path = "/status".to_string();
+    }
+
+    let mut notes = Vec::new();
+    let names_database = file.is_some() && config.database != Config::default().database;
+    match file {
+        Some(file) if names_database => {
+            notes.push(format!("demo: database {} (from {})", config.database.display(), file.display()))
+        }
+        Some(file) => {
+            config.database = PathBuf::from("pibl-demo.db");
+            notes.push(format!("demo: database ./pibl-demo.db ({} names none)", file.display()));
+        }
+        None => {
+            config.database = PathBuf::from("pibl-demo.db");
+            notes.push("demo: database ./pibl-demo.db".to_string());
+        }
+    }
+
+    let admin = demo_admin::ensure(&config.database, config.log_retention, pibl::clock::Clock::system().now_ms())?;
+    config.admins.push(demo_admin::ADMIN_EMAIL.to_string());
+    notes.push(format!(
+        "demo: admin {} with password {} (also in {}; `curl -d @{} ...` logs in); it may list and lift lock-outs",
+        demo_admin::ADMIN_EMAIL,
+        admin.password,
+        admin.file.display(),
+        admin.file.display()
+    ));
+
+    // A browser asks for /favicon.ico after each page. Through the default pool that would take a
+    // round-robin turn, and reloading would skip a backend; its own route keeps its own turns (and
+    // the icon is cached for a day anyway).
+    if !config.routes.iter().any(|r| r.prefix == "/favicon.ico") {
+        let servers: Vec<String> = backends.iter().map(|b| b.addr().to_string()).collect();
+        let ini = format!("[route.demo-favicon]\nprefix = /favicon.ico\nservers = {}\n", servers.join(", "));
+        let route = Config::from_ini_str(&ini, "demo").map_err(|e| e.to_string())?.routes;
+        config.routes.extend(route);
+    }
+    Ok((backends, notes))
 }
 
 /// SIGHUP: re-reads the INI and swaps routes, pools and limits; a broken file keeps the old ones.
