@@ -10,19 +10,16 @@
 mod common;
 
 use std::fs;
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::TempDir;
+use common::{DemoProcess, TempDir};
 
 /// How long a read-only command may be repeated until its answer shows up: the app log and the
 /// lock-out are written by background threads, a moment after the request that caused them.
 const SETTLE: Duration = Duration::from_secs(20);
-/// How long the demo may take to start.
-const START: Duration = Duration::from_secs(30);
 
 /// One command of the walk-through and the lines the README shows under it.
 #[derive(Debug)]
@@ -106,45 +103,6 @@ fn read_only(command: &str) -> bool {
     !command.contains(" -X ") && !command.contains(" -d ")
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
-}
-
-/// `proxy --demo` in `dir` on free ports; tried again on other ports when one was taken meanwhile
-/// (the demo then exits, or its backend falls back to another port).
-fn start_demo(dir: &TempDir) -> (Child, [u16; 5]) {
-    let log_path = dir.0.join("demo.log");
-    for _ in 0..5 {
-        let ports = [free_port(), free_port(), free_port(), free_port(), free_port()];
-        let list = ports.map(|p| p.to_string()).join(",");
-        let log = fs::File::create(&log_path).expect("create the demo log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_proxy"))
-            .arg("--demo")
-            .env("PIBL_DEMO_PORTS", &list)
-            .current_dir(&dir.0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start proxy --demo");
-        let deadline = Instant::now() + START;
-        loop {
-            let text = fs::read_to_string(&log_path).unwrap_or_default();
-            if text.contains("is taken by another program") || child.try_wait().ok().flatten().is_some() {
-                break;
-            }
-            if text.contains("demo: admin admin@demo.local") {
-                return (child, ports);
-            }
-            assert!(Instant::now() < deadline, "the demo did not start:\n{text}");
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    panic!("the demo did not start: {}", fs::read_to_string(&log_path).unwrap_or_default());
-}
-
 /// Runs `command` in bash in `dir` with the variables set so far; its standard output.
 fn run(command: &str, dir: &Path, vars: &[(String, String)]) -> String {
     let out = Command::new("bash")
@@ -169,7 +127,8 @@ fn the_readme_walkthrough_runs_as_written_against_the_demo() {
     }
 
     let dir = TempDir::new("walkthrough");
-    let (mut demo, ports) = start_demo(&dir);
+    let demo = DemoProcess::start(&dir);
+    let ports = demo.ports;
     let mut vars: Vec<(String, String)> = Vec::new();
     let mut failure = None;
     for step in &steps {
@@ -196,8 +155,7 @@ fn the_readme_walkthrough_runs_as_written_against_the_demo() {
             break;
         }
     }
-    let _ = demo.kill();
-    let _ = demo.wait();
+    drop(demo);
     if let Some(failure) = failure {
         panic!("{failure}\n\ndemo log:\n{}", fs::read_to_string(dir.0.join("demo.log")).unwrap_or_default());
     }

@@ -610,3 +610,64 @@ pub fn login(addr: SocketAddr, email: &str, password: &str) -> String {
 pub fn endpoint_body(addr: SocketAddr, statuspath: &str) -> String {
     format!(r#"{{"host":"{}","port":{},"statuspath":"{statuspath}"}}"#, addr.ip(), addr.port())
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// `proxy --demo` as a subprocess, as the README starts it.
+// ---------------------------------------------------------------------------------------------------------
+
+/// `proxy --demo` running in a directory on free ports (`PIBL_DEMO_PORTS`: proxy, API, three
+/// backends); killed on drop.
+pub struct DemoProcess {
+    pub child: Child,
+    pub ports: [u16; 5],
+}
+
+impl DemoProcess {
+    /// Starts the demo in `dir` (its database and admin file land there) and waits for its last
+    /// start-up line. Another process may take a chosen port first: the demo then exits, or its
+    /// backend falls back to another port, and we try other ports.
+    pub fn start(dir: &TempDir) -> DemoProcess {
+        let log_path = dir.0.join("demo.log");
+        let free = || TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        for _ in 0..5 {
+            let ports = [free(), free(), free(), free(), free()];
+            let list = ports.map(|p| p.to_string()).join(",");
+            let log = fs::File::create(&log_path).expect("create the demo log");
+            let mut child = Command::new(env!("CARGO_BIN_EXE_proxy"))
+                .arg("--demo")
+                .env("PIBL_DEMO_PORTS", &list)
+                .current_dir(&dir.0)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start proxy --demo");
+            let deadline = Instant::now() + 3 * WAIT;
+            loop {
+                let text = fs::read_to_string(&log_path).unwrap_or_default();
+                if text.contains("is taken by another program") || child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                if text.contains("demo: admin admin@demo.local") {
+                    return DemoProcess { child, ports };
+                }
+                assert!(Instant::now() < deadline, "the demo did not start:\n{text}");
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("the demo did not start: {}", fs::read_to_string(&log_path).unwrap_or_default());
+    }
+
+    pub fn proxy_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports[0]))
+    }
+}
+
+impl Drop for DemoProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
