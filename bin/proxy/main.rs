@@ -147,6 +147,8 @@ fn main() -> ExitCode {
         }
     }
 
+    // With --demo --config, what the demo changed is applied again to the file SIGHUP re-reads.
+    let demo_fit = args.demo.then(|| config.clone());
     let summary = startup_summary(&config);
     let server = match Pibl::start(config) {
         Ok(server) => server,
@@ -199,7 +201,7 @@ fn main() -> ExitCode {
             break;
         }
         if hangup.swap(false, Ordering::Relaxed) {
-            reload(&server, args.config.as_deref(), args.demo);
+            reload(&server, args.config.as_deref(), demo_fit.as_ref());
         }
     }
     log::info!("shutting down: no new connections, finishing requests in flight");
@@ -221,6 +223,9 @@ fn demo_ports() -> Result<Option<[u16; 5]>, String> {
         text.split(',').map(|p| p.trim().parse::<u16>()).collect::<Result<_, _>>().map_err(|_| bad())?;
     ports.try_into().map(Some).map_err(|_| bad())
 }
+
+/// The demo's route for `/favicon.ico`.
+const DEMO_ICON_ROUTE: &str = "demo-favicon";
 
 /// Starts the demo backends and fits `config` to them: backends, health checks on `/status`, the
 /// demo database (unless the file names one), the demo admin, and the favicon's own route. Returns
@@ -275,7 +280,7 @@ fn setup_demo(
     // the icon is cached for a day anyway).
     if !config.routes.iter().any(|r| r.prefix == "/favicon.ico") {
         let servers: Vec<String> = backends.iter().map(|b| b.addr().to_string()).collect();
-        let ini = format!("[route.demo-favicon]\nprefix = /favicon.ico\nservers = {}\n", servers.join(", "));
+        let ini = format!("[route.{DEMO_ICON_ROUTE}]\nprefix = /favicon.ico\nservers = {}\n", servers.join(", "));
         let route = Config::from_ini_str(&ini, "demo").map_err(|e| e.to_string())?.routes;
         config.routes.extend(route);
     }
@@ -283,14 +288,28 @@ fn setup_demo(
 }
 
 /// SIGHUP: re-reads the INI and swaps routes, pools and limits; a broken file keeps the old ones.
-fn reload(pibl: &Pibl, config: Option<&Path>, demo: bool) {
-    if demo && config.is_none() {
+/// Under `--demo` (`demo_fit` is the configuration it started with) the demo backends, their
+/// health path and the icon's route stay.
+fn reload(pibl: &Pibl, config: Option<&Path>, demo_fit: Option<&Config>) {
+    if demo_fit.is_some() && config.is_none() {
         log::info!("reload: the demo runs on built-in settings; nothing to re-read");
         return;
     }
     let path = config.unwrap_or(Path::new("parser.ini"));
     match Config::load(path) {
-        Ok(new) => pibl.server().reload(&new),
+        Ok(mut new) => {
+            if let Some(fitted) = demo_fit {
+                new.backends = fitted.backends.clone();
+                if new.health_path.is_empty() {
+                    new.health_path = fitted.health_path.clone();
+                }
+                let icon = fitted.routes.iter().find(|r| r.name == DEMO_ICON_ROUTE);
+                if let Some(icon) = icon.filter(|i| !new.routes.iter().any(|r| r.prefix == i.prefix)) {
+                    new.routes.push(icon.clone());
+                }
+            }
+            pibl.server().reload(&new)
+        }
         Err(e) => log::error!("reload refused, the running configuration stays: {e}"),
     }
 }

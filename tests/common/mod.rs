@@ -627,37 +627,51 @@ impl DemoProcess {
     /// start-up line. Another process may take a chosen port first: the demo then exits, or its
     /// backend falls back to another port, and we try other ports.
     pub fn start(dir: &TempDir) -> DemoProcess {
-        let log_path = dir.0.join("demo.log");
-        let free = || TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
         for _ in 0..5 {
+            let free = || TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
             let ports = [free(), free(), free(), free(), free()];
-            let list = ports.map(|p| p.to_string()).join(",");
-            let log = fs::File::create(&log_path).expect("create the demo log");
-            let mut child = Command::new(env!("CARGO_BIN_EXE_proxy"))
-                .arg("--demo")
-                .env("PIBL_DEMO_PORTS", &list)
-                .current_dir(&dir.0)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("start proxy --demo");
-            let deadline = Instant::now() + 3 * WAIT;
-            loop {
-                let text = fs::read_to_string(&log_path).unwrap_or_default();
-                if text.contains("is taken by another program") || child.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                if text.contains("demo: admin admin@demo.local") {
-                    return DemoProcess { child, ports };
-                }
-                assert!(Instant::now() < deadline, "the demo did not start:\n{text}");
-                thread::sleep(Duration::from_millis(20));
+            match DemoProcess::launch(dir, &[], ports) {
+                Ok(demo) if !demo.log(dir).contains("is taken by another program") => return demo,
+                _ => {}
             }
-            let _ = child.kill();
-            let _ = child.wait();
         }
-        panic!("the demo did not start: {}", fs::read_to_string(&log_path).unwrap_or_default());
+        panic!("the demo did not start: {}", fs::read_to_string(dir.0.join("demo.log")).unwrap_or_default());
+    }
+
+    /// One try: `proxy --demo ARGS` on `ports` in `dir`, logging to `dir/demo.log`; the log when it
+    /// exits before its last start-up line.
+    pub fn launch(dir: &TempDir, args: &[&str], ports: [u16; 5]) -> Result<DemoProcess, String> {
+        let log_path = dir.0.join("demo.log");
+        let list = ports.map(|p| p.to_string()).join(",");
+        let log = fs::File::create(&log_path).expect("create the demo log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_proxy"))
+            .arg("--demo")
+            .args(args)
+            .env("PIBL_DEMO_PORTS", &list)
+            .current_dir(&dir.0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start proxy --demo");
+        let deadline = Instant::now() + 3 * WAIT;
+        loop {
+            let text = fs::read_to_string(&log_path).unwrap_or_default();
+            if text.contains("demo: admin admin@demo.local") {
+                return Ok(DemoProcess { child, ports });
+            }
+            if child.try_wait().ok().flatten().is_some() || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(text);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What the demo has logged so far.
+    pub fn log(&self, dir: &TempDir) -> String {
+        fs::read_to_string(dir.0.join("demo.log")).unwrap_or_default()
     }
 
     pub fn proxy_addr(&self) -> SocketAddr {
