@@ -25,9 +25,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(ParserOutcome::Wrote { path, text }) => {
-            let mut stdout = io::stdout().lock();
-            let _ = write!(stdout, "{text}");
-            let _ = writeln!(stdout, "wrote {}", path.display());
+            // Only the INI on stdout, so `parser --out x.ini > copy.ini` gives a file that loads; the
+            // status line is for the person at the terminal.
+            let _ = write!(io::stdout().lock(), "{text}");
+            let _ = writeln!(io::stderr().lock(), "wrote {}", path.display());
             ExitCode::SUCCESS
         }
         Err(error) => {
@@ -105,7 +106,8 @@ fn parser_usage() -> String {
         "usage: parser [--out FILE] [--port N] [--ttl DURATION] [--backend HOST[:PORT]]...\n\
          \x20             [--database FILE] [--access-log-file FILE] [--force]\n\
          \n\
-         Writes a documented pibl configuration with the defaults, changed by the flags, and prints it.\n\
+         Writes a documented pibl configuration with the defaults, changed by the flags, and prints it\n\
+         on stdout (status lines go to stderr).\n\
          \n\
          \x20 --out FILE              file to write (default: parser.ini)\n\
          \x20 --port N                port the proxy listens on, 1-65535 (default: {port})\n\

@@ -408,3 +408,30 @@ fn route_servers_are_health_checked_on_the_routes_health_path() {
     healthy.store(true, Ordering::SeqCst);
     wait_until("it comes back", || served().contains(&"flaky".to_string()));
 }
+
+/// `cache = off` on a route: a backend that sends `Last-Modified` (cacheable for `ttl`, the
+/// `python3 -m http.server` case) is asked every time through that route, while the same answers
+/// through the default pool come from the cache.
+#[test]
+fn a_route_with_cache_off_always_reaches_its_backends() {
+    let backend = TestBackend::start(|_| {
+        Reply::Raw(
+            b"HTTP/1.1 200 OK\r\nLast-Modified: Mon, 02 Jan 2006 15:04:05 GMT\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+        )
+    });
+    let ini = format!("[route.live]\nprefix = /live/\nservers = {}\ncache = off\n", backend.addr);
+    let routes = Config::from_ini_str(&ini, "t.ini").expect("routes").routes;
+    assert!(!routes[0].cache);
+    let proxy = start_proxy(Config { routes, ..test_config(&[backend.addr]) });
+    let addr = proxy.local_addr();
+
+    let first = get(addr, "/live/page");
+    let second = get(addr, "/live/page");
+    assert_eq!((first.status, second.status), (200, 200));
+    assert_eq!(second.header("x-cache"), None, "not looked up in the cache at all");
+    assert_eq!(backend.requests(), 2, "both went to the backend");
+
+    assert_eq!(get(addr, "/other/page").header("x-cache"), Some("MISS"));
+    assert_eq!(get(addr, "/other/page").header("x-cache"), Some("HIT"), "the default pool still caches");
+    assert_eq!(backend.requests(), 3);
+}

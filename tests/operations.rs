@@ -71,6 +71,43 @@ fn check_config_accepts_a_valid_file_and_creates_nothing() {
 }
 
 #[test]
+fn check_config_reports_duplicates_empty_files_and_missing_headers() {
+    let dir = TempDir::new("check-slips");
+    let twice = dir.file("twice.ini", "[DEFAULT]\nip_server1 = 127.0.0.1:9001\nip_server2 = 127.0.0.1:9001\n");
+    let twice_arg = twice.to_str().expect("UTF-8");
+    let out = proxy(&["--check-config", "--config", twice_arg]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        format!("{twice_arg}:3: ip_server2: 127.0.0.1:9001 is already ip_server1 (line 2); list each backend once\n")
+    );
+
+    // Loads (pibl runs on the defaults) but says so, with what `parser` would write.
+    let empty = dir.file("empty.ini", "");
+    let empty_arg = empty.to_str().expect("UTF-8");
+    let out = proxy(&["--check-config", "--config", empty_arg]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "{empty_arg}: warning: the file has no settings, so pibl runs on the built-in defaults; \
+             `parser --out {empty_arg} --force` writes those defaults, each one documented\n"
+        )
+    );
+
+    let bare = dir.file("bare.ini", "# mine\nport = 8081\n");
+    let bare_arg = bare.to_str().expect("UTF-8");
+    let out = proxy(&["--check-config", "--config", bare_arg]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).starts_with(&format!("{bare_arg}:2: warning: no section header")),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(text(&out.stdout).contains("listen 0.0.0.0:8081"), "{}", text(&out.stdout));
+}
+
+#[test]
 fn check_config_rejects_bad_files_with_status_2() {
     let dir = TempDir::new("check-bad");
     let bad = dir.file("bad.ini", "[DEFAULT]\nport = 8080\nthreads = many\n");
@@ -97,6 +134,14 @@ fn check_config_rejects_bad_files_with_status_2() {
     let out = proxy(&["--check-config", "--config", missing.to_str().expect("UTF-8")]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).starts_with(&format!("{}: cannot read: ", missing.display())), "{}", text(&out.stderr));
+    // The hint names the README's own commands (release builds), so following it starts no second build.
+    let hint = text(&out.stderr).lines().last().unwrap_or_default().to_string();
+    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
+    assert!(hint.starts_with("hint: "), "{hint}");
+    for command in hint.split('`').skip(1).step_by(2) {
+        assert!(command.starts_with("cargo run --release --bin "), "{command}");
+        assert!(readme.contains(command), "the hint's `{command}` is not in the README");
+    }
 
     let out = proxy(&["--check-config", "--demo"]);
     assert_eq!(out.status.code(), Some(2));

@@ -2,6 +2,7 @@
 //! backends.
 
 mod demo;
+mod demo_admin;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,8 +26,11 @@ usage: proxy [--config FILE] [--demo] [--log-level LEVEL] [--check-config]
   --config FILE      INI file to load (default ./parser.ini; write one with `parser`)
   --check-config     validate the INI file, print a summary and exit: 0 if it is valid,
                      2 if not (like `nginx -t`)
-  --demo             start three demo backends on loopback and balance across them
-                     (uses the built-in defaults and ./pibl-demo.db unless --config is given)
+  --demo             start three demo backends on 127.0.0.1:9001-9003 and balance across them,
+                     with an admin account (printed at start-up) in ./pibl-demo.db; with --config,
+                     the file's settings and database (./pibl-demo.db if it names none).
+                     PIBL_DEMO_PORTS=8080,5000,9001,9002,9003 changes the proxy, API and
+                     backend ports
   --log-level LEVEL  off, error, warn, info, debug or trace (overrides log_level)
   --copy-database FROM TO
                      copy a SQLite file (FROM) into an empty PostgreSQL database
@@ -34,6 +38,11 @@ usage: proxy [--config FILE] [--demo] [--log-level LEVEL] [--check-config]
                      they match; the way from one host to several instances
   -h, --help         show this help
   -V, --version      show the version";
+
+/// Printed when the INI file does not exist. The commands are the README's (`--release`), so
+/// following the hint reuses the build the README made instead of starting a debug one.
+const MISSING_CONFIG_HINT: &str = "hint: write one with `cargo run --release --bin parser` (it prints what it wrote), \
+or try pibl without one: `cargo run --release --bin proxy -- --demo`";
 
 struct Args {
     /// `--copy-database FROM TO`
@@ -99,11 +108,18 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("{e}");
                     if !path.exists() {
-                        eprintln!("hint: run `cargo run --bin parser` to write a parser.ini, or `proxy --demo` to try pibl without one");
+                        eprintln!("{MISSING_CONFIG_HINT}");
                     }
                     return ExitCode::from(2);
                 }
             }
+        }
+    };
+    let demo_ports = match demo_ports() {
+        Ok(ports) => ports,
+        Err(e) => {
+            eprintln!("proxy: {e}");
+            return ExitCode::from(2);
         }
     };
     if let Some(level) = args.log_level {
@@ -117,6 +133,11 @@ fn main() -> ExitCode {
         return check_config(args.config.as_deref().unwrap_or(Path::new("parser.ini")), &config);
     }
     logging::init(config.log_level);
+    if !args.demo || args.config.is_some() {
+        for line in file_advice(args.config.as_deref().unwrap_or(Path::new("parser.ini"))) {
+            log::warn!("{line}");
+        }
+    }
 
     // Installed before anything listens: until then SIGTERM, SIGHUP and SIGUSR1 (logrotate) would
     // kill the process with their default action. The access log adds its own SIGUSR1 flag later.
@@ -131,28 +152,19 @@ fn main() -> ExitCode {
 
     // Kept alive for the life of the process.
     let mut demo_backends = Vec::new();
+    let mut demo_notes = Vec::new();
     if args.demo {
-        for i in 1..=3 {
-            match DemoBackend::start(&format!("demo-{i}"), 0) {
-                Ok(backend) => demo_backends.push(backend),
-                Err(e) => {
-                    log::error!("cannot start demo backend {i}: {e}");
-                    return ExitCode::from(1);
-                }
+        match setup_demo(&mut config, args.config.as_deref(), demo_ports) {
+            Ok((backends, notes)) => (demo_backends, demo_notes) = (backends, notes),
+            Err(e) => {
+                log::error!("cannot start the demo: {e}");
+                return ExitCode::from(1);
             }
-        }
-        config.backends = demo_backends
-            .iter()
-            .map(|b| BackendAddr { name: format!("{} ({})", b.addr(), b.name), addr: b.addr() })
-            .collect();
-        if args.config.is_none() {
-            if std::env::var_os(pibl::config::DATABASE_URL_ENV).is_none() {
-                config.database = PathBuf::from("pibl-demo.db");
-            }
-            config.health_path = "/status".to_string();
         }
     }
 
+    // With --demo --config, what the demo changed is applied again to the file SIGHUP re-reads.
+    let demo_fit = args.demo.then(|| config.clone());
     let summary = startup_summary(&config);
     let server = match Pibl::start(config) {
         Ok(server) => server,
@@ -174,9 +186,17 @@ fn main() -> ExitCode {
     }
     if args.demo {
         log::info!(
-            "demo: open http://localhost:{}/ and reload to see each backend in turn",
-            server.proxy_addr().port()
+            "demo: open http://localhost:{}/ and reload to see each backend in turn ({})",
+            server.proxy_addr().port(),
+            demo_backends
+                .iter()
+                .map(|b| format!("{} on port {}", b.name, b.addr().port()))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
+        for note in demo_notes {
+            log::info!("{note}");
+        }
     }
 
     // Ctrl-C through `ctrlc`; SIGTERM and SIGHUP as flags polled here, so a reload never runs inside
@@ -197,7 +217,7 @@ fn main() -> ExitCode {
             break;
         }
         if hangup.swap(false, Ordering::Relaxed) {
-            reload(&server, args.config.as_deref(), args.demo);
+            reload(&server, args.config.as_deref(), demo_fit.as_ref());
         }
     }
     log::info!("shutting down: no new connections, finishing requests in flight");
@@ -229,15 +249,113 @@ fn copy_database(from: &str, to: &str) -> ExitCode {
     }
 }
 
+/// `PIBL_DEMO_PORTS`: the demo's proxy, API and three backend ports, for a demo beside another one
+/// (or beside tests); `None` when unset.
+const DEMO_PORTS_ENV: &str = "PIBL_DEMO_PORTS";
+
+fn demo_ports() -> Result<Option<[u16; 5]>, String> {
+    let Ok(text) = std::env::var(DEMO_PORTS_ENV) else { return Ok(None) };
+    let bad = || {
+        format!("{DEMO_PORTS_ENV}={text:?}: give five ports: proxy, API and three backends (8080,5000,9001,9002,9003)")
+    };
+    let ports: Vec<u16> =
+        text.split(',').map(|p| p.trim().parse::<u16>()).collect::<Result<_, _>>().map_err(|_| bad())?;
+    ports.try_into().map(Some).map_err(|_| bad())
+}
+
+/// The demo's route for `/favicon.ico`.
+const DEMO_ICON_ROUTE: &str = "demo-favicon";
+
+/// Starts the demo backends and fits `config` to them: backends, health checks on `/status`, the
+/// demo database (unless the file names one), the demo admin, and the favicon's own route. Returns
+/// the backends (to keep alive) and the lines to log once pibl runs.
+fn setup_demo(
+    config: &mut Config,
+    file: Option<&Path>,
+    ports: Option<[u16; 5]>,
+) -> Result<(Vec<DemoBackend>, Vec<String>), String> {
+    if let Some([proxy, api, ..]) = ports {
+        (config.port, config.api_port) = (proxy, api);
+    }
+    let backend_ports = ports.map_or([9001, 9002, 9003], |[_, _, a, b, c]| [a, b, c]);
+    let (backends, warnings) = demo::start_all(&backend_ports).map_err(|e| e.to_string())?;
+    for warning in warnings {
+        log::warn!("{warning}");
+    }
+    config.backends =
+        backends.iter().map(|b| BackendAddr { name: format!("{} ({})", b.addr(), b.name), addr: b.addr() }).collect();
+    if config.health_path.is_empty() {
+        config.health_path = "/status".to_string();
+    }
+
+    let mut notes = Vec::new();
+    let names_database = file.is_some() && config.database != Config::default().database;
+    match file {
+        Some(file) if names_database => {
+            notes.push(format!("demo: database {} (from {})", config.database.display(), file.display()))
+        }
+        Some(file) => {
+            config.database = PathBuf::from("pibl-demo.db");
+            notes.push(format!("demo: database ./pibl-demo.db ({} names none)", file.display()));
+        }
+        None => {
+            if std::env::var_os(pibl::config::DATABASE_URL_ENV).is_some() {
+                notes.push(format!(
+                    "demo: {} is ignored; the demo runs on ./pibl-demo.db (name a database in a --config file \
+                     to try another)",
+                    pibl::config::DATABASE_URL_ENV
+                ));
+            }
+            config.database = PathBuf::from("pibl-demo.db");
+            notes.push("demo: database ./pibl-demo.db".to_string());
+        }
+    }
+
+    let admin = demo_admin::ensure(&config.database, config.log_retention, pibl::clock::Clock::system().now_ms())?;
+    config.admins.push(demo_admin::ADMIN_EMAIL.to_string());
+    notes.push(format!(
+        "demo: admin {} with password {} (also in {}; `curl -d @{} ...` logs in); it may list and lift lock-outs",
+        demo_admin::ADMIN_EMAIL,
+        admin.password,
+        admin.file.display(),
+        admin.file.display()
+    ));
+
+    // A browser asks for /favicon.ico after each page. Through the default pool that would take a
+    // round-robin turn, and reloading would skip a backend; its own route keeps its own turns (and
+    // the icon is cached for a day anyway).
+    if !config.routes.iter().any(|r| r.prefix == "/favicon.ico") {
+        let servers: Vec<String> = backends.iter().map(|b| b.addr().to_string()).collect();
+        let ini = format!("[route.{DEMO_ICON_ROUTE}]\nprefix = /favicon.ico\nservers = {}\n", servers.join(", "));
+        let route = Config::from_ini_str(&ini, "demo").map_err(|e| e.to_string())?.routes;
+        config.routes.extend(route);
+    }
+    Ok((backends, notes))
+}
+
 /// SIGHUP: re-reads the INI and swaps routes, pools and limits; a broken file keeps the old ones.
-fn reload(pibl: &Pibl, config: Option<&Path>, demo: bool) {
-    if demo && config.is_none() {
+/// Under `--demo` (`demo_fit` is the configuration it started with) the demo backends, their
+/// health path and the icon's route stay.
+fn reload(pibl: &Pibl, config: Option<&Path>, demo_fit: Option<&Config>) {
+    if demo_fit.is_some() && config.is_none() {
         log::info!("reload: the demo runs on built-in settings; nothing to re-read");
         return;
     }
     let path = config.unwrap_or(Path::new("parser.ini"));
     match Config::load(path) {
-        Ok(new) => pibl.server().reload(&new),
+        Ok(mut new) => {
+            if let Some(fitted) = demo_fit {
+                new.backends = fitted.backends.clone();
+                if new.health_path.is_empty() {
+                    new.health_path = fitted.health_path.clone();
+                }
+                let icon = fitted.routes.iter().find(|r| r.name == DEMO_ICON_ROUTE);
+                if let Some(icon) = icon.filter(|i| !new.routes.iter().any(|r| r.prefix == i.prefix)) {
+                    new.routes.push(icon.clone());
+                }
+            }
+            pibl.server().reload(&new)
+        }
         Err(e) => log::error!("reload refused, the running configuration stays: {e}"),
     }
 }
@@ -248,6 +366,9 @@ fn check_config(path: &Path, config: &Config) -> ExitCode {
     if let Err(e) = config.access_log_file.check() {
         eprintln!("{}: {e}", path.display());
         return ExitCode::from(2);
+    }
+    for line in file_advice(path) {
+        eprintln!("{line}");
     }
     println!("configuration file {} is valid", path.display());
     println!(
@@ -263,6 +384,13 @@ fn check_config(path: &Path, config: &Config) -> ExitCode {
         },
     );
     ExitCode::SUCCESS
+}
+
+/// [`pibl::config::advice`] on the file at `path` (empty, or no section header); nothing if it
+/// cannot be read (loading it has already said why).
+fn file_advice(path: &Path) -> Vec<String> {
+    let label = path.display().to_string();
+    std::fs::read_to_string(path).map(|text| pibl::config::advice(&text, &label)).unwrap_or_default()
 }
 
 fn startup_summary(config: &Config) -> Vec<String> {

@@ -12,11 +12,12 @@ use crate::store::User;
 pub fn authenticate(state: &ApiState, req: &Request) -> ApiResult<User> {
     const HOW: &str =
         "send the header `Authorization: JWT <token>` (or `Bearer <token>`) with a token from POST /api/auth";
-    let value = req.header("authorization").ok_or_else(|| ApiError::Unauthorized(format!("missing token: {HOW}")))?;
-    let token = credentials::token_from_header(value)
-        .ok_or_else(|| ApiError::Unauthorized(format!("unsupported Authorization scheme: {HOW}")))?;
+    let value = req
+        .header("authorization")
+        .ok_or_else(|| ApiError::Unauthorized(format!("this request needs a token: {HOW}")))?;
+    let token = credentials::token_from_header(value).ok_or_else(|| ApiError::Unauthorized(scheme_problem(value)))?;
     let claims =
-        state.tokens.verify(token, state.clock.now_secs()).map_err(|e| ApiError::Unauthorized(e.to_string()))?;
+        state.tokens.verify(token, state.clock.now_secs()).map_err(|e| ApiError::Unauthorized(token_problem(&e)))?;
     let user = state
         .store
         .user(&claims.identity)?
@@ -26,6 +27,37 @@ pub fn authenticate(state: &ApiState, req: &Request) -> ApiResult<User> {
         return Err(ApiError::Unauthorized("this token was issued before the account was created".into()));
     }
     Ok(user)
+}
+
+/// What is wrong with an `Authorization` value that holds no usable token: the scheme is right but the
+/// token is missing, or the scheme is another one (`Basic`...).
+fn scheme_problem(value: &[u8]) -> String {
+    let text = String::from_utf8_lossy(value);
+    let scheme = text.split_whitespace().next().unwrap_or("");
+    if scheme.eq_ignore_ascii_case("jwt") || scheme.eq_ignore_ascii_case("bearer") {
+        format!(
+            "the Authorization header says {scheme} but carries no token after it: \
+             send `Authorization: {scheme} <token>` with a token from POST /api/auth"
+        )
+    } else {
+        "the Authorization header must be `JWT <token>` or `Bearer <token>`, with a token from POST /api/auth".into()
+    }
+}
+
+/// A token refusal as a sentence: the library's own reason (`InvalidSignature`...) is for the log.
+fn token_problem(error: &credentials::TokenError) -> String {
+    match error {
+        credentials::TokenError::Invalid(why) => {
+            log::debug!("api: token refused: {why}");
+            "this token is not valid: it is malformed, was changed, or was signed by another server; \
+             get a new one from POST /api/auth"
+                .into()
+        }
+        credentials::TokenError::Expired => "this token has expired; get a new one from POST /api/auth".into(),
+        credentials::TokenError::NotYetValid => {
+            "this token is not valid yet (its start time is in the future; check the clocks)".into()
+        }
+    }
 }
 
 /// Whether `user` is one of the `admins`.
@@ -39,6 +71,6 @@ pub fn require_admin(state: &ApiState, req: &Request) -> ApiResult<User> {
     if is_admin(state, &user) {
         Ok(user)
     } else {
-        Err(ApiError::Forbidden("only admins (the `admins` setting) may manage blocked users".into()))
+        Err(ApiError::Forbidden("only admins (the `admins` setting) may list or unblock blocked users".into()))
     }
 }

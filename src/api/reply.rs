@@ -76,7 +76,7 @@ impl Reply {
 /// Why a request failed; the variant picks the status code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
-    /// 400: the body is not JSON, or not an object.
+    /// 400: the body is not JSON, or not an object; the text says which, as a sentence.
     BadJson(String),
     /// 400: fields that break the schema (each one named).
     Schema(Vec<FieldError>),
@@ -152,15 +152,18 @@ impl ApiError {
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ApiError::BadJson(_) => f.write_str("the request body is not a JSON object"),
-            ApiError::Schema(_) => f.write_str("the request body does not match the schema; see details"),
+            ApiError::BadJson(why) => f.write_str(why),
+            ApiError::Schema(fields) => match fields.as_slice() {
+                [one] => write!(f, "the request body's {} {}", one.field, one.message),
+                _ => f.write_str("some fields of the request body are wrong; `details` names each one"),
+            },
             ApiError::BadRequest(why) => f.write_str(why),
-            ApiError::BadParameter(field) => write!(f, "{}: {}", field.field, field.message),
+            ApiError::BadParameter(field) => write!(f, "the {} in the request {}", field.field, field.message),
             ApiError::Unauthorized(why)
             | ApiError::Forbidden(why)
             | ApiError::NotFound(why)
             | ApiError::Conflict(why) => f.write_str(why),
-            ApiError::MethodNotAllowed(allow) => write!(f, "method not allowed here; use {allow}"),
+            ApiError::MethodNotAllowed(allow) => write!(f, "this path does not take that method; use {allow}"),
             ApiError::TooLarge => write!(f, "the request body is larger than {} bytes", MAX_BODY),
             ApiError::NotJson => f.write_str("send the body as JSON with the header Content-Type: application/json"),
             ApiError::Locked { retry_after } => write!(
@@ -171,7 +174,7 @@ impl fmt::Display for ApiError {
                 write!(f, "too many requests from this address; try again in {retry_after} s")
             }
             ApiError::Request(_, why) => f.write_str(why),
-            ApiError::Internal => f.write_str("internal error; the server log has the details"),
+            ApiError::Internal => f.write_str("something went wrong inside pibl; the server log has the details"),
         }
     }
 }
@@ -204,8 +207,10 @@ impl From<credentials::HashError> for ApiError {
 impl From<BodyError> for ApiError {
     fn from(e: BodyError) -> Self {
         match e {
-            BodyError::NotJson(why) => ApiError::BadJson(why),
-            BodyError::NotObject => ApiError::BadJson("expected a JSON object: {...}".into()),
+            BodyError::NotJson(why) => ApiError::BadJson(format!("the request body is not valid JSON ({why})")),
+            BodyError::NotObject => {
+                ApiError::BadJson("the request body must be a JSON object ({...}), not a list or a single value".into())
+            }
             BodyError::Fields(fields) => ApiError::Schema(fields),
         }
     }

@@ -31,7 +31,7 @@ pub(super) enum Entry {
 /// The top of every written `parser.ini`: how to read and write the file.
 pub(super) const INI_HEADER: &str = "\
 # parser.ini: configuration of pibl, the reverse proxy and load balancer.
-# Written by `cargo run --bin parser`; edit the values, then restart the proxy.
+# Written by `parser` (cargo run --release --bin parser); edit the values, then restart the proxy.
 #
 # One `key = value` per line. Comments start with # or ; at the very start of a line, never after
 # a value. Every key is optional: a key left out takes the default given in its comment.

@@ -70,7 +70,8 @@ impl Config {
 
         let mut config = Config::default();
         let mut first_line: HashMap<&str, Option<usize>> = HashMap::new();
-        let mut servers: BTreeMap<u32, BackendAddr> = BTreeMap::new();
+        // Each backend with the key and line that named it, so a duplicate can point at both.
+        let mut servers: BTreeMap<u32, (BackendAddr, &str, Option<usize>)> = BTreeMap::new();
 
         let mut pending_burst = None;
         for (section, properties) in ini.iter() {
@@ -113,7 +114,7 @@ impl Config {
                 let result = if let Some(suffix) = key.strip_prefix("ip_server") {
                     parse_server_number(suffix).and_then(|n| {
                         let backend = parse_backend(value).map_err(|e| with_comment_hint(e, value))?;
-                        servers.insert(n, backend);
+                        servers.insert(n, (backend, key, line));
                         Ok(())
                     })
                 } else if key == "rate_burst" {
@@ -127,8 +128,21 @@ impl Config {
             }
         }
 
-        if !servers.is_empty() {
-            config.backends = servers.into_values().collect();
+        // The same backend twice would take two turns of every round and double its share: always a
+        // slip (a copied line), so say which two lines name it.
+        let listed: Vec<_> = servers.into_values().collect();
+        for (i, (backend, key, line)) in listed.iter().enumerate() {
+            if let Some((_, first_key, first_line)) = listed[..i].iter().find(|(b, _, _)| b.addr == backend.addr) {
+                let at = first_line.map(|l| format!(" (line {l})")).unwrap_or_default();
+                return Err(invalid(
+                    *line,
+                    key,
+                    format!("{} is already {first_key}{at}; list each backend once", backend.name),
+                ));
+            }
+        }
+        if !listed.is_empty() {
+            config.backends = listed.into_iter().map(|(backend, _, _)| backend).collect();
         }
         if let (Some(limit), Some(burst)) = (config.rate_limit.as_mut(), pending_burst) {
             limit.burst = burst;
@@ -200,6 +214,29 @@ fn push_comment(out: &mut String, help: &str, default: &str) {
             out.push_str(&format!(" Default: {}.", if default.is_empty() { "empty" } else { default }));
         }
         out.push('\n');
+    }
+}
+
+/// Advice on a file that loads but was probably not meant as written: one with no settings at all
+/// (pibl runs on the built-in defaults) or with keys above any section header. Each line says what
+/// `parser` would write instead; `proxy --check-config` prints them, and start-up logs them.
+pub fn advice(text: &str, file_label: &str) -> Vec<String> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let first = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim()))
+        .find(|(_, l)| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'));
+    match first {
+        None => vec![format!(
+            "{file_label}: warning: the file has no settings, so pibl runs on the built-in defaults; \
+             `parser --out {file_label} --force` writes those defaults, each one documented"
+        )],
+        Some((number, line)) if !line.starts_with('[') => vec![format!(
+            "{file_label}:{number}: warning: no section header before the first key; keys there count as \
+             [DEFAULT], and `parser` writes a `[DEFAULT]` line above them: add it on line {number}"
+        )],
+        Some(_) => Vec::new(),
     }
 }
 
@@ -353,6 +390,40 @@ mod tests {
         assert_eq!(names, ["10.0.0.2:80", "10.0.0.10:80"], "ordered by number, not by text");
 
         assert_eq!(Config::from_ini_str("", "t"), Ok(Config::default()));
+    }
+
+    #[test]
+    fn a_backend_listed_twice_names_both_lines() {
+        assert_eq!(
+            err("[DEFAULT]\nip_server1 = 127.0.0.1:9001\nip_server2 = 127.0.0.1:9002\nip_server3 = 127.0.0.1:9001\n"),
+            "t.ini:4: ip_server3: 127.0.0.1:9001 is already ip_server1 (line 2); list each backend once"
+        );
+        // The same address however it is written; ordered by number, as the list is.
+        assert_eq!(
+            err("[DEFAULT]\nip_server2 = 127.0.0.1:80\nip_server1 = 127.0.0.1\n"),
+            "t.ini:2: ip_server2: 127.0.0.1:80 is already ip_server1 (line 3); list each backend once"
+        );
+        assert!(
+            err("[route.a]\nprefix = /a/\nservers = 127.0.0.1:1, 127.0.0.1:2, 127.0.0.1:1\n")
+                .starts_with("t.ini:3: [route.a] servers: 127.0.0.1:1 is listed twice"),
+            "{}",
+            err("[route.a]\nprefix = /a/\nservers = 127.0.0.1:1, 127.0.0.1:2, 127.0.0.1:1\n")
+        );
+    }
+
+    #[test]
+    fn empty_and_header_less_files_get_advice() {
+        let empty = advice("", "p.ini");
+        assert_eq!(empty.len(), 1);
+        assert!(empty[0].starts_with("p.ini: warning: the file has no settings"), "{empty:?}");
+        assert!(empty[0].contains("`parser --out p.ini --force`"), "{empty:?}");
+        assert_eq!(advice("# only a comment\n\n; and another\n", "p.ini"), empty);
+        let bare = advice("\n# comment\nport = 8081\n", "p.ini");
+        assert_eq!(bare.len(), 1);
+        assert!(bare[0].starts_with("p.ini:3: warning: no section header"), "{bare:?}");
+        assert!(bare[0].contains("add it on line 3"), "{bare:?}");
+        assert!(advice("\u{feff}[DEFAULT]\nport = 8081\n", "p.ini").is_empty());
+        assert!(advice(&Config::default().to_ini(), "p.ini").is_empty(), "what parser writes needs no advice");
     }
 
     #[test]

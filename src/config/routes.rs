@@ -27,6 +27,8 @@ pub(super) const ROUTES_HELP: &str = "
 #   rate_limit = 50/s                     per client IP on this route; rate_burst = 100
 #   health_path = /status                 checked on each server
 #   expose_auth = false                   true: the auth_url itself may be reached through the route
+#   cache = on                            off: never stored nor served from the cache (to watch the
+#                                         balancing, or for answers that must always be fresh)
 # Example:
 # [route.games]
 # prefix = /games/
@@ -158,10 +160,12 @@ pub struct RouteConfig {
     pub health_path: Option<String>,
     /// The auth URL may be reached through this route.
     pub expose_auth: bool,
+    /// Answers may be stored and served from the response cache (`cache = off` turns it off).
+    pub cache: bool,
 }
 
 /// Every key a `[route.NAME]` section may hold.
-pub(super) const ROUTE_KEYS: [&str; 11] = [
+pub(super) const ROUTE_KEYS: [&str; 12] = [
     "prefix",
     "servers",
     "balance",
@@ -173,6 +177,7 @@ pub(super) const ROUTE_KEYS: [&str; 11] = [
     "rate_burst",
     "health_path",
     "expose_auth",
+    "cache",
 ];
 
 /// Validates one `[route.NAME]` section.
@@ -215,6 +220,11 @@ pub(super) fn parse_section(
     if servers.is_empty() {
         return Err(invalid("servers", "lists no server".into()));
     }
+    for (i, server) in servers.iter().enumerate() {
+        if servers[..i].iter().any(|s| s.addr == server.addr) {
+            return Err(invalid("servers", format!("{} is listed twice; list each server once", server.name)));
+        }
+    }
     let balance = match get("balance").unwrap_or("round_robin") {
         "round_robin" => Balance::RoundRobin,
         "least_conn" => Balance::LeastConn,
@@ -231,6 +241,7 @@ pub(super) fn parse_section(
         |key: &str| get(key).map(parse_bool).transpose().map(Option::unwrap_or_default).map_err(|e| invalid(key, e));
     let strip_prefix = flag("strip_prefix")?;
     let expose_auth = flag("expose_auth")?;
+    let cache = get("cache").map(parse_bool).transpose().map_err(|e| invalid("cache", e))?.unwrap_or(true);
     let auth = match get("auth").unwrap_or("none") {
         "none" => RouteAuth::None,
         "jwt" => RouteAuth::Jwt,
@@ -272,6 +283,7 @@ pub(super) fn parse_section(
         rate_limit,
         health_path,
         expose_auth,
+        cache,
     })
 }
 
@@ -376,6 +388,9 @@ pub(super) fn render(route: &RouteConfig) -> String {
     }
     if route.expose_auth {
         out.push_str("expose_auth = true\n");
+    }
+    if !route.cache {
+        out.push_str("cache = off\n");
     }
     out
 }

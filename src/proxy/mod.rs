@@ -44,7 +44,10 @@ pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Requ
     let app = admitted.as_ref().ok().and_then(|d| d.upstream.app()).cloned();
     let result = match admitted {
         Err(refusal) => Err(Failure::from(ForwardError::Refused(refusal))),
-        Ok(dispatch) => answer(&mut RequestCtx { shared, scratch, conn, req: &req, dispatch: &dispatch }),
+        Ok(dispatch) => {
+            let cached = route.is_none_or(|r| r.config.cache);
+            answer(&mut RequestCtx { shared, scratch, conn, req: &req, dispatch: &dispatch }, cached)
+        }
     };
     let rejection = match &result {
         Err(Failure { error: ForwardError::Refused(refusal), .. }) => metrics::Rejection::of(refusal),
@@ -84,11 +87,12 @@ pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Requ
     next
 }
 
-/// An admitted request: from the cache when it can answer, else from a backend.
-fn answer(ctx: &mut RequestCtx<'_>) -> Forwarded {
+/// An admitted request: from the cache when it can answer (and its route lets it: `cached`), else
+/// from a backend.
+fn answer(ctx: &mut RequestCtx<'_>, cached: bool) -> Forwarded {
     let cache: Option<&Cache> = ctx.shared.cache.as_deref();
     match cache {
-        Some(cache) if matches!(ctx.req.method(), "GET" | "HEAD") => match cache_step::lookup(ctx, cache) {
+        Some(cache) if cached && matches!(ctx.req.method(), "GET" | "HEAD") => match cache_step::lookup(ctx, cache) {
             Lookup::Stored { entry, label } => Ok(cache_step::serve_entry(ctx, &entry, label)),
             Lookup::NotCached => Err(Failure::from(ForwardError::NotCached)),
             Lookup::Forward(plan) => forward(ctx, Some(&plan)),

@@ -668,3 +668,78 @@ impl Drop for TempPg {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// `proxy --demo` as a subprocess, as the README starts it.
+// ---------------------------------------------------------------------------------------------------------
+
+/// `proxy --demo` running in a directory on free ports (`PIBL_DEMO_PORTS`: proxy, API, three
+/// backends); killed on drop.
+pub struct DemoProcess {
+    pub child: Child,
+    pub ports: [u16; 5],
+}
+
+impl DemoProcess {
+    /// Starts the demo in `dir` (its database and admin file land there) and waits for its last
+    /// start-up line. Another process may take a chosen port first: the demo then exits, or its
+    /// backend falls back to another port, and we try other ports.
+    pub fn start(dir: &TempDir) -> DemoProcess {
+        for _ in 0..5 {
+            let free = || TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+            let ports = [free(), free(), free(), free(), free()];
+            match DemoProcess::launch(dir, &[], ports) {
+                Ok(demo) if !demo.log(dir).contains("is taken by another program") => return demo,
+                _ => {}
+            }
+        }
+        panic!("the demo did not start: {}", fs::read_to_string(dir.0.join("demo.log")).unwrap_or_default());
+    }
+
+    /// One try: `proxy --demo ARGS` on `ports` in `dir`, logging to `dir/demo.log`; the log when it
+    /// exits before its last start-up line.
+    pub fn launch(dir: &TempDir, args: &[&str], ports: [u16; 5]) -> Result<DemoProcess, String> {
+        let log_path = dir.0.join("demo.log");
+        let list = ports.map(|p| p.to_string()).join(",");
+        let log = fs::File::create(&log_path).expect("create the demo log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_proxy"))
+            .arg("--demo")
+            .args(args)
+            .env("PIBL_DEMO_PORTS", &list)
+            .current_dir(&dir.0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start proxy --demo");
+        let deadline = Instant::now() + 3 * WAIT;
+        loop {
+            let text = fs::read_to_string(&log_path).unwrap_or_default();
+            if text.contains("demo: admin admin@demo.local") {
+                return Ok(DemoProcess { child, ports });
+            }
+            if child.try_wait().ok().flatten().is_some() || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(text);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What the demo has logged so far.
+    pub fn log(&self, dir: &TempDir) -> String {
+        fs::read_to_string(dir.0.join("demo.log")).unwrap_or_default()
+    }
+
+    pub fn proxy_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports[0]))
+    }
+}
+
+impl Drop for DemoProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
