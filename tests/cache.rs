@@ -544,3 +544,69 @@ fn urls_that_answered_uncacheable_are_not_coalesced() {
     }
     assert_eq!(most.load(Ordering::SeqCst), 3, "all three reached the backend together");
 }
+
+// --- A stored answer never outlives the routing decision that produced it ------------------------
+
+/// A backend answering every GET with a cacheable body naming itself.
+fn named_cacheable(name: &'static str) -> TestBackend {
+    TestBackend::start(move |_| ok_with("Cache-Control: max-age=600\r\n", name))
+}
+
+#[test]
+fn deleting_recreating_or_repointing_an_app_never_serves_its_old_answers() {
+    let (default, alpha, beta) = (named_cacheable("default"), named_cacheable("alpha"), named_cacheable("beta"));
+    let db = TempDb::new("cache-routes");
+    let pibl = start_pibl(api_config(&[default.addr], &db), pibl::clock::Clock::system());
+    let (api_addr, proxy) = (pibl.api_addr(), pibl.proxy_addr());
+    let owner = register_and_login(api_addr, "owner@example.com");
+    let fetch = || request(proxy, b"GET /cachetest/ HTTP/1.1\r\nHost: t\r\n\r\n");
+    let add = |backend: &TestBackend| {
+        let res = api(api_addr, "POST", "/api/apps/cachetest", Some(&owner), Some(&endpoint_body(backend.addr, "/")));
+        assert!(matches!(res.status, 200 | 201), "{}", res.text());
+    };
+
+    add(&alpha);
+    assert_eq!(fetch().text(), "alpha");
+    let hit = fetch();
+    assert_eq!((x_cache(&hit), hit.text().as_str()), ("HIT", "alpha"));
+
+    // Deleted: the path now belongs to the default pool.
+    assert_eq!(api(api_addr, "DELETE", "/api/apps/cachetest", Some(&owner), None).status, 200);
+    let after_delete = fetch();
+    assert_eq!((x_cache(&after_delete), after_delete.text().as_str()), ("MISS", "default"));
+
+    // Re-created on another backend: its own answers, not the deleted app's.
+    add(&beta);
+    let recreated = fetch();
+    assert_eq!((x_cache(&recreated), recreated.text().as_str()), ("MISS", "beta"));
+    assert_eq!(x_cache(&fetch()), "HIT");
+
+    // Its endpoints change: the next request goes to the new pool.
+    add(&alpha);
+    assert_eq!(x_cache(&fetch()), "MISS", "a stored answer from the old endpoint list is not reused");
+}
+
+#[test]
+fn a_reload_that_moves_a_prefix_to_another_pool_drops_its_stored_answers() {
+    let (old, new) = (named_cacheable("old pool"), named_cacheable("new pool"));
+    let routed = |server: &TestBackend| {
+        let ini = format!("[route.img]\nprefix = /img\nservers = {}\n", server.addr);
+        let mut config = test_config(&[server.addr]);
+        config.ttl = Duration::from_secs(600);
+        config.routes = pibl::Config::from_ini_str(&ini, "reload.ini").expect("valid route").routes;
+        config
+    };
+    let proxy = start_proxy(routed(&old));
+    assert_eq!(get_with(&proxy, "/img/a.png", "").text(), "old pool");
+    assert_eq!(x_cache(&get_with(&proxy, "/img/a.png", "")), "HIT");
+
+    proxy.reload(&routed(&new));
+    let res = get_with(&proxy, "/img/a.png", "");
+    assert_eq!((x_cache(&res), res.text().as_str()), ("MISS", "new pool"));
+    assert_eq!(x_cache(&get_with(&proxy, "/img/a.png", "")), "HIT");
+    assert_eq!(old.requests(), 1);
+
+    // A reload that leaves the route as it was keeps what is stored.
+    proxy.reload(&routed(&new));
+    assert_eq!(x_cache(&get_with(&proxy, "/img/a.png", "")), "HIT");
+}

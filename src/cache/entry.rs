@@ -16,6 +16,18 @@ const ENTRY_OVERHEAD: usize = 256;
 /// The request header values a variant was stored for, by `Vary` field name (lower case).
 pub type VaryValues = Vec<(String, Option<Vec<u8>>)>;
 
+/// The routing decision that produced a stored answer. A stored answer is only ever served for the
+/// same decision: once an app is deleted or re-created, its endpoints change, or a reload points a
+/// prefix elsewhere, the URL's old entries stop matching and are dropped at their next lookup.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// Where the request went and as what: the kind of upstream (with an app's database key), its
+    /// backends' addresses and the target sent. Compared whole, never hashed.
+    pub route: String,
+    /// The app of the management API that answered, for purges scoped to an owner's apps.
+    pub app: Option<String>,
+}
+
 /// One stored response.
 #[derive(Debug)]
 pub struct Entry {
@@ -30,6 +42,8 @@ pub struct Entry {
     /// When it was stored or last revalidated.
     pub stored_at: Instant,
     pub(super) vary: VaryValues,
+    /// The routing decision it came from.
+    pub(super) origin: Origin,
     // Bookkeeping of the storage: which insert this is (unique per cache) and the use tick that is
     // its place in the least-recently-used order.
     pub(super) id: u64,
@@ -56,6 +70,18 @@ impl Entry {
         Entry::assemble(status, reason.to_vec(), headers, body, freshness, vary, now)
     }
 
+    /// The same entry, marked as produced by the routing decision `origin`.
+    pub fn from_origin(mut self, origin: Origin) -> Entry {
+        self.size += origin.route.len() + origin.app.as_ref().map_or(0, String::len);
+        self.origin = origin;
+        self
+    }
+
+    /// The routing decision it came from.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
     fn assemble(
         status: u16,
         reason: Vec<u8>,
@@ -74,6 +100,7 @@ impl Entry {
             freshness,
             stored_at: now,
             vary,
+            origin: Origin::default(),
             id: 0,
             last_used: AtomicU64::new(0),
             refreshing: AtomicBool::new(false),
@@ -137,6 +164,7 @@ impl Entry {
             self.vary.clone(),
             now,
         )
+        .from_origin(self.origin.clone())
     }
 
     /// The request values this variant was stored for.

@@ -10,5 +10,5 @@ mod entry;
 pub mod policy;
 mod shards;
 
-pub use entry::{response_facts, vary_names, Entry, VaryValues};
+pub use entry::{response_facts, vary_names, Entry, Origin, VaryValues};
 pub use shards::{Cache, Flight, FlightGuard, Join, Limits, Stats, PASS_TIME};

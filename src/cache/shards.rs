@@ -176,10 +176,18 @@ impl Cache {
         self.tick.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The stored variant of `key` that matches the request's header values, marked as used.
-    pub fn lookup(&self, key: &str, request_values: &dyn Fn(&str) -> Option<Vec<u8>>) -> Option<Arc<Entry>> {
+    /// The stored variant of `key` that matches the request's header values and was produced by the
+    /// routing decision `route` ([`Origin::route`](super::Origin)), marked as used. Variants that
+    /// another routing decision produced can never answer this URL again and are dropped.
+    pub fn lookup(
+        &self,
+        key: &str,
+        route: &str,
+        request_values: &dyn Fn(&str) -> Option<Vec<u8>>,
+    ) -> Option<Arc<Entry>> {
         let tick = self.next_tick();
         let mut shard = self.shard(key).lock();
+        shard.remove_where(key, |e| e.origin.route != route, &self.stats);
         let entry = shard.entries.get(key)?.iter().find(|e| e.matches(request_values)).cloned()?;
         let old = entry.last_used.swap(tick, Ordering::Relaxed);
         if let Some(slot) = shard.lru.remove(&old) {
@@ -201,7 +209,7 @@ impl Cache {
         let size = entry.size;
         let entry = Arc::new(entry);
         let mut shard = self.shard(key).lock();
-        shard.remove_where(key, |old| old.vary == entry.vary, &self.stats);
+        shard.remove_where(key, |old| old.vary == entry.vary || old.origin.route != entry.origin.route, &self.stats);
         if shard.entries.get(key).is_some_and(|l| l.len() >= MAX_VARIANTS) {
             let oldest = shard.entries[key].iter().map(|e| e.id).min();
             shard.remove_where(key, |e| Some(e.id) == oldest, &self.stats);
@@ -356,7 +364,7 @@ mod tests {
         for i in 0..5 {
             assert!(cache.insert(&format!("h /{i}"), entry(10 + i, Vec::new(), now)));
         }
-        assert!(cache.lookup("h /1", &|_| None).is_some());
+        assert!(cache.lookup("h /1", "", &|_| None).is_some());
         let top = cache.top_keys(3);
         assert_eq!(top, vec![("h /1".to_string(), 11), ("h /4".to_string(), 14), ("h /3".to_string(), 13)]);
     }
@@ -369,13 +377,26 @@ mod tests {
         let plain = vec![("accept-encoding".to_string(), None)];
         assert!(cache.insert("h /", entry(10, gzip, now)));
         assert!(cache.insert("h /", entry(20, plain, now)));
-        let found = |v: Option<&'static [u8]>| cache.lookup("h /", &|_| v.map(|x| x.to_vec())).map(|e| e.body.len());
+        let found =
+            |v: Option<&'static [u8]>| cache.lookup("h /", "", &|_| v.map(|x| x.to_vec())).map(|e| e.body.len());
         assert_eq!(found(Some(b"gzip")), Some(10));
         assert_eq!(found(None), Some(20));
         assert_eq!(found(Some(b"br")), None);
         assert_eq!(cache.invalidate("h /"), 2);
         assert_eq!(cache.stats.entries(), 0);
         assert_eq!(cache.stats.bytes(), 0);
+    }
+
+    #[test]
+    fn an_entry_answers_only_for_the_routing_decision_that_stored_it() {
+        let cache = Cache::new(Limits { max_bytes: 1 << 20, max_object_bytes: 1 << 16 });
+        let now = Instant::now();
+        let origin = |route: &str| crate::cache::Origin { route: route.to_string(), app: None };
+        assert!(cache.insert("h /", entry(10, Vec::new(), now).from_origin(origin("app shop#1"))));
+        assert!(cache.lookup("h /", "app shop#1", &|_| None).is_some());
+        assert!(cache.lookup("h /", "app shop#2", &|_| None).is_none(), "another decision: no match");
+        assert_eq!(cache.stats.entries(), 0, "and the orphan is gone");
+        assert!(cache.lookup("h /", "app shop#1", &|_| None).is_none());
     }
 
     #[test]
@@ -388,8 +409,8 @@ mod tests {
             assert!(cache.stats.bytes() <= limits.max_bytes);
         }
         assert!(cache.stats.evictions.load(Ordering::Relaxed) > 1000);
-        assert!(cache.lookup("h /1999", &|_| None).is_some(), "the newest entry survives");
-        assert!(cache.lookup("h /0", &|_| None).is_none(), "the oldest entry is gone");
+        assert!(cache.lookup("h /1999", "", &|_| None).is_some(), "the newest entry survives");
+        assert!(cache.lookup("h /0", "", &|_| None).is_none(), "the oldest entry is gone");
         assert!(!cache.insert("h /big", entry(20 * 1024, Vec::new(), now)), "over max_object_bytes");
     }
 
@@ -401,7 +422,7 @@ mod tests {
         cache.insert("h /hot", entry(1024, Vec::new(), now));
         for i in 0..500 {
             cache.insert(&format!("h /{i}"), entry(1024, Vec::new(), now));
-            assert!(cache.lookup("h /hot", &|_| None).is_some(), "hot entry evicted after {i} inserts");
+            assert!(cache.lookup("h /hot", "", &|_| None).is_some(), "hot entry evicted after {i} inserts");
         }
     }
 
@@ -439,6 +460,6 @@ mod tests {
         cache.insert("h /b", with_etag);
         assert_eq!(cache.reclaim_expired(now + Duration::from_secs(30)), 0);
         assert_eq!(cache.reclaim_expired(now + Duration::from_secs(61)), 1);
-        assert!(cache.lookup("h /b", &|_| None).is_some());
+        assert!(cache.lookup("h /b", "", &|_| None).is_some());
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::cache::policy::{self, CacheControl, Exchange, Freshness, RequestDirectives, Usability};
-use crate::cache::{response_facts, vary_names, Cache, Entry, FlightGuard, Join, VaryValues, PASS_TIME};
+use crate::cache::{response_facts, vary_names, Cache, Entry, FlightGuard, Join, Origin, VaryValues, PASS_TIME};
 use crate::http::body::Tee;
 use crate::http::buffer::WriteBatch;
 use crate::http::request::Request;
@@ -28,6 +28,9 @@ pub const CACHE_LABEL: &str = "cache";
 pub struct CachePlan<'c> {
     pub cache: &'c Cache,
     pub key: String,
+    /// The routing decision of this request: only entries it produced may answer, and what is
+    /// stored is marked with it.
+    pub origin: Origin,
     pub directives: RequestDirectives,
     /// A stored response that must be revalidated, or can stand in if the backend fails.
     pub stale: Option<Arc<Entry>>,
@@ -92,7 +95,7 @@ pub enum Lookup<'c> {
     /// `only-if-cached` and nothing usable is stored.
     NotCached,
     /// The request goes to a backend with this plan for the answer.
-    Forward(CachePlan<'c>),
+    Forward(Box<CachePlan<'c>>),
 }
 
 /// Looks the request up: a usable stored response answers it; otherwise it is forwarded with a
@@ -105,6 +108,7 @@ pub fn lookup<'c>(ctx: &RequestCtx<'_>, cache: &'c Cache) -> Lookup<'c> {
     let mut plan = CachePlan {
         cache,
         key: Cache::key(req.host(), req.target()),
+        origin: ctx.dispatch.cache_origin(),
         store: is_get && !directives.cc.no_store,
         directives,
         stale: None,
@@ -113,12 +117,12 @@ pub fn lookup<'c>(ctx: &RequestCtx<'_>, cache: &'c Cache) -> Lookup<'c> {
     };
     if plan.directives.cc.no_store {
         cache.stats.misses.fetch_add(1, Ordering::Relaxed);
-        return Lookup::Forward(plan);
+        return Lookup::Forward(Box::new(plan));
     }
     let values = |name: &str| request_value(req, name);
     let mut waited = false;
     plan.leader = loop {
-        if let Some(entry) = cache.lookup(&plan.key, &values) {
+        if let Some(entry) = cache.lookup(&plan.key, &plan.origin.route, &values) {
             let now = shared.clock.now();
             let allowed = !plan.directives.has_authorization || entry.freshness.shareable_with_auth;
             if allowed {
@@ -155,7 +159,7 @@ pub fn lookup<'c>(ctx: &RequestCtx<'_>, cache: &'c Cache) -> Lookup<'c> {
         }
     };
     cache.stats.misses.fetch_add(1, Ordering::Relaxed);
-    Lookup::Forward(plan)
+    Lookup::Forward(Box::new(plan))
 }
 
 /// Writes a stored response to the client, or 304 when the client's own validators match it.
@@ -264,7 +268,8 @@ pub fn finish_storing(plan: &CachePlan<'_>, res: &Response, pending: Pending) {
     }
     let body: Arc<[u8]> = pending.tee.data.into();
     let entry =
-        Entry::new(res.status, res.reason(), res.headers(), body, pending.freshness, pending.vary, pending.received_at);
+        Entry::new(res.status, res.reason(), res.headers(), body, pending.freshness, pending.vary, pending.received_at)
+            .from_origin(plan.origin.clone());
     plan.cache.insert(&plan.key, entry);
 }
 
@@ -283,7 +288,9 @@ pub fn refresh_from_304(shared: &Shared, plan: &CachePlan<'_>, stale: &Entry, re
             let entry = stale.refreshed(res.headers(), freshness, shared.clock.now());
             plan.cache.insert(&plan.key, entry);
             plan.cache.stats.revalidated.fetch_add(1, Ordering::Relaxed);
-            plan.cache.lookup(&plan.key, &|name| stale.vary_value(name)).unwrap_or_else(|| Arc::new(merged))
+            plan.cache
+                .lookup(&plan.key, &plan.origin.route, &|name| stale.vary_value(name))
+                .unwrap_or_else(|| Arc::new(merged))
         }
         None => {
             // The origin no longer allows storing it: answer this once, then forget it.

@@ -91,7 +91,7 @@ fn answer(ctx: &mut RequestCtx<'_>) -> Forwarded {
         Some(cache) if matches!(ctx.req.method(), "GET" | "HEAD") => match cache_step::lookup(ctx, cache) {
             Lookup::Stored { entry, label } => Ok(cache_step::serve_entry(ctx, &entry, label)),
             Lookup::NotCached => Err(Failure::from(ForwardError::NotCached)),
-            Lookup::Forward(plan) => forward(ctx, Some(&plan)),
+            Lookup::Forward(plan) => forward(ctx, Some(&*plan)),
         },
         _ => forward(ctx, None),
     }

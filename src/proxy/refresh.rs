@@ -61,6 +61,7 @@ fn refresh(shared: &Shared, cache: &Cache, scratch: &mut Scratch, job: &RefreshJ
     let plan = CachePlan {
         cache,
         key: job.key.clone(),
+        origin: job.dispatch.cache_origin(),
         directives: RequestDirectives::default(),
         stale: Some(Arc::clone(entry)),
         store: true,
