@@ -610,3 +610,132 @@ fn a_reload_that_moves_a_prefix_to_another_pool_drops_its_stored_answers() {
     proxy.reload(&routed(&new));
     assert_eq!(x_cache(&get_with(&proxy, "/img/a.png", "")), "HIT");
 }
+
+// --- Section 5.1: Age ----------------------------------------------------------------------------
+
+#[test]
+fn section_5_1_age_uses_the_first_value_and_ignores_invalid_ones() {
+    // (Age field lines, reused from storage?) with max-age=3600: an age of 7200 is stale at once.
+    let cases: &[(&str, bool)] = &[
+        ("Age: 7200, 0\r\n", false),
+        ("Age: 0, 7200\r\n", true),
+        ("Age: 7200\r\nAge: 0\r\n", false),
+        ("Age: 0\r\nAge: 7200\r\n", true),
+        ("Age: 3600abc\r\n", true),
+        ("Age: -7200\r\n", true),
+        ("Age: 7200.0\r\n", true),
+        ("Age: 2147483648\r\n", false),
+    ];
+    for (age, reused) in cases {
+        let headers: &'static str = Box::leak(format!("Cache-Control: max-age=3600\r\n{age}").into_boxed_str());
+        let backend = scripted(headers);
+        let proxy = cache_proxy(&backend);
+        get_with(&proxy, "/age", "");
+        let second = get_with(&proxy, "/age", "");
+        let expected = if *reused { "response 1" } else { "response 2" };
+        assert_eq!(second.text(), expected, "{age:?}");
+    }
+}
+
+// --- Section 3.1: fields named in Connection are not stored ----------------------------------------
+
+#[test]
+fn section_3_1_fields_that_connection_names_are_neither_stored_nor_served_on_hits() {
+    let backend =
+        scripted("Cache-Control: max-age=60\r\nConnection: x-hop, X-Other\r\nX-Hop: a\r\nX-Other: b\r\nX-Kept: c\r\n");
+    let proxy = cache_proxy(&backend);
+    for label in ["MISS", "HIT"] {
+        let res = get_with(&proxy, "/conn", "");
+        assert_eq!(x_cache(&res), label);
+        assert_eq!((res.header("x-hop"), res.header("x-other")), (None, None), "{label}");
+        assert_eq!(res.header("x-kept"), Some("c"), "{label}");
+    }
+}
+
+// --- RFC 9110 section 15.2: interim responses ------------------------------------------------------
+
+#[test]
+fn rfc_9110_section_15_2_early_hints_reach_the_client_first_and_are_never_stored() {
+    let backend = TestBackend::start(|_| {
+        Reply::Raw(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n\
+              HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 4\r\n\r\npage"
+                .to_vec(),
+        )
+    });
+    let proxy = cache_proxy(&backend);
+    let mut client = Client::connect(proxy.local_addr());
+    client.send(b"GET /hints HTTP/1.1\r\nHost: t\r\n\r\n");
+    let hints = client.read_response(false).unwrap();
+    assert_eq!((hints.status, hints.header("link")), (103, Some("</style.css>; rel=preload")));
+    let page = client.read_response(false).unwrap();
+    assert_eq!((page.status, x_cache(&page), page.text().as_str()), (200, "MISS", "page"));
+
+    // A hit is the final answer alone.
+    client.send(b"GET /hints HTTP/1.1\r\nHost: t\r\n\r\n");
+    let hit = client.read_response(false).unwrap();
+    assert_eq!((hit.status, x_cache(&hit), hit.header("link")), (200, "HIT", None));
+
+    // An HTTP/1.0 client is never sent a 1xx.
+    let old = request(proxy.local_addr(), b"GET /other HTTP/1.0\r\nHost: t\r\n\r\n");
+    assert_eq!((old.status, old.text().as_str()), (200, "page"));
+}
+
+// --- Section 4.3.2 and 4.3.5: a client's conditional miss, HEAD -----------------------------------
+
+#[test]
+fn section_4_3_2_a_conditional_miss_fills_the_cache_and_gets_its_304() {
+    let backend = scripted("Cache-Control: max-age=60\r\nETag: \"e1\"\r\n");
+    let proxy = cache_proxy(&backend);
+    let res = get_with(&proxy, "/cond", "If-None-Match: \"e1\"\r\n");
+    assert_eq!((res.status, x_cache(&res)), (304, "MISS"));
+    assert_eq!(backend.last().header("if-none-match"), None, "the backend was asked for the full answer");
+    let full = get_with(&proxy, "/cond", "");
+    assert_eq!((full.status, x_cache(&full), full.text().as_str()), (200, "HIT", "response 1"));
+    let other = get_with(&proxy, "/cond2", "If-None-Match: \"nope\"\r\n");
+    assert_eq!((other.status, other.text().as_str()), (200, "response 2"), "no match: the full answer");
+}
+
+/// A backend answering GET and HEAD on `/h` with `etag` and `max-age=10`; HEAD without a body.
+fn head_backend(head_etag: &'static str) -> TestBackend {
+    let count = Arc::new(AtomicUsize::new(0));
+    TestBackend::start(move |req| {
+        let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+        let body = format!("response {n}");
+        let etag = if req.method == "HEAD" { head_etag } else { "\"v1\"" };
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nCache-Control: max-age=10\r\nETag: {etag}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        Reply::Raw(if req.method == "HEAD" { head.into_bytes() } else { format!("{head}{body}").into_bytes() })
+    })
+}
+
+fn head_request(proxy: &Server, path: &str) -> Response {
+    let mut client = Client::connect(proxy.local_addr());
+    client.send(format!("HEAD {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    client.read_response(true).expect("an answer to HEAD")
+}
+
+#[test]
+fn section_4_3_5_a_head_answer_refreshes_or_drops_the_stored_get() {
+    // Same validator: the stored GET is fresh again.
+    let backend = head_backend("\"v1\"");
+    let proxy = cache_proxy(&backend);
+    assert_eq!(get_with(&proxy, "/h", "").text(), "response 1");
+    proxy.clock().advance(Duration::from_secs(20));
+    assert_eq!(head_request(&proxy, "/h").status, 200);
+    let after = get_with(&proxy, "/h", "");
+    assert_eq!((x_cache(&after), after.text().as_str()), ("HIT", "response 1"));
+    assert_eq!(backend.requests(), 2);
+
+    // Another validator: the stored GET is not used again.
+    let backend = head_backend("\"v2\"");
+    let proxy = cache_proxy(&backend);
+    get_with(&proxy, "/h", "");
+    proxy.clock().advance(Duration::from_secs(20));
+    head_request(&proxy, "/h");
+    let after = get_with(&proxy, "/h", "");
+    assert_eq!((x_cache(&after), after.text().as_str()), ("MISS", "response 3"));
+    assert_eq!(backend.last().header("if-none-match"), None, "dropped, not revalidated");
+}

@@ -65,8 +65,7 @@ impl Entry {
         vary: VaryValues,
         now: Instant,
     ) -> Entry {
-        let headers =
-            headers.filter(|(name, _)| is_stored_field(name)).map(|(n, v)| (n.to_string(), v.to_vec())).collect();
+        let headers = stored_fields(headers).into_iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect();
         Entry::assemble(status, reason.to_vec(), headers, body, freshness, vary, now)
     }
 
@@ -152,7 +151,7 @@ impl Entry {
         now: Instant,
     ) -> Entry {
         let mut headers = self.headers.clone();
-        let update: Vec<(&str, &[u8])> = update.filter(|(name, _)| is_stored_field(name)).collect();
+        let update = stored_fields(update);
         headers.retain(|(name, _)| !update.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)));
         headers.extend(update.iter().map(|(n, v)| (n.to_string(), v.to_vec())));
         Entry::assemble(
@@ -197,6 +196,17 @@ impl Entry {
 /// `Age` and `X-Cache`, which pibl writes itself.
 fn is_stored_field(name: &str) -> bool {
     !is_hop_by_hop(name) && !name.eq_ignore_ascii_case("age") && !name.eq_ignore_ascii_case("x-cache")
+}
+
+/// The fields of a response a cache keeps (RFC 9111 section 3.1): none that is hop-by-hop, by the
+/// fixed list or because the response's own `Connection` field names it (RFC 9110 section 7.6.1).
+fn stored_fields<'a>(headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> Vec<(&'a str, &'a [u8])> {
+    let all: Vec<(&str, &[u8])> = headers.collect();
+    let mut connection = crate::http::ConnectionOptions::default();
+    for (_, value) in all.iter().filter(|(n, _)| n.eq_ignore_ascii_case("connection")) {
+        connection.add(value);
+    }
+    all.into_iter().filter(|(name, _)| is_stored_field(name) && !connection.drops(name)).collect()
 }
 
 /// The facts the storing policy needs, read from any list of header fields.
@@ -262,5 +272,15 @@ mod tests {
     fn head_is_prebuilt_without_hop_by_hop_fields() {
         let e = entry(3, Vec::new(), Instant::now());
         assert_eq!(e.head, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n");
+    }
+
+    #[test]
+    fn section_3_1_fields_named_in_connection_are_not_stored() {
+        let headers = [("Connection", &b"x-a, X-B"[..]), ("X-A", b"1"), ("x-b", b"2"), ("X-C", b"3")];
+        let e = Entry::new(200, b"OK", headers.into_iter(), vec![].into(), freshness(60), Vec::new(), Instant::now());
+        assert_eq!(e.head, b"HTTP/1.1 200 OK\r\nX-C: 3\r\n");
+        let refreshed =
+            e.refreshed([("Connection", &b"x-d"[..]), ("X-D", b"4")].into_iter(), freshness(60), Instant::now());
+        assert_eq!(refreshed.header("x-d"), None, "nor merged from a 304");
     }
 }

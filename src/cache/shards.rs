@@ -199,15 +199,21 @@ impl Cache {
     /// Stores `entry` under `key`, replacing the variant with the same `Vary` values, then evicts the
     /// least recently used entries of the shard until it is within its share of `max_bytes`.
     /// Returns false when the entry is too big to store.
-    pub fn insert(&self, key: &str, mut entry: Entry) -> bool {
+    pub fn insert(&self, key: &str, entry: Entry) -> bool {
+        self.store(key, entry).1
+    }
+
+    /// As [`insert`](Cache::insert), giving back the entry, shared, and whether it was stored.
+    pub fn store(&self, key: &str, mut entry: Entry) -> (Arc<Entry>, bool) {
         if entry.body.len() > self.limits.max_object_bytes || entry.size > self.shard_budget() {
-            return false;
+            return (Arc::new(entry), false);
         }
         let tick = self.next_tick();
         entry.id = tick;
         entry.last_used = AtomicU64::new(tick);
         let size = entry.size;
         let entry = Arc::new(entry);
+        let stored = Arc::clone(&entry);
         let mut shard = self.shard(key).lock();
         shard.remove_where(key, |old| old.vary == entry.vary || old.origin.route != entry.origin.route, &self.stats);
         if shard.entries.get(key).is_some_and(|l| l.len() >= MAX_VARIANTS) {
@@ -228,7 +234,7 @@ impl Cache {
             shard.remove_where(&victim_key, |e| e.id == victim_id, &self.stats);
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
         }
-        true
+        (stored, true)
     }
 
     fn shard_budget(&self) -> usize {

@@ -36,6 +36,8 @@ pub struct CachePlan<'c> {
     pub stale: Option<Arc<Entry>>,
     /// The response may be stored (GET without `no-store`).
     pub store: bool,
+    /// The client sent its own `If-None-Match` / `If-Modified-Since`.
+    pub client_conditional: bool,
     pub request_time: SystemTime,
     /// Held while this request fetches the URL for others waiting on it; dropped with the plan.
     pub leader: Option<FlightGuard<'c>>,
@@ -45,6 +47,12 @@ impl CachePlan<'_> {
     /// The entry whose validators go out with the request, when revalidating.
     pub fn revalidating(&self) -> Option<&Entry> {
         self.stale.as_deref().filter(|e| e.has_validator())
+    }
+
+    /// A storable miss with the client's own conditionals: the backend is asked for the full
+    /// answer, which fills the cache, and the client gets its 304 from the stored copy.
+    pub fn fills_for_client_conditional(&self) -> bool {
+        self.store && self.client_conditional && self.revalidating().is_none()
     }
 
     /// The stale entry if policy lets it answer at `now` for a failed backend.
@@ -110,6 +118,7 @@ pub fn lookup<'c>(ctx: &RequestCtx<'_>, cache: &'c Cache) -> Lookup<'c> {
         key: Cache::key(req.host(), req.target()),
         origin: ctx.dispatch.cache_origin(),
         store: is_get && !directives.cc.no_store,
+        client_conditional: req.header("if-none-match").is_some() || req.header("if-modified-since").is_some(),
         directives,
         stale: None,
         request_time: shared.clock.wall(),
@@ -263,14 +272,42 @@ fn storable_answer(
 
 /// Stores a response whose body streamed through completely.
 pub fn finish_storing(plan: &CachePlan<'_>, res: &Response, pending: Pending) {
+    store_answer(plan, res, pending);
+}
+
+/// Stores a response whose body was read completely, and gives back the entry (stored, or built
+/// but too big to keep); `None` when the body outgrew `cache_max_object_bytes` on the way.
+pub fn store_answer(plan: &CachePlan<'_>, res: &Response, pending: Pending) -> Option<Arc<Entry>> {
     if pending.tee.overflowed {
-        return;
+        return None;
     }
     let body: Arc<[u8]> = pending.tee.data.into();
     let entry =
         Entry::new(res.status, res.reason(), res.headers(), body, pending.freshness, pending.vary, pending.received_at)
             .from_origin(plan.origin.clone());
-    plan.cache.insert(&plan.key, entry);
+    Some(plan.cache.store(&plan.key, entry).0)
+}
+
+/// After a 200 to a forwarded HEAD: the stored GET response it could have been answered from is
+/// updated with its fields when they describe the same representation, and dropped when they do
+/// not (RFC 9111 section 4.3.5).
+pub fn update_from_head(shared: &Shared, plan: &CachePlan<'_>, res: &Response) {
+    let Some(stored) = plan.stale.as_deref() else { return };
+    let stored_validators = policy::Validators {
+        etag: stored.header("etag"),
+        last_modified: stored.header("last-modified"),
+        content_length: Some(stored.body.len() as u64),
+    };
+    let head_validators = policy::Validators {
+        etag: res.header("etag"),
+        last_modified: res.header("last-modified"),
+        content_length: res.header("content-length").and_then(crate::http::parse_content_length),
+    };
+    if policy::head_updates_stored(stored_validators, head_validators) {
+        refresh_from_304(shared, plan, stored, res);
+    } else {
+        plan.cache.remove_entry(&plan.key, stored);
+    }
 }
 
 /// After a 304 to a revalidation: merges its fields into the stored entry and stores the result.

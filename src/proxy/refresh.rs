@@ -65,6 +65,7 @@ fn refresh(shared: &Shared, cache: &Cache, scratch: &mut Scratch, job: &RefreshJ
         directives: RequestDirectives::default(),
         stale: Some(Arc::clone(entry)),
         store: true,
+        client_conditional: false,
         request_time: shared.clock.wall(),
         leader: None,
     };
@@ -74,6 +75,7 @@ fn refresh(shared: &Shared, cache: &Cache, scratch: &mut Scratch, job: &RefreshJ
         head: &scratch.upstream_head,
         body: None,
         is_head: false,
+        interim: None,
     };
     let Exchanged { backend, mut stream, response: res, in_flight } =
         forward::exchange(shared, &mut outbound, &mut scratch.upstream_buf).map_err(|failure| failure.error)?;

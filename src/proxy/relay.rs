@@ -3,7 +3,9 @@
 //! so; then give the backend connection back to its pool when it can carry another request.
 
 use std::io::{self, Write};
+use std::net::TcpStream;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::http::body::{self, BodyError, Encoding, Source};
@@ -11,9 +13,11 @@ use crate::http::buffer::WriteBatch;
 use crate::http::request::Request;
 use crate::http::response::Response;
 use crate::http::Framing;
-use crate::proxy::cache_step::{self, CachePlan};
+use crate::proxy::cache_step::{self, CachePlan, Pending};
 use crate::proxy::context::{Answer, Outcome, RequestCtx};
+use crate::proxy::error::write_error;
 use crate::proxy::forward::{upstream_read_step, Exchanged};
+use crate::upstream::backend::Backend;
 
 /// Writes the response head and streams its body to the client. A failure here can only close the
 /// connection: the status line has already gone out. With a cache plan, a 304 to a revalidation or
@@ -48,8 +52,22 @@ pub fn relay(ctx: &mut RequestCtx<'_>, exchanged: Exchanged<'_>, plan: Option<&C
             cache_step::invalidate_after_unsafe(cache, req, &res);
         }
     }
+    if let Some(plan) = plan.filter(|_| req.is_head() && res.status == 200) {
+        cache_step::update_from_head(shared, plan, &res);
+    }
     let mut pending = plan
         .and_then(|plan| cache_step::start_storing(shared, plan, &|name| cache_step::request_value(req, name), &res));
+    if let Some(plan) = plan.filter(|p| p.fills_for_client_conditional()) {
+        // Known length within the object limit (else nothing is pending): read it whole, store
+        // it, and answer the client's conditional from the stored copy.
+        if res.status == 200 && matches!(res.framing, Framing::Length(_)) {
+            if let Some(pending) = pending.take() {
+                let answer = answer_from_filled_cache(ctx, backend, stream, &res, plan, pending);
+                drop(in_flight);
+                return answer;
+            }
+        }
+    }
 
     // Bodies whose end only the closing of the connection marks are re-chunked for HTTP/1.1
     // clients, so their connection survives; HTTP/1.0 clients get the bytes and a close.
@@ -94,6 +112,49 @@ pub fn relay(ctx: &mut RequestCtx<'_>, exchanged: Exchanged<'_>, plan: Option<&C
         Err(e) => {
             log::warn!("{} {}: backend {} broke off the response body: {e}", req.method(), req.target(), backend.name);
             closed
+        }
+    }
+}
+
+/// Reads a storable answer whole, stores it, and answers the client from the stored copy, so its
+/// own `If-None-Match` / `If-Modified-Since` get their 304 when they match (RFC 9111 section 4.3.2).
+fn answer_from_filled_cache(
+    ctx: &mut RequestCtx<'_>,
+    backend: &Arc<Backend>,
+    mut stream: TcpStream,
+    res: &Response,
+    plan: &CachePlan<'_>,
+    mut pending: Pending,
+) -> Answer {
+    let config = &ctx.shared.config;
+    let by = Some(backend.name.clone());
+    let read = {
+        let mut src =
+            Source { buf: &mut ctx.scratch.upstream_buf, sock: &mut stream, step: upstream_read_step(config) };
+        let (mut out, mut sink) = (Vec::new(), io::sink());
+        let mut dst = WriteBatch::new(&mut out, &mut sink, config.buffer_size);
+        body::transfer_with_copy(&mut src, res.framing, &mut dst, Encoding::Identity, &mut pending.tee)
+    };
+    let req = ctx.req;
+    let entry = match read {
+        Ok(_) => {
+            if res.reusable && ctx.scratch.upstream_buf.is_empty() {
+                backend.put_idle(stream, Instant::now());
+            }
+            cache_step::store_answer(plan, res, pending)
+        }
+        Err(e) => {
+            log::warn!("{} {}: backend {} broke off the response body: {e}", req.method(), req.target(), backend.name);
+            None
+        }
+    };
+    match entry {
+        Some(entry) => Answer { by, ..cache_step::serve_entry(ctx, &entry, "MISS") },
+        None => {
+            // Nothing has gone to the client yet, so it still gets a proper answer.
+            let detail = "the backend broke off the response body";
+            ctx.scratch.body_bytes = write_error(&mut ctx.conn.stream, 502, detail, false, req.is_head()).unwrap_or(0);
+            Answer { status: 502, by, next: Outcome::Close }
         }
     }
 }
