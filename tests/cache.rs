@@ -739,3 +739,54 @@ fn section_4_3_5_a_head_answer_refreshes_or_drops_the_stored_get() {
     assert_eq!((x_cache(&after), after.text().as_str()), ("MISS", "response 3"));
     assert_eq!(backend.last().header("if-none-match"), None, "dropped, not revalidated");
 }
+
+// --- RFC 9213: targeted cache control ------------------------------------------------------------
+
+#[test]
+fn rfc_9213_section_2_1_a_targeted_field_overrides_cache_control_for_pibl_only() {
+    // (response fields, stored?)
+    let cases: &[(&str, bool)] = &[
+        ("Cache-Control: no-store\r\nCDN-Cache-Control: max-age=60\r\n", true),
+        ("Cache-Control: max-age=60\r\nCDN-Cache-Control: no-store\r\n", false),
+        ("Cache-Control: max-age=60\r\nCDN-Cache-Control: private\r\n", false),
+        ("Cache-Control: no-store\r\nCDN-Cache-Control: no-store\r\nPibl-Cache-Control: max-age=60\r\n", true),
+        ("Cache-Control: max-age=60\r\nPibl-Cache-Control: no-store\r\nCDN-Cache-Control: max-age=60\r\n", false),
+        ("Cache-Control: max-age=60\r\nCDN-Cache-Control: Max-Age=0, no-store\r\n", true),
+    ];
+    for (fields, stored) in cases {
+        let backend = scripted(fields);
+        let proxy = cache_proxy(&backend);
+        let first = get_with(&proxy, "/t", "");
+        assert_eq!(
+            first.header("cache-control"),
+            fields.split("\r\n").next().and_then(|l| l.split_once(": ")).map(|p| p.1)
+        );
+        let second = get_with(&proxy, "/t", "");
+        let expected = if *stored { ("HIT", "response 1") } else { ("MISS", "response 2") };
+        assert_eq!((x_cache(&second), second.text().as_str()), expected, "{fields:?}");
+    }
+}
+
+#[test]
+fn rfc_9213_targeted_lifetimes_and_grace_windows_rule_and_may_be_kept_from_clients() {
+    let fields = "Cache-Control: max-age=600\r\nCDN-Cache-Control: max-age=5, stale-if-error=60\r\n";
+    let backend = scripted(fields);
+    let proxy = cache_proxy(&backend);
+    let first = get_with(&proxy, "/life", "");
+    assert_eq!(first.header("cdn-cache-control"), Some("max-age=5, stale-if-error=60"), "passed on by default");
+    proxy.clock().advance(Duration::from_secs(10));
+    assert_eq!(get_with(&proxy, "/life", "").text(), "response 2", "stale after the targeted max-age");
+
+    let backend = scripted(fields);
+    let mut config = test_config(&[backend.addr]);
+    config.ttl = Duration::from_secs(600);
+    config.strip_targeted_cache_control = true;
+    let proxy = start_proxy(config);
+    for label in ["MISS", "HIT"] {
+        let res = get_with(&proxy, "/life", "");
+        assert_eq!((x_cache(&res), res.header("cdn-cache-control")), (label, None));
+        assert_eq!(res.header("cache-control"), Some("max-age=600"));
+    }
+    proxy.clock().advance(Duration::from_secs(10));
+    assert_eq!(get_with(&proxy, "/life", "").text(), "response 2", "still obeyed when kept from clients");
+}

@@ -44,6 +44,9 @@ pub struct Entry {
     pub(super) vary: VaryValues,
     /// The routing decision it came from.
     pub(super) origin: Origin,
+    /// `CDN-Cache-Control` and `Pibl-Cache-Control` are kept (a 304's refresh reads them again) but
+    /// left out of the head sent to clients.
+    hide_targeted: bool,
     // Bookkeeping of the storage: which insert this is (unique per cache) and the use tick that is
     // its place in the least-recently-used order.
     pub(super) id: u64,
@@ -76,6 +79,15 @@ impl Entry {
         self
     }
 
+    /// The same entry, its head without the targeted cache-control fields when `hide` is set.
+    pub fn hiding_targeted(mut self, hide: bool) -> Entry {
+        if hide != self.hide_targeted {
+            self.hide_targeted = hide;
+            self.rebuild_head();
+        }
+        self
+    }
+
     /// The routing decision it came from.
     pub fn origin(&self) -> &Origin {
         &self.origin
@@ -100,6 +112,7 @@ impl Entry {
             stored_at: now,
             vary,
             origin: Origin::default(),
+            hide_targeted: false,
             id: 0,
             last_used: AtomicU64::new(0),
             refreshing: AtomicBool::new(false),
@@ -115,6 +128,9 @@ impl Entry {
         head.extend_from_slice(&self.reason);
         head.extend_from_slice(b"\r\n");
         for (name, value) in &self.headers {
+            if self.hide_targeted && is_targeted_cache_control(name) {
+                continue;
+            }
             head.extend_from_slice(name.as_bytes());
             head.extend_from_slice(b": ");
             head.extend_from_slice(value);
@@ -164,6 +180,7 @@ impl Entry {
             now,
         )
         .from_origin(self.origin.clone())
+        .hiding_targeted(self.hide_targeted)
     }
 
     /// The request values this variant was stored for.
@@ -209,6 +226,46 @@ fn stored_fields<'a>(headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> Vec<
     all.into_iter().filter(|(name, _)| is_stored_field(name) && !connection.drops(name)).collect()
 }
 
+/// The targeted cache-control fields pibl obeys (RFC 9213), most specific first.
+pub const TARGETED_CACHE_CONTROL: [&str; 2] = ["pibl-cache-control", "cdn-cache-control"];
+
+/// Whether `name` is one of [`TARGETED_CACHE_CONTROL`].
+pub fn is_targeted_cache_control(name: &str) -> bool {
+    TARGETED_CACHE_CONTROL.iter().any(|t| t.eq_ignore_ascii_case(name))
+}
+
+/// The directives that rule a shared cache's handling of a response: those of the most specific
+/// valid targeted field present (RFC 9213 section 2.1: then `Cache-Control` is ignored), else
+/// `Cache-Control`'s.
+pub fn governing_cache_control<'a>(headers: impl Iterator<Item = (&'a str, &'a [u8])> + Clone) -> CacheControl {
+    let values =
+        |name: &'static str| headers.clone().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v);
+    for name in TARGETED_CACHE_CONTROL {
+        let mut present = values(name).peekable();
+        if present.peek().is_some() && values(name).all(is_valid_targeted) {
+            return CacheControl::parse(values(name));
+        }
+    }
+    CacheControl::parse(values("cache-control"))
+}
+
+/// A targeted field is a Structured Fields dictionary (RFC 8941 section 3.2): members with a
+/// lower-case key, alone or with `=` and a value. Anything else makes the whole field invalid, and
+/// an invalid targeted field is ignored.
+fn is_valid_targeted(value: &[u8]) -> bool {
+    let mut members = value.split(|&b| b == b',').map(crate::http::trim).peekable();
+    members.peek().is_some()
+        && members.all(|member| {
+            let (key, arg) = match member.iter().position(|&b| b == b'=') {
+                Some(i) => (&member[..i], Some(&member[i + 1..])),
+                None => (member, None),
+            };
+            let key_ok = matches!(key.first(), Some(b'a'..=b'z' | b'*'))
+                && key.iter().all(|&b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' | b'*'));
+            key_ok && arg.is_none_or(|a| !a.is_empty() && !a.contains(&b' '))
+        })
+}
+
 /// The facts the storing policy needs, read from any list of header fields.
 pub fn response_facts<'a>(
     status: u16,
@@ -217,9 +274,7 @@ pub fn response_facts<'a>(
     let find = |name: &str| headers.clone().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v);
     ResponseFacts {
         status,
-        cache_control: CacheControl::parse(
-            headers.clone().filter(|(n, _)| n.eq_ignore_ascii_case("cache-control")).map(|(_, v)| v),
-        ),
+        cache_control: governing_cache_control(headers.clone()),
         expires: find("expires"),
         date: find("date"),
         age: find("age"),
@@ -272,6 +327,21 @@ mod tests {
     fn head_is_prebuilt_without_hop_by_hop_fields() {
         let e = entry(3, Vec::new(), Instant::now());
         assert_eq!(e.head, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n");
+    }
+
+    #[test]
+    fn rfc_9213_the_most_specific_valid_targeted_field_rules() {
+        let cc = |h: &[(&'static str, &'static [u8])]| governing_cache_control(h.iter().copied());
+        let plain = [("Cache-Control", &b"max-age=60"[..])];
+        assert_eq!(cc(&plain).max_age, Some(60));
+        let cdn = [("Cache-Control", &b"no-store"[..]), ("CDN-Cache-Control", b"max-age=30")];
+        assert_eq!((cc(&cdn).no_store, cc(&cdn).max_age), (false, Some(30)), "Cache-Control is ignored");
+        let both = [("CDN-Cache-Control", &b"no-store"[..]), ("Pibl-Cache-Control", b"max-age=5, stale-if-error=9")];
+        assert_eq!((cc(&both).no_store, cc(&both).max_age, cc(&both).stale_if_error), (false, Some(5), Some(9)));
+        for invalid in [&b"Max-Age=60"[..], b"max-age=", b"max-age=60,,", b""] {
+            let h = [("Cache-Control", &b"max-age=60"[..]), ("CDN-Cache-Control", invalid)];
+            assert_eq!((cc(&h).max_age, cc(&h).no_store), (Some(60), false), "{:?}", String::from_utf8_lossy(invalid));
+        }
     }
 
     #[test]

@@ -10,5 +10,8 @@ mod entry;
 pub mod policy;
 mod shards;
 
-pub use entry::{response_facts, vary_names, Entry, Origin, VaryValues};
+pub use entry::{
+    governing_cache_control, is_targeted_cache_control, response_facts, vary_names, Entry, Origin, VaryValues,
+    TARGETED_CACHE_CONTROL,
+};
 pub use shards::{Cache, Flight, FlightGuard, Join, Limits, Stats, PASS_TIME};

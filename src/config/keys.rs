@@ -180,6 +180,13 @@ pub(super) const LAYOUT: &[Entry] = &[
         apply: |c, v| parse_size(v).map(|x| c.cache_max_object_bytes = x as usize),
         render: |c| render_size(c.cache_max_object_bytes as u64),
     }),
+    Entry::Key(KeySpec {
+        name: "strip_targeted_cache_control",
+        help: "A backend's Pibl-Cache-Control, else its CDN-Cache-Control (RFC 9213), rules the cache\n\
+               instead of Cache-Control. on = pibl keeps those two fields to itself (on or off).",
+        apply: |c, v| parse_bool(v).map(|x| c.strip_targeted_cache_control = x),
+        render: |c| if c.strip_targeted_cache_control { "on" } else { "off" }.to_string(),
+    }),
     Entry::Group("Limits and access"),
     Entry::Key(KeySpec {
         name: "rate_limit",

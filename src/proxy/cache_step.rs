@@ -38,6 +38,8 @@ pub struct CachePlan<'c> {
     pub store: bool,
     /// The client sent its own `If-None-Match` / `If-Modified-Since`.
     pub client_conditional: bool,
+    /// `strip_targeted_cache_control`: stored heads leave the targeted fields out.
+    pub hide_targeted: bool,
     pub request_time: SystemTime,
     /// Held while this request fetches the URL for others waiting on it; dropped with the plan.
     pub leader: Option<FlightGuard<'c>>,
@@ -119,6 +121,7 @@ pub fn lookup<'c>(ctx: &RequestCtx<'_>, cache: &'c Cache) -> Lookup<'c> {
         origin: ctx.dispatch.cache_origin(),
         store: is_get && !directives.cc.no_store,
         client_conditional: req.header("if-none-match").is_some() || req.header("if-modified-since").is_some(),
+        hide_targeted: shared.config.strip_targeted_cache_control,
         directives,
         stale: None,
         request_time: shared.clock.wall(),
@@ -284,7 +287,8 @@ pub fn store_answer(plan: &CachePlan<'_>, res: &Response, pending: Pending) -> O
     let body: Arc<[u8]> = pending.tee.data.into();
     let entry =
         Entry::new(res.status, res.reason(), res.headers(), body, pending.freshness, pending.vary, pending.received_at)
-            .from_origin(plan.origin.clone());
+            .from_origin(plan.origin.clone())
+            .hiding_targeted(plan.hide_targeted);
     Some(plan.cache.store(&plan.key, entry).0)
 }
 

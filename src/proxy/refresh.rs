@@ -66,6 +66,7 @@ fn refresh(shared: &Shared, cache: &Cache, scratch: &mut Scratch, job: &RefreshJ
         stale: Some(Arc::clone(entry)),
         store: true,
         client_conditional: false,
+        hide_targeted: config.strip_targeted_cache_control,
         request_time: shared.clock.wall(),
         leader: None,
     };

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::cache::is_targeted_cache_control;
 use crate::http::body::{self, BodyError, Encoding, Source};
 use crate::http::buffer::WriteBatch;
 use crate::http::request::Request;
@@ -82,7 +83,8 @@ pub fn relay(ctx: &mut RequestCtx<'_>, exchanged: Exchanged<'_>, plan: Option<&C
 
     let scratch = &mut *ctx.scratch;
     let mut dst = WriteBatch::new(&mut scratch.out, &mut ctx.conn.stream, config.buffer_size);
-    if write_response_head(&mut dst, req, &res, encoding, keep_alive, cache_label).is_err() {
+    let strip_targeted = config.strip_targeted_cache_control;
+    if write_response_head(&mut dst, req, &res, encoding, keep_alive, cache_label, strip_targeted).is_err() {
         return closed;
     }
     let copied = {
@@ -166,13 +168,17 @@ fn write_response_head<W: Write>(
     encoding: Encoding,
     keep_alive: bool,
     extra: &[u8],
+    strip_targeted: bool,
 ) -> io::Result<()> {
     let head = dst;
     write!(head, "HTTP/1.1 {} ", res.status)?;
     head.put(res.reason())?;
     head.put(b"\r\n")?;
     for (name, value) in res.headers() {
-        if res.connection.drops(name) || (!extra.is_empty() && name.eq_ignore_ascii_case("x-cache")) {
+        if res.connection.drops(name)
+            || (!extra.is_empty() && name.eq_ignore_ascii_case("x-cache"))
+            || (strip_targeted && is_targeted_cache_control(name))
+        {
             continue;
         }
         put_field(head, name, value)?;
