@@ -790,3 +790,64 @@ fn rfc_9213_targeted_lifetimes_and_grace_windows_rule_and_may_be_kept_from_clien
     proxy.clock().advance(Duration::from_secs(10));
     assert_eq!(get_with(&proxy, "/life", "").text(), "response 2", "still obeyed when kept from clients");
 }
+
+// --- Purge by tag and by path prefix through the management API -----------------------------------
+
+#[test]
+fn the_management_api_purges_by_tag_and_by_prefix_within_an_owners_apps() {
+    let backend = TestBackend::start(|req| {
+        let tags =
+            if req.target.starts_with("/img/") { "Cache-Tag: images, all\r\n" } else { "Surrogate-Key: pages all\r\n" };
+        ok_with(&format!("Cache-Control: max-age=600\r\n{tags}"), &req.target)
+    });
+    let db = TempDb::new("purge-tags");
+    let pibl = start_pibl(api_config(&[backend.addr], &db), pibl::clock::Clock::system());
+    let (api_addr, proxy) = (pibl.api_addr(), pibl.proxy_addr());
+    let owner = register_and_login(api_addr, "owner@example.com");
+    let other = register_and_login(api_addr, "other@example.com");
+    let admin = register_and_login(api_addr, ADMIN);
+    for (token, app) in [(&owner, "shop"), (&other, "blog")] {
+        let res =
+            api(api_addr, "POST", &format!("/api/apps/{app}"), Some(token), Some(&endpoint_body(backend.addr, "/")));
+        assert_eq!(res.status, 201, "{}", res.text());
+    }
+    let fetch = |path: &str| request(proxy, format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    let paths = ["/shop/img/a.png", "/shop/img/b.png", "/shop/page", "/blog/img/c.png", "/blog/page"];
+    let fill = || {
+        for path in paths {
+            fetch(path);
+            assert_eq!(x_cache(&fetch(path)), "HIT", "{path}");
+        }
+    };
+    let cached = |path: &str| x_cache(&fetch(path)) == "HIT";
+    let purge = |token: &str, query: &str| api(api_addr, "DELETE", &format!("/api/cache?{query}"), Some(token), None);
+    let purged = |res: &Response| (res.status, res.json()["purged"].as_u64());
+
+    fill();
+    // An owner's tag purge reaches their own apps' answers only.
+    assert_eq!(purged(&purge(&owner, "tag=images")), (200, Some(2)));
+    assert!(!cached("/shop/img/a.png") && !cached("/shop/img/b.png"));
+    assert!(cached("/blog/img/c.png"), "another owner's answer with the same tag stays");
+    assert_eq!(purged(&purge(&other, "tag=pages")), (200, Some(1)), "Surrogate-Key tags, space-separated");
+    assert!(!cached("/blog/page") && cached("/shop/page"));
+
+    // An admin's tag purge reaches everything.
+    fill();
+    assert_eq!(purged(&purge(&admin, "tag=all")), (200, Some(5)));
+
+    // Path prefixes: within the owner's app; anything for an admin.
+    fill();
+    assert_eq!(purged(&purge(&owner, "prefix=/shop/img/")), (200, Some(2)));
+    assert!(!cached("/shop/img/a.png") && cached("/shop/page"));
+    assert_eq!(purge(&other, "prefix=/shop/").status, 403, "not their app");
+    assert_eq!(purged(&purge(&admin, "prefix=%2F")), (200, Some(4)), "all but b.png, gone since the owner's purge");
+
+    // Bad input names the field.
+    for (query, field) in
+        [("tag=", "tag"), ("prefix=img", "prefix"), ("tag=a&prefix=/shop", "prefix"), ("tags=a", "tags")]
+    {
+        let res = purge(&owner, query);
+        assert_eq!(res.status, 400, "{query}: {}", res.text());
+        assert!(res.text().contains(field), "{query}: {}", res.text());
+    }
+}

@@ -88,6 +88,22 @@ impl Entry {
         self
     }
 
+    /// Whether the backend tagged this answer `tag`, in `Cache-Tag` (comma-separated, as Cloudflare
+    /// reads it) or `Surrogate-Key` (space-separated, as Fastly reads it).
+    pub fn has_tag(&self, tag: &str) -> bool {
+        let tag = tag.as_bytes();
+        !tag.is_empty()
+            && self.headers().any(|(name, value)| {
+                if name.eq_ignore_ascii_case("cache-tag") {
+                    crate::http::tokens(value).any(|t| t == tag)
+                } else if name.eq_ignore_ascii_case("surrogate-key") {
+                    value.split(|b| b.is_ascii_whitespace()).any(|t| t == tag)
+                } else {
+                    false
+                }
+            })
+    }
+
     /// The routing decision it came from.
     pub fn origin(&self) -> &Origin {
         &self.origin
@@ -341,6 +357,18 @@ mod tests {
         for invalid in [&b"Max-Age=60"[..], b"max-age=", b"max-age=60,,", b""] {
             let h = [("Cache-Control", &b"max-age=60"[..]), ("CDN-Cache-Control", invalid)];
             assert_eq!((cc(&h).max_age, cc(&h).no_store), (Some(60), false), "{:?}", String::from_utf8_lossy(invalid));
+        }
+    }
+
+    #[test]
+    fn tags_come_from_cache_tag_and_surrogate_key() {
+        let headers = [("Cache-Tag", &b"a, b-1"[..]), ("Surrogate-Key", b"c  d"), ("X-Tag", b"e")];
+        let e = Entry::new(200, b"OK", headers.into_iter(), vec![].into(), freshness(60), Vec::new(), Instant::now());
+        for tag in ["a", "b-1", "c", "d"] {
+            assert!(e.has_tag(tag), "{tag}");
+        }
+        for tag in ["b", "e", "", "A"] {
+            assert!(!e.has_tag(tag), "{tag}");
         }
     }
 

@@ -254,15 +254,26 @@ impl Cache {
 
     /// Removes every entry whose key satisfies `doomed` (`host target`); returns how many went.
     pub fn purge_matching(&self, doomed: impl Fn(&str) -> bool) -> usize {
+        self.purge_where(|key, _| doomed(key))
+    }
+
+    /// Removes every entry for which `doomed(key, entry)` holds (by tag, by path prefix, ...);
+    /// returns how many went. Locks each shard in turn, never on the request path.
+    pub fn purge_where(&self, doomed: impl Fn(&str, &Entry) -> bool) -> usize {
         let mut removed = 0;
         for shard in &self.shards {
             let mut shard = shard.lock();
-            let keys: Vec<String> = shard.entries.keys().filter(|k| doomed(k)).cloned().collect();
+            let keys: Vec<String> = shard.entries.keys().cloned().collect();
             for key in keys {
-                removed += shard.remove_where(&key, |_| true, &self.stats);
+                removed += shard.remove_where(&key, |e| doomed(&key, e), &self.stats);
             }
         }
         removed
+    }
+
+    /// The target part of a key (`host target`).
+    pub fn key_target(key: &str) -> &str {
+        key.split_once(' ').map_or(key, |(_, target)| target)
     }
 
     /// The `n` most recently used keys with the body bytes of their newest variant, most recent
