@@ -851,3 +851,94 @@ fn the_management_api_purges_by_tag_and_by_prefix_within_an_owners_apps() {
         assert!(res.text().contains(field), "{query}: {}", res.text());
     }
 }
+
+// --- Compression: encoded variants kept with the stored answer -----------------------------------
+
+fn compress_proxy(backend: &TestBackend) -> Server {
+    let mut config = test_config(&[backend.addr]);
+    config.ttl = Duration::from_secs(600);
+    config.compress = true;
+    config.compress_min_bytes = 1024;
+    start_proxy(config)
+}
+
+fn decoded(res: &Response) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    match res.header("content-encoding") {
+        Some("gzip") => flate2::read::GzDecoder::new(res.body.as_slice()).read_to_end(&mut out).map(|_| ()),
+        Some("br") => brotli::Decompressor::new(res.body.as_slice(), 4096).read_to_end(&mut out).map(|_| ()),
+        None => {
+            out = res.body.clone();
+            Ok(())
+        }
+        Some(other) => panic!("unexpected coding {other}"),
+    }
+    .expect("a body that decodes");
+    out
+}
+
+#[test]
+fn compression_picks_the_clients_coding_and_hits_reuse_the_stored_encodings() {
+    let page = "<p>pibl compresses what it stores</p>\n".repeat(80);
+    let body = page.clone();
+    let backend = TestBackend::start(move |_| {
+        ok_with("Content-Type: text/html; charset=utf-8\r\nCache-Control: max-age=60\r\nETag: \"p1\"\r\n", &body)
+    });
+    let proxy = compress_proxy(&backend);
+    let gz = get_with(&proxy, "/page", "Accept-Encoding: gzip, br;q=0.5\r\n");
+    assert_eq!((gz.status, x_cache(&gz), gz.header("content-encoding")), (200, "MISS", Some("gzip")));
+    assert!(gz.body.len() < page.len() / 4, "{} bytes", gz.body.len());
+    assert_eq!(decoded(&gz), page.as_bytes());
+    assert_eq!(gz.header("vary"), Some("Accept-Encoding"));
+    assert_eq!(gz.header("etag"), Some("W/\"p1\""), "another representation: a weak tag");
+
+    let br = get_with(&proxy, "/page", "Accept-Encoding: gzip;q=0.8, br\r\n");
+    assert_eq!((x_cache(&br), br.header("content-encoding")), ("HIT", Some("br")));
+    assert_eq!(decoded(&br), page.as_bytes());
+
+    for (accept, name) in [
+        ("", "none"),
+        ("Accept-Encoding: identity\r\n", "identity"),
+        ("Accept-Encoding: gzip;q=0, br;q=0\r\n", "refused"),
+    ] {
+        let plain = get_with(&proxy, "/page", accept);
+        assert_eq!((x_cache(&plain), plain.header("content-encoding")), ("HIT", None), "{name}");
+        assert_eq!((plain.text(), plain.header("vary")), (page.clone(), Some("Accept-Encoding")), "{name}");
+    }
+    let range = get_with(&proxy, "/page", "Accept-Encoding: gzip\r\nRange: bytes=0-9\r\n");
+    assert_eq!(range.header("content-encoding"), None, "never for ranges");
+    assert_eq!(backend.requests(), 1, "one fetch, every coding from storage");
+}
+
+#[test]
+fn compression_leaves_unfit_answers_alone() {
+    let long = "x".repeat(4096);
+    let cases: &[(&str, &str, &str)] = &[
+        ("image", "Content-Type: image/png\r\n", &long),
+        ("small", "Content-Type: text/plain\r\n", "tiny body"),
+        ("encoded", "Content-Type: text/plain\r\nContent-Encoding: deflate\r\n", &long),
+        ("no-transform", "Content-Type: text/plain\r\nCache-Control: max-age=60, no-transform\r\n", &long),
+    ];
+    for (name, fields, body) in cases {
+        let (fields, body) = (fields.to_string(), body.to_string());
+        let backend = TestBackend::start(move |_| {
+            let cc = if fields.contains("Cache-Control") { "" } else { "Cache-Control: max-age=60\r\n" };
+            ok_with(&format!("{cc}{fields}"), &body)
+        });
+        let proxy = compress_proxy(&backend);
+        for _ in 0..2 {
+            let res = get_with(&proxy, "/x", "Accept-Encoding: gzip, br\r\n");
+            let expected = if *name == "encoded" { Some("deflate") } else { None };
+            assert_eq!(res.header("content-encoding"), expected, "{name}");
+            assert_eq!(res.header("vary"), None, "{name}");
+        }
+    }
+    // Off by default.
+    let backend =
+        TestBackend::start(|_| ok_with("Content-Type: text/plain\r\nCache-Control: max-age=60\r\n", &"y".repeat(4096)));
+    let proxy = cache_proxy(&backend);
+    for _ in 0..2 {
+        assert_eq!(get_with(&proxy, "/y", "Accept-Encoding: gzip\r\n").header("content-encoding"), None);
+    }
+}

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::compress::{self, Coding};
 use super::policy::{CacheControl, Freshness, ResponseFacts};
 use crate::http::is_hop_by_hop;
 
@@ -28,6 +29,14 @@ pub struct Origin {
     pub app: Option<String>,
 }
 
+/// A stored answer in one content coding, made when it is stored so that a hit costs no
+/// compression: its head (with `Content-Encoding`, `Vary: Accept-Encoding`, a weak `ETag`) and body.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub head: Vec<u8>,
+    pub body: Arc<[u8]>,
+}
+
 /// One stored response.
 #[derive(Debug)]
 pub struct Entry {
@@ -47,6 +56,9 @@ pub struct Entry {
     /// `CDN-Cache-Control` and `Pibl-Cache-Control` are kept (a 304's refresh reads them again) but
     /// left out of the head sent to clients.
     hide_targeted: bool,
+    /// Its encoded variants by [`Coding::index`]; any present makes every head of it carry
+    /// `Vary: Accept-Encoding`.
+    encoded: [Option<Encoded>; 2],
     // Bookkeeping of the storage: which insert this is (unique per cache) and the use tick that is
     // its place in the least-recently-used order.
     pub(super) id: u64,
@@ -74,8 +86,8 @@ impl Entry {
 
     /// The same entry, marked as produced by the routing decision `origin`.
     pub fn from_origin(mut self, origin: Origin) -> Entry {
-        self.size += origin.route.len() + origin.app.as_ref().map_or(0, String::len);
         self.origin = origin;
+        self.recount_size();
         self
     }
 
@@ -129,6 +141,7 @@ impl Entry {
             vary,
             origin: Origin::default(),
             hide_targeted: false,
+            encoded: [None, None],
             id: 0,
             last_used: AtomicU64::new(0),
             refreshing: AtomicBool::new(false),
@@ -139,21 +152,78 @@ impl Entry {
     }
 
     fn rebuild_head(&mut self) {
+        self.head = self.build_head(None);
+        for coding in Coding::ALL {
+            if let Some(body) = self.encoded[coding.index()].as_ref().map(|e| Arc::clone(&e.body)) {
+                let head = self.build_head(Some(coding));
+                self.encoded[coding.index()] = Some(Encoded { head, body });
+            }
+        }
+        self.recount_size();
+    }
+
+    /// Bytes counted against the cache's budget: heads, bodies (encoded ones too), its origin.
+    fn recount_size(&mut self) {
+        let encoded: usize = self.encoded.iter().flatten().map(|e| e.head.len() + e.body.len()).sum();
+        let origin = self.origin.route.len() + self.origin.app.as_ref().map_or(0, String::len);
+        self.size = ENTRY_OVERHEAD + self.head.len() + self.body.len() + encoded + origin;
+    }
+
+    /// The head of the answer in `coding` (identity for `None`).
+    fn build_head(&self, coding: Option<Coding>) -> Vec<u8> {
+        let varies = self.encoded.iter().any(Option::is_some);
         let mut head = Vec::with_capacity(256);
         head.extend_from_slice(format!("HTTP/1.1 {} ", self.status).as_bytes());
         head.extend_from_slice(&self.reason);
         head.extend_from_slice(b"\r\n");
+        let mut vary_written = false;
         for (name, value) in &self.headers {
             if self.hide_targeted && is_targeted_cache_control(name) {
                 continue;
             }
             head.extend_from_slice(name.as_bytes());
             head.extend_from_slice(b": ");
+            if coding.is_some() && name.eq_ignore_ascii_case("etag") && !value.starts_with(b"W/") {
+                // Another encoding is another representation: its tag may only match weakly.
+                head.extend_from_slice(b"W/");
+            }
             head.extend_from_slice(value);
+            if varies && name.eq_ignore_ascii_case("vary") && !vary_written {
+                if !crate::http::tokens(value).any(|t| t.eq_ignore_ascii_case(b"accept-encoding")) {
+                    head.extend_from_slice(b", Accept-Encoding");
+                }
+                vary_written = true;
+            }
             head.extend_from_slice(b"\r\n");
         }
-        self.head = head;
-        self.size = ENTRY_OVERHEAD + self.head.len() + self.body.len();
+        if varies && !vary_written {
+            head.extend_from_slice(b"Vary: Accept-Encoding\r\n");
+        }
+        if let Some(coding) = coding {
+            head.extend_from_slice(format!("Content-Encoding: {}\r\n", coding.token()).as_bytes());
+        }
+        head
+    }
+
+    /// The same entry with its gzip and brotli variants made now, each kept only when smaller than
+    /// the body itself. The caller has checked that it may be compressed ([`compress::may_compress`]).
+    pub fn with_encodings(mut self) -> Entry {
+        for coding in Coding::ALL {
+            match compress::encode(coding, &self.body) {
+                Ok(body) if body.len() < self.body.len() => {
+                    self.encoded[coding.index()] = Some(Encoded { head: Vec::new(), body: body.into() });
+                }
+                Ok(_) => {}
+                Err(e) => log::warn!("cache: {} encoding failed: {e}", coding.token()),
+            }
+        }
+        self.rebuild_head();
+        self
+    }
+
+    /// The stored variant in `coding`, if one was made.
+    pub fn encoded(&self, coding: Coding) -> Option<&Encoded> {
+        self.encoded[coding.index()].as_ref()
     }
 
     /// The stored header fields.
@@ -197,6 +267,15 @@ impl Entry {
         )
         .from_origin(self.origin.clone())
         .hiding_targeted(self.hide_targeted)
+        .keeping_encodings(&self.encoded)
+    }
+
+    fn keeping_encodings(mut self, encoded: &[Option<Encoded>; 2]) -> Entry {
+        if encoded.iter().any(Option::is_some) {
+            self.encoded = encoded.clone();
+            self.rebuild_head();
+        }
+        self
     }
 
     /// The request values this variant was stored for.

@@ -187,6 +187,19 @@ pub(super) const LAYOUT: &[Entry] = &[
         apply: |c, v| parse_bool(v).map(|x| c.strip_targeted_cache_control = x),
         render: |c| if c.strip_targeted_cache_control { "on" } else { "off" }.to_string(),
     }),
+    Entry::Key(KeySpec {
+        name: "compress",
+        help: "on = cached text, JSON, JavaScript, SVG and similar answers are also kept gzip- and\n\
+               brotli-encoded and served so to clients whose Accept-Encoding takes it (on or off).",
+        apply: |c, v| parse_bool(v).map(|x| c.compress = x),
+        render: |c| if c.compress { "on" } else { "off" }.to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "compress_min_bytes",
+        help: "Smallest body compressed, in bytes (k, m, g allowed).",
+        apply: |c, v| parse_size(v).map(|x| c.compress_min_bytes = x),
+        render: |c| render_size(c.compress_min_bytes),
+    }),
     Entry::Group("Limits and access"),
     Entry::Key(KeySpec {
         name: "rate_limit",

@@ -286,6 +286,8 @@ mod tests {
             cache_max_bytes: 3 * MIB as usize,
             cache_max_object_bytes: 1536,
             strip_targeted_cache_control: true,
+            compress: true,
+            compress_min_bytes: 1,
             backends: vec![parse_backend("[::1]:8080").unwrap(), parse_backend("10.1.2.3").unwrap()],
             header_timeout: Duration::from_millis(1500),
             keepalive_timeout: Duration::from_millis(1),

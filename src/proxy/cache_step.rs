@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use crate::cache::compress::{self, Candidate};
 use crate::cache::policy::{self, CacheControl, Exchange, Freshness, RequestDirectives, Usability};
 use crate::cache::{response_facts, vary_names, Cache, Entry, FlightGuard, Join, Origin, VaryValues, PASS_TIME};
 use crate::http::body::Tee;
@@ -40,6 +41,9 @@ pub struct CachePlan<'c> {
     pub client_conditional: bool,
     /// `strip_targeted_cache_control`: stored heads leave the targeted fields out.
     pub hide_targeted: bool,
+    /// `compress = on`: what is stored gets its gzip and brotli variants when it is at least this
+    /// long (`compress_min_bytes`) and fit to compress.
+    pub compress_min: Option<u64>,
     pub request_time: SystemTime,
     /// Held while this request fetches the URL for others waiting on it; dropped with the plan.
     pub leader: Option<FlightGuard<'c>>,
@@ -55,6 +59,17 @@ impl CachePlan<'_> {
     /// answer, which fills the cache, and the client gets its 304 from the stored copy.
     pub fn fills_for_client_conditional(&self) -> bool {
         self.store && self.client_conditional && self.revalidating().is_none()
+    }
+
+    /// Whether this answer goes to the client from its stored copy rather than streamed: for a
+    /// conditional miss (to answer 304), or when the client takes an encoding pibl will store
+    /// (so the miss is compressed as the hits are).
+    pub fn answers_from_storage(&self, req: &Request, res: &Response) -> bool {
+        let Framing::Length(len) = res.framing else { return false };
+        let compressed = self.compress_min.is_some_and(|min| {
+            client_coding(req).is_some() && compress::may_compress(&compress_candidate(res, len), min)
+        });
+        res.status == 200 && (self.fills_for_client_conditional() || compressed)
     }
 
     /// The stale entry if policy lets it answer at `now` for a failed backend.
@@ -122,6 +137,7 @@ pub fn lookup<'c>(ctx: &RequestCtx<'_>, cache: &'c Cache) -> Lookup<'c> {
         store: is_get && !directives.cc.no_store,
         client_conditional: req.header("if-none-match").is_some() || req.header("if-modified-since").is_some(),
         hide_targeted: shared.config.strip_targeted_cache_control,
+        compress_min: shared.config.compress.then_some(shared.config.compress_min_bytes),
         directives,
         stale: None,
         request_time: shared.clock.wall(),
@@ -174,7 +190,31 @@ pub fn lookup<'c>(ctx: &RequestCtx<'_>, cache: &'c Cache) -> Lookup<'c> {
     Lookup::Forward(Box::new(plan))
 }
 
-/// Writes a stored response to the client, or 304 when the client's own validators match it.
+/// The content coding a request takes, by its `Accept-Encoding` (none for a range request: a
+/// range of an encoded body is another thing).
+pub fn client_coding(req: &Request) -> Option<compress::Coding> {
+    if req.header("range").is_some() {
+        return None;
+    }
+    compress::choose(req.headers().filter(|(n, _)| n.eq_ignore_ascii_case("accept-encoding")).map(|(_, v)| v))
+}
+
+/// What decides whether a backend's answer may be compressed, with its body length.
+fn compress_candidate(res: &Response, body_len: u64) -> Candidate<'_> {
+    let cc =
+        CacheControl::parse(res.headers().filter(|(n, _)| n.eq_ignore_ascii_case("cache-control")).map(|(_, v)| v));
+    Candidate {
+        status: res.status,
+        content_type: res.header("content-type"),
+        content_encoding: res.header("content-encoding"),
+        has_content_range: res.header("content-range").is_some(),
+        no_transform: cc.no_transform,
+        body_len,
+    }
+}
+
+/// Writes a stored response to the client (in the encoding it prefers, when one is stored), or 304
+/// when the client's own validators match it.
 pub fn serve_entry(ctx: &mut RequestCtx<'_>, entry: &Entry, label: &str) -> Answer {
     let (shared, req) = (ctx.shared, ctx.req);
     let keep_alive = ctx.may_keep_alive();
@@ -185,6 +225,8 @@ pub fn serve_entry(ctx: &mut RequestCtx<'_>, entry: &Entry, label: &str) -> Answ
         entry.header("etag"),
         entry.header("last-modified"),
     ) && entry.status == 200;
+    let encoded = client_coding(req).and_then(|coding| entry.encoded(coding));
+    let (head, body) = encoded.map_or((&entry.head, &entry.body), |e| (&e.head, &e.body));
     let mut body_bytes = 0;
     let mut dst = WriteBatch::new(&mut ctx.scratch.out, &mut ctx.conn.stream, shared.config.buffer_size);
     let written = (|| -> io::Result<u16> {
@@ -201,14 +243,14 @@ pub fn serve_entry(ctx: &mut RequestCtx<'_>, entry: &Entry, label: &str) -> Answ
                 }
             }
         } else {
-            dst.put(&entry.head)?;
-            write!(dst, "Content-Length: {}\r\n", entry.body.len())?;
+            dst.put(head)?;
+            write!(dst, "Content-Length: {}\r\n", body.len())?;
         }
         write!(dst, "Age: {age}\r\nX-Cache: {label}\r\n")?;
         dst.put(if keep_alive { b"\r\n" as &[u8] } else { b"Connection: close\r\n\r\n" })?;
         if !not_modified && !req.is_head() {
-            dst.put(&entry.body)?;
-            body_bytes = entry.body.len() as u64;
+            dst.put(body)?;
+            body_bytes = body.len() as u64;
         }
         dst.send()?;
         Ok(if not_modified { 304 } else { entry.status })
@@ -285,10 +327,15 @@ pub fn store_answer(plan: &CachePlan<'_>, res: &Response, pending: Pending) -> O
         return None;
     }
     let body: Arc<[u8]> = pending.tee.data.into();
+    let len = body.len() as u64;
     let entry =
         Entry::new(res.status, res.reason(), res.headers(), body, pending.freshness, pending.vary, pending.received_at)
             .from_origin(plan.origin.clone())
             .hiding_targeted(plan.hide_targeted);
+    let entry = match plan.compress_min {
+        Some(min) if compress::may_compress(&compress_candidate(res, len), min) => entry.with_encodings(),
+        _ => entry,
+    };
     Some(plan.cache.store(&plan.key, entry).0)
 }
 

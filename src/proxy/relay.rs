@@ -58,15 +58,14 @@ pub fn relay(ctx: &mut RequestCtx<'_>, exchanged: Exchanged<'_>, plan: Option<&C
     }
     let mut pending = plan
         .and_then(|plan| cache_step::start_storing(shared, plan, &|name| cache_step::request_value(req, name), &res));
-    if let Some(plan) = plan.filter(|p| p.fills_for_client_conditional()) {
+    if let Some(plan) = plan.filter(|p| p.answers_from_storage(req, &res)) {
         // Known length within the object limit (else nothing is pending): read it whole, store
-        // it, and answer the client's conditional from the stored copy.
-        if res.status == 200 && matches!(res.framing, Framing::Length(_)) {
-            if let Some(pending) = pending.take() {
-                let answer = answer_from_filled_cache(ctx, backend, stream, &res, plan, pending);
-                drop(in_flight);
-                return answer;
-            }
+        // it, and answer from the stored copy: a 304 for the client's conditional, or the
+        // encoding it prefers.
+        if let Some(pending) = pending.take() {
+            let answer = answer_from_filled_cache(ctx, backend, stream, &res, plan, pending);
+            drop(in_flight);
+            return answer;
         }
     }
 
