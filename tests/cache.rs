@@ -942,3 +942,30 @@ fn compression_leaves_unfit_answers_alone() {
         assert_eq!(get_with(&proxy, "/y", "Accept-Encoding: gzip\r\n").header("content-encoding"), None);
     }
 }
+
+#[test]
+fn a_route_may_turn_the_cache_off_or_set_its_own_compress() {
+    let body = "route text, compressible enough. ".repeat(64);
+    let page = body.clone();
+    let backend =
+        TestBackend::start(move |_| ok_with("Content-Type: text/plain\r\nCache-Control: max-age=60\r\n", &page));
+    let ini = format!(
+        "[route.live]\nprefix = /live/\nservers = {0}\ncache = off\n\n[route.raw]\nprefix = /raw/\nservers = {0}\ncompress = off\n",
+        backend.addr
+    );
+    let mut config = test_config(&[backend.addr]);
+    config.ttl = Duration::from_secs(600);
+    config.compress = true;
+    config.routes = pibl::Config::from_ini_str(&ini, "routes.ini").expect("valid routes").routes;
+    let proxy = start_proxy(config);
+    for _ in 0..2 {
+        let live = get_with(&proxy, "/live/a", "Accept-Encoding: gzip\r\n");
+        assert_eq!((live.header("x-cache"), live.header("content-encoding")), (None, None), "cache = off");
+    }
+    assert_eq!(backend.requests(), 2);
+    get_with(&proxy, "/raw/a", "Accept-Encoding: gzip\r\n");
+    let raw = get_with(&proxy, "/raw/a", "Accept-Encoding: gzip\r\n");
+    assert_eq!((x_cache(&raw), raw.header("content-encoding"), raw.text()), ("HIT", None, body.clone()));
+    let default = get_with(&proxy, "/other", "Accept-Encoding: gzip\r\n");
+    assert_eq!(default.header("content-encoding"), Some("gzip"), "[DEFAULT]'s compress elsewhere");
+}

@@ -137,7 +137,7 @@ pub fn lookup<'c>(ctx: &RequestCtx<'_>, cache: &'c Cache) -> Lookup<'c> {
         store: is_get && !directives.cc.no_store,
         client_conditional: req.header("if-none-match").is_some() || req.header("if-modified-since").is_some(),
         hide_targeted: shared.config.strip_targeted_cache_control,
-        compress_min: shared.config.compress.then_some(shared.config.compress_min_bytes),
+        compress_min: ctx.dispatch.compress.then_some(shared.config.compress_min_bytes),
         directives,
         stale: None,
         request_time: shared.clock.wall(),
@@ -423,6 +423,8 @@ fn schedule_refresh(shared: &Shared, key: &str, req: &Request, dispatch: &Dispat
             target: Cow::Owned(dispatch.target.to_string()),
             client: dispatch.client,
             auth_user: None,
+            cache: dispatch.cache,
+            compress: dispatch.compress,
         },
         entry: Arc::clone(entry),
     };

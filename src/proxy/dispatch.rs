@@ -44,6 +44,10 @@ pub struct Dispatch<'a> {
     pub client: IpAddr,
     /// The auth server's `X-Auth-User`, passed on to the backend.
     pub auth_user: Option<Vec<u8>>,
+    /// The response cache serves and stores these answers (a route's `cache`).
+    pub cache: bool,
+    /// Stored answers are kept compressed too (`compress`, or the route's own).
+    pub compress: bool,
 }
 
 impl Dispatch<'_> {

@@ -88,11 +88,13 @@ pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Requ
 fn answer(ctx: &mut RequestCtx<'_>) -> Forwarded {
     let cache: Option<&Cache> = ctx.shared.cache.as_deref();
     match cache {
-        Some(cache) if matches!(ctx.req.method(), "GET" | "HEAD") => match cache_step::lookup(ctx, cache) {
-            Lookup::Stored { entry, label } => Ok(cache_step::serve_entry(ctx, &entry, label)),
-            Lookup::NotCached => Err(Failure::from(ForwardError::NotCached)),
-            Lookup::Forward(plan) => forward(ctx, Some(&*plan)),
-        },
+        Some(cache) if ctx.dispatch.cache && matches!(ctx.req.method(), "GET" | "HEAD") => {
+            match cache_step::lookup(ctx, cache) {
+                Lookup::Stored { entry, label } => Ok(cache_step::serve_entry(ctx, &entry, label)),
+                Lookup::NotCached => Err(Failure::from(ForwardError::NotCached)),
+                Lookup::Forward(plan) => forward(ctx, Some(&*plan)),
+            }
+        }
         _ => forward(ctx, None),
     }
 }

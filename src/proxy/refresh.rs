@@ -67,7 +67,7 @@ fn refresh(shared: &Shared, cache: &Cache, scratch: &mut Scratch, job: &RefreshJ
         store: true,
         client_conditional: false,
         hide_targeted: config.strip_targeted_cache_control,
-        compress_min: config.compress.then_some(config.compress_min_bytes),
+        compress_min: job.dispatch.compress.then_some(config.compress_min_bytes),
         request_time: shared.clock.wall(),
         leader: None,
     };
