@@ -969,3 +969,25 @@ fn a_route_may_turn_the_cache_off_or_set_its_own_compress() {
     let default = get_with(&proxy, "/other", "Accept-Encoding: gzip\r\n");
     assert_eq!(default.header("content-encoding"), Some("gzip"), "[DEFAULT]'s compress elsewhere");
 }
+
+#[test]
+fn rfc_9110_section_9_3_2_a_head_miss_goes_upstream_as_get_and_fills_the_cache() {
+    let backend = scripted("Cache-Control: max-age=60\r\n");
+    let proxy = cache_proxy(&backend);
+    let head = head_request(&proxy, "/hm");
+    assert_eq!((head.status, x_cache(&head), head.header("content-length")), (200, "MISS", Some("10")));
+    assert_eq!(backend.last().method, "GET");
+    let get = get_with(&proxy, "/hm", "");
+    assert_eq!((x_cache(&get), get.text().as_str()), ("HIT", "response 1"));
+    assert_eq!(backend.requests(), 1);
+
+    // Not storable: the head alone all the same, and the connection stays in step.
+    let backend = scripted("Cache-Control: no-store\r\n");
+    let proxy = cache_proxy(&backend);
+    let mut client = Client::connect(proxy.local_addr());
+    client.send(b"HEAD /ns HTTP/1.1\r\nHost: t\r\n\r\n");
+    let head = client.read_response(true).unwrap();
+    assert_eq!((head.status, head.header("content-length")), (200, Some("10")));
+    client.send(b"GET /ns HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(client.read_response(false).unwrap().text(), "response 2");
+}

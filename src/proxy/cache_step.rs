@@ -39,6 +39,9 @@ pub struct CachePlan<'c> {
     pub store: bool,
     /// The client sent its own `If-None-Match` / `If-Modified-Since`.
     pub client_conditional: bool,
+    /// A HEAD that nothing stored answers goes upstream as a GET, so its answer fills the cache
+    /// (as nginx's `proxy_cache_convert_head`); the client still gets the head alone.
+    pub head_as_get: bool,
     /// `strip_targeted_cache_control`: stored heads leave the targeted fields out.
     pub hide_targeted: bool,
     /// `compress = on`: what is stored gets its gzip and brotli variants when it is at least this
@@ -69,7 +72,7 @@ impl CachePlan<'_> {
         let compressed = self.compress_min.is_some_and(|min| {
             client_coding(req).is_some() && compress::may_compress(&compress_candidate(res, len), min)
         });
-        res.status == 200 && (self.fills_for_client_conditional() || compressed)
+        self.head_as_get || (res.status == 200 && (self.fills_for_client_conditional() || compressed))
     }
 
     /// The stale entry if policy lets it answer at `now` for a failed backend.
@@ -136,6 +139,7 @@ pub fn lookup<'c>(ctx: &RequestCtx<'_>, cache: &'c Cache) -> Lookup<'c> {
         origin: ctx.dispatch.cache_origin(),
         store: is_get && !directives.cc.no_store,
         client_conditional: req.header("if-none-match").is_some() || req.header("if-modified-since").is_some(),
+        head_as_get: false,
         hide_targeted: shared.config.strip_targeted_cache_control,
         compress_min: ctx.dispatch.compress.then_some(shared.config.compress_min_bytes),
         directives,
@@ -186,6 +190,10 @@ pub fn lookup<'c>(ctx: &RequestCtx<'_>, cache: &'c Cache) -> Lookup<'c> {
             }
         }
     };
+    if req.is_head() && plan.stale.is_none() {
+        plan.head_as_get = true;
+        plan.store = true;
+    }
     cache.stats.misses.fetch_add(1, Ordering::Relaxed);
     Lookup::Forward(Box::new(plan))
 }

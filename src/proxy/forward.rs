@@ -172,15 +172,17 @@ fn attempt(
 
 /// Sends the client's request (head, then body) to the dispatch's pool until a backend answers.
 /// When revalidating a stored entry, its validators go instead of the client's; with
-/// `drop_conditionals` the client's own go neither (the cache wants the full answer to store).
+/// `drop_conditionals` the client's own go neither (the cache wants the full answer to store);
+/// with `head_as_get` a HEAD goes as a GET, whose answer the cache can store.
 /// Interim answers reach an HTTP/1.1 client as they arrive (RFC 9110 section 15.2).
 pub fn send<'a>(
     ctx: &mut RequestCtx<'a>,
     revalidating: Option<&Entry>,
     drop_conditionals: bool,
+    head_as_get: bool,
 ) -> Result<Exchanged<'a>, Failure> {
     let (shared, req, dispatch) = (ctx.shared, ctx.req, ctx.dispatch);
-    let conditionals = Conditionals { revalidating, drop_client_conditionals: drop_conditionals };
+    let conditionals = Conditionals { revalidating, drop_client_conditionals: drop_conditionals, head_as_get };
     build_upstream_head(req, dispatch, ctx.conn.peer, conditionals, &mut ctx.scratch.upstream_head);
     let Scratch { out, upstream_head, upstream_buf, .. } = &mut *ctx.scratch;
     // The body is sent and interim answers come back at different times; both use the client.
@@ -219,7 +221,7 @@ pub fn send<'a>(
             true => Some(&mut send_body),
             false => None,
         },
-        is_head: req.is_head(),
+        is_head: req.is_head() && !head_as_get,
         interim: Some(&mut pass_on_interim),
     };
     exchange(shared, &mut outbound, upstream_buf)
@@ -247,6 +249,8 @@ struct Conditionals<'e> {
     revalidating: Option<&'e Entry>,
     /// The client's `If-None-Match` / `If-Modified-Since` stay behind.
     drop_client_conditionals: bool,
+    /// A HEAD goes as a GET.
+    head_as_get: bool,
 }
 
 /// Writes the head sent to every backend for this request: hop-by-hop fields removed, `Host` kept,
@@ -262,7 +266,8 @@ fn build_upstream_head(
     let revalidating = conditionals.revalidating;
     let drop_conditionals = revalidating.is_some() || conditionals.drop_client_conditionals;
     let prefix = dispatch.upstream.app().map(|app| app.prefix.as_str());
-    let mut head = RequestHead::start(out, req.method(), &dispatch.target);
+    let method = if conditionals.head_as_get && req.is_head() { "GET" } else { req.method() };
+    let mut head = RequestHead::start(out, method, &dispatch.target);
     if let Some(host) = req.host() {
         head.field("Host", host.as_bytes());
     }
@@ -304,6 +309,6 @@ fn build_upstream_head(
         head.field("X-Forwarded-Prefix", prefix.as_bytes());
     }
     head.via(req.headers().filter(|(n, _)| is(n, "via")).map(|(_, v)| v), req.version);
-    head.framing(req.framing, req.method());
+    head.framing(req.framing, method);
     head.finish();
 }

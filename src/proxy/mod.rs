@@ -103,7 +103,8 @@ fn answer(ctx: &mut RequestCtx<'_>) -> Forwarded {
 /// cache plan, a stale entry may answer for a failed backend.
 fn forward(ctx: &mut RequestCtx<'_>, plan: Option<&CachePlan<'_>>) -> Forwarded {
     let drop_conditionals = plan.is_some_and(CachePlan::fills_for_client_conditional);
-    match forward::send(ctx, plan.and_then(CachePlan::revalidating), drop_conditionals) {
+    let head_as_get = plan.is_some_and(|p| p.head_as_get);
+    match forward::send(ctx, plan.and_then(CachePlan::revalidating), drop_conditionals, head_as_get) {
         Ok(exchanged) => Ok(relay::relay(ctx, exchanged, plan)),
         Err(failure) => match plan {
             Some(plan) if failure.error.is_backend_fault() => cache_step::stale_on_error(ctx, plan, failure),

@@ -66,6 +66,7 @@ fn refresh(shared: &Shared, cache: &Cache, scratch: &mut Scratch, job: &RefreshJ
         stale: Some(Arc::clone(entry)),
         store: true,
         client_conditional: false,
+        head_as_get: false,
         hide_targeted: config.strip_targeted_cache_control,
         compress_min: job.dispatch.compress.then_some(config.compress_min_bytes),
         request_time: shared.clock.wall(),

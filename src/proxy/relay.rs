@@ -68,6 +68,22 @@ pub fn relay(ctx: &mut RequestCtx<'_>, exchanged: Exchanged<'_>, plan: Option<&C
             return answer;
         }
     }
+    if plan.is_some_and(|p| p.head_as_get) {
+        // A HEAD sent as a GET whose answer is not stored: the client gets the head alone, and
+        // the unread body makes the backend connection unfit for another request.
+        let encoding = if matches!(res.framing, Framing::Chunked | Framing::UntilClose) && req.version == 1 {
+            Encoding::Chunked
+        } else {
+            Encoding::Identity
+        };
+        let keep_alive = ctx.may_keep_alive();
+        let mut dst = WriteBatch::new(&mut ctx.scratch.out, &mut ctx.conn.stream, config.buffer_size);
+        let sent = write_response_head(&mut dst, req, &res, encoding, keep_alive, b"X-Cache: MISS\r\n", false)
+            .and_then(|()| dst.send());
+        drop((stream, in_flight));
+        let next = Outcome::keep_alive_if(keep_alive && sent.is_ok());
+        return Answer { status: res.status, by, next };
+    }
 
     // Bodies whose end only the closing of the connection marks are re-chunked for HTTP/1.1
     // clients, so their connection survives; HTTP/1.0 clients get the bytes and a close.
