@@ -544,3 +544,450 @@ fn urls_that_answered_uncacheable_are_not_coalesced() {
     }
     assert_eq!(most.load(Ordering::SeqCst), 3, "all three reached the backend together");
 }
+
+// --- A stored answer never outlives the routing decision that produced it ------------------------
+
+/// A backend answering every GET with a cacheable body naming itself.
+fn named_cacheable(name: &'static str) -> TestBackend {
+    TestBackend::start(move |_| ok_with("Cache-Control: max-age=600\r\n", name))
+}
+
+#[test]
+fn deleting_recreating_or_repointing_an_app_never_serves_its_old_answers() {
+    let (default, alpha, beta) = (named_cacheable("default"), named_cacheable("alpha"), named_cacheable("beta"));
+    let db = TempDb::new("cache-routes");
+    let pibl = start_pibl(api_config(&[default.addr], &db), pibl::clock::Clock::system());
+    let (api_addr, proxy) = (pibl.api_addr(), pibl.proxy_addr());
+    let owner = register_and_login(api_addr, "owner@example.com");
+    let fetch = || request(proxy, b"GET /cachetest/ HTTP/1.1\r\nHost: t\r\n\r\n");
+    let add = |backend: &TestBackend| {
+        let res = api(api_addr, "POST", "/api/apps/cachetest", Some(&owner), Some(&endpoint_body(backend.addr, "/")));
+        assert!(matches!(res.status, 200 | 201), "{}", res.text());
+    };
+
+    add(&alpha);
+    assert_eq!(fetch().text(), "alpha");
+    let hit = fetch();
+    assert_eq!((x_cache(&hit), hit.text().as_str()), ("HIT", "alpha"));
+
+    // Deleted: the path now belongs to the default pool.
+    assert_eq!(api(api_addr, "DELETE", "/api/apps/cachetest", Some(&owner), None).status, 200);
+    let after_delete = fetch();
+    assert_eq!((x_cache(&after_delete), after_delete.text().as_str()), ("MISS", "default"));
+
+    // Re-created on another backend: its own answers, not the deleted app's.
+    add(&beta);
+    let recreated = fetch();
+    assert_eq!((x_cache(&recreated), recreated.text().as_str()), ("MISS", "beta"));
+    assert_eq!(x_cache(&fetch()), "HIT");
+
+    // Its endpoints change: the next request goes to the new pool.
+    add(&alpha);
+    assert_eq!(x_cache(&fetch()), "MISS", "a stored answer from the old endpoint list is not reused");
+}
+
+#[test]
+fn a_reload_that_moves_a_prefix_to_another_pool_drops_its_stored_answers() {
+    let (old, new) = (named_cacheable("old pool"), named_cacheable("new pool"));
+    let routed = |server: &TestBackend| {
+        let ini = format!("[route.img]\nprefix = /img\nservers = {}\n", server.addr);
+        let mut config = test_config(&[server.addr]);
+        config.ttl = Duration::from_secs(600);
+        config.routes = pibl::Config::from_ini_str(&ini, "reload.ini").expect("valid route").routes;
+        config
+    };
+    let proxy = start_proxy(routed(&old));
+    assert_eq!(get_with(&proxy, "/img/a.png", "").text(), "old pool");
+    assert_eq!(x_cache(&get_with(&proxy, "/img/a.png", "")), "HIT");
+
+    proxy.reload(&routed(&new));
+    let res = get_with(&proxy, "/img/a.png", "");
+    assert_eq!((x_cache(&res), res.text().as_str()), ("MISS", "new pool"));
+    assert_eq!(x_cache(&get_with(&proxy, "/img/a.png", "")), "HIT");
+    assert_eq!(old.requests(), 1);
+
+    // A reload that leaves the route as it was keeps what is stored.
+    proxy.reload(&routed(&new));
+    assert_eq!(x_cache(&get_with(&proxy, "/img/a.png", "")), "HIT");
+}
+
+// --- Section 5.1: Age ----------------------------------------------------------------------------
+
+#[test]
+fn section_5_1_age_uses_the_first_value_and_ignores_invalid_ones() {
+    // (Age field lines, reused from storage?) with max-age=3600: an age of 7200 is stale at once.
+    let cases: &[(&str, bool)] = &[
+        ("Age: 7200, 0\r\n", false),
+        ("Age: 0, 7200\r\n", true),
+        ("Age: 7200\r\nAge: 0\r\n", false),
+        ("Age: 0\r\nAge: 7200\r\n", true),
+        ("Age: 3600abc\r\n", true),
+        ("Age: -7200\r\n", true),
+        ("Age: 7200.0\r\n", true),
+        ("Age: 2147483648\r\n", false),
+    ];
+    for (age, reused) in cases {
+        let headers: &'static str = Box::leak(format!("Cache-Control: max-age=3600\r\n{age}").into_boxed_str());
+        let backend = scripted(headers);
+        let proxy = cache_proxy(&backend);
+        get_with(&proxy, "/age", "");
+        let second = get_with(&proxy, "/age", "");
+        let expected = if *reused { "response 1" } else { "response 2" };
+        assert_eq!(second.text(), expected, "{age:?}");
+    }
+}
+
+// --- Section 3.1: fields named in Connection are not stored ----------------------------------------
+
+#[test]
+fn section_3_1_fields_that_connection_names_are_neither_stored_nor_served_on_hits() {
+    let backend =
+        scripted("Cache-Control: max-age=60\r\nConnection: x-hop, X-Other\r\nX-Hop: a\r\nX-Other: b\r\nX-Kept: c\r\n");
+    let proxy = cache_proxy(&backend);
+    for label in ["MISS", "HIT"] {
+        let res = get_with(&proxy, "/conn", "");
+        assert_eq!(x_cache(&res), label);
+        assert_eq!((res.header("x-hop"), res.header("x-other")), (None, None), "{label}");
+        assert_eq!(res.header("x-kept"), Some("c"), "{label}");
+    }
+}
+
+// --- RFC 9110 section 15.2: interim responses ------------------------------------------------------
+
+#[test]
+fn rfc_9110_section_15_2_early_hints_reach_the_client_first_and_are_never_stored() {
+    let backend = TestBackend::start(|_| {
+        Reply::Raw(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n\
+              HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 4\r\n\r\npage"
+                .to_vec(),
+        )
+    });
+    let proxy = cache_proxy(&backend);
+    let mut client = Client::connect(proxy.local_addr());
+    client.send(b"GET /hints HTTP/1.1\r\nHost: t\r\n\r\n");
+    let hints = client.read_response(false).unwrap();
+    assert_eq!((hints.status, hints.header("link")), (103, Some("</style.css>; rel=preload")));
+    let page = client.read_response(false).unwrap();
+    assert_eq!((page.status, x_cache(&page), page.text().as_str()), (200, "MISS", "page"));
+
+    // A hit is the final answer alone.
+    client.send(b"GET /hints HTTP/1.1\r\nHost: t\r\n\r\n");
+    let hit = client.read_response(false).unwrap();
+    assert_eq!((hit.status, x_cache(&hit), hit.header("link")), (200, "HIT", None));
+
+    // An HTTP/1.0 client is never sent a 1xx.
+    let old = request(proxy.local_addr(), b"GET /other HTTP/1.0\r\nHost: t\r\n\r\n");
+    assert_eq!((old.status, old.text().as_str()), (200, "page"));
+}
+
+// --- Section 4.3.2 and 4.3.5: a client's conditional miss, HEAD -----------------------------------
+
+#[test]
+fn section_4_3_2_a_conditional_miss_fills_the_cache_and_gets_its_304() {
+    let backend = scripted("Cache-Control: max-age=60\r\nETag: \"e1\"\r\n");
+    let proxy = cache_proxy(&backend);
+    let res = get_with(&proxy, "/cond", "If-None-Match: \"e1\"\r\n");
+    assert_eq!((res.status, x_cache(&res)), (304, "MISS"));
+    assert_eq!(backend.last().header("if-none-match"), None, "the backend was asked for the full answer");
+    let full = get_with(&proxy, "/cond", "");
+    assert_eq!((full.status, x_cache(&full), full.text().as_str()), (200, "HIT", "response 1"));
+    let other = get_with(&proxy, "/cond2", "If-None-Match: \"nope\"\r\n");
+    assert_eq!((other.status, other.text().as_str()), (200, "response 2"), "no match: the full answer");
+}
+
+/// A backend answering GET and HEAD on `/h` with `etag` and `max-age=10`; HEAD without a body.
+fn head_backend(head_etag: &'static str) -> TestBackend {
+    let count = Arc::new(AtomicUsize::new(0));
+    TestBackend::start(move |req| {
+        let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+        let body = format!("response {n}");
+        let etag = if req.method == "HEAD" { head_etag } else { "\"v1\"" };
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nCache-Control: max-age=10\r\nETag: {etag}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        Reply::Raw(if req.method == "HEAD" { head.into_bytes() } else { format!("{head}{body}").into_bytes() })
+    })
+}
+
+fn head_request(proxy: &Server, path: &str) -> Response {
+    let mut client = Client::connect(proxy.local_addr());
+    client.send(format!("HEAD {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    client.read_response(true).expect("an answer to HEAD")
+}
+
+#[test]
+fn section_4_3_5_a_head_answer_refreshes_or_drops_the_stored_get() {
+    // Same validator: the stored GET is fresh again.
+    let backend = head_backend("\"v1\"");
+    let proxy = cache_proxy(&backend);
+    assert_eq!(get_with(&proxy, "/h", "").text(), "response 1");
+    proxy.clock().advance(Duration::from_secs(20));
+    assert_eq!(head_request(&proxy, "/h").status, 200);
+    let after = get_with(&proxy, "/h", "");
+    assert_eq!((x_cache(&after), after.text().as_str()), ("HIT", "response 1"));
+    assert_eq!(backend.requests(), 2);
+
+    // Another validator: the stored GET is not used again.
+    let backend = head_backend("\"v2\"");
+    let proxy = cache_proxy(&backend);
+    get_with(&proxy, "/h", "");
+    proxy.clock().advance(Duration::from_secs(20));
+    head_request(&proxy, "/h");
+    let after = get_with(&proxy, "/h", "");
+    assert_eq!((x_cache(&after), after.text().as_str()), ("MISS", "response 3"));
+    assert_eq!(backend.last().header("if-none-match"), None, "dropped, not revalidated");
+}
+
+// --- RFC 9213: targeted cache control ------------------------------------------------------------
+
+#[test]
+fn rfc_9213_section_2_1_a_targeted_field_overrides_cache_control_for_pibl_only() {
+    // (response fields, stored?)
+    let cases: &[(&str, bool)] = &[
+        ("Cache-Control: no-store\r\nCDN-Cache-Control: max-age=60\r\n", true),
+        ("Cache-Control: max-age=60\r\nCDN-Cache-Control: no-store\r\n", false),
+        ("Cache-Control: max-age=60\r\nCDN-Cache-Control: private\r\n", false),
+        ("Cache-Control: no-store\r\nCDN-Cache-Control: no-store\r\nPibl-Cache-Control: max-age=60\r\n", true),
+        ("Cache-Control: max-age=60\r\nPibl-Cache-Control: no-store\r\nCDN-Cache-Control: max-age=60\r\n", false),
+        ("Cache-Control: max-age=60\r\nCDN-Cache-Control: Max-Age=0, no-store\r\n", true),
+    ];
+    for (fields, stored) in cases {
+        let backend = scripted(fields);
+        let proxy = cache_proxy(&backend);
+        let first = get_with(&proxy, "/t", "");
+        assert_eq!(
+            first.header("cache-control"),
+            fields.split("\r\n").next().and_then(|l| l.split_once(": ")).map(|p| p.1)
+        );
+        let second = get_with(&proxy, "/t", "");
+        let expected = if *stored { ("HIT", "response 1") } else { ("MISS", "response 2") };
+        assert_eq!((x_cache(&second), second.text().as_str()), expected, "{fields:?}");
+    }
+}
+
+#[test]
+fn rfc_9213_targeted_lifetimes_and_grace_windows_rule_and_may_be_kept_from_clients() {
+    let fields = "Cache-Control: max-age=600\r\nCDN-Cache-Control: max-age=5, stale-if-error=60\r\n";
+    let backend = scripted(fields);
+    let proxy = cache_proxy(&backend);
+    let first = get_with(&proxy, "/life", "");
+    assert_eq!(first.header("cdn-cache-control"), Some("max-age=5, stale-if-error=60"), "passed on by default");
+    proxy.clock().advance(Duration::from_secs(10));
+    assert_eq!(get_with(&proxy, "/life", "").text(), "response 2", "stale after the targeted max-age");
+
+    let backend = scripted(fields);
+    let mut config = test_config(&[backend.addr]);
+    config.ttl = Duration::from_secs(600);
+    config.strip_targeted_cache_control = true;
+    let proxy = start_proxy(config);
+    for label in ["MISS", "HIT"] {
+        let res = get_with(&proxy, "/life", "");
+        assert_eq!((x_cache(&res), res.header("cdn-cache-control")), (label, None));
+        assert_eq!(res.header("cache-control"), Some("max-age=600"));
+    }
+    proxy.clock().advance(Duration::from_secs(10));
+    assert_eq!(get_with(&proxy, "/life", "").text(), "response 2", "still obeyed when kept from clients");
+}
+
+// --- Purge by tag and by path prefix through the management API -----------------------------------
+
+#[test]
+fn the_management_api_purges_by_tag_and_by_prefix_within_an_owners_apps() {
+    let backend = TestBackend::start(|req| {
+        let tags =
+            if req.target.starts_with("/img/") { "Cache-Tag: images, all\r\n" } else { "Surrogate-Key: pages all\r\n" };
+        ok_with(&format!("Cache-Control: max-age=600\r\n{tags}"), &req.target)
+    });
+    let db = TempDb::new("purge-tags");
+    let pibl = start_pibl(api_config(&[backend.addr], &db), pibl::clock::Clock::system());
+    let (api_addr, proxy) = (pibl.api_addr(), pibl.proxy_addr());
+    let owner = register_and_login(api_addr, "owner@example.com");
+    let other = register_and_login(api_addr, "other@example.com");
+    let admin = register_and_login(api_addr, ADMIN);
+    for (token, app) in [(&owner, "shop"), (&other, "blog")] {
+        let res =
+            api(api_addr, "POST", &format!("/api/apps/{app}"), Some(token), Some(&endpoint_body(backend.addr, "/")));
+        assert_eq!(res.status, 201, "{}", res.text());
+    }
+    let fetch = |path: &str| request(proxy, format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    let paths = ["/shop/img/a.png", "/shop/img/b.png", "/shop/page", "/blog/img/c.png", "/blog/page"];
+    let fill = || {
+        for path in paths {
+            fetch(path);
+            assert_eq!(x_cache(&fetch(path)), "HIT", "{path}");
+        }
+    };
+    let cached = |path: &str| x_cache(&fetch(path)) == "HIT";
+    let purge = |token: &str, query: &str| api(api_addr, "DELETE", &format!("/api/cache?{query}"), Some(token), None);
+    let purged = |res: &Response| (res.status, res.json()["purged"].as_u64());
+
+    fill();
+    // An owner's tag purge reaches their own apps' answers only.
+    assert_eq!(purged(&purge(&owner, "tag=images")), (200, Some(2)));
+    assert!(!cached("/shop/img/a.png") && !cached("/shop/img/b.png"));
+    assert!(cached("/blog/img/c.png"), "another owner's answer with the same tag stays");
+    assert_eq!(purged(&purge(&other, "tag=pages")), (200, Some(1)), "Surrogate-Key tags, space-separated");
+    assert!(!cached("/blog/page") && cached("/shop/page"));
+
+    // An admin's tag purge reaches everything.
+    fill();
+    assert_eq!(purged(&purge(&admin, "tag=all")), (200, Some(5)));
+
+    // Path prefixes: within the owner's app; anything for an admin.
+    fill();
+    assert_eq!(purged(&purge(&owner, "prefix=/shop/img/")), (200, Some(2)));
+    assert!(!cached("/shop/img/a.png") && cached("/shop/page"));
+    assert_eq!(purge(&other, "prefix=/shop/").status, 403, "not their app");
+    assert_eq!(purged(&purge(&admin, "prefix=%2F")), (200, Some(4)), "all but b.png, gone since the owner's purge");
+
+    // Bad input names the field.
+    for (query, field) in
+        [("tag=", "tag"), ("prefix=img", "prefix"), ("tag=a&prefix=/shop", "prefix"), ("tags=a", "tags")]
+    {
+        let res = purge(&owner, query);
+        assert_eq!(res.status, 400, "{query}: {}", res.text());
+        assert!(res.text().contains(field), "{query}: {}", res.text());
+    }
+}
+
+// --- Compression: encoded variants kept with the stored answer -----------------------------------
+
+fn compress_proxy(backend: &TestBackend) -> Server {
+    let mut config = test_config(&[backend.addr]);
+    config.ttl = Duration::from_secs(600);
+    config.compress = true;
+    config.compress_min_bytes = 1024;
+    start_proxy(config)
+}
+
+fn decoded(res: &Response) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    match res.header("content-encoding") {
+        Some("gzip") => flate2::read::GzDecoder::new(res.body.as_slice()).read_to_end(&mut out).map(|_| ()),
+        Some("br") => brotli::Decompressor::new(res.body.as_slice(), 4096).read_to_end(&mut out).map(|_| ()),
+        None => {
+            out = res.body.clone();
+            Ok(())
+        }
+        Some(other) => panic!("unexpected coding {other}"),
+    }
+    .expect("a body that decodes");
+    out
+}
+
+#[test]
+fn compression_picks_the_clients_coding_and_hits_reuse_the_stored_encodings() {
+    let page = "<p>pibl compresses what it stores</p>\n".repeat(80);
+    let body = page.clone();
+    let backend = TestBackend::start(move |_| {
+        ok_with("Content-Type: text/html; charset=utf-8\r\nCache-Control: max-age=60\r\nETag: \"p1\"\r\n", &body)
+    });
+    let proxy = compress_proxy(&backend);
+    let gz = get_with(&proxy, "/page", "Accept-Encoding: gzip, br;q=0.5\r\n");
+    assert_eq!((gz.status, x_cache(&gz), gz.header("content-encoding")), (200, "MISS", Some("gzip")));
+    assert!(gz.body.len() < page.len() / 4, "{} bytes", gz.body.len());
+    assert_eq!(decoded(&gz), page.as_bytes());
+    assert_eq!(gz.header("vary"), Some("Accept-Encoding"));
+    assert_eq!(gz.header("etag"), Some("W/\"p1\""), "another representation: a weak tag");
+
+    let br = get_with(&proxy, "/page", "Accept-Encoding: gzip;q=0.8, br\r\n");
+    assert_eq!((x_cache(&br), br.header("content-encoding")), ("HIT", Some("br")));
+    assert_eq!(decoded(&br), page.as_bytes());
+
+    for (accept, name) in [
+        ("", "none"),
+        ("Accept-Encoding: identity\r\n", "identity"),
+        ("Accept-Encoding: gzip;q=0, br;q=0\r\n", "refused"),
+    ] {
+        let plain = get_with(&proxy, "/page", accept);
+        assert_eq!((x_cache(&plain), plain.header("content-encoding")), ("HIT", None), "{name}");
+        assert_eq!((plain.text(), plain.header("vary")), (page.clone(), Some("Accept-Encoding")), "{name}");
+    }
+    let range = get_with(&proxy, "/page", "Accept-Encoding: gzip\r\nRange: bytes=0-9\r\n");
+    assert_eq!(range.header("content-encoding"), None, "never for ranges");
+    assert_eq!(backend.requests(), 1, "one fetch, every coding from storage");
+}
+
+#[test]
+fn compression_leaves_unfit_answers_alone() {
+    let long = "x".repeat(4096);
+    let cases: &[(&str, &str, &str)] = &[
+        ("image", "Content-Type: image/png\r\n", &long),
+        ("small", "Content-Type: text/plain\r\n", "tiny body"),
+        ("encoded", "Content-Type: text/plain\r\nContent-Encoding: deflate\r\n", &long),
+        ("no-transform", "Content-Type: text/plain\r\nCache-Control: max-age=60, no-transform\r\n", &long),
+    ];
+    for (name, fields, body) in cases {
+        let (fields, body) = (fields.to_string(), body.to_string());
+        let backend = TestBackend::start(move |_| {
+            let cc = if fields.contains("Cache-Control") { "" } else { "Cache-Control: max-age=60\r\n" };
+            ok_with(&format!("{cc}{fields}"), &body)
+        });
+        let proxy = compress_proxy(&backend);
+        for _ in 0..2 {
+            let res = get_with(&proxy, "/x", "Accept-Encoding: gzip, br\r\n");
+            let expected = if *name == "encoded" { Some("deflate") } else { None };
+            assert_eq!(res.header("content-encoding"), expected, "{name}");
+            assert_eq!(res.header("vary"), None, "{name}");
+        }
+    }
+    // Off by default.
+    let backend =
+        TestBackend::start(|_| ok_with("Content-Type: text/plain\r\nCache-Control: max-age=60\r\n", &"y".repeat(4096)));
+    let proxy = cache_proxy(&backend);
+    for _ in 0..2 {
+        assert_eq!(get_with(&proxy, "/y", "Accept-Encoding: gzip\r\n").header("content-encoding"), None);
+    }
+}
+
+#[test]
+fn a_route_may_turn_the_cache_off_or_set_its_own_compress() {
+    let body = "route text, compressible enough. ".repeat(64);
+    let page = body.clone();
+    let backend =
+        TestBackend::start(move |_| ok_with("Content-Type: text/plain\r\nCache-Control: max-age=60\r\n", &page));
+    let ini = format!(
+        "[route.live]\nprefix = /live/\nservers = {0}\ncache = off\n\n[route.raw]\nprefix = /raw/\nservers = {0}\ncompress = off\n",
+        backend.addr
+    );
+    let mut config = test_config(&[backend.addr]);
+    config.ttl = Duration::from_secs(600);
+    config.compress = true;
+    config.routes = pibl::Config::from_ini_str(&ini, "routes.ini").expect("valid routes").routes;
+    let proxy = start_proxy(config);
+    for _ in 0..2 {
+        let live = get_with(&proxy, "/live/a", "Accept-Encoding: gzip\r\n");
+        assert_eq!((live.header("x-cache"), live.header("content-encoding")), (None, None), "cache = off");
+    }
+    assert_eq!(backend.requests(), 2);
+    get_with(&proxy, "/raw/a", "Accept-Encoding: gzip\r\n");
+    let raw = get_with(&proxy, "/raw/a", "Accept-Encoding: gzip\r\n");
+    assert_eq!((x_cache(&raw), raw.header("content-encoding"), raw.text()), ("HIT", None, body.clone()));
+    let default = get_with(&proxy, "/other", "Accept-Encoding: gzip\r\n");
+    assert_eq!(default.header("content-encoding"), Some("gzip"), "[DEFAULT]'s compress elsewhere");
+}
+
+#[test]
+fn rfc_9110_section_9_3_2_a_head_miss_goes_upstream_as_get_and_fills_the_cache() {
+    let backend = scripted("Cache-Control: max-age=60\r\n");
+    let proxy = cache_proxy(&backend);
+    let head = head_request(&proxy, "/hm");
+    assert_eq!((head.status, x_cache(&head), head.header("content-length")), (200, "MISS", Some("10")));
+    assert_eq!(backend.last().method, "GET");
+    let get = get_with(&proxy, "/hm", "");
+    assert_eq!((x_cache(&get), get.text().as_str()), ("HIT", "response 1"));
+    assert_eq!(backend.requests(), 1);
+
+    // Not storable: the head alone all the same, and the connection stays in step.
+    let backend = scripted("Cache-Control: no-store\r\n");
+    let proxy = cache_proxy(&backend);
+    let mut client = Client::connect(proxy.local_addr());
+    client.send(b"HEAD /ns HTTP/1.1\r\nHost: t\r\n\r\n");
+    let head = client.read_response(true).unwrap();
+    assert_eq!((head.status, head.header("content-length")), (200, Some("10")));
+    client.send(b"GET /ns HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(client.read_response(false).unwrap().text(), "response 2");
+}

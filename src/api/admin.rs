@@ -1,5 +1,6 @@
 //! The admin endpoints: the lock-out's blocked list and unblocking (admins only), and purging the
-//! data plane's response cache (one URL of the caller's own app, or anything for an admin).
+//! data plane's response cache (one URL, a tag or a path prefix of the caller's own apps, or anything
+//! for an admin).
 
 use serde_json::json;
 
@@ -9,6 +10,7 @@ use super::input::{app_id, percent_decode};
 use super::json::FieldError;
 use super::reply::{ApiError, ApiResult, Reply};
 use super::state::ApiState;
+use crate::cache::Cache;
 use crate::http::request::Request;
 use crate::store::CachePurge;
 
@@ -32,27 +34,75 @@ pub fn unblock(state: &ApiState, req: &Request, email: &str) -> ApiResult<Reply>
     }
 }
 
-/// `DELETE /api/cache?url=<url>` drops the stored responses of one URL of the user's own app (any URL
-/// for an admin); `DELETE /api/cache` with no `url` empties the cache, for admins only.
+/// The query parameters of `DELETE /api/cache`, at most one of which may be given.
+pub const PURGE_PARAMETERS: [&str; 3] = ["url", "tag", "prefix"];
+
+/// Reads the one purge parameter of a query, decoded: `None` for an empty query.
+fn purge_parameter(query: &str) -> ApiResult<Option<(&'static str, String)>> {
+    let mut found: Option<(&'static str, String)> = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let bad = |message: String| ApiError::BadParameter(FieldError::new(key, message));
+        let Some(name) = PURGE_PARAMETERS.iter().copied().find(|p| *p == key) else {
+            return Err(bad(format!("is not a parameter here; give one of {}", PURGE_PARAMETERS.join(", "))));
+        };
+        if let Some((first, _)) = &found {
+            return Err(bad(format!("cannot be given with {first}; purge by one of them at a time")));
+        }
+        let value = percent_decode(value).ok_or_else(|| bad("is not valid percent-encoded UTF-8".into()))?;
+        if value.is_empty() {
+            return Err(bad("is empty".into()));
+        }
+        found = Some((name, value));
+    }
+    Ok(found)
+}
+
+/// `DELETE /api/cache?url=<url>` drops the stored responses of one URL, `?tag=<tag>` every answer a
+/// backend tagged so (`Cache-Tag`, `Surrogate-Key`), `?prefix=</path/>` every URL under a path
+/// prefix: of the user's own apps, or anything for an admin. With no parameter an admin empties
+/// the whole cache.
 pub fn purge_cache(state: &ApiState, req: &Request, query: &str) -> ApiResult<Reply> {
     let user = authenticate(state, req)?;
     let admin = is_admin(state, &user);
-    let url = query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(key, _)| *key == "url")
-        .map(|(_, value)| {
-            percent_decode(value)
-                .ok_or_else(|| ApiError::BadParameter(FieldError::new("url", "is not valid percent-encoded UTF-8")))
-        })
-        .transpose()?;
+    let parameter = purge_parameter(query)?;
     let Some(cache) = &state.cache else {
         return Ok(Reply::json(200, json!({ "purged": 0, "message": "the cache is off (ttl = 0)" })));
+    };
+    let url = match parameter {
+        Some(("tag", tag)) => {
+            // An owner's tag purge reaches only answers their own apps gave.
+            let own: Option<Vec<String>> =
+                if admin { None } else { Some(state.store.apps_of(user.id)?.into_iter().map(|a| a.name).collect()) };
+            let purged = cache.purge_where(|_, entry| {
+                entry.has_tag(&tag)
+                    && own.as_ref().is_none_or(|own| entry.origin().app.as_ref().is_some_and(|app| own.contains(app)))
+            });
+            return Ok(Reply::json(200, json!({ "purged": purged, "tag": tag })));
+        }
+        Some(("prefix", prefix)) => {
+            if !prefix.starts_with('/') {
+                return Err(ApiError::BadParameter(FieldError::new("prefix", "must be a path starting with /")));
+            }
+            let app = if admin {
+                None
+            } else {
+                let first = prefix.trim_start_matches('/').split(['/', '?']).next().unwrap_or("");
+                Some(own_app(state, &user, app_id(first)?)?.name)
+            };
+            let purged = cache.purge_where(|key, entry| {
+                Cache::key_target(key).starts_with(prefix.as_str())
+                    && app.as_ref().is_none_or(|app| entry.origin().app.as_ref() == Some(app))
+            });
+            return Ok(Reply::json(200, json!({ "purged": purged, "prefix": prefix })));
+        }
+        Some((_, url)) => Some(url),
+        None => None,
     };
     let Some(url) = url else {
         if !admin {
             return Err(ApiError::Forbidden(
-                "only admins may empty the whole cache; give ?url= to purge one URL".into(),
+                "only admins may empty the whole cache; give ?url=, ?tag= or ?prefix= to purge part of it".into(),
             ));
         }
         let purged = cache.purge_all();

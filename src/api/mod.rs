@@ -19,6 +19,9 @@ pub mod throttle;
 mod users;
 mod wire;
 
+/// The query parameters `DELETE /api/cache` takes, for the spec's test.
+pub use admin::PURGE_PARAMETERS;
+
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};

@@ -6,9 +6,13 @@
 //! A hit locks one shard just long enough to clone an `Arc<Entry>`; bodies are shared `Arc<[u8]>` and
 //! response heads are built once at store time, so serving a hit copies nothing per request.
 
+pub mod compress;
 mod entry;
 pub mod policy;
 mod shards;
 
-pub use entry::{response_facts, vary_names, Entry, VaryValues};
+pub use entry::{
+    governing_cache_control, is_targeted_cache_control, response_facts, vary_names, Encoded, Entry, Origin, VaryValues,
+    TARGETED_CACHE_CONTROL,
+};
 pub use shards::{Cache, Flight, FlightGuard, Join, Limits, Stats, PASS_TIME};

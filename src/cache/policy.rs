@@ -24,6 +24,7 @@ pub struct CacheControl {
     pub must_revalidate: bool,
     pub proxy_revalidate: bool,
     pub only_if_cached: bool,
+    pub no_transform: bool,
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
     pub min_fresh: Option<u64>,
@@ -55,6 +56,7 @@ impl CacheControl {
                     b"must-revalidate" => cc.must_revalidate = true,
                     b"proxy-revalidate" => cc.proxy_revalidate = true,
                     b"only-if-cached" => cc.only_if_cached = true,
+                    b"no-transform" => cc.no_transform = true,
                     b"max-age" => cc.max_age = seconds(),
                     b"s-maxage" => cc.s_maxage = seconds(),
                     b"min-fresh" => cc.min_fresh = seconds(),
@@ -103,6 +105,13 @@ fn parse_delta(v: &[u8]) -> Option<u64> {
     // Longer than any u64: saturate, as RFC 9111 asks for overflowing values.
     let n = std::str::from_utf8(v).ok()?.parse::<u64>().unwrap_or(MAX_DELTA);
     Some(n.min(MAX_DELTA))
+}
+
+/// The value of a response's first `Age` field (RFC 9111 section 5.1): of a list, the first member
+/// counts; a value that is not a non-negative integer (`3600abc`, `-1`, `1.5`) is ignored.
+pub fn parse_age(first_field: &[u8]) -> Option<u64> {
+    let first = first_field.split(|&b| b == b',').next().unwrap_or(first_field);
+    parse_delta(trim(first))
 }
 
 /// The time in a date field's value (`Date`, `Expires`, `If-Modified-Since`, ...), whitespace around it
@@ -205,7 +214,7 @@ pub fn storable(req: &RequestDirectives, res: &ResponseFacts<'_>, ttl: Duration,
         return None;
     }
     let apparent_age = date.and_then(|d| at.response_time.duration_since(d).ok()).unwrap_or(Duration::ZERO);
-    let age_value = res.age.and_then(parse_delta).map(Duration::from_secs).unwrap_or(Duration::ZERO);
+    let age_value = res.age.and_then(parse_age).map(Duration::from_secs).unwrap_or(Duration::ZERO);
     let response_delay = at.response_time.duration_since(at.request_time).unwrap_or(Duration::ZERO);
     let initial_age = apparent_age.max(age_value + response_delay);
     Some(Freshness {
@@ -282,6 +291,25 @@ pub fn not_modified(
         (Some(since), Some(modified)) => modified <= since,
         _ => false,
     }
+}
+
+/// What a HEAD answer and a stored GET answer are compared by (RFC 9111 section 4.3.5).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Validators<'a> {
+    pub etag: Option<&'a [u8]>,
+    pub last_modified: Option<&'a [u8]>,
+    pub content_length: Option<u64>,
+}
+
+/// Whether a 200 to a HEAD describes the stored GET response, so its fields may update it: it carries
+/// a validator, every validator it carries equals the stored one, and so does its `Content-Length` when
+/// it has one. Otherwise the stored response is no longer to be trusted (section 4.3.5).
+pub fn head_updates_stored(stored: Validators<'_>, head: Validators<'_>) -> bool {
+    let same = |h: Option<&[u8]>, s: Option<&[u8]>| h.is_none() || h.map(trim) == s.map(trim);
+    (head.etag.is_some() || head.last_modified.is_some())
+        && same(head.etag, stored.etag)
+        && same(head.last_modified, stored.last_modified)
+        && (head.content_length.is_none() || head.content_length == stored.content_length)
 }
 
 /// Weak comparison of entity tags: equal opaque tags, whatever their `W/` prefix.
@@ -364,6 +392,31 @@ mod tests {
         assert_eq!((fresh.lifetime.as_secs(), fresh.initial_age.as_secs()), (60, 5));
         f.expires = Some(b"0");
         assert!(storable(&RequestDirectives::default(), &f, TTL, at()).is_none(), "invalid Expires is already stale");
+    }
+
+    #[test]
+    fn section_5_1_age_takes_the_first_member_and_ignores_invalid_values() {
+        assert_eq!(parse_age(b"7200, 0"), Some(7200), "a list: the first member");
+        assert_eq!(parse_age(b" 0 ,7200"), Some(0));
+        for invalid in [&b"3600abc"[..], b"-7200", b"7200.0", b"abc", b""] {
+            assert_eq!(parse_age(invalid), None, "{:?}", String::from_utf8_lossy(invalid));
+        }
+        assert_eq!(parse_age(b"2147483649"), Some(MAX_DELTA));
+        let mut f = facts(200, "max-age=3600");
+        f.age = Some(b"7200, 0");
+        let stored = storable(&RequestDirectives::default(), &f, Duration::from_secs(1 << 20), at()).unwrap();
+        assert_eq!(stored.initial_age.as_secs(), 7200);
+    }
+
+    #[test]
+    fn section_4_3_5_a_head_answer_updates_only_a_matching_stored_get() {
+        let stored = Validators { etag: Some(b"\"v1\""), last_modified: None, content_length: Some(10) };
+        let head = |etag: &'static [u8], len| Validators { etag: Some(etag), last_modified: None, content_length: len };
+        assert!(head_updates_stored(stored, head(b"\"v1\"", Some(10))));
+        assert!(head_updates_stored(stored, head(b"\"v1\"", None)));
+        assert!(!head_updates_stored(stored, head(b"\"v2\"", Some(10))), "another etag");
+        assert!(!head_updates_stored(stored, head(b"\"v1\"", Some(11))), "another length");
+        assert!(!head_updates_stored(stored, Validators::default()), "no validator: nothing to compare");
     }
 
     #[test]

@@ -176,10 +176,18 @@ impl Cache {
         self.tick.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The stored variant of `key` that matches the request's header values, marked as used.
-    pub fn lookup(&self, key: &str, request_values: &dyn Fn(&str) -> Option<Vec<u8>>) -> Option<Arc<Entry>> {
+    /// The stored variant of `key` that matches the request's header values and was produced by the
+    /// routing decision `route` ([`Origin::route`](super::Origin)), marked as used. Variants that
+    /// another routing decision produced can never answer this URL again and are dropped.
+    pub fn lookup(
+        &self,
+        key: &str,
+        route: &str,
+        request_values: &dyn Fn(&str) -> Option<Vec<u8>>,
+    ) -> Option<Arc<Entry>> {
         let tick = self.next_tick();
         let mut shard = self.shard(key).lock();
+        shard.remove_where(key, |e| e.origin.route != route, &self.stats);
         let entry = shard.entries.get(key)?.iter().find(|e| e.matches(request_values)).cloned()?;
         let old = entry.last_used.swap(tick, Ordering::Relaxed);
         if let Some(slot) = shard.lru.remove(&old) {
@@ -191,17 +199,23 @@ impl Cache {
     /// Stores `entry` under `key`, replacing the variant with the same `Vary` values, then evicts the
     /// least recently used entries of the shard until it is within its share of `max_bytes`.
     /// Returns false when the entry is too big to store.
-    pub fn insert(&self, key: &str, mut entry: Entry) -> bool {
+    pub fn insert(&self, key: &str, entry: Entry) -> bool {
+        self.store(key, entry).1
+    }
+
+    /// As [`insert`](Cache::insert), giving back the entry, shared, and whether it was stored.
+    pub fn store(&self, key: &str, mut entry: Entry) -> (Arc<Entry>, bool) {
         if entry.body.len() > self.limits.max_object_bytes || entry.size > self.shard_budget() {
-            return false;
+            return (Arc::new(entry), false);
         }
         let tick = self.next_tick();
         entry.id = tick;
         entry.last_used = AtomicU64::new(tick);
         let size = entry.size;
         let entry = Arc::new(entry);
+        let stored = Arc::clone(&entry);
         let mut shard = self.shard(key).lock();
-        shard.remove_where(key, |old| old.vary == entry.vary, &self.stats);
+        shard.remove_where(key, |old| old.vary == entry.vary || old.origin.route != entry.origin.route, &self.stats);
         if shard.entries.get(key).is_some_and(|l| l.len() >= MAX_VARIANTS) {
             let oldest = shard.entries[key].iter().map(|e| e.id).min();
             shard.remove_where(key, |e| Some(e.id) == oldest, &self.stats);
@@ -220,7 +234,7 @@ impl Cache {
             shard.remove_where(&victim_key, |e| e.id == victim_id, &self.stats);
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
         }
-        true
+        (stored, true)
     }
 
     fn shard_budget(&self) -> usize {
@@ -240,15 +254,26 @@ impl Cache {
 
     /// Removes every entry whose key satisfies `doomed` (`host target`); returns how many went.
     pub fn purge_matching(&self, doomed: impl Fn(&str) -> bool) -> usize {
+        self.purge_where(|key, _| doomed(key))
+    }
+
+    /// Removes every entry for which `doomed(key, entry)` holds (by tag, by path prefix, ...);
+    /// returns how many went. Locks each shard in turn, never on the request path.
+    pub fn purge_where(&self, doomed: impl Fn(&str, &Entry) -> bool) -> usize {
         let mut removed = 0;
         for shard in &self.shards {
             let mut shard = shard.lock();
-            let keys: Vec<String> = shard.entries.keys().filter(|k| doomed(k)).cloned().collect();
+            let keys: Vec<String> = shard.entries.keys().cloned().collect();
             for key in keys {
-                removed += shard.remove_where(&key, |_| true, &self.stats);
+                removed += shard.remove_where(&key, |e| doomed(&key, e), &self.stats);
             }
         }
         removed
+    }
+
+    /// The target part of a key (`host target`).
+    pub fn key_target(key: &str) -> &str {
+        key.split_once(' ').map_or(key, |(_, target)| target)
     }
 
     /// The `n` most recently used keys with the body bytes of their newest variant, most recent
@@ -338,7 +363,7 @@ mod tests {
         for i in 0..5 {
             assert!(cache.insert(&format!("h /{i}"), entry(10 + i, Vec::new(), now)));
         }
-        assert!(cache.lookup("h /1", &|_| None).is_some());
+        assert!(cache.lookup("h /1", "", &|_| None).is_some());
         let top = cache.top_keys(3);
         assert_eq!(top, vec![("h /1".to_string(), 11), ("h /4".to_string(), 14), ("h /3".to_string(), 13)]);
     }
@@ -351,13 +376,26 @@ mod tests {
         let plain = vec![("accept-encoding".to_string(), None)];
         assert!(cache.insert("h /", entry(10, gzip, now)));
         assert!(cache.insert("h /", entry(20, plain, now)));
-        let found = |v: Option<&'static [u8]>| cache.lookup("h /", &|_| v.map(|x| x.to_vec())).map(|e| e.body.len());
+        let found =
+            |v: Option<&'static [u8]>| cache.lookup("h /", "", &|_| v.map(|x| x.to_vec())).map(|e| e.body.len());
         assert_eq!(found(Some(b"gzip")), Some(10));
         assert_eq!(found(None), Some(20));
         assert_eq!(found(Some(b"br")), None);
         assert_eq!(cache.invalidate("h /"), 2);
         assert_eq!(cache.stats.entries(), 0);
         assert_eq!(cache.stats.bytes(), 0);
+    }
+
+    #[test]
+    fn an_entry_answers_only_for_the_routing_decision_that_stored_it() {
+        let cache = Cache::new(Limits { max_bytes: 1 << 20, max_object_bytes: 1 << 16 });
+        let now = Instant::now();
+        let origin = |route: &str| crate::cache::Origin { route: route.to_string(), app: None };
+        assert!(cache.insert("h /", entry(10, Vec::new(), now).from_origin(origin("app shop#1"))));
+        assert!(cache.lookup("h /", "app shop#1", &|_| None).is_some());
+        assert!(cache.lookup("h /", "app shop#2", &|_| None).is_none(), "another decision: no match");
+        assert_eq!(cache.stats.entries(), 0, "and the orphan is gone");
+        assert!(cache.lookup("h /", "app shop#1", &|_| None).is_none());
     }
 
     #[test]
@@ -370,8 +408,8 @@ mod tests {
             assert!(cache.stats.bytes() <= limits.max_bytes);
         }
         assert!(cache.stats.evictions.load(Ordering::Relaxed) > 1000);
-        assert!(cache.lookup("h /1999", &|_| None).is_some(), "the newest entry survives");
-        assert!(cache.lookup("h /0", &|_| None).is_none(), "the oldest entry is gone");
+        assert!(cache.lookup("h /1999", "", &|_| None).is_some(), "the newest entry survives");
+        assert!(cache.lookup("h /0", "", &|_| None).is_none(), "the oldest entry is gone");
         assert!(!cache.insert("h /big", entry(20 * 1024, Vec::new(), now)), "over max_object_bytes");
     }
 
@@ -383,7 +421,7 @@ mod tests {
         cache.insert("h /hot", entry(1024, Vec::new(), now));
         for i in 0..500 {
             cache.insert(&format!("h /{i}"), entry(1024, Vec::new(), now));
-            assert!(cache.lookup("h /hot", &|_| None).is_some(), "hot entry evicted after {i} inserts");
+            assert!(cache.lookup("h /hot", "", &|_| None).is_some(), "hot entry evicted after {i} inserts");
         }
     }
 
@@ -421,6 +459,6 @@ mod tests {
         cache.insert("h /b", with_etag);
         assert_eq!(cache.reclaim_expired(now + Duration::from_secs(30)), 0);
         assert_eq!(cache.reclaim_expired(now + Duration::from_secs(61)), 1);
-        assert!(cache.lookup("h /b", &|_| None).is_some());
+        assert!(cache.lookup("h /b", "", &|_| None).is_some());
     }
 }

@@ -180,6 +180,26 @@ pub(super) const LAYOUT: &[Entry] = &[
         apply: |c, v| parse_size(v).map(|x| c.cache_max_object_bytes = x as usize),
         render: |c| render_size(c.cache_max_object_bytes as u64),
     }),
+    Entry::Key(KeySpec {
+        name: "strip_targeted_cache_control",
+        help: "A backend's Pibl-Cache-Control, else its CDN-Cache-Control (RFC 9213), rules the cache\n\
+               instead of Cache-Control. on = pibl keeps those two fields to itself (on or off).",
+        apply: |c, v| parse_bool(v).map(|x| c.strip_targeted_cache_control = x),
+        render: |c| if c.strip_targeted_cache_control { "on" } else { "off" }.to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "compress",
+        help: "on = cached text, JSON, JavaScript, SVG and similar answers are also kept gzip- and\n\
+               brotli-encoded and served so to clients whose Accept-Encoding takes it (on or off).",
+        apply: |c, v| parse_bool(v).map(|x| c.compress = x),
+        render: |c| if c.compress { "on" } else { "off" }.to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "compress_min_bytes",
+        help: "Smallest body compressed, in bytes (k, m, g allowed).",
+        apply: |c, v| parse_size(v).map(|x| c.compress_min_bytes = x),
+        render: |c| render_size(c.compress_min_bytes),
+    }),
     Entry::Group("Limits and access"),
     Entry::Key(KeySpec {
         name: "rate_limit",

@@ -29,6 +29,7 @@ pub(super) const ROUTES_HELP: &str = "
 #   expose_auth = false                   true: the auth_url itself may be reached through the route
 #   cache = on                            off: never stored nor served from the cache (to watch the
 #                                         balancing, or for answers that must always be fresh)
+#   compress = on                         this route's compress (default: [DEFAULT]'s)
 # Example:
 # [route.games]
 # prefix = /games/
@@ -160,12 +161,14 @@ pub struct RouteConfig {
     pub health_path: Option<String>,
     /// The auth URL may be reached through this route.
     pub expose_auth: bool,
-    /// Answers may be stored and served from the response cache (`cache = off` turns it off).
+    /// `cache`: the response cache serves and stores this route's answers.
     pub cache: bool,
+    /// `compress`: this route's own compress switch; `None` takes `[DEFAULT]`'s.
+    pub compress: Option<bool>,
 }
 
 /// Every key a `[route.NAME]` section may hold.
-pub(super) const ROUTE_KEYS: [&str; 12] = [
+pub(super) const ROUTE_KEYS: [&str; 13] = [
     "prefix",
     "servers",
     "balance",
@@ -178,6 +181,7 @@ pub(super) const ROUTE_KEYS: [&str; 12] = [
     "health_path",
     "expose_auth",
     "cache",
+    "compress",
 ];
 
 /// Validates one `[route.NAME]` section.
@@ -241,7 +245,9 @@ pub(super) fn parse_section(
         |key: &str| get(key).map(parse_bool).transpose().map(Option::unwrap_or_default).map_err(|e| invalid(key, e));
     let strip_prefix = flag("strip_prefix")?;
     let expose_auth = flag("expose_auth")?;
-    let cache = get("cache").map(parse_bool).transpose().map_err(|e| invalid("cache", e))?.unwrap_or(true);
+    let switch = |key: &str| get(key).map(parse_bool).transpose().map_err(|e| invalid(key, e));
+    let cache = switch("cache")?.unwrap_or(true);
+    let compress = switch("compress")?;
     let auth = match get("auth").unwrap_or("none") {
         "none" => RouteAuth::None,
         "jwt" => RouteAuth::Jwt,
@@ -284,6 +290,7 @@ pub(super) fn parse_section(
         health_path,
         expose_auth,
         cache,
+        compress,
     })
 }
 
@@ -392,6 +399,9 @@ pub(super) fn render(route: &RouteConfig) -> String {
     if !route.cache {
         out.push_str("cache = off\n");
     }
+    if let Some(compress) = route.compress {
+        out.push_str(if compress { "compress = on\n" } else { "compress = off\n" });
+    }
     out
 }
 
@@ -404,6 +414,18 @@ mod tests {
         "[DEFAULT]\nip_server1 = 127.0.0.1:9001\n\n[route.users]\nprefix = /users/\nservers = 127.0.0.1:5100\n\n\
         [route.games]\nprefix = /games/\nservers = 127.0.0.1:5101, 127.0.0.1:5102, 127.0.0.1:5103\nauth = request\n\
         auth_url = http://127.0.0.1:5100/auth\nstrip_prefix = false\nbalance = round_robin\n";
+
+    #[test]
+    fn cache_and_compress_switches_load_and_round_trip() {
+        let text = "[route.live]\nprefix = /live/\nservers = 127.0.0.1:1\ncache = off\ncompress = on\n";
+        let config = Config::from_ini_str(text, "r.ini").unwrap();
+        assert_eq!((config.routes[0].cache, config.routes[0].compress), (false, Some(true)));
+        assert_eq!(Config::from_ini_str(&config.to_ini(), "again"), Ok(config));
+        let plain = Config::from_ini_str(SEED, "g.ini").unwrap();
+        assert_eq!((plain.routes[0].cache, plain.routes[0].compress), (true, None));
+        let bad = Config::from_ini_str("[route.x]\nprefix = /x\nservers = 127.0.0.1:1\ncache = maybe\n", "b.ini");
+        assert!(bad.is_err_and(|e| e.to_string().contains("cache")));
+    }
 
     #[test]
     fn the_issue_example_loads_and_round_trips() {

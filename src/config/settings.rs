@@ -35,6 +35,14 @@ pub struct Config {
     pub cache_max_bytes: usize,
     /// `cache_max_object_bytes`: largest response body the cache keeps.
     pub cache_max_object_bytes: usize,
+    /// `strip_targeted_cache_control`: `CDN-Cache-Control` and `Pibl-Cache-Control`, which pibl
+    /// obeys, are not passed on to clients.
+    pub strip_targeted_cache_control: bool,
+    /// `compress`: stored text-like answers are kept gzip- and brotli-encoded too, and served so to
+    /// clients that accept it.
+    pub compress: bool,
+    /// `compress_min_bytes`: smaller bodies are not compressed.
+    pub compress_min_bytes: u64,
     /// `ip_server1..N`: the default backend pool, in order.
     pub backends: Vec<BackendAddr>,
     /// `header_timeout`: time a client has to send a complete request head.
@@ -116,6 +124,9 @@ impl Default for Config {
             ttl: Duration::from_secs(60),
             cache_max_bytes: 64 * 1024 * 1024,
             cache_max_object_bytes: 1024 * 1024,
+            strip_targeted_cache_control: false,
+            compress: false,
+            compress_min_bytes: 1024,
             backends: default_backends(),
             header_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),

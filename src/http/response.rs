@@ -98,12 +98,25 @@ pub fn read_head<R: Read>(
     step: usize,
     request_was_head: bool,
 ) -> Result<Response, ReadHeadError> {
+    read_head_with_interim(buf, src, step, request_was_head, &mut |_| {})
+}
+
+/// As [`read_head`], handing each interim 1xx answer (`103 Early Hints`, ...) to `on_interim` as it
+/// arrives, so a proxy can pass it on before the final answer exists (RFC 9110 section 15.2).
+pub fn read_head_with_interim<R: Read>(
+    buf: &mut ReadBuf,
+    src: &mut R,
+    step: usize,
+    request_was_head: bool,
+    on_interim: &mut dyn FnMut(&Response),
+) -> Result<Response, ReadHeadError> {
     loop {
         if !buf.is_empty() {
             match parse(buf.filled(), request_was_head) {
                 Ok(Some((res, len))) => {
                     buf.consume(len);
                     if res.is_informational() && res.status != 101 {
+                        on_interim(&res);
                         continue;
                     }
                     return Ok(res);

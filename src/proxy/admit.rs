@@ -64,7 +64,9 @@ pub fn admit<'r>(
             }
         },
     };
-    Ok(Dispatch { upstream, target, client, auth_user })
+    let cache = route.is_none_or(|r| r.config.cache);
+    let compress = route.and_then(|r| r.config.compress).unwrap_or(shared.config.compress);
+    Ok(Dispatch { upstream, target, client, auth_user, cache, compress })
 }
 
 /// `auth = jwt`: a token from pibl's own `/api/auth`, checked locally (signature, `nbf`, `exp`);

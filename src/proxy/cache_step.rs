@@ -9,8 +9,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use crate::cache::compress::{self, Candidate};
 use crate::cache::policy::{self, CacheControl, Exchange, Freshness, RequestDirectives, Usability};
-use crate::cache::{response_facts, vary_names, Cache, Entry, FlightGuard, Join, VaryValues, PASS_TIME};
+use crate::cache::{response_facts, vary_names, Cache, Entry, FlightGuard, Join, Origin, VaryValues, PASS_TIME};
 use crate::http::body::Tee;
 use crate::http::buffer::WriteBatch;
 use crate::http::request::Request;
@@ -28,11 +29,24 @@ pub const CACHE_LABEL: &str = "cache";
 pub struct CachePlan<'c> {
     pub cache: &'c Cache,
     pub key: String,
+    /// The routing decision of this request: only entries it produced may answer, and what is
+    /// stored is marked with it.
+    pub origin: Origin,
     pub directives: RequestDirectives,
     /// A stored response that must be revalidated, or can stand in if the backend fails.
     pub stale: Option<Arc<Entry>>,
     /// The response may be stored (GET without `no-store`).
     pub store: bool,
+    /// The client sent its own `If-None-Match` / `If-Modified-Since`.
+    pub client_conditional: bool,
+    /// A HEAD that nothing stored answers goes upstream as a GET, so its answer fills the cache
+    /// (as nginx's `proxy_cache_convert_head`); the client still gets the head alone.
+    pub head_as_get: bool,
+    /// `strip_targeted_cache_control`: stored heads leave the targeted fields out.
+    pub hide_targeted: bool,
+    /// `compress = on`: what is stored gets its gzip and brotli variants when it is at least this
+    /// long (`compress_min_bytes`) and fit to compress.
+    pub compress_min: Option<u64>,
     pub request_time: SystemTime,
     /// Held while this request fetches the URL for others waiting on it; dropped with the plan.
     pub leader: Option<FlightGuard<'c>>,
@@ -42,6 +56,23 @@ impl CachePlan<'_> {
     /// The entry whose validators go out with the request, when revalidating.
     pub fn revalidating(&self) -> Option<&Entry> {
         self.stale.as_deref().filter(|e| e.has_validator())
+    }
+
+    /// A storable miss with the client's own conditionals: the backend is asked for the full
+    /// answer, which fills the cache, and the client gets its 304 from the stored copy.
+    pub fn fills_for_client_conditional(&self) -> bool {
+        self.store && self.client_conditional && self.revalidating().is_none()
+    }
+
+    /// Whether this answer goes to the client from its stored copy rather than streamed: for a
+    /// conditional miss (to answer 304), or when the client takes an encoding pibl will store
+    /// (so the miss is compressed as the hits are).
+    pub fn answers_from_storage(&self, req: &Request, res: &Response) -> bool {
+        let Framing::Length(len) = res.framing else { return false };
+        let compressed = self.compress_min.is_some_and(|min| {
+            client_coding(req).is_some() && compress::may_compress(&compress_candidate(res, len), min)
+        });
+        self.head_as_get || (res.status == 200 && (self.fills_for_client_conditional() || compressed))
     }
 
     /// The stale entry if policy lets it answer at `now` for a failed backend.
@@ -92,7 +123,7 @@ pub enum Lookup<'c> {
     /// `only-if-cached` and nothing usable is stored.
     NotCached,
     /// The request goes to a backend with this plan for the answer.
-    Forward(CachePlan<'c>),
+    Forward(Box<CachePlan<'c>>),
 }
 
 /// Looks the request up: a usable stored response answers it; otherwise it is forwarded with a
@@ -105,7 +136,12 @@ pub fn lookup<'c>(ctx: &RequestCtx<'_>, cache: &'c Cache) -> Lookup<'c> {
     let mut plan = CachePlan {
         cache,
         key: Cache::key(req.host(), req.target()),
+        origin: ctx.dispatch.cache_origin(),
         store: is_get && !directives.cc.no_store,
+        client_conditional: req.header("if-none-match").is_some() || req.header("if-modified-since").is_some(),
+        head_as_get: false,
+        hide_targeted: shared.config.strip_targeted_cache_control,
+        compress_min: ctx.dispatch.compress.then_some(shared.config.compress_min_bytes),
         directives,
         stale: None,
         request_time: shared.clock.wall(),
@@ -113,12 +149,12 @@ pub fn lookup<'c>(ctx: &RequestCtx<'_>, cache: &'c Cache) -> Lookup<'c> {
     };
     if plan.directives.cc.no_store {
         cache.stats.misses.fetch_add(1, Ordering::Relaxed);
-        return Lookup::Forward(plan);
+        return Lookup::Forward(Box::new(plan));
     }
     let values = |name: &str| request_value(req, name);
     let mut waited = false;
     plan.leader = loop {
-        if let Some(entry) = cache.lookup(&plan.key, &values) {
+        if let Some(entry) = cache.lookup(&plan.key, &plan.origin.route, &values) {
             let now = shared.clock.now();
             let allowed = !plan.directives.has_authorization || entry.freshness.shareable_with_auth;
             if allowed {
@@ -154,11 +190,39 @@ pub fn lookup<'c>(ctx: &RequestCtx<'_>, cache: &'c Cache) -> Lookup<'c> {
             }
         }
     };
+    if req.is_head() && plan.stale.is_none() {
+        plan.head_as_get = true;
+        plan.store = true;
+    }
     cache.stats.misses.fetch_add(1, Ordering::Relaxed);
-    Lookup::Forward(plan)
+    Lookup::Forward(Box::new(plan))
 }
 
-/// Writes a stored response to the client, or 304 when the client's own validators match it.
+/// The content coding a request takes, by its `Accept-Encoding` (none for a range request: a
+/// range of an encoded body is another thing).
+pub fn client_coding(req: &Request) -> Option<compress::Coding> {
+    if req.header("range").is_some() {
+        return None;
+    }
+    compress::choose(req.headers().filter(|(n, _)| n.eq_ignore_ascii_case("accept-encoding")).map(|(_, v)| v))
+}
+
+/// What decides whether a backend's answer may be compressed, with its body length.
+fn compress_candidate(res: &Response, body_len: u64) -> Candidate<'_> {
+    let cc =
+        CacheControl::parse(res.headers().filter(|(n, _)| n.eq_ignore_ascii_case("cache-control")).map(|(_, v)| v));
+    Candidate {
+        status: res.status,
+        content_type: res.header("content-type"),
+        content_encoding: res.header("content-encoding"),
+        has_content_range: res.header("content-range").is_some(),
+        no_transform: cc.no_transform,
+        body_len,
+    }
+}
+
+/// Writes a stored response to the client (in the encoding it prefers, when one is stored), or 304
+/// when the client's own validators match it.
 pub fn serve_entry(ctx: &mut RequestCtx<'_>, entry: &Entry, label: &str) -> Answer {
     let (shared, req) = (ctx.shared, ctx.req);
     let keep_alive = ctx.may_keep_alive();
@@ -169,6 +233,8 @@ pub fn serve_entry(ctx: &mut RequestCtx<'_>, entry: &Entry, label: &str) -> Answ
         entry.header("etag"),
         entry.header("last-modified"),
     ) && entry.status == 200;
+    let encoded = client_coding(req).and_then(|coding| entry.encoded(coding));
+    let (head, body) = encoded.map_or((&entry.head, &entry.body), |e| (&e.head, &e.body));
     let mut body_bytes = 0;
     let mut dst = WriteBatch::new(&mut ctx.scratch.out, &mut ctx.conn.stream, shared.config.buffer_size);
     let written = (|| -> io::Result<u16> {
@@ -185,14 +251,14 @@ pub fn serve_entry(ctx: &mut RequestCtx<'_>, entry: &Entry, label: &str) -> Answ
                 }
             }
         } else {
-            dst.put(&entry.head)?;
-            write!(dst, "Content-Length: {}\r\n", entry.body.len())?;
+            dst.put(head)?;
+            write!(dst, "Content-Length: {}\r\n", body.len())?;
         }
         write!(dst, "Age: {age}\r\nX-Cache: {label}\r\n")?;
         dst.put(if keep_alive { b"\r\n" as &[u8] } else { b"Connection: close\r\n\r\n" })?;
         if !not_modified && !req.is_head() {
-            dst.put(&entry.body)?;
-            body_bytes = entry.body.len() as u64;
+            dst.put(body)?;
+            body_bytes = body.len() as u64;
         }
         dst.send()?;
         Ok(if not_modified { 304 } else { entry.status })
@@ -259,13 +325,48 @@ fn storable_answer(
 
 /// Stores a response whose body streamed through completely.
 pub fn finish_storing(plan: &CachePlan<'_>, res: &Response, pending: Pending) {
+    store_answer(plan, res, pending);
+}
+
+/// Stores a response whose body was read completely, and gives back the entry (stored, or built
+/// but too big to keep); `None` when the body outgrew `cache_max_object_bytes` on the way.
+pub fn store_answer(plan: &CachePlan<'_>, res: &Response, pending: Pending) -> Option<Arc<Entry>> {
     if pending.tee.overflowed {
-        return;
+        return None;
     }
     let body: Arc<[u8]> = pending.tee.data.into();
+    let len = body.len() as u64;
     let entry =
-        Entry::new(res.status, res.reason(), res.headers(), body, pending.freshness, pending.vary, pending.received_at);
-    plan.cache.insert(&plan.key, entry);
+        Entry::new(res.status, res.reason(), res.headers(), body, pending.freshness, pending.vary, pending.received_at)
+            .from_origin(plan.origin.clone())
+            .hiding_targeted(plan.hide_targeted);
+    let entry = match plan.compress_min {
+        Some(min) if compress::may_compress(&compress_candidate(res, len), min) => entry.with_encodings(),
+        _ => entry,
+    };
+    Some(plan.cache.store(&plan.key, entry).0)
+}
+
+/// After a 200 to a forwarded HEAD: the stored GET response it could have been answered from is
+/// updated with its fields when they describe the same representation, and dropped when they do
+/// not (RFC 9111 section 4.3.5).
+pub fn update_from_head(shared: &Shared, plan: &CachePlan<'_>, res: &Response) {
+    let Some(stored) = plan.stale.as_deref() else { return };
+    let stored_validators = policy::Validators {
+        etag: stored.header("etag"),
+        last_modified: stored.header("last-modified"),
+        content_length: Some(stored.body.len() as u64),
+    };
+    let head_validators = policy::Validators {
+        etag: res.header("etag"),
+        last_modified: res.header("last-modified"),
+        content_length: res.header("content-length").and_then(crate::http::parse_content_length),
+    };
+    if policy::head_updates_stored(stored_validators, head_validators) {
+        refresh_from_304(shared, plan, stored, res);
+    } else {
+        plan.cache.remove_entry(&plan.key, stored);
+    }
 }
 
 /// After a 304 to a revalidation: merges its fields into the stored entry and stores the result.
@@ -283,7 +384,9 @@ pub fn refresh_from_304(shared: &Shared, plan: &CachePlan<'_>, stale: &Entry, re
             let entry = stale.refreshed(res.headers(), freshness, shared.clock.now());
             plan.cache.insert(&plan.key, entry);
             plan.cache.stats.revalidated.fetch_add(1, Ordering::Relaxed);
-            plan.cache.lookup(&plan.key, &|name| stale.vary_value(name)).unwrap_or_else(|| Arc::new(merged))
+            plan.cache
+                .lookup(&plan.key, &plan.origin.route, &|name| stale.vary_value(name))
+                .unwrap_or_else(|| Arc::new(merged))
         }
         None => {
             // The origin no longer allows storing it: answer this once, then forget it.
@@ -328,6 +431,8 @@ fn schedule_refresh(shared: &Shared, key: &str, req: &Request, dispatch: &Dispat
             target: Cow::Owned(dispatch.target.to_string()),
             client: dispatch.client,
             auth_user: None,
+            cache: dispatch.cache,
+            compress: dispatch.compress,
         },
         entry: Arc::clone(entry),
     };

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::cache::Entry;
+use crate::cache::{Entry, Origin};
 use crate::upstream::apps::AppRoute;
 use crate::upstream::backend::Pool;
 
@@ -44,6 +44,32 @@ pub struct Dispatch<'a> {
     pub client: IpAddr,
     /// The auth server's `X-Auth-User`, passed on to the backend.
     pub auth_user: Option<Vec<u8>>,
+    /// The response cache serves and stores these answers (a route's `cache`).
+    pub cache: bool,
+    /// Stored answers are kept compressed too (`compress`, or the route's own).
+    pub compress: bool,
+}
+
+impl Dispatch<'_> {
+    /// The routing decision as the cache records it with what it stores: an answer is only reused
+    /// while the same URL still goes the same way (same app, same backends, same target).
+    pub fn cache_origin(&self) -> Origin {
+        use std::fmt::Write;
+        let mut route = String::with_capacity(64);
+        let app = self.upstream.app();
+        match app {
+            // The database key changes when an app is deleted and its name taken again.
+            Some(app) => {
+                let _ = write!(route, "app {}#{}", app.name, app.pk);
+            }
+            None => route.push_str("pool"),
+        }
+        for backend in self.upstream.pool().backends() {
+            let _ = write!(route, " {}", backend.addr);
+        }
+        let _ = write!(route, " -> {}", self.target);
+        Origin { route, app: app.map(|a| a.name.clone()) }
+    }
 }
 
 /// A stale entry to refresh off the request path (`stale-while-revalidate`).

@@ -4,6 +4,7 @@
 //! turns out closed. [`exchange`] is that loop for any request pibl sends upstream; [`send`] uses it
 //! for a client's request, whose answer `relay` then streams back.
 
+use std::cell::RefCell;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -34,6 +35,9 @@ pub fn upstream_read_step(config: &Config) -> usize {
 /// Streams a request body to the backend after its head.
 pub type SendBody<'b> = dyn FnMut(&mut TcpStream) -> Result<(), ForwardError> + 'b;
 
+/// Passes on an interim 1xx answer of the backend as it arrives.
+pub type OnInterim<'b> = dyn FnMut(&Response) + 'b;
+
 /// One request to send to a pool.
 pub struct Outbound<'p, 'x> {
     pub pool: &'p Pool,
@@ -45,6 +49,8 @@ pub struct Outbound<'p, 'x> {
     pub body: Option<&'x mut SendBody<'x>>,
     /// A HEAD request: its answer has no body, whatever its framing fields say.
     pub is_head: bool,
+    /// Where interim answers (`103 Early Hints`, ...) go; `None`: they are dropped.
+    pub interim: Option<&'x mut OnInterim<'x>>,
 }
 
 /// A backend that answered: its connection, the final response head (its body, if any, follows in
@@ -142,7 +148,14 @@ fn attempt(
     }
 
     buf.clear();
-    match response::read_head(buf, stream, upstream_read_step(config), out.is_head) {
+    let is_head = out.is_head;
+    let interim = &mut out.interim;
+    let mut on_interim = |res: &Response| {
+        if let Some(pass_on) = interim.as_mut() {
+            pass_on(res);
+        }
+    };
+    match response::read_head_with_interim(buf, stream, upstream_read_step(config), is_head, &mut on_interim) {
         Ok(res) if res.status == 101 => Err(AttemptError::Fatal(ForwardError::Upstream(
             "backend switched protocols, which pibl does not relay".into(),
         ))),
@@ -158,13 +171,33 @@ fn attempt(
 }
 
 /// Sends the client's request (head, then body) to the dispatch's pool until a backend answers.
-/// When revalidating a stored entry, its validators go instead of the client's.
-pub fn send<'a>(ctx: &mut RequestCtx<'a>, revalidating: Option<&Entry>) -> Result<Exchanged<'a>, Failure> {
+/// When revalidating a stored entry, its validators go instead of the client's; with
+/// `drop_conditionals` the client's own go neither (the cache wants the full answer to store);
+/// with `head_as_get` a HEAD goes as a GET, whose answer the cache can store.
+/// Interim answers reach an HTTP/1.1 client as they arrive (RFC 9110 section 15.2).
+pub fn send<'a>(
+    ctx: &mut RequestCtx<'a>,
+    revalidating: Option<&Entry>,
+    drop_conditionals: bool,
+    head_as_get: bool,
+) -> Result<Exchanged<'a>, Failure> {
     let (shared, req, dispatch) = (ctx.shared, ctx.req, ctx.dispatch);
-    build_upstream_head(req, dispatch, ctx.conn.peer, revalidating, &mut ctx.scratch.upstream_head);
+    let conditionals = Conditionals { revalidating, drop_client_conditionals: drop_conditionals, head_as_get };
+    build_upstream_head(req, dispatch, ctx.conn.peer, conditionals, &mut ctx.scratch.upstream_head);
     let Scratch { out, upstream_head, upstream_buf, .. } = &mut *ctx.scratch;
-    let conn = &mut *ctx.conn;
+    // The body is sent and interim answers come back at different times; both use the client.
+    let client = RefCell::new(&mut *ctx.conn);
+    let mut pass_on_interim = |res: &Response| {
+        // 100 Continue is pibl's own to send (it answered the client's Expect already), and an
+        // HTTP/1.0 client may not be sent any 1xx.
+        if req.version == 1 && res.status != 100 {
+            // A client that is gone shows when the final answer is written.
+            let _ = client.borrow_mut().stream.write_all(&interim_head(res));
+        }
+    };
     let mut send_body = |stream: &mut TcpStream| -> Result<(), ForwardError> {
+        let mut conn = client.borrow_mut();
+        let conn = &mut **conn;
         if req.expect_continue && conn.buf.is_empty() {
             conn.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").map_err(ForwardError::ClientGone)?;
         }
@@ -188,9 +221,36 @@ pub fn send<'a>(ctx: &mut RequestCtx<'a>, revalidating: Option<&Entry>) -> Resul
             true => Some(&mut send_body),
             false => None,
         },
-        is_head: req.is_head(),
+        is_head: req.is_head() && !head_as_get,
+        interim: Some(&mut pass_on_interim),
     };
     exchange(shared, &mut outbound, upstream_buf)
+}
+
+/// An interim answer as it goes to the client: its status line and end-to-end fields.
+fn interim_head(res: &Response) -> Vec<u8> {
+    let mut head = format!("HTTP/1.1 {} ", res.status).into_bytes();
+    head.extend_from_slice(res.reason());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in res.headers().filter(|(name, _)| !res.connection.drops(name)) {
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value);
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// Which conditional fields the head sent upstream carries.
+#[derive(Clone, Copy)]
+struct Conditionals<'e> {
+    /// A stored entry being revalidated: its validators replace the client's.
+    revalidating: Option<&'e Entry>,
+    /// The client's `If-None-Match` / `If-Modified-Since` stay behind.
+    drop_client_conditionals: bool,
+    /// A HEAD goes as a GET.
+    head_as_get: bool,
 }
 
 /// Writes the head sent to every backend for this request: hop-by-hop fields removed, `Host` kept,
@@ -200,11 +260,14 @@ fn build_upstream_head(
     req: &Request,
     dispatch: &Dispatch<'_>,
     peer: SocketAddr,
-    revalidating: Option<&Entry>,
+    conditionals: Conditionals<'_>,
     out: &mut Vec<u8>,
 ) {
+    let revalidating = conditionals.revalidating;
+    let drop_conditionals = revalidating.is_some() || conditionals.drop_client_conditionals;
     let prefix = dispatch.upstream.app().map(|app| app.prefix.as_str());
-    let mut head = RequestHead::start(out, req.method(), &dispatch.target);
+    let method = if conditionals.head_as_get && req.is_head() { "GET" } else { req.method() };
+    let mut head = RequestHead::start(out, method, &dispatch.target);
     if let Some(host) = req.host() {
         head.field("Host", host.as_bytes());
     }
@@ -220,7 +283,7 @@ fn build_upstream_head(
             || is(name, "via")
             // Only the auth server may say who the user is.
             || is(name, "x-auth-user")
-            || (revalidating.is_some() && (is(name, "if-none-match") || is(name, "if-modified-since")))
+            || (drop_conditionals && (is(name, "if-none-match") || is(name, "if-modified-since")))
         {
             continue;
         }
@@ -246,6 +309,6 @@ fn build_upstream_head(
         head.field("X-Forwarded-Prefix", prefix.as_bytes());
     }
     head.via(req.headers().filter(|(n, _)| is(n, "via")).map(|(_, v)| v), req.version);
-    head.framing(req.framing, req.method());
+    head.framing(req.framing, method);
     head.finish();
 }

@@ -44,10 +44,7 @@ pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Requ
     let app = admitted.as_ref().ok().and_then(|d| d.upstream.app()).cloned();
     let result = match admitted {
         Err(refusal) => Err(Failure::from(ForwardError::Refused(refusal))),
-        Ok(dispatch) => {
-            let cached = route.is_none_or(|r| r.config.cache);
-            answer(&mut RequestCtx { shared, scratch, conn, req: &req, dispatch: &dispatch }, cached)
-        }
+        Ok(dispatch) => answer(&mut RequestCtx { shared, scratch, conn, req: &req, dispatch: &dispatch }),
     };
     let rejection = match &result {
         Err(Failure { error: ForwardError::Refused(refusal), .. }) => metrics::Rejection::of(refusal),
@@ -87,16 +84,18 @@ pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Requ
     next
 }
 
-/// An admitted request: from the cache when it can answer (and its route lets it: `cached`), else
-/// from a backend.
-fn answer(ctx: &mut RequestCtx<'_>, cached: bool) -> Forwarded {
+/// An admitted request: from the cache when it can answer (and its route lets it), else from a
+/// backend.
+fn answer(ctx: &mut RequestCtx<'_>) -> Forwarded {
     let cache: Option<&Cache> = ctx.shared.cache.as_deref();
     match cache {
-        Some(cache) if cached && matches!(ctx.req.method(), "GET" | "HEAD") => match cache_step::lookup(ctx, cache) {
-            Lookup::Stored { entry, label } => Ok(cache_step::serve_entry(ctx, &entry, label)),
-            Lookup::NotCached => Err(Failure::from(ForwardError::NotCached)),
-            Lookup::Forward(plan) => forward(ctx, Some(&plan)),
-        },
+        Some(cache) if ctx.dispatch.cache && matches!(ctx.req.method(), "GET" | "HEAD") => {
+            match cache_step::lookup(ctx, cache) {
+                Lookup::Stored { entry, label } => Ok(cache_step::serve_entry(ctx, &entry, label)),
+                Lookup::NotCached => Err(Failure::from(ForwardError::NotCached)),
+                Lookup::Forward(plan) => forward(ctx, Some(&*plan)),
+            }
+        }
         _ => forward(ctx, None),
     }
 }
@@ -104,7 +103,9 @@ fn answer(ctx: &mut RequestCtx<'_>, cached: bool) -> Forwarded {
 /// Sends the request to the backends in turn until one answers, then relays the answer. With a
 /// cache plan, a stale entry may answer for a failed backend.
 fn forward(ctx: &mut RequestCtx<'_>, plan: Option<&CachePlan<'_>>) -> Forwarded {
-    match forward::send(ctx, plan.and_then(CachePlan::revalidating)) {
+    let drop_conditionals = plan.is_some_and(CachePlan::fills_for_client_conditional);
+    let head_as_get = plan.is_some_and(|p| p.head_as_get);
+    match forward::send(ctx, plan.and_then(CachePlan::revalidating), drop_conditionals, head_as_get) {
         Ok(exchanged) => Ok(relay::relay(ctx, exchanged, plan)),
         Err(failure) => match plan {
             Some(plan) if failure.error.is_backend_fault() => cache_step::stale_on_error(ctx, plan, failure),

@@ -61,9 +61,14 @@ fn refresh(shared: &Shared, cache: &Cache, scratch: &mut Scratch, job: &RefreshJ
     let plan = CachePlan {
         cache,
         key: job.key.clone(),
+        origin: job.dispatch.cache_origin(),
         directives: RequestDirectives::default(),
         stale: Some(Arc::clone(entry)),
         store: true,
+        client_conditional: false,
+        head_as_get: false,
+        hide_targeted: config.strip_targeted_cache_control,
+        compress_min: job.dispatch.compress.then_some(config.compress_min_bytes),
         request_time: shared.clock.wall(),
         leader: None,
     };
@@ -73,6 +78,7 @@ fn refresh(shared: &Shared, cache: &Cache, scratch: &mut Scratch, job: &RefreshJ
         head: &scratch.upstream_head,
         body: None,
         is_head: false,
+        interim: None,
     };
     let Exchanged { backend, mut stream, response: res, in_flight } =
         forward::exchange(shared, &mut outbound, &mut scratch.upstream_buf).map_err(|failure| failure.error)?;
