@@ -241,6 +241,12 @@ fn skip_trailers<R: Read>(src: &mut Source<'_, R>) -> Result<(), BodyError> {
     let mut seen = 0;
     loop {
         let line = src.line()?;
+        // Trailers are dropped, but a bare CR or LF or a control byte in one means the sender frames
+        // lines differently from us: where its message ends is then in doubt.
+        let text = &src.buf.filled()[..line - 2];
+        if text.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Err(BodyError::Malformed("control byte or bare CR/LF in a trailer"));
+        }
         src.buf.consume(line);
         if line == 2 {
             return Ok(());
@@ -317,8 +323,14 @@ mod tests {
 
     #[test]
     fn bad_chunks_are_rejected() {
-        let cases: [&[u8]; 4] =
-            [b"zz\r\nab\r\n0\r\n\r\n", b"2\r\nabc\r\n0\r\n\r\n", b"2\nab\r\n0\r\n\r\n", b"fffffffffffffffffff\r\n"];
+        let cases: [&[u8]; 6] = [
+            b"zz\r\nab\r\n0\r\n\r\n",
+            b"2\r\nabc\r\n0\r\n\r\n",
+            b"2\nab\r\n0\r\n\r\n",
+            b"fffffffffffffffffff\r\n",
+            b"0\r\nA: 1\nB: 2\r\n\r\n",
+            b"0\r\nA: 1\rB: 2\r\n\r\n",
+        ];
         for input in cases {
             let (r, _, _) = run(input, Framing::Chunked, Encoding::Identity, u64::MAX);
             assert!(matches!(r, Err(BodyError::Malformed(_))), "{:?}: {r:?}", String::from_utf8_lossy(input));

@@ -16,7 +16,7 @@ use crate::http::buffer::{ReadBuf, WriteBatch};
 use crate::http::outbound::RequestHead;
 use crate::http::request::Request;
 use crate::http::response::{self, ReadHeadError, Response};
-use crate::http::Framing;
+use crate::http::{forwardable_name, must_reframe_body, Framing};
 use crate::proxy::context::{RequestCtx, Scratch};
 use crate::proxy::dispatch::Dispatch;
 use crate::proxy::error::{is_timeout, Failure, ForwardError};
@@ -45,6 +45,9 @@ pub struct Outbound<'p, 'x> {
     pub body: Option<&'x mut SendBody<'x>>,
     /// A HEAD request: its answer has no body, whatever its framing fields say.
     pub is_head: bool,
+    /// The method is idempotent (RFC 9110 section 9.2.2): when a backend fails before sending a byte
+    /// of answer, the request may go once to another backend. Others get the 502.
+    pub idempotent: bool,
 }
 
 /// A backend that answered: its connection, the final response head (its body, if any, follows in
@@ -57,10 +60,18 @@ pub struct Exchanged<'p> {
 }
 
 /// A failure on one backend connection; `Stale` means a reused connection had been closed by the
-/// backend before the request reached it, so the request can be sent again on a fresh one.
+/// backend before the request reached it, so the request can be sent again on a fresh one;
+/// `Unanswered` means a fresh connection broke (closed or reset, not timed out) before any byte of
+/// answer came back: the backend may have died, so an idempotent request may try another one.
 enum AttemptError {
     Stale,
+    Unanswered(ForwardError),
     Fatal(ForwardError),
+}
+
+/// True for methods that may be sent twice with the effect of once (RFC 9110 section 9.2.2).
+pub fn is_idempotent(method: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE")
 }
 
 /// Sends `out` to the pool's backends in turn until one answers with a final response head, read
@@ -70,6 +81,9 @@ pub fn exchange<'p>(shared: &Shared, out: &mut Outbound<'p, '_>, buf: &mut ReadB
     // Cool-downs are pibl's own timing (the one clock, which tests advance); an idle connection's
     // age is the socket's, measured as the backend measures it, in real time.
     let (now, socket_now) = (shared.clock.now(), Instant::now());
+    // Only a request without a body can be sent again (its body has been streamed away), and only
+    // once, so a request that kills backends cannot walk through the whole pool.
+    let mut may_retry = out.idempotent && out.body.is_none();
     for backend in pool.candidates(now, out.client) {
         // A reused connection may have been closed by the backend; without a body the request can
         // simply be sent again, so only body-less requests take an idle connection.
@@ -90,7 +104,14 @@ pub fn exchange<'p>(shared: &Shared, out: &mut Outbound<'p, '_>, buf: &mut ReadB
                     return Ok(Exchanged { backend, stream, response, in_flight });
                 }
                 Err(AttemptError::Stale) => continue, // stale pooled connection: retry on a fresh one
-                Err(AttemptError::Fatal(error)) => return Err(Failure { error, backend: Some(backend.name.clone()) }),
+                Err(AttemptError::Unanswered(error)) if may_retry => {
+                    log::warn!("backend {}: {error}; sending the request to another backend", backend.name);
+                    may_retry = false;
+                    break;
+                }
+                Err(AttemptError::Unanswered(error) | AttemptError::Fatal(error)) => {
+                    return Err(Failure { error, backend: Some(backend.name.clone()) })
+                }
             }
         }
     }
@@ -125,7 +146,7 @@ fn attempt(
     buf: &mut ReadBuf,
 ) -> Result<Response, AttemptError> {
     let config = &shared.config;
-    let stale_or = |e: ForwardError| if reused { AttemptError::Stale } else { AttemptError::Fatal(e) };
+    let stale_or = |e: ForwardError| if reused { AttemptError::Stale } else { AttemptError::Unanswered(e) };
     let replayable = out.body.is_none();
     match out.body.as_mut() {
         Some(send_body) => {
@@ -153,6 +174,9 @@ fn attempt(
         Err(
             e @ (ReadHeadError::Closed { before_any_byte: true } | ReadHeadError::Io { before_any_byte: true, .. }),
         ) if replayable => Err(stale_or(ForwardError::Upstream(format!("backend {e}")))),
+        Err(
+            e @ (ReadHeadError::Closed { before_any_byte: true } | ReadHeadError::Io { before_any_byte: true, .. }),
+        ) => Err(AttemptError::Unanswered(ForwardError::Upstream(format!("backend {e}")))),
         Err(e) => Err(AttemptError::Fatal(ForwardError::Upstream(format!("backend {e}")))),
     }
 }
@@ -161,10 +185,28 @@ fn attempt(
 /// When revalidating a stored entry, its validators go instead of the client's.
 pub fn send<'a>(ctx: &mut RequestCtx<'a>, revalidating: Option<&Entry>) -> Result<Exchanged<'a>, Failure> {
     let (shared, req, dispatch) = (ctx.shared, ctx.req, ctx.dispatch);
-    build_upstream_head(req, dispatch, ctx.conn.peer, revalidating, &mut ctx.scratch.upstream_head);
+    // A chunked GET or HEAD body is read whole first and goes with Content-Length (see
+    // `must_reframe_body`); every other body streams as it came.
+    let whole_body = match must_reframe_body(req.method(), req.framing) {
+        true => Some(read_whole_body(ctx)?),
+        false => None,
+    };
+    let framing = match &whole_body {
+        Some(body) if body.is_empty() => Framing::None,
+        Some(body) => Framing::Length(body.len() as u64),
+        None => req.framing,
+    };
+    let allow_underscores = shared.config.underscores_in_headers;
+    let fields = UpstreamFields { framing, allow_underscores, peer: ctx.conn.peer, revalidating };
+    build_upstream_head(req, dispatch, &fields, &mut ctx.scratch.upstream_head);
     let Scratch { out, upstream_head, upstream_buf, .. } = &mut *ctx.scratch;
     let conn = &mut *ctx.conn;
     let mut send_body = |stream: &mut TcpStream| -> Result<(), ForwardError> {
+        if let Some(body) = &whole_body {
+            return stream
+                .write_all(body)
+                .map_err(|e| ForwardError::Upstream(format!("sending the request body failed: {e}")));
+        }
         if req.expect_continue && conn.buf.is_empty() {
             conn.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").map_err(ForwardError::ClientGone)?;
         }
@@ -184,25 +226,47 @@ pub fn send<'a>(ctx: &mut RequestCtx<'a>, revalidating: Option<&Entry>) -> Resul
         pool: dispatch.upstream.pool(),
         client: dispatch.client,
         head: upstream_head,
-        body: match req.framing.has_body() {
+        body: match framing.has_body() {
             true => Some(&mut send_body),
             false => None,
         },
         is_head: req.is_head(),
+        idempotent: is_idempotent(req.method()),
     };
     exchange(shared, &mut outbound, upstream_buf)
+}
+
+/// Reads the client's whole request body (under `max_body_bytes`), decoded.
+fn read_whole_body(ctx: &mut RequestCtx<'_>) -> Result<Vec<u8>, Failure> {
+    let (config, req, conn) = (&ctx.shared.config, ctx.req, &mut *ctx.conn);
+    if req.expect_continue && conn.buf.is_empty() {
+        conn.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").map_err(ForwardError::ClientGone)?;
+    }
+    let mut body = Vec::new();
+    let mut batch = Vec::new();
+    let mut src = Source { buf: &mut conn.buf, sock: &mut conn.stream, step: config.buffer_size };
+    let mut dst = WriteBatch::new(&mut batch, &mut body, config.buffer_size);
+    body::transfer(&mut src, req.framing, &mut dst, Encoding::Identity, config.max_body_bytes)
+        .and_then(|_| dst.send().map_err(BodyError::Write))
+        .map_err(|e| Failure::from(ForwardError::ClientBody(e)))?;
+    Ok(body)
+}
+
+/// What shapes the upstream head besides the request itself.
+struct UpstreamFields<'e> {
+    /// The body's framing as sent upstream (a chunked GET body is re-framed by length).
+    framing: Framing,
+    /// `underscores_in_headers`.
+    allow_underscores: bool,
+    peer: SocketAddr,
+    revalidating: Option<&'e Entry>,
 }
 
 /// Writes the head sent to every backend for this request: hop-by-hop fields removed, `Host` kept,
 /// `X-Forwarded-*` and `Via` added, framing written by pibl. When revalidating a stored entry, its
 /// validators replace the client's own conditional fields.
-fn build_upstream_head(
-    req: &Request,
-    dispatch: &Dispatch<'_>,
-    peer: SocketAddr,
-    revalidating: Option<&Entry>,
-    out: &mut Vec<u8>,
-) {
+fn build_upstream_head(req: &Request, dispatch: &Dispatch<'_>, fields: &UpstreamFields<'_>, out: &mut Vec<u8>) {
+    let UpstreamFields { framing, allow_underscores, peer, revalidating } = *fields;
     let prefix = dispatch.upstream.app().map(|app| app.prefix.as_str());
     let mut head = RequestHead::start(out, req.method(), &dispatch.target);
     if let Some(host) = req.host() {
@@ -211,6 +275,7 @@ fn build_upstream_head(
     let is = |name: &str, other: &str| name.eq_ignore_ascii_case(other);
     for (name, value) in req.headers() {
         if req.connection.drops(name)
+            || !forwardable_name(name, allow_underscores)
             || is(name, "host")
             || is(name, "expect")
             || is(name, "x-forwarded-for")
@@ -246,6 +311,6 @@ fn build_upstream_head(
         head.field("X-Forwarded-Prefix", prefix.as_bytes());
     }
     head.via(req.headers().filter(|(n, _)| is(n, "via")).map(|(_, v)| v), req.version);
-    head.framing(req.framing, req.method());
+    head.framing(framing, req.method());
     head.finish();
 }

@@ -73,6 +73,7 @@ fn refresh(shared: &Shared, cache: &Cache, scratch: &mut Scratch, job: &RefreshJ
         head: &scratch.upstream_head,
         body: None,
         is_head: false,
+        idempotent: true,
     };
     let Exchanged { backend, mut stream, response: res, in_flight } =
         forward::exchange(shared, &mut outbound, &mut scratch.upstream_buf).map_err(|failure| failure.error)?;

@@ -610,3 +610,98 @@ pub fn login(addr: SocketAddr, email: &str, password: &str) -> String {
 pub fn endpoint_body(addr: SocketAddr, statuspath: &str) -> String {
     format!(r#"{{"host":"{}","port":{},"statuspath":"{statuspath}"}}"#, addr.ip(), addr.port())
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// A backend that records the raw bytes it receives, for tests of exactly what pibl sends upstream.
+// ---------------------------------------------------------------------------------------------------------
+
+/// A backend that keeps every byte it receives, in arrival order across its connections, and
+/// answers each complete request (framed by `Content-Length` or chunked) with `200 ok`.
+pub struct RawBackend {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<u8>>>,
+    pub connections: Arc<AtomicUsize>,
+    /// Connections the other side has closed (or that broke).
+    pub closed: Arc<AtomicUsize>,
+}
+
+impl RawBackend {
+    pub fn start() -> RawBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind raw backend");
+        let addr = listener.local_addr().unwrap();
+        let (received, connections, closed) =
+            (Arc::<Mutex<Vec<u8>>>::default(), Arc::<AtomicUsize>::default(), Arc::<AtomicUsize>::default());
+        let (log, count, ended) = (received.clone(), connections.clone(), closed.clone());
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                count.fetch_add(1, Ordering::SeqCst);
+                let (log, ended) = (log.clone(), ended.clone());
+                thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(WAIT));
+                    let mut pending = Vec::new();
+                    let mut chunk = [0u8; 65536];
+                    'conn: while let Ok(n @ 1..) = stream.read(&mut chunk) {
+                        log.lock().unwrap().extend_from_slice(&chunk[..n]);
+                        pending.extend_from_slice(&chunk[..n]);
+                        while let Some(used) = complete_request(&pending) {
+                            let answer: &[u8] = match pending.starts_with(b"HEAD ") {
+                                true => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n",
+                                false => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                            };
+                            pending.drain(..used);
+                            if stream.write_all(answer).is_err() {
+                                break 'conn;
+                            }
+                        }
+                    }
+                    ended.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        RawBackend { addr, received, connections, closed }
+    }
+
+    /// Everything received so far, as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.received.lock().unwrap()).into_owned()
+    }
+
+    /// Forgets what was received.
+    pub fn clear(&self) {
+        self.received.lock().unwrap().clear();
+        self.connections.store(0, Ordering::SeqCst);
+        self.closed.store(0, Ordering::SeqCst);
+    }
+}
+
+/// The length of the complete request at the start of `buf` (head and body), if it is all there.
+fn complete_request(buf: &[u8]) -> Option<usize> {
+    let mut slots = [httparse::EMPTY_HEADER; 128];
+    let mut req = httparse::Request::new(&mut slots);
+    let httparse::Status::Complete(head) = req.parse(buf).ok()? else { return None };
+    let field = |name: &str| {
+        req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| String::from_utf8_lossy(h.value))
+    };
+    if let Some(len) = field("content-length") {
+        let end = head + len.trim().parse::<usize>().ok()?;
+        return (buf.len() >= end).then_some(end);
+    }
+    if field("transfer-encoding").is_none() {
+        return Some(head);
+    }
+    let mut at = head;
+    loop {
+        let line = buf[at..].windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(String::from_utf8_lossy(&buf[at..at + line]).split(';').next()?, 16).ok()?;
+        at += line + 2;
+        if size == 0 {
+            // No trailers from pibl: the empty line follows.
+            return (buf.len() >= at + 2).then_some(at + 2);
+        }
+        at += size + 2;
+        if buf.len() < at {
+            return None;
+        }
+    }
+}
