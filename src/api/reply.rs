@@ -179,6 +179,14 @@ impl fmt::Display for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         log::error!("api: {e}");
+        if e.is_unavailable() {
+            // A full disk or a read-only file: the change was not made; retrying later may work.
+            return ApiError::Request(
+                503,
+                "the database cannot store changes now (disk full or read-only); nothing was changed, retry later"
+                    .into(),
+            );
+        }
         ApiError::Internal
     }
 }

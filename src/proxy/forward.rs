@@ -84,6 +84,8 @@ pub fn exchange<'p>(shared: &Shared, out: &mut Outbound<'p, '_>, buf: &mut ReadB
     // Only a request without a body can be sent again (its body has been streamed away), and only
     // once, so a request that kills backends cannot walk through the whole pool.
     let mut may_retry = out.idempotent && out.body.is_none();
+    // The failure that sent the request on, answered if no other backend is left to try.
+    let mut unanswered: Option<Failure> = None;
     for backend in pool.candidates(now, out.client) {
         // A reused connection may have been closed by the backend; without a body the request can
         // simply be sent again, so only body-less requests take an idle connection.
@@ -92,8 +94,9 @@ pub fn exchange<'p>(shared: &Shared, out: &mut Outbound<'p, '_>, buf: &mut ReadB
             let (mut stream, reused) = match pooled.take() {
                 Some(stream) => (stream, true),
                 None => match connect(shared, backend) {
-                    Some(stream) => (stream, false),
-                    None => break,
+                    Ok(stream) => (stream, false),
+                    Err(ConnectError::BackendDown) => break,
+                    Err(ConnectError::Local(error)) => return Err(Failure::from(error)),
                 },
             };
             let in_flight = InFlight::enter(backend);
@@ -105,8 +108,9 @@ pub fn exchange<'p>(shared: &Shared, out: &mut Outbound<'p, '_>, buf: &mut ReadB
                 }
                 Err(AttemptError::Stale) => continue, // stale pooled connection: retry on a fresh one
                 Err(AttemptError::Unanswered(error)) if may_retry => {
-                    log::warn!("backend {}: {error}; sending the request to another backend", backend.name);
+                    log::warn!("backend {}: {error}; trying the request on another backend", backend.name);
                     may_retry = false;
+                    unanswered = Some(Failure { error, backend: Some(backend.name.clone()) });
                     break;
                 }
                 Err(AttemptError::Unanswered(error) | AttemptError::Fatal(error)) => {
@@ -115,26 +119,50 @@ pub fn exchange<'p>(shared: &Shared, out: &mut Outbound<'p, '_>, buf: &mut ReadB
             }
         }
     }
-    Err(Failure::from(ForwardError::NoBackend))
+    Err(unanswered.unwrap_or_else(|| Failure::from(ForwardError::NoBackend)))
+}
+
+/// Why no connection to a backend could be opened.
+enum ConnectError {
+    /// The backend refused or did not answer in time: try the next one.
+    BackendDown,
+    /// pibl itself is out of descriptors or socket memory: no backend is to blame, and none would
+    /// do better right now.
+    Local(ForwardError),
 }
 
 /// A new connection to `backend`: timed when it opens, which also puts the backend back in
-/// rotation; a refusal takes it out for the cool-down.
-fn connect(shared: &Shared, backend: &Backend) -> Option<TcpStream> {
+/// rotation; a refusal takes it out for the cool-down. Running out of pibl's own resources
+/// (descriptors, buffers) is not the backend's fault and does not take it out.
+fn connect(shared: &Shared, backend: &Backend) -> Result<TcpStream, ConnectError> {
     let config = &shared.config;
     let connecting = Instant::now();
     match backend.connect(config.connect_timeout, config.backend_timeout) {
         Ok(stream) => {
             shared.metrics.observe_connect(&backend.name, connecting.elapsed());
             backend.mark_up();
-            Some(stream)
+            Ok(stream)
+        }
+        Err(e) if is_local_exhaustion(&e) => {
+            log::warn!("cannot open a connection to backend {}: {e}", backend.name);
+            Err(ConnectError::Local(ForwardError::Overloaded(format!("pibl is out of resources ({e})"))))
         }
         Err(e) => {
             log::warn!("backend {} is down for {:?}: {e}", backend.name, config.backend_cooldown);
             backend.mark_down(shared.clock.now(), config.backend_cooldown);
-            None
+            Err(ConnectError::BackendDown)
         }
     }
+}
+
+/// Errors of `socket()`/`connect()` that mean this process or machine is out of a resource:
+/// EMFILE, ENFILE (descriptors), ENOBUFS, ENOMEM (socket memory) on Linux.
+fn is_local_exhaustion(e: &std::io::Error) -> bool {
+    const ENOMEM: i32 = 12;
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    const ENOBUFS: i32 = 105;
+    matches!(e.raw_os_error(), Some(ENOMEM | ENFILE | EMFILE | ENOBUFS))
 }
 
 /// Sends the request on `stream` and reads the final response head into `buf`.

@@ -454,6 +454,12 @@ impl ProxyProcess {
     /// Writes a config for `backend` with `extra` keys and starts the proxy. The port is found free and
     /// then released, so another process may take it first: then the proxy exits and we try another.
     pub fn start(dir: &TempDir, backend: SocketAddr, extra: &str) -> ProxyProcess {
+        ProxyProcess::start_limited(dir, backend, extra, None)
+    }
+
+    /// [`ProxyProcess::start`] with the process's open-file limit (`RLIMIT_NOFILE`) lowered to
+    /// `nofile`, through `prlimit`, which runs the proxy in its own process.
+    pub fn start_limited(dir: &TempDir, backend: SocketAddr, extra: &str, nofile: Option<u64>) -> ProxyProcess {
         for _ in 0..5 {
             let free = || TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
             let (port, api_port) = (free(), free());
@@ -466,7 +472,15 @@ impl ProxyProcess {
                 ),
             );
             let stderr = fs::File::create(dir.0.join("proxy.stderr")).expect("create stderr file");
-            let mut child = Command::new(env!("CARGO_BIN_EXE_proxy"))
+            let mut command = match nofile {
+                Some(n) => {
+                    let mut c = Command::new("prlimit");
+                    c.arg(format!("--nofile={n}:{n}")).arg("--").arg(env!("CARGO_BIN_EXE_proxy"));
+                    c
+                }
+                None => Command::new(env!("CARGO_BIN_EXE_proxy")),
+            };
+            let mut child = command
                 .arg("--config")
                 .arg(&config)
                 .stdin(Stdio::null())
