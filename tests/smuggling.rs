@@ -218,8 +218,12 @@ fn run(cases: Vec<Case>, underscores: bool) {
         }
         // Every backend connection ends with its request (the pool keeps none), so once all are
         // closed the backend has received all it ever will for this case.
+        // A refused body may be answered before the backend has even accepted the connection its
+        // head went on: a case that expects bytes waits for a connection.
+        let least = usize::from(case.upstream.is_some());
         common::wait_until("the backend connections close", || {
-            backend.closed.load(Ordering::SeqCst) == backend.connections.load(Ordering::SeqCst)
+            let opened = backend.connections.load(Ordering::SeqCst);
+            opened >= least && backend.closed.load(Ordering::SeqCst) == opened
         });
         match &case.upstream {
             None => {

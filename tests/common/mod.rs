@@ -448,6 +448,8 @@ impl Drop for TempDir {
 pub struct ProxyProcess {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The management API's address.
+    pub api_addr: SocketAddr,
 }
 
 impl ProxyProcess {
@@ -495,7 +497,7 @@ impl ProxyProcess {
                 // has bound its data port (which then accepts) before it fails and exits.
                 let log = fs::read_to_string(dir.0.join("proxy.stderr")).unwrap_or_default();
                 if log.contains("Server started successfully") {
-                    return ProxyProcess { child, addr };
+                    return ProxyProcess { child, addr, api_addr: SocketAddr::from(([127, 0, 0, 1], api_port)) };
                 }
                 if child.try_wait().expect("poll the proxy").is_some() || Instant::now() > deadline {
                     let _ = child.kill();
