@@ -222,6 +222,43 @@ fn broken_backends_get_502_or_504_in_time_nothing_cached_and_others_unaffected()
     proxy.shutdown();
 }
 
+#[test]
+fn bytes_past_a_response_s_end_never_answer_the_next_request() {
+    // The backend says `Content-Length: 2`, and once pibl has pooled the connection, sends a whole
+    // second response nobody asked for. Read as the answer to the next request, it would hand a
+    // forged response to another client.
+    let (go, written) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let backend = {
+        let (go, written) = (go.clone(), written.clone());
+        TestBackend::start(move |req| {
+            if req.target != "/long" {
+                return ok("next");
+            }
+            let (go, written) = (go.clone(), written.clone());
+            Reply::With(Box::new(move |s| {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhe");
+                wait_until("the test has its answer", || go.load(Ordering::SeqCst));
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPOISON");
+                written.store(true, Ordering::SeqCst);
+                let mut sink = [0u8; 64];
+                while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+            }))
+        })
+    };
+    let mut config = test_config(&[backend.addr]);
+    config.ttl = Duration::ZERO;
+    let proxy = start_proxy(config);
+    let res = get(proxy.local_addr(), "/long");
+    assert_eq!((res.status, res.text().as_str()), (200, "he"));
+    go.store(true, Ordering::SeqCst);
+    wait_until("the backend has sent the extra response", || written.load(Ordering::SeqCst));
+    for i in 0..3 {
+        let res = get(proxy.local_addr(), &format!("/next/{i}"));
+        assert_eq!((res.status, res.text().as_str()), (200, "next"), "request {i} after the extra bytes");
+    }
+    proxy.shutdown();
+}
+
 // ------------------------------------------------------------------------------------------------
 // Clients that go away
 // ------------------------------------------------------------------------------------------------

@@ -90,6 +90,7 @@ pub fn exchange<'p>(shared: &Shared, out: &mut Outbound<'p, '_>, buf: &mut ReadB
         // A reused connection may have been closed by the backend; without a body the request can
         // simply be sent again, so only body-less requests take an idle connection.
         let mut pooled = if out.body.is_none() { backend.take_idle(socket_now) } else { None };
+        pooled = pooled.filter(is_quiet);
         loop {
             let (mut stream, reused) = match pooled.take() {
                 Some(stream) => (stream, true),
@@ -120,6 +121,18 @@ pub fn exchange<'p>(shared: &Shared, out: &mut Outbound<'p, '_>, buf: &mut ReadB
         }
     }
     Err(unanswered.unwrap_or_else(|| Failure::from(ForwardError::NoBackend)))
+}
+
+/// True when an idle pooled connection has nothing to say: no bytes and no close pending. Bytes
+/// there were sent after the response they followed had ended (a `Content-Length` shorter than the
+/// body, or a response nobody asked for); read as the answer to the next request, they would hand
+/// one client's bytes, or a forged response, to another. Such a connection is dropped.
+fn is_quiet(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let quiet = matches!(stream.peek(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    quiet && stream.set_nonblocking(false).is_ok()
 }
 
 /// Why no connection to a backend could be opened.
