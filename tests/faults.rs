@@ -250,9 +250,7 @@ fn bytes_past_a_response_s_end_never_answer_the_next_request() {
             }))
         })
     };
-    let mut config = test_config(&[backend.addr]);
-    config.ttl = Duration::ZERO;
-    let proxy = start_proxy(config);
+    let proxy = start_proxy(test_config(&[backend.addr]));
     let res = get(proxy.local_addr(), "/long");
     assert_eq!((res.status, res.text().as_str()), (200, "he"));
     go.store(true, Ordering::SeqCst);
@@ -261,6 +259,26 @@ fn bytes_past_a_response_s_end_never_answer_the_next_request() {
         let res = get(proxy.local_addr(), &format!("/next/{i}"));
         assert_eq!((res.status, res.text().as_str()), (200, "next"), "request {i} after the extra bytes");
     }
+    proxy.shutdown();
+}
+
+#[test]
+fn a_body_longer_than_its_content_length_is_not_stored() {
+    // One write: the head says 2 bytes, 5 follow. pibl relays the 2, and stores nothing.
+    let backend = TestBackend::start(|_| {
+        Reply::Raw(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\n\r\nheLLO".to_vec())
+    });
+    let proxy = start_proxy(test_config(&[backend.addr]));
+    for round in 0..2 {
+        let res = get(proxy.local_addr(), "/overrun");
+        assert_eq!(
+            (res.status, res.text().as_str(), res.header("x-cache")),
+            (200, "he", Some("MISS")),
+            "round {round}"
+        );
+    }
+    assert_eq!(backend.requests(), 2, "the second request was answered from the cache");
+    assert_eq!(backend.connections(), 2, "the connection with bytes past the body was reused");
     proxy.shutdown();
 }
 
