@@ -98,6 +98,11 @@ fn cases() -> Vec<Case> {
         cut("bare LF in a chunk size line", chunked("5\nhello\r\n0\r\n\r\n")),
         cut("bare LF after chunk data", chunked("5\r\nhello\n0\r\n\r\n")),
         cut("bare LF in a trailer", chunked("0\r\nX-T: 1\nContent-Length: 5\r\n\r\n")),
+        cut("bare LF in a chunk extension", chunked("5;a\nb\r\nhello\r\n0\r\n\r\n")),
+        cut("bare LF ending the last chunk", chunked("0\n\r\n")),
+        refused("bare LF in the target", "GET /a\nb HTTP/1.1\r\nHost: h\r\n\r\n"),
+        refused("bare CR in the target", "GET /a\rb HTTP/1.1\r\nHost: h\r\n\r\n"),
+        refused("bare LF in a name", p("X-\nA: 1\r\n", "")),
         cut("bare CR in a trailer", chunked("0\r\nX-T: 1\rContent-Length: 5\r\n\r\n")),
         // pibl reads a bare LF in the head as a line end (RFC 9112 section 2.2 allows it) and
         // forwards every field on a CRLF line of its own, so the backend reads the same fields.
