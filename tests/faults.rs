@@ -346,12 +346,13 @@ fn a_client_gone_mid_upload_or_mid_download_frees_the_backend_connection() {
 
 #[test]
 fn ten_thousand_connections_opened_and_dropped_leave_nothing_behind() {
+    // A proxy process of its own, so its descriptors are counted apart from the other tests'.
     let backend = TestBackend::named("b");
-    let proxy = start_proxy(test_config(&[backend.addr]));
-    let addr = proxy.local_addr();
+    let dir = TempDir::new("ten-thousand");
+    let proxy = ProxyProcess::start(&dir, backend.addr, "ttl = 0\naccess_log = off\n");
+    let (addr, pid) = (proxy.addr, proxy.child.id());
     let _ = get(addr, "/warm");
-    let me = std::process::id();
-    let fds_before = open_fds(me);
+    let fds_before = open_fds(pid);
     let deadline = Instant::now() + Duration::from_secs(120);
     for i in 0..10_000 {
         assert!(Instant::now() < deadline, "10,000 connections took over two minutes (at {i})");
@@ -371,11 +372,10 @@ fn ten_thousand_connections_opened_and_dropped_leave_nothing_behind() {
     }
     let opened = deadline - Duration::from_secs(120);
     eprintln!("10,000 connections opened and dropped in {:?}", opened.elapsed());
-    wait_until("every dropped connection is closed", || proxy.stats().open_connections == 0);
-    wait_until("the descriptors are back", || open_fds(me) <= fds_before + 4);
+    // Every client descriptor is closed again (pooled backend connections may only have aged out).
+    wait_until("the descriptors are back", || open_fds(pid) <= fds_before);
     let res = get(addr, "/after");
     assert_eq!((res.status, res.text().as_str()), (200, "b"));
-    proxy.shutdown();
 }
 
 // ------------------------------------------------------------------------------------------------
