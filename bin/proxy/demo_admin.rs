@@ -44,7 +44,7 @@ pub fn ensure(database: &Path, log_retention: usize, now_ms: u64) -> Result<Demo
         .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
         .and_then(|v| v["password"].as_str().map(str::to_string));
     if let (Some(user), Some(password)) = (&existing, &kept) {
-        if credentials::verify_password(password, &user.password_hash) {
+        if credentials::verify_password(password, &user.password_hash).map_err(|e| e.to_string())? {
             return Ok(DemoAdmin { password: password.clone(), file });
         }
     }
@@ -95,7 +95,7 @@ mod tests {
         assert_ne!(third.password, first.password, "a lost file means a new password");
         let store = Store::open(&db, Durability::Full, 10).expect("open");
         let user = store.user(ADMIN_EMAIL).expect("read").expect("the admin exists");
-        assert!(credentials::verify_password(&third.password, &user.password_hash));
+        assert!(credentials::verify_password(&third.password, &user.password_hash).expect("hash"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -22,9 +22,9 @@ fn check_credentials(state: &ApiState, creds: &Credentials) -> ApiResult<User> {
     }
     let user = state.store.user(&creds.email)?;
     let ok = match &user {
-        Some(user) => credentials::verify_password(&creds.password, &user.password_hash),
+        Some(user) => credentials::verify_password(&creds.password, &user.password_hash).map_err(hash_error)?,
         None => {
-            credentials::verify_dummy(&creds.password);
+            credentials::verify_dummy(&creds.password).map_err(hash_error)?;
             false
         }
     };
@@ -41,10 +41,18 @@ fn check_credentials(state: &ApiState, creds: &Credentials) -> ApiResult<User> {
     }
 }
 
+/// A full hashing queue is a 503 (retry later); any other hashing failure is pibl's (500).
+fn hash_error(e: credentials::HashError) -> ApiError {
+    match e {
+        credentials::HashError::Busy => ApiError::Request(503, e.to_string()),
+        e => ApiError::from(e),
+    }
+}
+
 /// `POST /api/users`.
 pub fn register(state: &ApiState, req: &Request, body: &[u8]) -> ApiResult<Reply> {
     let creds = schema::credentials(json_body(req, body)?)?;
-    let hash = credentials::hash_password(&creds.password)?;
+    let hash = credentials::hash_password(&creds.password).map_err(hash_error)?;
     match state.store.create_user(&creds.email, &hash, state.clock.now_ms())? {
         Some(user) => {
             log::info!("api: user {} registered", user.email);

@@ -100,6 +100,13 @@ pub(super) const LAYOUT: &[Entry] = &[
         apply: |c, v| parse_size(v).map(|x| c.max_body_bytes = x),
         render: |c| render_size(c.max_body_bytes),
     }),
+    Entry::Key(KeySpec {
+        name: "underscores_in_headers",
+        help: "Forward request header fields whose names contain `_` (on/off). Off, they are dropped,\n\
+               as nginx does: CGI-style servers read X_User as X-User, so a client could forge one.",
+        apply: |c, v| parse_bool(v).map(|x| c.underscores_in_headers = x),
+        render: |c| if c.underscores_in_headers { "on".into() } else { "off".into() },
+    }),
     Entry::Group("Timeouts (seconds, or 500ms, 2m, 1h; all must be above 0)"),
     Entry::Key(KeySpec {
         name: "header_timeout",

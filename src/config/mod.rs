@@ -349,6 +349,7 @@ mod tests {
             database: PathBuf::from(" /var/lib/pibl #1.db"),
             rate_limit: Some(RateLimit { per_second: 2.5, burst: 7 }),
             max_conn_per_ip: 3,
+            underscores_in_headers: true,
             deny: parse_nets("10.0.0.0/8, ::1").unwrap(),
             allow: Vec::new(),
             trusted_proxies: parse_nets("127.0.0.1").unwrap(),

@@ -28,6 +28,8 @@ pub struct Config {
     pub max_headers: usize,
     /// `max_body_bytes`: largest request body accepted (413 past it).
     pub max_body_bytes: u64,
+    /// `underscores_in_headers`: forward client header fields whose names contain `_` (off: dropped).
+    pub underscores_in_headers: bool,
     /// `ttl`: freshness given to cacheable responses that have a validator but no explicit lifetime,
     /// and the cap on every cached lifetime; zero turns the cache off.
     pub ttl: Duration,
@@ -144,6 +146,7 @@ impl Default for Config {
             database: PathBuf::from("pibl.db"),
             rate_limit: None,
             max_conn_per_ip: 0,
+            underscores_in_headers: false,
             deny: Vec::new(),
             allow: Vec::new(),
             trusted_proxies: Vec::new(),

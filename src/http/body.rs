@@ -215,6 +215,11 @@ fn copy_chunked<R: Read, W: Write>(
     let mut total: u64 = 0;
     loop {
         let line = src.line()?;
+        // httparse lets any byte through in a chunk extension; a bare LF or CR or another control
+        // byte there means the sender ends lines differently from us, so the body's end is in doubt.
+        if has_control_byte(&src.buf.filled()[..line - 2]) {
+            return Err(BodyError::Malformed("control byte or bare CR/LF in a chunk size line"));
+        }
         let size = match httparse::parse_chunk_size(&src.buf.filled()[..line]) {
             Ok(httparse::Status::Complete((used, size))) if used == line => size,
             _ => return Err(BodyError::Malformed("bad chunk size")),
@@ -237,10 +242,20 @@ fn copy_chunked<R: Read, W: Write>(
     }
 }
 
+/// A byte no line of a chunked body may hold: a control byte other than HTAB, or DEL.
+fn has_control_byte(line: &[u8]) -> bool {
+    line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+}
+
 fn skip_trailers<R: Read>(src: &mut Source<'_, R>) -> Result<(), BodyError> {
     let mut seen = 0;
     loop {
         let line = src.line()?;
+        // Trailers are dropped, but a bare CR or LF or a control byte in one means the sender frames
+        // lines differently from us: where its message ends is then in doubt.
+        if has_control_byte(&src.buf.filled()[..line - 2]) {
+            return Err(BodyError::Malformed("control byte or bare CR/LF in a trailer"));
+        }
         src.buf.consume(line);
         if line == 2 {
             return Ok(());
@@ -317,8 +332,15 @@ mod tests {
 
     #[test]
     fn bad_chunks_are_rejected() {
-        let cases: [&[u8]; 4] =
-            [b"zz\r\nab\r\n0\r\n\r\n", b"2\r\nabc\r\n0\r\n\r\n", b"2\nab\r\n0\r\n\r\n", b"fffffffffffffffffff\r\n"];
+        let cases: [&[u8]; 7] = [
+            b"2;a\nb\r\nab\r\n0\r\n\r\n",
+            b"zz\r\nab\r\n0\r\n\r\n",
+            b"2\r\nabc\r\n0\r\n\r\n",
+            b"2\nab\r\n0\r\n\r\n",
+            b"fffffffffffffffffff\r\n",
+            b"0\r\nA: 1\nB: 2\r\n\r\n",
+            b"0\r\nA: 1\rB: 2\r\n\r\n",
+        ];
         for input in cases {
             let (r, _, _) = run(input, Framing::Chunked, Encoding::Identity, u64::MAX);
             assert!(matches!(r, Err(BodyError::Malformed(_))), "{:?}: {r:?}", String::from_utf8_lossy(input));

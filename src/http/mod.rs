@@ -45,6 +45,31 @@ pub fn is_hop_by_hop(name: &str) -> bool {
     FIELDS.iter().any(|f| f.eq_ignore_ascii_case(name)) || (name.len() > 6 && name[..6].eq_ignore_ascii_case("proxy-"))
 }
 
+/// True for a field name that is not `Content-Length` or `Transfer-Encoding` but that some servers
+/// read as one: the same letters with other separators or none (`Content_Length`,
+/// `Transfer---Encoding`, `ContentLength`). WSGI/CGI servers map `-` and `_` alike to
+/// `CONTENT_LENGTH`, so such a field could frame the body for the backend differently than for pibl;
+/// requests carrying one are refused.
+pub fn is_framing_lookalike(name: &str) -> bool {
+    const FRAMING: [(&str, &str); 2] = [("content-length", "contentlength"), ("transfer-encoding", "transferencoding")];
+    let squeezed: Vec<u8> = name.bytes().filter(u8::is_ascii_alphanumeric).map(|b| b.to_ascii_lowercase()).collect();
+    FRAMING.iter().any(|(field, letters)| squeezed == letters.as_bytes() && !name.eq_ignore_ascii_case(field))
+}
+
+/// Whether a client's header field may go upstream by its name: names with `_` are dropped unless
+/// `underscores_in_headers` allows them (nginx's default), because CGI-style servers cannot tell
+/// `X_User` from `X-User` and would let a client forge a field pibl or an auth server set.
+pub fn forwardable_name(name: &str, allow_underscores: bool) -> bool {
+    allow_underscores || !name.contains('_')
+}
+
+/// A request whose body comes chunked but whose method gives a body no meaning (`GET`, `HEAD`):
+/// many servers ignore `Transfer-Encoding` on them and would read the chunks as the next request.
+/// Such a body is read whole (up to `max_body_bytes`) and sent with `Content-Length`, as nginx does.
+pub fn must_reframe_body(method: &str, framing: Framing) -> bool {
+    framing == Framing::Chunked && matches!(method, "GET" | "HEAD")
+}
+
 /// Iterates the comma-separated, trimmed, non-empty elements of a header value.
 pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value.split(|&b| b == b',').map(trim).filter(|t| !t.is_empty())
@@ -152,6 +177,29 @@ mod tests {
         assert!(opts.close && opts.keep_alive);
         assert!(opts.drops("x-secret"));
         assert!(!opts.drops("x-public"));
+    }
+
+    #[test]
+    fn framing_lookalikes_and_underscores() {
+        for name in [
+            "Content_Length",
+            "Transfer_Encoding",
+            "Transfer___Encoding",
+            "Transfer---Encoding",
+            "contentlength",
+            "CONTENT.LENGTH",
+        ] {
+            assert!(is_framing_lookalike(name), "{name}");
+        }
+        for name in ["Content-Length", "transfer-encoding", "Content-Type", "X-Content-Length", "Content-Lengths", ""] {
+            assert!(!is_framing_lookalike(name), "{name}");
+        }
+        assert!(!forwardable_name("X_User", false));
+        assert!(forwardable_name("X_User", true));
+        assert!(forwardable_name("X-User", false));
+        assert!(must_reframe_body("GET", Framing::Chunked));
+        assert!(!must_reframe_body("POST", Framing::Chunked));
+        assert!(!must_reframe_body("GET", Framing::Length(3)));
     }
 
     #[test]

@@ -152,6 +152,9 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, Re
     let mut connection = ConnectionOptions::default();
     for h in req.headers.iter() {
         let name = h.name;
+        if super::is_framing_lookalike(name) {
+            return Err(RequestError::Framing("a header name that looks like Content-Length or Transfer-Encoding"));
+        }
         if name.eq_ignore_ascii_case("content-length") {
             let len = parse_content_length(h.value).ok_or(RequestError::Framing("invalid Content-Length"))?;
             if content_length.is_some_and(|prev| prev != len) {
@@ -325,6 +328,8 @@ mod tests {
             ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
             ("GET nopath HTTP/1.1\r\nHost: x\r\n\r\n", 400),
             ("GET / HTTP/1.1\r\nBad Name: x\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent_Length: 5\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer---Encoding: chunked\r\n\r\n", 400),
             ("GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
             ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 101\r\n\r\n", 413),
             ("POST / HTTP/1.1\r\nHost: x\r\nExpect: tea\r\n\r\n", 417),

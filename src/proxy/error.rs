@@ -18,6 +18,8 @@ pub enum ForwardError {
     Timeout(String),
     /// A backend answered wrongly or went away (502).
     Upstream(String),
+    /// pibl itself is out of a resource (file descriptors) and cannot reach a backend now (503).
+    Overloaded(String),
     /// The client's request body could not be read (400, 408 or 413).
     ClientBody(BodyError),
     /// The client went away or stopped reading; nothing can be sent.
@@ -33,6 +35,7 @@ impl ForwardError {
         match self {
             ForwardError::NoBackend | ForwardError::Upstream(_) => 502,
             ForwardError::Timeout(_) | ForwardError::NotCached => 504,
+            ForwardError::Overloaded(_) => 503,
             ForwardError::Refused(Refusal::Forbidden) => 403,
             ForwardError::Refused(Refusal::RateLimited(_)) => 429,
             ForwardError::Refused(Refusal::Unauthorized { status, .. }) => *status,
@@ -59,6 +62,7 @@ impl ForwardError {
             ForwardError::Refused(Refusal::RateLimited(wait)) => {
                 let _ = write!(out, "Retry-After: {}\r\n", wait.as_secs_f64().ceil().max(1.0) as u64);
             }
+            ForwardError::Overloaded(_) => out.extend_from_slice(b"Retry-After: 1\r\n"),
             ForwardError::Refused(Refusal::Unauthorized { challenge: Some(challenge), .. }) => {
                 out.extend_from_slice(b"WWW-Authenticate: ");
                 out.extend_from_slice(challenge);
@@ -76,6 +80,7 @@ impl fmt::Display for ForwardError {
             ForwardError::NoBackend => f.write_str("no backend is reachable"),
             ForwardError::Timeout(what) => write!(f, "backend timed out: {what}"),
             ForwardError::Upstream(what) => f.write_str(what),
+            ForwardError::Overloaded(what) => write!(f, "{what}; retry shortly"),
             ForwardError::ClientBody(e) => write!(f, "request body: {e}"),
             ForwardError::ClientGone(e) => write!(f, "client connection failed: {e}"),
             ForwardError::NotCached => f.write_str("only-if-cached was asked and no usable response is stored"),

@@ -17,7 +17,7 @@ use crate::http::buffer::{ReadBuf, WriteBatch};
 use crate::http::outbound::RequestHead;
 use crate::http::request::Request;
 use crate::http::response::{self, ReadHeadError, Response};
-use crate::http::Framing;
+use crate::http::{forwardable_name, must_reframe_body, Framing};
 use crate::proxy::context::{RequestCtx, Scratch};
 use crate::proxy::dispatch::Dispatch;
 use crate::proxy::error::{is_timeout, Failure, ForwardError};
@@ -51,6 +51,9 @@ pub struct Outbound<'p, 'x> {
     pub is_head: bool,
     /// Where interim answers (`103 Early Hints`, ...) go; `None`: they are dropped.
     pub interim: Option<&'x mut OnInterim<'x>>,
+    /// The method is idempotent (RFC 9110 section 9.2.2): when a backend fails before sending a byte
+    /// of answer, the request may go once to another backend. Others get the 502.
+    pub idempotent: bool,
 }
 
 /// A backend that answered: its connection, the final response head (its body, if any, follows in
@@ -63,10 +66,18 @@ pub struct Exchanged<'p> {
 }
 
 /// A failure on one backend connection; `Stale` means a reused connection had been closed by the
-/// backend before the request reached it, so the request can be sent again on a fresh one.
+/// backend before the request reached it, so the request can be sent again on a fresh one;
+/// `Unanswered` means a fresh connection broke (closed or reset, not timed out) before any byte of
+/// answer came back: the backend may have died, so an idempotent request may try another one.
 enum AttemptError {
     Stale,
+    Unanswered(ForwardError),
     Fatal(ForwardError),
+}
+
+/// True for methods that may be sent twice with the effect of once (RFC 9110 section 9.2.2).
+pub fn is_idempotent(method: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE")
 }
 
 /// Sends `out` to the pool's backends in turn until one answers with a final response head, read
@@ -76,16 +87,23 @@ pub fn exchange<'p>(shared: &Shared, out: &mut Outbound<'p, '_>, buf: &mut ReadB
     // Cool-downs are pibl's own timing (the one clock, which tests advance); an idle connection's
     // age is the socket's, measured as the backend measures it, in real time.
     let (now, socket_now) = (shared.clock.now(), Instant::now());
+    // Only a request without a body can be sent again (its body has been streamed away), and only
+    // once, so a request that kills backends cannot walk through the whole pool.
+    let mut may_retry = out.idempotent && out.body.is_none();
+    // The failure that sent the request on, answered if no other backend is left to try.
+    let mut unanswered: Option<Failure> = None;
     for backend in pool.candidates(now, out.client) {
         // A reused connection may have been closed by the backend; without a body the request can
         // simply be sent again, so only body-less requests take an idle connection.
         let mut pooled = if out.body.is_none() { backend.take_idle(socket_now) } else { None };
+        pooled = pooled.filter(is_quiet);
         loop {
             let (mut stream, reused) = match pooled.take() {
                 Some(stream) => (stream, true),
                 None => match connect(shared, backend) {
-                    Some(stream) => (stream, false),
-                    None => break,
+                    Ok(stream) => (stream, false),
+                    Err(ConnectError::BackendDown) => break,
+                    Err(ConnectError::Local(error)) => return Err(Failure::from(error)),
                 },
             };
             let in_flight = InFlight::enter(backend);
@@ -96,30 +114,74 @@ pub fn exchange<'p>(shared: &Shared, out: &mut Outbound<'p, '_>, buf: &mut ReadB
                     return Ok(Exchanged { backend, stream, response, in_flight });
                 }
                 Err(AttemptError::Stale) => continue, // stale pooled connection: retry on a fresh one
-                Err(AttemptError::Fatal(error)) => return Err(Failure { error, backend: Some(backend.name.clone()) }),
+                Err(AttemptError::Unanswered(error)) if may_retry => {
+                    log::warn!("backend {}: {error}; trying the request on another backend", backend.name);
+                    may_retry = false;
+                    unanswered = Some(Failure { error, backend: Some(backend.name.clone()) });
+                    break;
+                }
+                Err(AttemptError::Unanswered(error) | AttemptError::Fatal(error)) => {
+                    return Err(Failure { error, backend: Some(backend.name.clone()) })
+                }
             }
         }
     }
-    Err(Failure::from(ForwardError::NoBackend))
+    Err(unanswered.unwrap_or_else(|| Failure::from(ForwardError::NoBackend)))
+}
+
+/// True when an idle pooled connection has nothing to say: no bytes and no close pending. Bytes
+/// there were sent after the response they followed had ended (a `Content-Length` shorter than the
+/// body, or a response nobody asked for); read as the answer to the next request, they would hand
+/// one client's bytes, or a forged response, to another. Such a connection is dropped.
+fn is_quiet(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let quiet = matches!(stream.peek(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    quiet && stream.set_nonblocking(false).is_ok()
+}
+
+/// Why no connection to a backend could be opened.
+enum ConnectError {
+    /// The backend refused or did not answer in time: try the next one.
+    BackendDown,
+    /// pibl itself is out of descriptors or socket memory: no backend is to blame, and none would
+    /// do better right now.
+    Local(ForwardError),
 }
 
 /// A new connection to `backend`: timed when it opens, which also puts the backend back in
-/// rotation; a refusal takes it out for the cool-down.
-fn connect(shared: &Shared, backend: &Backend) -> Option<TcpStream> {
+/// rotation; a refusal takes it out for the cool-down. Running out of pibl's own resources
+/// (descriptors, buffers) is not the backend's fault and does not take it out.
+fn connect(shared: &Shared, backend: &Backend) -> Result<TcpStream, ConnectError> {
     let config = &shared.config;
     let connecting = Instant::now();
     match backend.connect(config.connect_timeout, config.backend_timeout) {
         Ok(stream) => {
             shared.metrics.observe_connect(&backend.name, connecting.elapsed());
             backend.mark_up();
-            Some(stream)
+            Ok(stream)
+        }
+        Err(e) if is_local_exhaustion(&e) => {
+            log::warn!("cannot open a connection to backend {}: {e}", backend.name);
+            Err(ConnectError::Local(ForwardError::Overloaded(format!("pibl is out of resources ({e})"))))
         }
         Err(e) => {
             log::warn!("backend {} is down for {:?}: {e}", backend.name, config.backend_cooldown);
             backend.mark_down(shared.clock.now(), config.backend_cooldown);
-            None
+            Err(ConnectError::BackendDown)
         }
     }
+}
+
+/// Errors of `socket()`/`connect()` that mean this process or machine is out of a resource:
+/// EMFILE, ENFILE (descriptors), ENOBUFS, ENOMEM (socket memory) on Linux.
+fn is_local_exhaustion(e: &std::io::Error) -> bool {
+    const ENOMEM: i32 = 12;
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    const ENOBUFS: i32 = 105;
+    matches!(e.raw_os_error(), Some(ENOMEM | ENFILE | EMFILE | ENOBUFS))
 }
 
 /// Sends the request on `stream` and reads the final response head into `buf`.
@@ -131,7 +193,7 @@ fn attempt(
     buf: &mut ReadBuf,
 ) -> Result<Response, AttemptError> {
     let config = &shared.config;
-    let stale_or = |e: ForwardError| if reused { AttemptError::Stale } else { AttemptError::Fatal(e) };
+    let stale_or = |e: ForwardError| if reused { AttemptError::Stale } else { AttemptError::Unanswered(e) };
     let replayable = out.body.is_none();
     match out.body.as_mut() {
         Some(send_body) => {
@@ -166,6 +228,9 @@ fn attempt(
         Err(
             e @ (ReadHeadError::Closed { before_any_byte: true } | ReadHeadError::Io { before_any_byte: true, .. }),
         ) if replayable => Err(stale_or(ForwardError::Upstream(format!("backend {e}")))),
+        Err(
+            e @ (ReadHeadError::Closed { before_any_byte: true } | ReadHeadError::Io { before_any_byte: true, .. }),
+        ) => Err(AttemptError::Unanswered(ForwardError::Upstream(format!("backend {e}")))),
         Err(e) => Err(AttemptError::Fatal(ForwardError::Upstream(format!("backend {e}")))),
     }
 }
@@ -182,8 +247,26 @@ pub fn send<'a>(
     head_as_get: bool,
 ) -> Result<Exchanged<'a>, Failure> {
     let (shared, req, dispatch) = (ctx.shared, ctx.req, ctx.dispatch);
-    let conditionals = Conditionals { revalidating, drop_client_conditionals: drop_conditionals, head_as_get };
-    build_upstream_head(req, dispatch, ctx.conn.peer, conditionals, &mut ctx.scratch.upstream_head);
+    // A chunked GET or HEAD body is read whole first and goes with Content-Length (see
+    // `must_reframe_body`); every other body streams as it came.
+    let whole_body = match must_reframe_body(req.method(), req.framing) {
+        true => Some(read_whole_body(ctx)?),
+        false => None,
+    };
+    let framing = match &whole_body {
+        Some(body) if body.is_empty() => Framing::None,
+        Some(body) => Framing::Length(body.len() as u64),
+        None => req.framing,
+    };
+    let fields = UpstreamFields {
+        framing,
+        allow_underscores: shared.config.underscores_in_headers,
+        peer: ctx.conn.peer,
+        revalidating,
+        drop_client_conditionals: drop_conditionals,
+        head_as_get,
+    };
+    build_upstream_head(req, dispatch, &fields, &mut ctx.scratch.upstream_head);
     let Scratch { out, upstream_head, upstream_buf, .. } = &mut *ctx.scratch;
     // The body is sent and interim answers come back at different times; both use the client.
     let client = RefCell::new(&mut *ctx.conn);
@@ -196,6 +279,11 @@ pub fn send<'a>(
         }
     };
     let mut send_body = |stream: &mut TcpStream| -> Result<(), ForwardError> {
+        if let Some(body) = &whole_body {
+            return stream
+                .write_all(body)
+                .map_err(|e| ForwardError::Upstream(format!("sending the request body failed: {e}")));
+        }
         let mut conn = client.borrow_mut();
         let conn = &mut **conn;
         if req.expect_continue && conn.buf.is_empty() {
@@ -217,12 +305,13 @@ pub fn send<'a>(
         pool: dispatch.upstream.pool(),
         client: dispatch.client,
         head: upstream_head,
-        body: match req.framing.has_body() {
+        body: match framing.has_body() {
             true => Some(&mut send_body),
             false => None,
         },
         is_head: req.is_head() && !head_as_get,
         interim: Some(&mut pass_on_interim),
+        idempotent: is_idempotent(req.method()),
     };
     exchange(shared, &mut outbound, upstream_buf)
 }
@@ -242,9 +331,29 @@ fn interim_head(res: &Response) -> Vec<u8> {
     head
 }
 
-/// Which conditional fields the head sent upstream carries.
-#[derive(Clone, Copy)]
-struct Conditionals<'e> {
+/// Reads the client's whole request body (under `max_body_bytes`), decoded.
+fn read_whole_body(ctx: &mut RequestCtx<'_>) -> Result<Vec<u8>, Failure> {
+    let (config, req, conn) = (&ctx.shared.config, ctx.req, &mut *ctx.conn);
+    if req.expect_continue && conn.buf.is_empty() {
+        conn.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").map_err(ForwardError::ClientGone)?;
+    }
+    let mut body = Vec::new();
+    let mut batch = Vec::new();
+    let mut src = Source { buf: &mut conn.buf, sock: &mut conn.stream, step: config.buffer_size };
+    let mut dst = WriteBatch::new(&mut batch, &mut body, config.buffer_size);
+    body::transfer(&mut src, req.framing, &mut dst, Encoding::Identity, config.max_body_bytes)
+        .and_then(|_| dst.send().map_err(BodyError::Write))
+        .map_err(|e| Failure::from(ForwardError::ClientBody(e)))?;
+    Ok(body)
+}
+
+/// What shapes the upstream head besides the request itself.
+struct UpstreamFields<'e> {
+    /// The body's framing as sent upstream (a chunked GET body is re-framed by length).
+    framing: Framing,
+    /// `underscores_in_headers`.
+    allow_underscores: bool,
+    peer: SocketAddr,
     /// A stored entry being revalidated: its validators replace the client's.
     revalidating: Option<&'e Entry>,
     /// The client's `If-None-Match` / `If-Modified-Since` stay behind.
@@ -256,17 +365,12 @@ struct Conditionals<'e> {
 /// Writes the head sent to every backend for this request: hop-by-hop fields removed, `Host` kept,
 /// `X-Forwarded-*` and `Via` added, framing written by pibl. When revalidating a stored entry, its
 /// validators replace the client's own conditional fields.
-fn build_upstream_head(
-    req: &Request,
-    dispatch: &Dispatch<'_>,
-    peer: SocketAddr,
-    conditionals: Conditionals<'_>,
-    out: &mut Vec<u8>,
-) {
-    let revalidating = conditionals.revalidating;
-    let drop_conditionals = revalidating.is_some() || conditionals.drop_client_conditionals;
+fn build_upstream_head(req: &Request, dispatch: &Dispatch<'_>, fields: &UpstreamFields<'_>, out: &mut Vec<u8>) {
+    let UpstreamFields { framing, allow_underscores, peer, revalidating, drop_client_conditionals, head_as_get } =
+        *fields;
+    let drop_conditionals = revalidating.is_some() || drop_client_conditionals;
     let prefix = dispatch.upstream.app().map(|app| app.prefix.as_str());
-    let method = if conditionals.head_as_get && req.is_head() { "GET" } else { req.method() };
+    let method = if head_as_get && req.is_head() { "GET" } else { req.method() };
     let mut head = RequestHead::start(out, method, &dispatch.target);
     if let Some(host) = req.host() {
         head.field("Host", host.as_bytes());
@@ -274,6 +378,7 @@ fn build_upstream_head(
     let is = |name: &str, other: &str| name.eq_ignore_ascii_case(other);
     for (name, value) in req.headers() {
         if req.connection.drops(name)
+            || !forwardable_name(name, allow_underscores)
             || is(name, "host")
             || is(name, "expect")
             || is(name, "x-forwarded-for")
@@ -309,6 +414,6 @@ fn build_upstream_head(
         head.field("X-Forwarded-Prefix", prefix.as_bytes());
     }
     head.via(req.headers().filter(|(n, _)| is(n, "via")).map(|(_, v)| v), req.version);
-    head.framing(req.framing, method);
+    head.framing(framing, method);
     head.finish();
 }

@@ -79,6 +79,7 @@ fn refresh(shared: &Shared, cache: &Cache, scratch: &mut Scratch, job: &RefreshJ
         body: None,
         is_head: false,
         interim: None,
+        idempotent: true,
     };
     let Exchanged { backend, mut stream, response: res, in_flight } =
         forward::exchange(shared, &mut outbound, &mut scratch.upstream_buf).map_err(|failure| failure.error)?;

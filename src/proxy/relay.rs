@@ -112,10 +112,13 @@ pub fn relay(ctx: &mut RequestCtx<'_>, exchanged: Exchanged<'_>, plan: Option<&C
     if copied.is_ok() {
         // The backend's part is done before the client's last bytes go out, so the client's next
         // request already finds the stored response and the pooled connection.
-        if let (Some(plan), Some(pending)) = (plan, pending) {
+        // Bytes already past the body's end mean its length was wrong (or more follows that no one
+        // asked for): what was relayed is not stored.
+        let overran = !scratch.upstream_buf.is_empty();
+        if let (Some(plan), Some(pending), false) = (plan, pending, overran) {
             cache_step::finish_storing(plan, &res, pending);
         }
-        if res.reusable && scratch.upstream_buf.is_empty() {
+        if res.reusable && !overran {
             backend.put_idle(stream, Instant::now());
         }
     }

@@ -1,12 +1,16 @@
 //! Credentials: passwords hashed with Argon2id (the `argon2` crate's default parameters, a random
-//! salt each), and HS256 access tokens (`jsonwebtoken`) carrying the user's e-mail as `identity`
+//! salt each) on a small pool of hashing threads, and HS256 access tokens (`jsonwebtoken`) carrying the user's e-mail as `identity`
 //! with `iat`, `nbf` and `exp`, like the seed's Flask-JWT tokens. Time comes from the caller, so
 //! tests expire tokens by moving a clock.
 
 use std::fmt;
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm as HashAlgorithm, Argon2, Block, Params, Version};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -41,22 +45,34 @@ impl fmt::Display for TokenError {
     }
 }
 
-/// Why a password could not be hashed (a 500; it does not depend on the client).
+/// Why a password could not be hashed or checked.
 #[derive(Debug)]
-pub struct HashError(String);
+pub enum HashError {
+    /// The random source or the hasher failed (a 500; it does not depend on the client).
+    Failed(String),
+    /// Every hashing thread stayed busy past [`HASH_WAIT`] or the queue is full (a 503: retry later).
+    Busy,
+}
 
 impl fmt::Display for HashError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "password hashing failed: {}", self.0)
+        match self {
+            HashError::Failed(why) => write!(f, "password hashing failed: {why}"),
+            HashError::Busy => f.write_str("too many passwords are being checked at once; retry in a moment"),
+        }
     }
 }
 
 impl std::error::Error for HashError {}
 
+fn failed(e: impl fmt::Display) -> HashError {
+    HashError::Failed(e.to_string())
+}
+
 /// Random bytes from the operating system.
 pub fn random_bytes<const N: usize>() -> Result<[u8; N], HashError> {
     let mut buf = [0u8; N];
-    getrandom::fill(&mut buf).map_err(|e| HashError(e.to_string()))?;
+    getrandom::fill(&mut buf).map_err(failed)?;
     Ok(buf)
 }
 
@@ -67,29 +83,189 @@ pub fn new_secret() -> Result<String, HashError> {
 
 /// Hashes a password into a PHC string (`$argon2id$v=19$m=...`), with a random salt.
 pub fn hash_password(password: &str) -> Result<String, HashError> {
-    let salt = SaltString::encode_b64(&random_bytes::<16>()?).map_err(|e| HashError(e.to_string()))?;
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| HashError(e.to_string()))
+    match on_pool(Task::Hash(password.to_string()))? {
+        Done::Hashed(hash) => Ok(hash),
+        Done::Verified(_) => Err(failed("the hashing pool answered another question")),
+    }
 }
 
 /// Checks a password against a stored hash; a malformed hash never matches.
-pub fn verify_password(password: &str, hash: &str) -> bool {
-    match PasswordHash::new(hash) {
-        Ok(parsed) => Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok(),
-        Err(_) => false,
+pub fn verify_password(password: &str, hash: &str) -> Result<bool, HashError> {
+    match on_pool(Task::Verify(password.to_string(), hash.to_string()))? {
+        Done::Verified(ok) => Ok(ok),
+        Done::Hashed(_) => Err(failed("the hashing pool answered another question")),
     }
 }
 
 /// Spends the time of one verification, so an unknown e-mail address answers as slowly as a known
 /// one with a wrong password (no probing for registered addresses by timing).
-pub fn verify_dummy(password: &str) {
-    use std::sync::OnceLock;
-    static DUMMY: OnceLock<Option<String>> = OnceLock::new();
-    if let Some(hash) = DUMMY.get_or_init(|| hash_password("not-a-real-password").ok()) {
-        let _ = verify_password(password, hash);
+pub fn verify_dummy(password: &str) -> Result<(), HashError> {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    let hash = match DUMMY.get() {
+        Some(hash) => hash,
+        None => {
+            let hash = hash_password("not-a-real-password")?;
+            DUMMY.get_or_init(|| hash)
+        }
+    };
+    verify_password(password, hash).map(|_| ())
+}
+
+// ------------------------------------------------------------------------------------------------
+// The hashing pool. One Argon2 hash with the default parameters works in 19 MiB. Hashed on the
+// threads that serve requests, a burst of logins had each thread allocate and free its own 19 MiB,
+// and the allocator kept those blocks in per-thread arenas: RSS grew by hundreds of MiB and stayed.
+// Here a few threads hash, each keeping one working memory for every hash it computes, so hashing
+// memory is bounded by `MAX_HASHERS` working memories whatever the burst; other requests queue.
+// ------------------------------------------------------------------------------------------------
+
+/// Most hashing threads, and never more than the machine has cores: 3 x 19 MiB stays under 64 MiB.
+const MAX_HASHERS: usize = 3;
+/// Hashes waiting for a thread; past it a request is refused at once.
+const HASH_QUEUE: usize = 64;
+/// Longest a request waits for its hash, queueing included; past it [`HashError::Busy`].
+pub const HASH_WAIT: Duration = Duration::from_secs(10);
+/// Largest working memory a stored hash may ask for (64 MiB); a bigger `m` is refused, not allocated.
+const MAX_BLOCKS: usize = 64 * 1024;
+
+enum Task {
+    Hash(String),
+    /// A password and the stored hash to check it against.
+    Verify(String, String),
+}
+
+enum Done {
+    Hashed(String),
+    Verified(bool),
+}
+
+struct Job {
+    task: Task,
+    /// When the caller stops waiting: a job still queued then is dropped, not computed.
+    deadline: Instant,
+    reply: Sender<Result<Done, HashError>>,
+}
+
+/// How many threads hash: the cores, at most [`MAX_HASHERS`].
+pub fn hashing_threads() -> usize {
+    thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_HASHERS)
+}
+
+/// Hashing threads and their queue.
+struct HashPool {
+    jobs: Sender<Job>,
+    /// How long a caller waits for its answer, queueing included.
+    wait: Duration,
+}
+
+impl HashPool {
+    /// Starts `threads` hashing threads behind a queue of `queue` jobs; `None` if none started.
+    fn start(threads: usize, queue: usize, wait: Duration) -> Option<HashPool> {
+        let (jobs, pending) = crossbeam_channel::bounded::<Job>(queue);
+        let mut started = 0;
+        for i in 0..threads {
+            let pending = pending.clone();
+            match thread::Builder::new().name(format!("pibl-hash-{i}")).spawn(move || hasher(&pending)) {
+                Ok(_) => started += 1,
+                Err(e) => log::error!("cannot start password hashing thread {i}: {e}"),
+            }
+        }
+        (started > 0).then_some(HashPool { jobs, wait })
     }
+
+    fn run(&self, task: Task) -> Result<Done, HashError> {
+        let deadline = Instant::now() + self.wait;
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.jobs.try_send(Job { task, deadline, reply }).map_err(|e| match e {
+            TrySendError::Full(_) => HashError::Busy,
+            TrySendError::Disconnected(_) => failed("the password hashing threads are gone"),
+        })?;
+        // A job dropped at its deadline disconnects the reply: busy as well.
+        answer.recv_deadline(deadline).map_err(|_| HashError::Busy)?
+    }
+}
+
+/// Runs `task` on the process's pool, whose threads start with the first hash and live as long as
+/// the process.
+fn on_pool(task: Task) -> Result<Done, HashError> {
+    static POOL: OnceLock<Option<HashPool>> = OnceLock::new();
+    POOL.get_or_init(|| HashPool::start(hashing_threads(), HASH_QUEUE, HASH_WAIT))
+        .as_ref()
+        .ok_or_else(|| failed("no password hashing thread could be started"))?
+        .run(task)
+}
+
+/// One hashing thread: computes queued jobs in its one reused working memory.
+fn hasher(queue: &Receiver<Job>) {
+    let mut memory: Vec<Block> = Vec::new();
+    for job in queue.iter() {
+        if Instant::now() >= job.deadline {
+            continue; // its caller has stopped waiting
+        }
+        let done = match job.task {
+            Task::Hash(password) => hash_with(&mut memory, &password).map(Done::Hashed),
+            Task::Verify(password, hash) => verify_with(&mut memory, &password, &hash).map(Done::Verified),
+        };
+        let _ = job.reply.send(done);
+    }
+}
+
+/// The first `params.block_count()` blocks of `memory`, grown (once) if it is smaller.
+fn working_memory<'m>(memory: &'m mut Vec<Block>, params: &Params) -> Result<&'m mut [Block], HashError> {
+    let blocks = params.block_count();
+    if blocks > MAX_BLOCKS {
+        return Err(failed(format!("a hash asks for {blocks} KiB of memory, more than {MAX_BLOCKS} KiB")));
+    }
+    if memory.len() < blocks {
+        memory.resize(blocks, Block::new());
+    }
+    Ok(&mut memory[..blocks])
+}
+
+fn hash_with(memory: &mut Vec<Block>, password: &str) -> Result<String, HashError> {
+    let salt_bytes = random_bytes::<16>()?;
+    let salt = SaltString::encode_b64(&salt_bytes).map_err(failed)?;
+    let params = Params::default();
+    let argon = Argon2::new(HashAlgorithm::Argon2id, Version::V0x13, params.clone());
+    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    argon
+        .hash_password_into_with_memory(password.as_bytes(), &salt_bytes, &mut out, working_memory(memory, &params)?)
+        .map_err(failed)?;
+    let phc = PasswordHash {
+        algorithm: HashAlgorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).map_err(failed)?,
+        salt: Some(salt.as_salt()),
+        hash: Some(Output::new(&out).map_err(failed)?),
+    };
+    Ok(phc.to_string())
+}
+
+/// Recomputes the stored hash's parameters over `password` and compares in constant time.
+fn verify_with(memory: &mut Vec<Block>, password: &str, stored: &str) -> Result<bool, HashError> {
+    let Ok(parsed) = PasswordHash::new(stored) else { return Ok(false) };
+    let (Ok(algorithm), Ok(params), Some(expected), Some(salt)) =
+        (HashAlgorithm::try_from(parsed.algorithm), Params::try_from(&parsed), parsed.hash, parsed.salt)
+    else {
+        return Ok(false);
+    };
+    let version = match parsed.version.map(Version::try_from) {
+        None => Version::default(),
+        Some(Ok(version)) => version,
+        Some(Err(_)) => return Ok(false),
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt_bytes) = salt.decode_b64(&mut salt_buf) else { return Ok(false) };
+    let mut out = vec![0u8; expected.len()];
+    let argon = Argon2::new(algorithm, version, params.clone());
+    if argon
+        .hash_password_into_with_memory(password.as_bytes(), salt_bytes, &mut out, working_memory(memory, &params)?)
+        .is_err()
+    {
+        return Ok(false);
+    }
+    // `Output`'s equality is constant-time.
+    Ok(Output::new(&out).is_ok_and(|computed| computed == expected))
 }
 
 /// Issues and checks HS256 access tokens with one secret.
@@ -166,9 +342,44 @@ mod tests {
         assert!(a.starts_with("$argon2id$"), "{a}");
         assert_ne!(a, b, "each hash has its own salt");
         assert!(!a.contains("secret1"));
-        assert!(verify_password("secret1", &a));
-        assert!(!verify_password("secret2", &a));
-        assert!(!verify_password("secret1", "not a hash"));
+        assert!(verify_password("secret1", &a).unwrap());
+        assert!(!verify_password("secret2", &a).unwrap());
+        assert!(!verify_password("secret1", "not a hash").unwrap());
+        verify_dummy("anything").unwrap();
+    }
+
+    #[test]
+    fn pool_hashes_are_the_library_s_hashes() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        // Ours verify with the library's verifier, and the library's verify with ours.
+        let ours = hash_password("pässword").unwrap();
+        assert!(Argon2::default().verify_password("pässword".as_bytes(), &PasswordHash::new(&ours).unwrap()).is_ok());
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let theirs = Argon2::default().hash_password(b"other", &salt).unwrap().to_string();
+        assert!(verify_password("other", &theirs).unwrap());
+        assert!(!verify_password("Other", &theirs).unwrap());
+        // Other parameters (smaller memory, Argon2i) are read from the stored hash.
+        let small = Params::new(1024, 1, 1, None).unwrap();
+        let argon2i = Argon2::new(HashAlgorithm::Argon2i, Version::V0x13, small).hash_password(b"pw", &salt).unwrap();
+        assert!(verify_password("pw", &argon2i.to_string()).unwrap());
+        // A hash asking for more memory than allowed is an error, not an allocation.
+        let huge =
+            "$argon2id$v=19$m=4194304,t=1,p=1$MDEyMzQ1Njc4OWFiY2RlZg$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        assert!(matches!(verify_password("pw", huge), Err(HashError::Failed(_))));
+        assert!(hashing_threads() >= 1 && hashing_threads() <= MAX_HASHERS);
+    }
+
+    #[test]
+    fn a_full_or_slow_queue_is_busy_not_a_pile_up() {
+        // A queue of one that no thread takes from: the first job waits out its time (Busy), then
+        // holds the only place, so the next is refused at once (Busy).
+        let (jobs, _pending) = crossbeam_channel::bounded(1);
+        let pool = HashPool { jobs, wait: Duration::from_millis(20) };
+        assert!(matches!(pool.run(Task::Hash("pw".into())), Err(HashError::Busy)));
+        assert!(matches!(pool.run(Task::Hash("pw".into())), Err(HashError::Busy)));
+        // With a thread behind it, the same pool shape answers.
+        let pool = HashPool::start(1, 1, Duration::from_secs(30)).unwrap();
+        assert!(matches!(pool.run(Task::Hash("pw".into())), Ok(Done::Hashed(_))));
     }
 
     #[test]

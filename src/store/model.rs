@@ -46,6 +46,17 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
     }
+
+    /// The database cannot take writes now (its disk is full, its file read-only, or I/O fails):
+    /// nothing is wrong with the request, and it may work later.
+    pub fn cannot_write(&self) -> bool {
+        use rusqlite::ErrorCode::{CannotOpen, DiskFull, ReadOnly, SystemIoFailure};
+        matches!(
+            self,
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(e.code, DiskFull | ReadOnly | CannotOpen | SystemIoFailure)
+        )
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -448,12 +448,20 @@ impl Drop for TempDir {
 pub struct ProxyProcess {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The management API's address.
+    pub api_addr: SocketAddr,
 }
 
 impl ProxyProcess {
     /// Writes a config for `backend` with `extra` keys and starts the proxy. The port is found free and
     /// then released, so another process may take it first: then the proxy exits and we try another.
     pub fn start(dir: &TempDir, backend: SocketAddr, extra: &str) -> ProxyProcess {
+        ProxyProcess::start_limited(dir, backend, extra, None)
+    }
+
+    /// [`ProxyProcess::start`] with the process's open-file limit (`RLIMIT_NOFILE`) lowered to
+    /// `nofile`, through `prlimit`, which runs the proxy in its own process.
+    pub fn start_limited(dir: &TempDir, backend: SocketAddr, extra: &str, nofile: Option<u64>) -> ProxyProcess {
         for _ in 0..5 {
             let free = || TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
             let (port, api_port) = (free(), free());
@@ -466,7 +474,15 @@ impl ProxyProcess {
                 ),
             );
             let stderr = fs::File::create(dir.0.join("proxy.stderr")).expect("create stderr file");
-            let mut child = Command::new(env!("CARGO_BIN_EXE_proxy"))
+            let mut command = match nofile {
+                Some(n) => {
+                    let mut c = Command::new("prlimit");
+                    c.arg(format!("--nofile={n}:{n}")).arg("--").arg(env!("CARGO_BIN_EXE_proxy"));
+                    c
+                }
+                None => Command::new(env!("CARGO_BIN_EXE_proxy")),
+            };
+            let mut child = command
                 .arg("--config")
                 .arg(&config)
                 .stdin(Stdio::null())
@@ -481,7 +497,7 @@ impl ProxyProcess {
                 // has bound its data port (which then accepts) before it fails and exits.
                 let log = fs::read_to_string(dir.0.join("proxy.stderr")).unwrap_or_default();
                 if log.contains("Server started successfully") {
-                    return ProxyProcess { child, addr };
+                    return ProxyProcess { child, addr, api_addr: SocketAddr::from(([127, 0, 0, 1], api_port)) };
                 }
                 if child.try_wait().expect("poll the proxy").is_some() || Instant::now() > deadline {
                     let _ = child.kill();
@@ -741,5 +757,100 @@ impl Drop for DemoProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// A backend that records the raw bytes it receives, for tests of exactly what pibl sends upstream.
+// ---------------------------------------------------------------------------------------------------------
+
+/// A backend that keeps every byte it receives, in arrival order across its connections, and
+/// answers each complete request (framed by `Content-Length` or chunked) with `200 ok`.
+pub struct RawBackend {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<u8>>>,
+    pub connections: Arc<AtomicUsize>,
+    /// Connections the other side has closed (or that broke).
+    pub closed: Arc<AtomicUsize>,
+}
+
+impl RawBackend {
+    pub fn start() -> RawBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind raw backend");
+        let addr = listener.local_addr().unwrap();
+        let (received, connections, closed) =
+            (Arc::<Mutex<Vec<u8>>>::default(), Arc::<AtomicUsize>::default(), Arc::<AtomicUsize>::default());
+        let (log, count, ended) = (received.clone(), connections.clone(), closed.clone());
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                count.fetch_add(1, Ordering::SeqCst);
+                let (log, ended) = (log.clone(), ended.clone());
+                thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(WAIT));
+                    let mut pending = Vec::new();
+                    let mut chunk = [0u8; 65536];
+                    'conn: while let Ok(n @ 1..) = stream.read(&mut chunk) {
+                        log.lock().unwrap().extend_from_slice(&chunk[..n]);
+                        pending.extend_from_slice(&chunk[..n]);
+                        while let Some(used) = complete_request(&pending) {
+                            let answer: &[u8] = match pending.starts_with(b"HEAD ") {
+                                true => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n",
+                                false => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                            };
+                            pending.drain(..used);
+                            if stream.write_all(answer).is_err() {
+                                break 'conn;
+                            }
+                        }
+                    }
+                    ended.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        RawBackend { addr, received, connections, closed }
+    }
+
+    /// Everything received so far, as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.received.lock().unwrap()).into_owned()
+    }
+
+    /// Forgets what was received.
+    pub fn clear(&self) {
+        self.received.lock().unwrap().clear();
+        self.connections.store(0, Ordering::SeqCst);
+        self.closed.store(0, Ordering::SeqCst);
+    }
+}
+
+/// The length of the complete request at the start of `buf` (head and body), if it is all there.
+fn complete_request(buf: &[u8]) -> Option<usize> {
+    let mut slots = [httparse::EMPTY_HEADER; 128];
+    let mut req = httparse::Request::new(&mut slots);
+    let httparse::Status::Complete(head) = req.parse(buf).ok()? else { return None };
+    let field = |name: &str| {
+        req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| String::from_utf8_lossy(h.value))
+    };
+    if let Some(len) = field("content-length") {
+        let end = head + len.trim().parse::<usize>().ok()?;
+        return (buf.len() >= end).then_some(end);
+    }
+    if field("transfer-encoding").is_none() {
+        return Some(head);
+    }
+    let mut at = head;
+    loop {
+        let line = buf[at..].windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(String::from_utf8_lossy(&buf[at..at + line]).split(';').next()?, 16).ok()?;
+        at += line + 2;
+        if size == 0 {
+            // No trailers from pibl: the empty line follows.
+            return (buf.len() >= at + 2).then_some(at + 2);
+        }
+        at += size + 2;
+        if buf.len() < at {
+            return None;
+        }
     }
 }
