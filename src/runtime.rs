@@ -27,6 +27,7 @@ use crate::server::Server;
 use crate::store::applog::LogWriter;
 use crate::store::credentials::{self, Tokens};
 use crate::store::lockout::Lockout;
+use crate::store::private::{self, PrivateError};
 use crate::store::{Durability, Store, StoreError};
 use crate::upstream::apps::Router;
 use crate::upstream::health::{HealthChecker, Targets};
@@ -40,6 +41,8 @@ pub enum StartError {
     Store { path: String, source: StoreError },
     /// No random JWT secret could be made.
     Secret(credentials::HashError),
+    /// `jwt_secret_file` could not be used.
+    SecretFile(PrivateError),
 }
 
 impl fmt::Display for StartError {
@@ -48,6 +51,7 @@ impl fmt::Display for StartError {
             StartError::Io { what, source } => write!(f, "{what}: {source}"),
             StartError::Store { path, source } => write!(f, "database {path}: {source}"),
             StartError::Secret(e) => write!(f, "JWT secret: {e}"),
+            StartError::SecretFile(e) => write!(f, "jwt_secret_file: {e}"),
         }
     }
 }
@@ -88,7 +92,11 @@ impl Pibl {
                 .map_err(|source| StartError::Store { path: path.display().to_string(), source })
         };
         let store = Arc::new(open(Durability::Full)?);
-        let secret = if config.jwt_secret.is_empty() {
+        // The secret's source, first found: PIBL_JWT_SECRET (put in `jwt_secret` by `apply_env`, which
+        // clears the file), `jwt_secret_file`, `jwt_secret`, else one made once and kept in the database.
+        let secret = if let Some(file) = &config.jwt_secret_file {
+            private::read_secret(file).map_err(StartError::SecretFile)?
+        } else if config.jwt_secret.is_empty() {
             let mut failure = None;
             let secret = store
                 .setting_or_insert("jwt_secret", || match credentials::new_secret() {

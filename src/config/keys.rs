@@ -5,6 +5,7 @@
 use super::access_log::{parse_access_log_file, parse_access_log_format, render_access_log_file};
 use super::routes::{parse_nets, parse_rate, render_nets, render_rate, RateLimit};
 use super::settings::Config;
+use super::settings::MetricsAuth;
 use super::values::{
     parse_admins, parse_bind, parse_bool, parse_buffer_bytes, parse_count, parse_database, parse_duration,
     parse_health_path, parse_log_level, parse_metrics_bind, parse_port, parse_size, parse_timeout, render_duration,
@@ -299,6 +300,17 @@ pub(super) const LAYOUT: &[Entry] = &[
         render: |c| c.jwt_secret.clone(),
     }),
     Entry::Key(KeySpec {
+        name: "jwt_secret_file",
+        help: "File holding the signing secret (at least 32 characters, mode 0600), so it is not kept\n\
+               in the database. The environment variable PIBL_JWT_SECRET overrides both.\n\
+               Empty = unused.",
+        apply: |c, v| {
+            c.jwt_secret_file = Some(v.trim()).filter(|p| !p.is_empty()).map(std::path::PathBuf::from);
+            Ok(())
+        },
+        render: |c| c.jwt_secret_file.as_deref().map(render_path).unwrap_or_default(),
+    }),
+    Entry::Key(KeySpec {
         name: "jwt_ttl",
         help: "How long an access token from /api/auth stays valid.",
         apply: |c, v| parse_timeout(v).map(|x| c.jwt_ttl = x),
@@ -310,6 +322,30 @@ pub(super) const LAYOUT: &[Entry] = &[
                (GET /api/blocked). Empty = nobody.",
         apply: |c, v| parse_admins(v).map(|x| c.admins = x),
         render: |c| c.admins.join(", "),
+    }),
+    Entry::Key(KeySpec {
+        name: "endpoint_allow",
+        help: "Networks app endpoints may point at; narrow it with open registration (e.g. to the app\n\
+               servers' subnet). pibl's own ports, link-local, metadata and unspecified addresses are\n\
+               refused whatever it says.\n\
+               CIDR list.",
+        apply: |c, v| parse_nets(v).map(|x| c.endpoint_allow = x),
+        render: |c| render_nets(&c.endpoint_allow),
+    }),
+    Entry::Key(KeySpec {
+        name: "metrics_auth",
+        help: "Whether /metrics on the API port needs a token: auto (when api_bind is not loopback),\n\
+               token (always) or open (never; firewall the port).",
+        apply: |c, v| {
+            c.metrics_auth = match v.trim().to_ascii_lowercase().as_str() {
+                "auto" => MetricsAuth::Auto,
+                "token" => MetricsAuth::Token,
+                "open" => MetricsAuth::Open,
+                _ => return Err(format!("{v:?} is not auto, token or open")),
+            };
+            Ok(())
+        },
+        render: |c| c.metrics_auth.as_str().to_string(),
     }),
     Entry::Key(KeySpec {
         name: "lockout_secs",

@@ -9,6 +9,7 @@
 pub mod applog;
 pub mod credentials;
 pub mod lockout;
+pub mod private;
 
 use std::fmt;
 use std::path::Path;
@@ -80,6 +81,8 @@ const MIGRATIONS: &[&str] = &[
 #[derive(Debug)]
 pub enum StoreError {
     Sqlite(rusqlite::Error),
+    /// The file or a side file is readable by other users, or cannot be created private.
+    Private(private::PrivateError),
     /// The file was written by a newer pibl whose schema this one does not know.
     TooNew {
         found: i64,
@@ -91,6 +94,7 @@ impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreError::Sqlite(e) => write!(f, "database error: {e}"),
+            StoreError::Private(e) => e.fmt(f),
             StoreError::TooNew { found, known } => write!(
                 f,
                 "the database has schema version {found}, newer than this pibl knows ({known}); use a newer pibl"
@@ -220,7 +224,11 @@ impl fmt::Debug for Store {
 impl Store {
     /// Opens (creating if needed) and migrates the database at `path`; `log_retention` is how many
     /// execution-log entries each app keeps.
+    /// The file is created `0600` (SQLite gives its side files the same mode), and one that other
+    /// users can read is refused ([`private`]).
     pub fn open(path: &Path, durability: Durability, log_retention: usize) -> Result<Store> {
+        private::create(path).map_err(StoreError::Private)?;
+        private::check_database(path).map_err(StoreError::Private)?;
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
@@ -234,6 +242,8 @@ impl Store {
         conn.pragma_update(None, "synchronous", sync)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&mut conn)?;
+        // The side files exist now; made by an older pibl or another tool, they may not be private.
+        private::check_database(path).map_err(StoreError::Private)?;
         Ok(Store { conn: Mutex::new(conn), log_retention: log_retention.max(1) })
     }
 
@@ -671,6 +681,24 @@ mod tests {
         assert_eq!(store.setting_or_insert("k", || "second".into()).unwrap(), "first");
         assert!(store.create_user("a@X.io", "h", 2).unwrap().is_none(), "e-mail compared without case");
         assert_eq!(store.user("a@x.io").unwrap().unwrap().email, "A@x.io");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn database_and_side_files_are_private_and_exposed_ones_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let db = TempDb::new();
+        let store = Store::open(&db.0, Durability::Full, 10).unwrap();
+        store.create_user("a@x.io", "h", 1).unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let path = private::side_file(&db.0, suffix);
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", path.display());
+        }
+        drop(store);
+        std::fs::set_permissions(&db.0, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Store::open(&db.0, Durability::Full, 10).unwrap_err().to_string();
+        assert!(err.contains("readable by other users") && err.contains("chmod 600"), "{err}");
     }
 
     #[test]
