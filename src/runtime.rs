@@ -31,6 +31,7 @@ use crate::store::private::{self, PrivateError};
 use crate::store::{Durability, Store, StoreError};
 use crate::upstream::apps::Router;
 use crate::upstream::health::{HealthChecker, Targets};
+use crate::upstream::policy::EndpointPolicy;
 
 /// Why pibl could not start.
 #[derive(Debug)]
@@ -115,7 +116,22 @@ impl Pibl {
             config.jwt_secret.clone()
         };
 
+        // Bound before the proxy starts, so a taken port fails the start instead of losing the metrics.
+        let metrics_listener = match config.metrics_bind {
+            Some(addr) => {
+                Some(TcpListener::bind(addr).map_err(io_err(&format!("cannot listen on {addr} (metrics_bind)")))?)
+            }
+            None => None,
+        };
         let router = Arc::new(Router::new(config.backend_pool_size, clock.clone()));
+        // pibl's own ports are never an endpoint: an app at the API port would serve the API on the
+        // public data plane.
+        let mut own_ports = vec![proxy.local_addr().map_err(io_err("proxy listener"))?.port()];
+        own_ports.push(api.local_addr().map_err(io_err("API listener"))?.port());
+        if let Some(listener) = &metrics_listener {
+            own_ports.push(listener.local_addr().map_err(io_err("metrics listener"))?.port());
+        }
+        router.set_endpoint_policy(EndpointPolicy::new(config.endpoint_allow.clone(), own_ports));
         let logs = LogWriter::start(open(Durability::Normal)?).map_err(io_err("cannot start the log writer"))?;
         router.set_log_sink(logs.sender());
         let lockout = Lockout::start(open(Durability::Full)?, config.lockout_secs, clock.clone())
@@ -127,13 +143,6 @@ impl Pibl {
             .reload(|| store.all_apps())
             .map_err(|source| StartError::Store { path: path.display().to_string(), source })?;
 
-        // Bound before the proxy starts, so a taken port fails the start instead of losing the metrics.
-        let metrics_listener = match config.metrics_bind {
-            Some(addr) => {
-                Some(TcpListener::bind(addr).map_err(io_err(&format!("cannot listen on {addr} (metrics_bind)")))?)
-            }
-            None => None,
-        };
         let (health_interval, purge_interval) = (config.health_interval, config.purge_interval);
         let default_path = Some(config.health_path.clone()).filter(|p| !p.is_empty());
         let (auth_rate, admins, access_log) = (config.auth_rate, config.admins.clone(), config.access_log);

@@ -49,3 +49,54 @@ fn the_signing_secret_comes_from_a_private_file_and_an_exposed_one_is_refused() 
     let err = pibl::Pibl::start_on(proxy, api_listener, config, Clock::system()).err().expect("refused");
     assert!(err.to_string().contains("chmod 600"), "{err}");
 }
+
+#[test]
+fn endpoints_cannot_point_at_pibl_itself_or_internal_addresses_in_any_spelling() {
+    let (pibl, _db) = start("ssrf", |_| {});
+    let addr = pibl.api_addr();
+    let token = register_and_login(addr, "mallory@x.io");
+    let (api_port, data_port) = (addr.port(), pibl.proxy_addr().port());
+    let mut refused = Vec::new();
+    for port in [api_port, data_port] {
+        for host in ["127.0.0.1", "127.1", "0x7f000001", "2130706433", "localhost", "[::ffff:127.0.0.1]", "::1"] {
+            refused.push((host.to_string(), port, "own ports"));
+        }
+    }
+    for (host, why) in [
+        ("0.0.0.0", "unspecified"),
+        ("::", "unspecified"),
+        ("169.254.169.254", "metadata"),
+        ("fe80::1", "link-local"),
+        ("8.8.8.8", "endpoint_allow"),
+    ] {
+        refused.push((host.to_string(), 80, why));
+    }
+    for (host, port, why) in refused {
+        let body = format!(r#"{{"host":"{host}","port":{port},"statuspath":"/"}}"#);
+        let res = api(addr, "POST", "/api/apps/ssrf", Some(&token), Some(&body));
+        assert_eq!(res.status, 400, "{host}:{port} must be refused: {}", res.text());
+        let detail = res.json()["details"][0].clone();
+        assert_eq!(detail["field"], "host", "{host}");
+        assert!(detail["message"].as_str().unwrap_or("").contains(why), "{host}:{port}: {detail}");
+    }
+    let backend = TestBackend::start(|_| ok("app"));
+    let res = api(addr, "POST", "/api/apps/ssrf", Some(&token), Some(&endpoint_body(backend.addr, "/")));
+    assert_eq!(res.status, 201, "{}", res.text());
+
+    // A row that points at the API (an older pibl's, or a name that now resolves there) gets no
+    // traffic: the route table checks again when it resolves.
+    let app = pibl.state().store.app("ssrf").unwrap().unwrap();
+    let owner = pibl.state().store.user("mallory@x.io").unwrap().unwrap();
+    let ep = pibl::store::Endpoint { id: 0, host: "127.0.0.1".into(), port: api_port, statuspath: "/".into() };
+    pibl.state().store.add_endpoint(&owner, &app.name, &ep, 1).unwrap();
+    pibl.state().reload_routes().unwrap();
+    let routes = pibl.state().router.snapshot();
+    let route = routes.app("ssrf").unwrap();
+    assert_eq!(route.endpoints.len(), 2);
+    assert!(route.endpoints.iter().all(|e| e.backend.as_ref().is_none_or(|b| b.addr.port() != api_port)));
+    for _ in 0..4 {
+        let res = get(pibl.proxy_addr(), "/ssrf/metrics");
+        assert_eq!(res.text(), "app", "only the real backend answers");
+    }
+    pibl.shutdown();
+}

@@ -12,7 +12,6 @@ use super::state::ApiState;
 use crate::clock::rfc3339;
 use crate::http::request::Request;
 use crate::store::{self, AddEndpoint, Endpoint, LogEntry, Removal, User};
-use crate::upstream::apps::resolve;
 
 /// Default and largest page of `GET /api/apps/<appid>/logs`.
 const DEFAULT_LOG_PAGE: usize = 100;
@@ -67,11 +66,10 @@ pub fn add_endpoint(state: &ApiState, req: &Request, body: &[u8], id: &str) -> A
     let user = authenticate(state, req)?;
     let id = app_id(id)?;
     let new = schema::new_endpoint(json_body(req, body)?)?;
-    if resolve(&new.host, new.port).is_none() {
-        return Err(ApiError::Schema(vec![FieldError::new(
-            "host",
-            format!("{:?} does not resolve to an address", new.host),
-        )]));
+    // Refused in every spelling (names are resolved; see `upstream::policy`), and checked again
+    // whenever the route table resolves it and before each connection.
+    if let Err(refusal) = state.router.endpoint_policy().resolve(&new.host, new.port) {
+        return Err(ApiError::Schema(vec![FieldError::new("host", refusal.to_string())]));
     }
     let endpoint = Endpoint { id: 0, host: new.host, port: new.port, statuspath: new.statuspath };
     match state.store.add_endpoint(&user, id, &endpoint, state.clock.now_ms())? {
