@@ -100,3 +100,63 @@ fn endpoints_cannot_point_at_pibl_itself_or_internal_addresses_in_any_spelling()
     }
     pibl.shutdown();
 }
+
+/// A client that has sent the head of a 60000-byte registration and one byte of its body.
+fn slow_client(addr: SocketAddr) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    let head =
+        "POST /api/users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n{";
+    s.write_all(head.as_bytes()).expect("send head");
+    s
+}
+
+#[test]
+fn slow_clients_hold_no_worker_and_get_408_at_the_request_deadline() {
+    use std::io::{Read, Write};
+    let (pibl, _db) = start("slow", |_| {});
+    let addr = pibl.api_addr();
+    register_and_login(addr, "fast@x.io");
+    // As many slow clients as there are API workers, and more.
+    let mut slow: Vec<_> = (0..pibl::api::API_THREADS + 2).map(|_| slow_client(addr)).collect();
+    for s in &mut slow {
+        s.write_all(b"\"").expect("a byte more");
+    }
+    // A fifth client logs in while they dawdle (the helper reads with a generous timeout).
+    let token = login(addr, "fast@x.io", "password");
+    assert!(!token.is_empty());
+    assert_eq!(get(addr, "/api/openapi.yaml").status, 200);
+    // ...and the slow ones were still connected, waiting, when it was answered.
+    for s in &mut slow {
+        s.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        let waiting = matches!(s.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        assert!(waiting, "a slow client was answered or dropped before its deadline");
+        s.set_nonblocking(false).unwrap();
+    }
+    // At the whole-request deadline (not per read: they kept sending), each gets 408.
+    let mut first = slow.remove(0);
+    first.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let mut answer = String::new();
+    let _ = first.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within"), "{answer}");
+    pibl.shutdown();
+}
+
+#[test]
+fn one_address_holds_a_bounded_number_of_api_connections() {
+    use std::io::Read;
+    let (pibl, _db) = start("per-ip", |_| {});
+    let addr = pibl.api_addr();
+    let held: Vec<_> = (0..64).map(|_| std::net::TcpStream::connect(addr).expect("connect")).collect();
+    let mut extra = std::net::TcpStream::connect(addr).expect("connect");
+    extra.set_read_timeout(Some(WAIT)).unwrap();
+    let mut answer = String::new();
+    let _ = extra.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    drop(held);
+    // The slots come back as the connections close.
+    wait_until("a connection is accepted again", || get(addr, "/api/openapi.yaml").status == 200);
+    pibl.shutdown();
+}
