@@ -138,6 +138,19 @@ impl Pibl {
             .map_err(io_err("cannot start the lock-out consumer"))?;
 
         let tokens = Arc::new(Tokens::new(secret.as_bytes(), config.jwt_ttl.as_secs()));
+        // Being listed grants nothing by itself (anyone could register the address first).
+        for email in &config.admins {
+            let granted = match store.user(email) {
+                Ok(Some(user)) => crate::store::admins::is_admin(&store, &user).unwrap_or(false),
+                _ => false,
+            };
+            if !granted {
+                log::warn!(
+                    "admins lists {email}, which has no admin rights: grant them on this host with \
+                     `proxy --config FILE --admin add {email}`"
+                );
+            }
+        }
         // The apps are routed from the first request on.
         router
             .reload(|| store.all_apps())

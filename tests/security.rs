@@ -160,3 +160,74 @@ fn one_address_holds_a_bounded_number_of_api_connections() {
     wait_until("a connection is accepted again", || get(addr, "/api/openapi.yaml").status == 200);
     pibl.shutdown();
 }
+
+#[test]
+fn admin_rights_come_from_the_host_never_from_registering_a_listed_address() {
+    use pibl::store::admins::{self, Added, AdminError};
+    let (pibl, _db) = start("admins", |_| {});
+    let addr = pibl.api_addr();
+    let store = &pibl.state().store;
+    let now = || pibl.state().clock.now_ms();
+    // `admins` lists ADMIN; registering it first (in another case) grants nothing.
+    let squatter = register_and_login(addr, "Admin@Pibl.Test");
+    assert_eq!(api(addr, "GET", "/api/blocked", Some(&squatter), None).status, 403);
+    let dup = r#"{"email":"admin@pibl.test","password":"password"}"#;
+    assert_eq!(api(addr, "POST", "/api/users", None, Some(dup)).status, 409, "one account per address, any case");
+    // The operator cannot confirm an account whose password they do not know.
+    assert!(matches!(admins::add(store, ADMIN, "operator-pw", now()), Err(AdminError::NotYourAccount(_))));
+    assert_eq!(api(addr, "GET", "/api/blocked", Some(&squatter), None).status, 403);
+    // Once that account is gone, the operator creates the admin on the host.
+    let creds = r#"{"email":"ADMIN@pibl.test","password":"password"}"#;
+    assert_eq!(api(addr, "DELETE", "/api/users", None, Some(creds)).status, 200);
+    assert_eq!(admins::add(store, "Admin@PIBL.test", "operator-pw", now()).unwrap(), Added::Created);
+    let admin = login(addr, "aDmIn@pibl.test", "operator-pw");
+    assert_eq!(api(addr, "GET", "/api/blocked", Some(&admin), None).status, 200);
+    assert_eq!(admins::add(store, ADMIN, "operator-pw", now()).unwrap(), Added::Confirmed);
+    // Deleted and registered again by someone else: the grant was for the old account.
+    let creds = r#"{"email":"admin@pibl.test","password":"operator-pw"}"#;
+    assert_eq!(api(addr, "DELETE", "/api/users", None, Some(creds)).status, 200);
+    let again = register_and_login(addr, ADMIN);
+    assert_eq!(api(addr, "GET", "/api/blocked", Some(&again), None).status, 403);
+    pibl.shutdown();
+}
+
+#[test]
+fn proxy_admin_add_reads_the_password_from_stdin_for_scripts() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let dir = TempDir::new("admin-cli");
+    let db = dir.0.join("pibl.db");
+    let config = dir.file("parser.ini", &format!("[DEFAULT]\ndatabase = {}\n", db.display()));
+    let run = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_proxy"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run proxy --admin");
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (code, out) = run(&["--admin", "add", "Ops@Example.com"], "s3cret-pw\n");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("created ops@example.com"), "{out}");
+    let (code, out) = run(&["--admin", "add", "ops@example.com"], "wrong-pw\n");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("not its password"), "{out}");
+    let (code, out) = run(&["--admin", "add", "x@example.com"], "short\n");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("6 to 30"), "{out}");
+    let store = pibl::store::Store::open(&db, pibl::store::Durability::Full, 10).unwrap();
+    let user = store.user("ops@example.com").unwrap().expect("created");
+    assert!(pibl::store::credentials::verify_password("s3cret-pw", &user.password_hash));
+    assert!(pibl::store::admins::is_admin(&store, &user).unwrap());
+    drop(store);
+    let (code, out) = run(&["--admin", "remove", "OPS@example.com"], "");
+    assert_eq!(code, Some(0), "{out}");
+    let store = pibl::store::Store::open(&db, pibl::store::Durability::Full, 10).unwrap();
+    assert!(!pibl::store::admins::is_admin(&store, &user).unwrap());
+}

@@ -14,11 +14,16 @@ use crossbeam_channel::RecvTimeoutError;
 use signal_hook::consts::{SIGHUP, SIGTERM, SIGUSR1};
 
 use demo::DemoBackend;
+use pibl::api::json::check_email;
+use pibl::clock::Clock;
 use pibl::config::{BackendAddr, Config};
+use pibl::store::admins::{self, Added};
+use pibl::store::{Durability, Store};
 use pibl::{observe::logging, Pibl};
 
 const USAGE: &str = "\
 usage: proxy [--config FILE] [--demo] [--log-level LEVEL] [--check-config]
+       proxy [--config FILE] --admin add|remove EMAIL
 
   --config FILE      INI file to load (default ./parser.ini; write one with `parser`)
   --check-config     validate the INI file, print a summary and exit: 0 if it is valid,
@@ -26,10 +31,21 @@ usage: proxy [--config FILE] [--demo] [--log-level LEVEL] [--check-config]
   --demo             start three demo backends on loopback and balance across them
                      (uses the built-in defaults and ./pibl-demo.db unless --config is given)
   --log-level LEVEL  off, error, warn, info, debug or trace (overrides log_level)
+  --admin add EMAIL  make EMAIL an admin in the configured database: creates the account, or
+                     confirms an existing one whose password you know. Asks for the password
+                     on the terminal, or reads one line from stdin when it is not a terminal
+  --admin remove EMAIL  take admin rights from EMAIL
   -h, --help         show this help
   -V, --version      show the version";
 
+/// `--admin add|remove EMAIL`.
+enum AdminCommand {
+    Add(String),
+    Remove(String),
+}
+
 struct Args {
+    admin: Option<AdminCommand>,
     config: Option<PathBuf>,
     demo: bool,
     check_config: bool,
@@ -37,12 +53,21 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { config: None, demo: false, check_config: false, log_level: None };
+    let mut args = Args { admin: None, config: None, demo: false, check_config: false, log_level: None };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--config" | "-c" => args.config = Some(it.next().ok_or("--config needs a file name")?.into()),
             "--demo" => args.demo = true,
+            "--admin" => {
+                let action = it.next().ok_or("--admin needs add or remove and an e-mail address")?;
+                let email = it.next().ok_or("--admin needs an e-mail address")?;
+                args.admin = Some(match action.as_str() {
+                    "add" => AdminCommand::Add(email),
+                    "remove" => AdminCommand::Remove(email),
+                    other => return Err(format!("--admin {other:?}: use add or remove")),
+                });
+            }
             "--check-config" | "-t" => args.check_config = true,
             "--log-level" => {
                 let value = it.next().ok_or("--log-level needs a level")?;
@@ -59,6 +84,9 @@ fn parse_args() -> Result<Args, String> {
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
+    }
+    if args.admin.is_some() && (args.demo || args.check_config) {
+        return Err("--admin manages accounts; it does not go with --demo or --check-config".into());
     }
     if args.check_config && args.demo {
         return Err("--check-config checks a file; it does not go with --demo".into());
@@ -96,6 +124,9 @@ fn main() -> ExitCode {
     if let Err(e) = config.apply_env() {
         eprintln!("proxy: {e}");
         return ExitCode::from(2);
+    }
+    if let Some(command) = &args.admin {
+        return admin(&config, command);
     }
     if args.check_config {
         return check_config(args.config.as_deref().unwrap_or(Path::new("parser.ini")), &config);
@@ -186,6 +217,86 @@ fn main() -> ExitCode {
     let clean = server.shutdown();
     log::info!("stopped{}", if clean { "" } else { " (some requests were cut off by shutdown_grace)" });
     ExitCode::SUCCESS
+}
+
+/// `--admin add|remove EMAIL` on the configured database, without starting anything.
+fn admin(config: &Config, command: &AdminCommand) -> ExitCode {
+    let store = match Store::open(&config.database, Durability::Full, config.log_retention) {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("proxy: database {}: {e}", config.database.display());
+            return ExitCode::from(1);
+        }
+    };
+    let email = match command {
+        AdminCommand::Add(email) | AdminCommand::Remove(email) => admins::normalise_email(email),
+    };
+    if let Err(why) = check_email(&email) {
+        eprintln!("proxy: {email}: {why}");
+        return ExitCode::from(2);
+    }
+    let result = match command {
+        AdminCommand::Remove(_) => match admins::remove(&store, &email) {
+            Ok(true) => Ok(format!("{email} is no longer an admin")),
+            Ok(false) => Ok(format!("{email} was not an admin")),
+            Err(e) => Err(e.to_string()),
+        },
+        AdminCommand::Add(_) => {
+            let exists = matches!(store.user(&email), Ok(Some(_)));
+            let prompt = if exists { format!("password of {email}: ") } else { format!("new password for {email}: ") };
+            read_password(&prompt, !exists).and_then(|password| {
+                let now_ms = Clock::system().now_ms();
+                match admins::add(&store, &email, &password, now_ms) {
+                    Ok(Added::Created) => Ok(format!("created {email}, an admin")),
+                    Ok(Added::Confirmed) => Ok(format!("{email} is an admin")),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+        }
+    };
+    match result {
+        Ok(done) => {
+            println!("{done}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("proxy: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Reads a password: on a terminal without echo (twice when `confirm`, for a new one), otherwise one
+/// line of stdin, for scripts. Its length is checked as registration checks it.
+fn read_password(prompt: &str, confirm: bool) -> Result<String, String> {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    let read_line = |prompt: &str| -> Result<String, String> {
+        let tty = stdin.is_terminal();
+        let mut hidden = false;
+        if tty {
+            eprint!("{prompt}");
+            // `stty` on the inherited terminal: no terminal library for one switch of the echo.
+            hidden = std::process::Command::new("stty").arg("-echo").status().is_ok_and(|s| s.success());
+        }
+        let mut line = String::new();
+        let read = stdin.lock().read_line(&mut line);
+        if hidden {
+            let _ = std::process::Command::new("stty").arg("echo").status();
+            eprintln!();
+        }
+        read.map_err(|e| format!("reading the password: {e}"))?;
+        Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    };
+    let password = read_line(prompt)?;
+    let n = password.chars().count();
+    if !(6..=30).contains(&n) {
+        return Err(format!("the password must be 6 to 30 characters long (it has {n})"));
+    }
+    if confirm && stdin.is_terminal() && read_line("again: ")? != password {
+        return Err("the two passwords differ".into());
+    }
+    Ok(password)
 }
 
 /// SIGHUP: re-reads the INI and swaps routes, pools and limits; a broken file keeps the old ones.

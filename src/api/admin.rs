@@ -36,7 +36,7 @@ pub fn unblock(state: &ApiState, req: &Request, email: &str) -> ApiResult<Reply>
 /// for an admin); `DELETE /api/cache` with no `url` empties the cache, for admins only.
 pub fn purge_cache(state: &ApiState, req: &Request, query: &str) -> ApiResult<Reply> {
     let user = authenticate(state, req)?;
-    let admin = is_admin(state, &user);
+    let admin = is_admin(state, &user)?;
     let url = query
         .split('&')
         .filter_map(|pair| pair.split_once('='))

@@ -1,12 +1,12 @@
 //! Who is calling the API: the user named by the request's token (`Authorization: JWT <token>` as in
 //! the seed, or `Bearer`), checked against the account it was issued for, and whether that user is an
-//! admin (the `admins` setting).
+//! admin (granted on the host by `proxy --admin add`; see `store::admins`).
 
 use super::reply::{ApiError, ApiResult};
 use super::state::ApiState;
 use crate::http::request::Request;
 use crate::store::credentials;
-use crate::store::User;
+use crate::store::{admins, User};
 
 /// The user the request's token names.
 pub fn authenticate(state: &ApiState, req: &Request) -> ApiResult<User> {
@@ -28,17 +28,19 @@ pub fn authenticate(state: &ApiState, req: &Request) -> ApiResult<User> {
     Ok(user)
 }
 
-/// Whether `user` is one of the `admins`.
-pub fn is_admin(state: &ApiState, user: &User) -> bool {
-    state.admins.iter().any(|a| a.eq_ignore_ascii_case(&user.email))
+/// Whether `user` is an admin: the very account an admin grant was made for on the host.
+pub fn is_admin(state: &ApiState, user: &User) -> ApiResult<bool> {
+    Ok(admins::is_admin(&state.store, user)?)
 }
 
 /// The caller, who must be an admin (for the blocked list).
 pub fn require_admin(state: &ApiState, req: &Request) -> ApiResult<User> {
     let user = authenticate(state, req)?;
-    if is_admin(state, &user) {
+    if is_admin(state, &user)? {
         Ok(user)
     } else {
-        Err(ApiError::Forbidden("only admins (the `admins` setting) may manage blocked users".into()))
+        Err(ApiError::Forbidden(
+            "only admins (made on the host with `proxy --admin add`) may manage blocked users".into(),
+        ))
     }
 }

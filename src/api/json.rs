@@ -91,7 +91,8 @@ pub fn credentials(body: &[u8]) -> Result<Credentials, BodyError> {
     }
     match (email, password) {
         (Some(email), Some(password)) if errors.is_empty() => {
-            Ok(Credentials { email: email.to_string(), password: password.to_string() })
+            // Compared without case everywhere; kept in one form from here on.
+            Ok(Credentials { email: crate::store::admins::normalise_email(email), password: password.to_string() })
         }
         _ => Err(BodyError::Fields(errors)),
     }

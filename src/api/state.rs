@@ -24,7 +24,7 @@ pub struct ApiState {
     pub lockout: Sender<LoginEvent>,
     pub throttle: Throttle,
     pub clock: Clock,
-    /// `admins`, lower-cased.
+    /// `admins`, lower-cased: only named in a warning at start-up; rights come from `proxy --admin add`.
     pub admins: Vec<String>,
     /// `access_log`: one line per API request too.
     pub access_log: bool,

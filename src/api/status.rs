@@ -88,7 +88,7 @@ pub fn status(state: &ApiState, user: &User) -> Result<Reply, ApiError> {
     let Some(shared) = state.observe.probe().and_then(|p| p.shared()) else {
         return Err(ApiError::Request(503, "the proxy is not running".into()));
     };
-    let admin = is_admin(state, user);
+    let admin = is_admin(state, user)?;
     let now_ms = state.clock.now_ms();
     // Users see the routes and pools of their own apps, whose names are their labels.
     let own: Option<Vec<String>> = match admin {

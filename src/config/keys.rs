@@ -318,8 +318,9 @@ pub(super) const LAYOUT: &[Entry] = &[
     }),
     Entry::Key(KeySpec {
         name: "admins",
-        help: "E-mail addresses, comma-separated, allowed to list and unblock locked-out users\n\
-               (GET /api/blocked). Empty = nobody.",
+        help: "E-mail addresses of the admins, comma-separated. Listing grants nothing: rights come\n\
+               from `proxy --admin add EMAIL` on this host; a listed address without them\n\
+               is warned about at start-up.",
         apply: |c, v| parse_admins(v).map(|x| c.admins = x),
         render: |c| c.admins.join(", "),
     }),

@@ -6,6 +6,7 @@
 //! One [`Store`] is one connection behind a mutex; the API threads share one, and the log writer
 //! and the lock-out consumer each open their own, so their writes queue in SQLite, not in pibl.
 
+pub mod admins;
 pub mod applog;
 pub mod credentials;
 pub mod lockout;
@@ -262,6 +263,25 @@ impl Store {
         }
         conn.execute("INSERT OR IGNORE INTO settings (key, value) VALUES (?1, ?2)", params![key, make()])?;
         Ok(conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))?)
+    }
+
+    /// The stored value of `key`, if any.
+    pub fn setting(&self, key: &str) -> Result<Option<String>> {
+        let conn = self.conn.lock();
+        Ok(conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    }
+
+    /// Stores `value` under `key`, replacing what was there.
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        let conn = self.conn.lock();
+        conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)", params![key, value])?;
+        Ok(())
+    }
+
+    /// Removes `key`; whether it was there.
+    pub fn delete_setting(&self, key: &str) -> Result<bool> {
+        let conn = self.conn.lock();
+        Ok(conn.execute("DELETE FROM settings WHERE key = ?1", [key])? > 0)
     }
 
     // ----- users -----
