@@ -159,6 +159,7 @@ impl Pibl {
         let (health_interval, purge_interval) = (config.health_interval, config.purge_interval);
         let default_path = Some(config.health_path.clone()).filter(|p| !p.is_empty());
         let (auth_rate, admins, access_log) = (config.auth_rate, config.admins.clone(), config.access_log);
+        let metrics_need_token = config.metrics_auth.needs_token(config.api_bind);
         let server =
             Server::start_with_router(proxy, config, Arc::clone(&router), Some(Arc::clone(&tokens)), clock.clone())
                 .map_err(io_err("cannot start the proxy"))?;
@@ -171,6 +172,7 @@ impl Pibl {
             clock: clock.clone(),
             admins: admins.iter().map(|a| a.to_lowercase()).collect(),
             access_log,
+            metrics_need_token,
             cache: server.cache_handle(),
             observe: Default::default(),
         });

@@ -231,3 +231,25 @@ fn proxy_admin_add_reads_the_password_from_stdin_for_scripts() {
     let store = pibl::store::Store::open(&db, pibl::store::Durability::Full, 10).unwrap();
     assert!(!pibl::store::admins::is_admin(&store, &user).unwrap());
 }
+
+#[test]
+fn metrics_need_an_admin_token_where_the_api_faces_the_network() {
+    // `api_bind` says where the operator exposed the API; the test still listens on loopback.
+    let (pibl, _db) = start("metrics-auth", |c| c.api_bind = "0.0.0.0".parse().unwrap());
+    let addr = pibl.api_addr();
+    assert_eq!(get(addr, "/metrics").status, 401);
+    let user = register_and_login(addr, "user@x.io");
+    assert_eq!(api(addr, "GET", "/metrics", Some(&user), None).status, 403);
+    let admin = admin_login(&pibl);
+    let res = api(addr, "GET", "/metrics", Some(&admin), None);
+    assert_eq!(res.status, 200);
+    assert!(res.text().contains("pibl_build_info"));
+    pibl.shutdown();
+    // On loopback it stays open for a local scraper, unless the operator asks for a token.
+    let (pibl, _db) = start("metrics-open", |_| {});
+    assert_eq!(get(pibl.api_addr(), "/metrics").status, 200);
+    pibl.shutdown();
+    let (pibl, _db) = start("metrics-token", |c| c.metrics_auth = pibl::config::MetricsAuth::Token);
+    assert_eq!(get(pibl.api_addr(), "/metrics").status, 401);
+    pibl.shutdown();
+}

@@ -111,7 +111,7 @@ fn dispatch(state: &ApiState, req: &Request, body: &[u8], client: IpAddr) -> Api
             _ => wrong("DELETE"),
         },
         ["metrics"] => match method {
-            "GET" => status::metrics_on_api(state),
+            "GET" => status::metrics_on_api(state, req),
             _ => wrong("GET"),
         },
         ["dashboard"] => match method {
@@ -166,6 +166,7 @@ mod tests {
                 clock: Clock::system(),
                 admins: Vec::new(),
                 access_log: false,
+                metrics_need_token: false,
                 cache: None,
                 observe: Default::default(),
             };
