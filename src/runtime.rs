@@ -131,6 +131,7 @@ impl Pibl {
         if let Some(listener) = &metrics_listener {
             own_ports.push(listener.local_addr().map_err(io_err("metrics listener"))?.port());
         }
+        router.set_app_prefix(&config.app_prefix);
         router.set_endpoint_policy(EndpointPolicy::new(config.endpoint_allow.clone(), own_ports));
         let logs = LogWriter::start(open(Durability::Normal)?).map_err(io_err("cannot start the log writer"))?;
         router.set_log_sink(logs.sender());
@@ -160,6 +161,8 @@ impl Pibl {
         let default_path = Some(config.health_path.clone()).filter(|p| !p.is_empty());
         let (auth_rate, admins, access_log) = (config.auth_rate, config.admins.clone(), config.access_log);
         let metrics_need_token = config.metrics_auth.needs_token(config.api_bind);
+        let reserved_app_ids =
+            crate::api::apps::reserved_ids(&config.app_prefix, config.routes.iter().map(|r| r.prefix.as_str()));
         let server =
             Server::start_with_router(proxy, config, Arc::clone(&router), Some(Arc::clone(&tokens)), clock.clone())
                 .map_err(io_err("cannot start the proxy"))?;
@@ -173,6 +176,7 @@ impl Pibl {
             admins: admins.iter().map(|a| a.to_lowercase()).collect(),
             access_log,
             metrics_need_token,
+            reserved_app_ids,
             cache: server.cache_handle(),
             observe: Default::default(),
         });

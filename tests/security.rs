@@ -253,3 +253,39 @@ fn metrics_need_an_admin_token_where_the_api_faces_the_network() {
     assert_eq!(get(pibl.api_addr(), "/metrics").status, 401);
     pibl.shutdown();
 }
+
+#[test]
+fn app_ids_cannot_take_over_reserved_paths_and_app_prefix_keeps_apps_apart() {
+    let pool = TestBackend::start(|_| ok("default pool"));
+    let app_backend = TestBackend::start(|_| ok("app"));
+    let db = TempDb::new("app-ids");
+    let mut config = api_config(&[pool.addr], &db);
+    config.routes = pibl::Config::from_ini_str("[route.shop]\nprefix = /shop/\nservers = 127.0.0.1:9\n", "t")
+        .expect("route config")
+        .routes;
+    let pibl = start_pibl(config, Clock::system());
+    let addr = pibl.api_addr();
+    let token = register_and_login(addr, "squatter@x.io");
+    let body = endpoint_body(app_backend.addr, "/");
+    for id in ["api", "metrics", "dashboard", "shop"] {
+        let res = api(addr, "POST", &format!("/api/apps/{id}"), Some(&token), Some(&body));
+        assert_eq!(res.status, 400, "{id}: {}", res.text());
+        assert_eq!(res.json()["details"][0]["field"], "appid");
+    }
+    assert_eq!(api(addr, "POST", "/api/apps/shared", Some(&token), Some(&body)).status, 201);
+    assert_eq!(get(pibl.proxy_addr(), "/shared/x").text(), "app", "apps live at the root by default");
+    pibl.shutdown();
+
+    // With app_prefix, apps live under it and the default pool keeps every other path.
+    let db = TempDb::new("app-prefix");
+    let mut config = api_config(&[pool.addr], &db);
+    config.app_prefix = "/apps/".into();
+    let pibl = start_pibl(config, Clock::system());
+    let addr = pibl.api_addr();
+    let token = register_and_login(addr, "owner@x.io");
+    assert_eq!(api(addr, "POST", "/api/apps/shared", Some(&token), Some(&body)).status, 201);
+    assert_eq!(get(pibl.proxy_addr(), "/apps/shared/x").text(), "app");
+    assert_eq!(app_backend.last().header("x-forwarded-prefix"), Some("/apps/shared"));
+    assert_eq!(get(pibl.proxy_addr(), "/shared/x").text(), "default pool");
+    pibl.shutdown();
+}

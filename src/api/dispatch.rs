@@ -167,6 +167,7 @@ mod tests {
                 admins: Vec::new(),
                 access_log: false,
                 metrics_need_token: false,
+                reserved_app_ids: Vec::new(),
                 cache: None,
                 observe: Default::default(),
             };

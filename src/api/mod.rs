@@ -8,7 +8,7 @@
 //! share one [`ApiState`] (`state`); `scrape` serves `/metrics` on its own port when asked to.
 
 mod admin;
-mod apps;
+pub mod apps;
 mod auth;
 pub mod dispatch;
 mod gate;

@@ -12,6 +12,18 @@ use super::values::{
     render_path, render_size,
 };
 
+/// `app_prefix`: empty, or one or more path segments written `/apps/` (the slashes are added when
+/// left out).
+fn parse_app_prefix(v: &str) -> Result<String, String> {
+    let segments: Vec<&str> = v.trim().split('/').filter(|s| !s.is_empty()).collect();
+    let plain =
+        |s: &&str| s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b)) && *s != "." && *s != "..";
+    if !segments.iter().all(plain) {
+        return Err(format!("{v:?} is not a path such as /apps/ (letters, digits, '-', '_', '.', '~')"));
+    }
+    Ok(if segments.is_empty() { String::new() } else { format!("/{}/", segments.join("/")) })
+}
+
 /// One key of `[DEFAULT]`: its name, its documentation, and how its text becomes a `Config` field and back.
 pub(super) struct KeySpec {
     pub(super) name: &'static str,
@@ -332,6 +344,13 @@ pub(super) const LAYOUT: &[Entry] = &[
                CIDR list.",
         apply: |c, v| parse_nets(v).map(|x| c.endpoint_allow = x),
         render: |c| render_nets(&c.endpoint_allow),
+    }),
+    Entry::Key(KeySpec {
+        name: "app_prefix",
+        help: "Path every app is served under, e.g. /apps/ (then app x is at /apps/x/), so no app id\n\
+               can collide with the default pool's paths. Empty = apps at /<appid>/.",
+        apply: |c, v| parse_app_prefix(v).map(|x| c.app_prefix = x),
+        render: |c| c.app_prefix.clone(),
     }),
     Entry::Key(KeySpec {
         name: "metrics_auth",

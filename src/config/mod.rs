@@ -334,6 +334,7 @@ mod tests {
             purge_interval: Duration::from_secs(3600),
             endpoint_allow: parse_nets("10.1.0.0/16, fd12::/16").unwrap(),
             metrics_auth: MetricsAuth::Token,
+            app_prefix: "/apps/x/".to_string(),
         };
         assert_eq!(Config::from_ini_str(&modified.to_ini(), "x"), Ok(modified));
     }

@@ -106,6 +106,8 @@ pub struct Config {
     pub endpoint_allow: Vec<IpNet>,
     /// `metrics_auth`: whether `/metrics` on the API port needs a token.
     pub metrics_auth: MetricsAuth,
+    /// `app_prefix`: empty (apps at `/<appid>/`) or `/segment/` putting every app under it.
+    pub app_prefix: String,
 }
 
 /// `metrics_auth`: who may read `/metrics` on the API port (it names every app and backend address).
@@ -191,6 +193,7 @@ impl Default for Config {
             purge_interval: Duration::from_secs(60),
             endpoint_allow: super::routes::parse_nets(DEFAULT_ENDPOINT_ALLOW).unwrap_or_default(),
             metrics_auth: MetricsAuth::Auto,
+            app_prefix: String::new(),
         }
     }
 }

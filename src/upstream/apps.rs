@@ -97,6 +97,8 @@ pub struct Router {
     clock: Clock,
     /// What endpoint addresses must pass; the default until [`Router::set_endpoint_policy`].
     policy: OnceLock<Arc<EndpointPolicy>>,
+    /// `app_prefix` without its last `/` (`/apps`), or empty: apps are served under it.
+    app_prefix: OnceLock<String>,
 }
 
 impl Router {
@@ -110,7 +112,18 @@ impl Router {
             log: OnceLock::new(),
             dropped_logs: AtomicU64::new(0),
             policy: OnceLock::new(),
+            app_prefix: OnceLock::new(),
         }
+    }
+
+    /// Serves every app under `prefix` (`/apps/`; empty = at the root). Set once, before the first
+    /// rebuild; later calls are ignored.
+    pub fn set_app_prefix(&self, prefix: &str) {
+        let _ = self.app_prefix.set(prefix.trim_end_matches('/').to_string());
+    }
+
+    fn app_prefix(&self) -> &str {
+        self.app_prefix.get().map_or("", String::as_str)
     }
 
     /// Sets the endpoint policy (once, before the first rebuild; later calls are ignored).
@@ -130,7 +143,7 @@ impl Router {
 
     /// The app a request target belongs to, by its first path segment.
     pub fn lookup(&self, target: &str) -> Option<Matched> {
-        let rest = target.strip_prefix('/')?;
+        let rest = target.strip_prefix(self.app_prefix())?.strip_prefix('/')?;
         let end = rest.find(['/', '?']).unwrap_or(rest.len());
         let (name, tail) = rest.split_at(end);
         if name.is_empty() {
@@ -198,8 +211,13 @@ impl Router {
                 });
             }
             let pool = Pool::from_backends(endpoints.iter().filter_map(|e| e.backend.clone()).collect());
-            let route =
-                AppRoute { name: app.name.clone(), pk: app.pk, prefix: format!("/{}", app.name), pool, endpoints };
+            let route = AppRoute {
+                name: app.name.clone(),
+                pk: app.pk,
+                prefix: format!("{}/{}", self.app_prefix(), app.name),
+                pool,
+                endpoints,
+            };
             table.apps.insert(app.name.clone(), Arc::new(route));
         }
         self.table.store(Arc::new(table));
