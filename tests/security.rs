@@ -289,3 +289,31 @@ fn app_ids_cannot_take_over_reserved_paths_and_app_prefix_keeps_apps_apart() {
     assert_eq!(get(pibl.proxy_addr(), "/shared/x").text(), "default pool");
     pibl.shutdown();
 }
+
+#[test]
+fn a_token_of_a_deleted_account_fails_even_in_the_second_it_was_remade_and_duplicate_keys_are_refused() {
+    let secret = "a-known-secret-for-this-test-0123456789";
+    let (pibl, _db) = start("same-second", |c| c.jwt_secret = secret.into());
+    let addr = pibl.api_addr();
+    let creds = r#"{"email":"re@x.io","password":"password"}"#;
+    register_and_login(addr, "re@x.io");
+    let old = pibl.state().store.user("re@x.io").unwrap().unwrap();
+    assert_eq!(api(addr, "DELETE", "/api/users", None, Some(creds)).status, 200);
+    assert_eq!(api(addr, "POST", "/api/users", None, Some(creds)).status, 201);
+    let new = pibl.state().store.user("re@x.io").unwrap().unwrap();
+    // A token of the old account issued in the very second the new one was made (what a login just
+    // before the deletion gives when both fall in one second): refused, as the account differs.
+    let tokens = Tokens::new(secret.as_bytes(), 300);
+    let second = new.created_ms / 1000;
+    let stale = tokens.issue_for("re@x.io", old.created_ms, second).unwrap();
+    let res = api(addr, "GET", "/api/apps", Some(&stale), None);
+    assert_eq!(res.status, 401, "{}", res.text());
+    let fresh = tokens.issue_for("re@x.io", new.created_ms, second).unwrap();
+    assert_eq!(api(addr, "GET", "/api/apps", Some(&fresh), None).status, 200);
+    // The last of two equal keys does not win: the request is refused.
+    let dup = r#"{"email":"dup@x.io","password":"password","email":"admin@pibl.test"}"#;
+    let res = api(addr, "POST", "/api/users", None, Some(dup));
+    assert_eq!(res.status, 400, "{}", res.text());
+    assert!(res.text().contains("appears twice"), "{}", res.text());
+    pibl.shutdown();
+}

@@ -21,8 +21,13 @@ pub fn authenticate(state: &ApiState, req: &Request) -> ApiResult<User> {
         .store
         .user(&claims.identity)?
         .ok_or_else(|| ApiError::Unauthorized("the user of this token no longer exists".into()))?;
-    // A token from before the account was (re)created belongs to a deleted account of that name.
-    if claims.iat < user.created_ms / 1000 {
+    // A token of a deleted account of that address: its creation time (ms) differs, even when the
+    // new account was made in the same second; a token without that claim is judged by its `iat`.
+    let stale = match claims.acct {
+        Some(account_ms) => account_ms != user.created_ms,
+        None => claims.iat < user.created_ms / 1000,
+    };
+    if stale {
         return Err(ApiError::Unauthorized("this token was issued before the account was created".into()));
     }
     Ok(user)

@@ -70,7 +70,7 @@ pub fn unregister(state: &ApiState, req: &Request, body: &[u8]) -> ApiResult<Rep
 pub fn login(state: &ApiState, req: &Request, body: &[u8]) -> ApiResult<Reply> {
     let creds = schema::credentials(json_body(req, body)?)?;
     let user = check_credentials(state, &creds)?;
-    let token = state.tokens.issue(&user.email, state.clock.now_secs()).map_err(|e| {
+    let token = state.tokens.issue_for(&user.email, user.created_ms, state.clock.now_secs()).map_err(|e| {
         log::error!("api: cannot issue a token: {e}");
         ApiError::Internal
     })?;
