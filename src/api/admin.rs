@@ -71,7 +71,9 @@ pub fn purge_cache(state: &ApiState, req: &Request, query: &str) -> ApiResult<Re
         }
     };
     if !admin {
-        let first = target.trim_start_matches('/').split(['/', '?']).next().unwrap_or("");
+        // The app's id is the first segment under `app_prefix`.
+        let under = target.strip_prefix(state.router.app_prefix()).unwrap_or(&target);
+        let first = under.trim_start_matches('/').split(['/', '?']).next().unwrap_or("");
         own_app(state, &user, app_id(first)?)?;
     }
     let purged = match host {

@@ -122,7 +122,8 @@ impl Router {
         let _ = self.app_prefix.set(prefix.trim_end_matches('/').to_string());
     }
 
-    fn app_prefix(&self) -> &str {
+    /// `app_prefix` without its last `/` (`/apps`), or empty.
+    pub fn app_prefix(&self) -> &str {
         self.app_prefix.get().map_or("", String::as_str)
     }
 
