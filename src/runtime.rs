@@ -161,6 +161,7 @@ impl Pibl {
         let default_path = Some(config.health_path.clone()).filter(|p| !p.is_empty());
         let (auth_rate, admins, access_log) = (config.auth_rate, config.admins.clone(), config.access_log);
         let metrics_need_token = config.metrics_auth.needs_token(config.api_bind);
+        let lockout_scope = config.lockout_scope;
         let reserved_app_ids =
             crate::api::apps::reserved_ids(&config.app_prefix, config.routes.iter().map(|r| r.prefix.as_str()));
         let server =
@@ -177,6 +178,7 @@ impl Pibl {
             access_log,
             metrics_need_token,
             reserved_app_ids,
+            lockout_per_ip: lockout_scope == crate::config::LockoutScope::AccountIp,
             cache: server.cache_handle(),
             observe: Default::default(),
         });

@@ -317,3 +317,36 @@ fn a_token_of_a_deleted_account_fails_even_in_the_second_it_was_remade_and_dupli
     assert!(res.text().contains("appears twice"), "{}", res.text());
     pibl.shutdown();
 }
+
+#[test]
+fn lockout_scope_account_ip_locks_only_the_address_that_failed() {
+    use pibl::http::request::{self, Limits};
+    let (pibl, _db) = start("lockout-ip", |c| c.lockout_scope = pibl::config::LockoutScope::AccountIp);
+    let addr = pibl.api_addr();
+    register_and_login(addr, "victim@x.io");
+    // Calls as if from another address (the dispatch is what the API runs for each request).
+    let from = |ip: [u8; 4], password: &str| {
+        let body = format!(r#"{{"email":"victim@x.io","password":"{password}"}}"#);
+        let head = format!(
+            "POST /api/auth HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let limits = Limits { max_head_bytes: 16 * 1024, max_headers: 100, max_body_bytes: 1024 };
+        let (req, _) = request::parse(head.as_bytes(), &limits).unwrap().unwrap();
+        pibl::api::dispatch::handle(pibl.state(), &req, body.as_bytes(), std::net::IpAddr::from(ip)).status
+    };
+    for _ in 0..5 {
+        assert_eq!(from([10, 0, 0, 66], "wrong-password"), 401);
+    }
+    wait_until("the attacker's address is locked", || from([10, 0, 0, 66], "password") == 423);
+    // The owner, from elsewhere, is not.
+    assert_eq!(from([10, 0, 0, 7], "password"), 200);
+    login(addr, "victim@x.io", "password");
+    let admin = admin_login(&pibl);
+    let blocked = api(addr, "GET", "/api/blocked", Some(&admin), None).json();
+    assert_eq!(blocked["users-blocked"], serde_json::json!(["victim@x.io from 10.0.0.66"]));
+    let path = "/api/blocked/victim%40x.io%20from%2010.0.0.66";
+    assert_eq!(api(addr, "DELETE", path, Some(&admin), None).status, 200);
+    assert_eq!(from([10, 0, 0, 66], "password"), 200);
+    pibl.shutdown();
+}

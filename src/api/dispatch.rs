@@ -69,14 +69,14 @@ fn dispatch(state: &ApiState, req: &Request, body: &[u8], client: IpAddr) -> Api
             throttle(state, client)?;
             match method {
                 "POST" => users::register(state, req, body),
-                "DELETE" => users::unregister(state, req, body),
+                "DELETE" => users::unregister(state, req, body, client),
                 _ => wrong("POST, DELETE"),
             }
         }
         ["api", "auth"] => {
             throttle(state, client)?;
             match method {
-                "POST" => users::login(state, req, body),
+                "POST" => users::login(state, req, body, client),
                 _ => wrong("POST"),
             }
         }
@@ -168,6 +168,7 @@ mod tests {
                 access_log: false,
                 metrics_need_token: false,
                 reserved_app_ids: Vec::new(),
+                lockout_per_ip: false,
                 cache: None,
                 observe: Default::default(),
             };

@@ -28,6 +28,8 @@ pub struct ApiState {
     pub admins: Vec<String>,
     /// `access_log`: one line per API request too.
     pub access_log: bool,
+    /// `lockout_scope = account+ip`: failed logins lock the account from that address only.
+    pub lockout_per_ip: bool,
     /// App ids no one may create (see `apps::reserved_ids`).
     pub reserved_app_ids: Vec<String>,
     /// `/metrics` on the API port takes an admin's token (`metrics_auth`, given `api_bind`).

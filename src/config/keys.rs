@@ -5,7 +5,7 @@
 use super::access_log::{parse_access_log_file, parse_access_log_format, render_access_log_file};
 use super::routes::{parse_nets, parse_rate, render_nets, render_rate, RateLimit};
 use super::settings::Config;
-use super::settings::MetricsAuth;
+use super::settings::{LockoutScope, MetricsAuth};
 use super::values::{
     parse_admins, parse_bind, parse_bool, parse_buffer_bytes, parse_count, parse_database, parse_duration,
     parse_health_path, parse_log_level, parse_metrics_bind, parse_port, parse_size, parse_timeout, render_duration,
@@ -372,6 +372,20 @@ pub(super) const LAYOUT: &[Entry] = &[
         help: "How long 5 failed /api/auth attempts in a row block that address (a duration).",
         apply: |c, v| parse_timeout(v).map(|x| c.lockout_secs = x),
         render: |c| render_duration(c.lockout_secs),
+    }),
+    Entry::Key(KeySpec {
+        name: "lockout_scope",
+        help: "What those failures lock: account (from every address; anyone who knows an address can\n\
+               lock its owner out) or account+ip (only from the address that failed).",
+        apply: |c, v| {
+            c.lockout_scope = match v.trim().to_ascii_lowercase().as_str() {
+                "account" => LockoutScope::Account,
+                "account+ip" => LockoutScope::AccountIp,
+                _ => return Err(format!("{v:?} is not account or account+ip")),
+            };
+            Ok(())
+        },
+        render: |c| c.lockout_scope.as_str().to_string(),
     }),
     Entry::Key(KeySpec {
         name: "auth_rate",

@@ -28,7 +28,7 @@ mod values;
 pub use access_log::{AccessLogFormat, AccessLogTarget};
 pub use error::{ConfigError, ValueError};
 pub use routes::{AuthUrl, Balance, IpNet, RateLimit, RouteAuth, RouteConfig};
-pub use settings::{Config, MetricsAuth, DEFAULT_ENDPOINT_ALLOW};
+pub use settings::{Config, LockoutScope, MetricsAuth, DEFAULT_ENDPOINT_ALLOW};
 pub use values::BackendAddr;
 
 use keys::{key_spec, Entry, BACKENDS_HELP, INI_HEADER, LAYOUT};
@@ -335,6 +335,7 @@ mod tests {
             endpoint_allow: parse_nets("10.1.0.0/16, fd12::/16").unwrap(),
             metrics_auth: MetricsAuth::Token,
             app_prefix: "/apps/x/".to_string(),
+            lockout_scope: LockoutScope::AccountIp,
         };
         assert_eq!(Config::from_ini_str(&modified.to_ini(), "x"), Ok(modified));
     }

@@ -108,6 +108,28 @@ pub struct Config {
     pub metrics_auth: MetricsAuth,
     /// `app_prefix`: empty (apps at `/<appid>/`) or `/segment/` putting every app under it.
     pub app_prefix: String,
+    /// `lockout_scope`: what 5 failed logins lock: the account from anywhere, or from that address.
+    pub lockout_scope: LockoutScope,
+}
+
+/// `lockout_scope`: what failed logins lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockoutScope {
+    /// The account, from every address (the seed's rule): stops guessing, and lets anyone who knows
+    /// an address lock its owner out.
+    Account,
+    /// The account from the address that failed: the owner elsewhere can still log in; a guesser
+    /// with many addresses gets 5 tries from each (`auth_rate` still bounds each address).
+    AccountIp,
+}
+
+impl LockoutScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockoutScope::Account => "account",
+            LockoutScope::AccountIp => "account+ip",
+        }
+    }
 }
 
 /// `metrics_auth`: who may read `/metrics` on the API port (it names every app and backend address).
@@ -194,6 +216,7 @@ impl Default for Config {
             endpoint_allow: super::routes::parse_nets(DEFAULT_ENDPOINT_ALLOW).unwrap_or_default(),
             metrics_auth: MetricsAuth::Auto,
             app_prefix: String::new(),
+            lockout_scope: LockoutScope::Account,
         }
     }
 }
