@@ -257,7 +257,8 @@ fn metrics_need_an_admin_token_where_the_api_faces_the_network() {
 #[test]
 fn app_ids_cannot_take_over_reserved_paths_and_app_prefix_keeps_apps_apart() {
     let pool = TestBackend::start(|_| ok("default pool"));
-    let app_backend = TestBackend::start(|_| ok("app"));
+    // Says which prefix the proxy forwarded a request with (health checks come too, without one).
+    let app_backend = TestBackend::start(|req| ok(&format!("app {}", req.header("x-forwarded-prefix").unwrap_or("-"))));
     let db = TempDb::new("app-ids");
     let mut config = api_config(&[pool.addr], &db);
     config.routes = pibl::Config::from_ini_str("[route.shop]\nprefix = /shop/\nservers = 127.0.0.1:9\n", "t")
@@ -273,7 +274,7 @@ fn app_ids_cannot_take_over_reserved_paths_and_app_prefix_keeps_apps_apart() {
         assert_eq!(res.json()["details"][0]["field"], "appid");
     }
     assert_eq!(api(addr, "POST", "/api/apps/shared", Some(&token), Some(&body)).status, 201);
-    assert_eq!(get(pibl.proxy_addr(), "/shared/x").text(), "app", "apps live at the root by default");
+    assert_eq!(get(pibl.proxy_addr(), "/shared/x").text(), "app /shared", "apps live at the root by default");
     pibl.shutdown();
 
     // With app_prefix, apps live under it and the default pool keeps every other path.
@@ -284,8 +285,7 @@ fn app_ids_cannot_take_over_reserved_paths_and_app_prefix_keeps_apps_apart() {
     let addr = pibl.api_addr();
     let token = register_and_login(addr, "owner@x.io");
     assert_eq!(api(addr, "POST", "/api/apps/shared", Some(&token), Some(&body)).status, 201);
-    assert_eq!(get(pibl.proxy_addr(), "/apps/shared/x").text(), "app");
-    assert_eq!(app_backend.last().header("x-forwarded-prefix"), Some("/apps/shared"));
+    assert_eq!(get(pibl.proxy_addr(), "/apps/shared/x").text(), "app /apps/shared");
     assert_eq!(get(pibl.proxy_addr(), "/shared/x").text(), "default pool");
     pibl.shutdown();
 }
@@ -348,5 +348,34 @@ fn lockout_scope_account_ip_locks_only_the_address_that_failed() {
     let path = "/api/blocked/victim%40x.io%20from%2010.0.0.66";
     assert_eq!(api(addr, "DELETE", path, Some(&admin), None).status, 200);
     assert_eq!(from([10, 0, 0, 66], "password"), 200);
+    pibl.shutdown();
+}
+
+#[test]
+fn owners_learn_up_or_down_from_health_checks_never_why() {
+    let (pibl, _db) = start("health-detail", |_| {});
+    let addr = pibl.api_addr();
+    let token = register_and_login(addr, "owner@x.io");
+    // One endpoint answers its status path 503, the other refuses connections: to the owner both
+    // are just down (the reasons would tell a port scanner which ports are open).
+    let failing = TestBackend::start(|_| Reply::Raw(b"HTTP/1.1 503 No\r\nContent-Length: 0\r\n\r\n".to_vec()));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    for backend in [failing.addr, closed] {
+        let res = api(addr, "POST", "/api/apps/probe", Some(&token), Some(&endpoint_body(backend, "/status")));
+        assert_eq!(res.status, 201, "{}", res.text());
+    }
+    let health = || -> Vec<String> {
+        api(addr, "GET", "/api/apps/probe/logs", Some(&token), None).json()["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["kind"] == "health")
+            .map(|l| l["detail"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    wait_until("both endpoints are marked down", || health().len() == 2);
+    for detail in health() {
+        assert!(detail.ends_with(": out of rotation"), "{detail}");
+    }
     pibl.shutdown();
 }
