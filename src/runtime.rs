@@ -28,9 +28,11 @@ use crate::server::Server;
 use crate::store::applog::LogWriter;
 use crate::store::credentials::{self, Tokens};
 use crate::store::lockout::Lockout;
+use crate::store::private::{self, PrivateError};
 use crate::store::{Database, Durability, Store, StoreError};
 use crate::upstream::apps::Router;
 use crate::upstream::health::{HealthChecker, Targets};
+use crate::upstream::policy::EndpointPolicy;
 use crate::upstream::sync::ChangeListener;
 
 /// Why pibl could not start.
@@ -42,6 +44,8 @@ pub enum StartError {
     Store { path: String, source: StoreError },
     /// No random JWT secret could be made.
     Secret(credentials::HashError),
+    /// `jwt_secret_file` could not be used.
+    SecretFile(PrivateError),
 }
 
 impl fmt::Display for StartError {
@@ -50,6 +54,7 @@ impl fmt::Display for StartError {
             StartError::Io { what, source } => write!(f, "{what}: {source}"),
             StartError::Store { path, source } => write!(f, "database {path}: {source}"),
             StartError::Secret(e) => write!(f, "JWT secret: {e}"),
+            StartError::SecretFile(e) => write!(f, "jwt_secret_file: {e}"),
         }
     }
 }
@@ -98,7 +103,11 @@ impl Pibl {
         );
         let open =
             |durability| store.another(durability).map_err(|source| StartError::Store { path: path.clone(), source });
-        let secret = if config.jwt_secret.is_empty() {
+        // The secret's source, first found: PIBL_JWT_SECRET (put in `jwt_secret` by `apply_env`, which
+        // clears the file), `jwt_secret_file`, `jwt_secret`, else one made once and kept in the database.
+        let secret = if let Some(file) = &config.jwt_secret_file {
+            private::read_secret(file).map_err(StartError::SecretFile)?
+        } else if config.jwt_secret.is_empty() {
             let mut failure = None;
             let secret = store
                 .setting_or_insert("jwt_secret", || match credentials::new_secret() {
@@ -117,16 +126,6 @@ impl Pibl {
             config.jwt_secret.clone()
         };
 
-        let router = Arc::new(Router::new(config.backend_pool_size, clock.clone()));
-        let logs = LogWriter::start(open(Durability::Normal)?).map_err(io_err("cannot start the log writer"))?;
-        router.set_log_sink(logs.sender());
-        let lockout = Lockout::start(open(Durability::Full)?, config.lockout_secs, clock.clone())
-            .map_err(io_err("cannot start the lock-out consumer"))?;
-
-        let tokens = Arc::new(Tokens::new(secret.as_bytes(), config.jwt_ttl.as_secs()));
-        // The apps are routed from the first request on.
-        router.reload(|| store.all_apps()).map_err(|source| StartError::Store { path: path.clone(), source })?;
-
         // Bound before the proxy starts, so a taken port fails the start instead of losing the metrics.
         let metrics_listener = match config.metrics_bind {
             Some(addr) => {
@@ -134,9 +133,45 @@ impl Pibl {
             }
             None => None,
         };
+        let router = Arc::new(Router::new(config.backend_pool_size, clock.clone()));
+        // pibl's own ports are never an endpoint: an app at the API port would serve the API on the
+        // public data plane.
+        let mut own_ports = vec![proxy.local_addr().map_err(io_err("proxy listener"))?.port()];
+        own_ports.push(api.local_addr().map_err(io_err("API listener"))?.port());
+        if let Some(listener) = &metrics_listener {
+            own_ports.push(listener.local_addr().map_err(io_err("metrics listener"))?.port());
+        }
+        router.set_app_prefix(&config.app_prefix);
+        router.set_endpoint_policy(EndpointPolicy::new(config.endpoint_allow.clone(), own_ports));
+        let logs = LogWriter::start(open(Durability::Normal)?).map_err(io_err("cannot start the log writer"))?;
+        router.set_log_sink(logs.sender());
+        let lockout = Lockout::start(open(Durability::Full)?, config.lockout_secs, clock.clone())
+            .map_err(io_err("cannot start the lock-out consumer"))?;
+
+        let tokens = Arc::new(Tokens::new(secret.as_bytes(), config.jwt_ttl.as_secs()));
+        // Being listed grants nothing by itself (anyone could register the address first).
+        for email in &config.admins {
+            let granted = match store.user(email) {
+                Ok(Some(user)) => crate::store::admins::is_admin(&store, &user).unwrap_or(false),
+                _ => false,
+            };
+            if !granted {
+                log::warn!(
+                    "admins lists {email}, which has no admin rights: grant them on this host with \
+                     `proxy --config FILE --admin add {email}`"
+                );
+            }
+        }
+        // The apps are routed from the first request on.
+        router.reload(|| store.all_apps()).map_err(|source| StartError::Store { path: path.clone(), source })?;
+
         let (health_interval, purge_interval) = (config.health_interval, config.purge_interval);
         let default_path = Some(config.health_path.clone()).filter(|p| !p.is_empty());
         let (auth_rate, admins, access_log) = (config.auth_rate, config.admins.clone(), config.access_log);
+        let metrics_need_token = config.metrics_auth.needs_token(config.api_bind);
+        let lockout_scope = config.lockout_scope;
+        let reserved_app_ids =
+            crate::api::apps::reserved_ids(&config.app_prefix, config.routes.iter().map(|r| r.prefix.as_str()));
         let server =
             Server::start_with_router(proxy, config, Arc::clone(&router), Some(Arc::clone(&tokens)), clock.clone())
                 .map_err(io_err("cannot start the proxy"))?;
@@ -149,6 +184,9 @@ impl Pibl {
             clock: clock.clone(),
             admins: admins.iter().map(|a| a.to_lowercase()).collect(),
             access_log,
+            metrics_need_token,
+            reserved_app_ids,
+            lockout_per_ip: lockout_scope == crate::config::LockoutScope::AccountIp,
             cache: server.cache_handle(),
             observe: Default::default(),
         });

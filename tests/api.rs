@@ -267,7 +267,7 @@ fn restart_keeps_users_apps_tokens_blocks_and_logs() {
     let first = start_pibl(config.clone(), Clock::system());
     let addr = first.api_addr();
     let token = register_and_login(addr, "keeper@x.io");
-    let admin = register_and_login(addr, ADMIN);
+    let admin = admin_login(&first);
     let res = api(addr, "POST", "/api/apps/durable", Some(&token), Some(&endpoint_body(alpha.addr, "/status")));
     assert_eq!(res.status, 201);
     assert_eq!(get(first.proxy_addr(), "/durable/").text(), "alpha");

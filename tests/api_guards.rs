@@ -38,7 +38,7 @@ fn five_failures_lock_an_address_until_unblocked_or_expired() {
     let clock = Clock::system();
     let (pibl, _db) = start("lockout", &clock, |c| c.lockout_secs = Duration::from_secs(900));
     let addr = pibl.api_addr();
-    let admin = register_and_login(addr, ADMIN);
+    let admin = admin_login(&pibl);
     let user = register_and_login(addr, "victim@x.io");
     let wrong = r#"{"email":"victim@x.io","password":"guess-123"}"#;
     let right = r#"{"email":"victim@x.io","password":"password"}"#;

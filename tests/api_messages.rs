@@ -110,7 +110,7 @@ fn every_api_error_reads_as_a_sentence() {
             "the blocked list without being an admin",
             raw("GET", "/api/blocked", &jwt, ""),
             403,
-            "only admins (the `admins` setting) may list or unblock blocked users".into(),
+            "only admins (made on the host with `proxy --admin add`) may list or unblock blocked users".into(),
         ),
         ("no such app", raw("GET", "/api/apps/nothing-here", &jwt, ""), 404, "no app called nothing-here".into()),
     ];

@@ -491,7 +491,7 @@ fn the_management_api_purges_an_owners_urls_and_admins_purge_everything() {
     let (api_addr, proxy) = (pibl.api_addr(), pibl.proxy_addr());
     let owner = register_and_login(api_addr, "owner@example.com");
     let other = register_and_login(api_addr, "other@example.com");
-    let admin = register_and_login(api_addr, ADMIN);
+    let admin = admin_login(&pibl);
     let app = api(api_addr, "POST", "/api/apps/shop", Some(&owner), Some(&endpoint_body(backend.addr, "/status")));
     assert_eq!(app.status, 201, "{}", app.text());
 
@@ -805,7 +805,7 @@ fn the_management_api_purges_by_tag_and_by_prefix_within_an_owners_apps() {
     let (api_addr, proxy) = (pibl.api_addr(), pibl.proxy_addr());
     let owner = register_and_login(api_addr, "owner@example.com");
     let other = register_and_login(api_addr, "other@example.com");
-    let admin = register_and_login(api_addr, ADMIN);
+    let admin = admin_login(&pibl);
     for (token, app) in [(&owner, "shop"), (&other, "blog")] {
         let res =
             api(api_addr, "POST", &format!("/api/apps/{app}"), Some(token), Some(&endpoint_body(backend.addr, "/")));

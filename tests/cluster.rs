@@ -199,7 +199,12 @@ fn failed_logins_across_instances_lock_everywhere() {
     let default = TestBackend::named("default-pool");
     let nodes = cluster(2, &pg.url, default.addr, "lockout_secs = 60\n");
     let (a, b) = (&nodes[0], &nodes[1]);
-    let admin = register_and_login(a.api, ADMIN);
+    // The grant `proxy --admin add` makes on the host, in the shared database: in force on every instance.
+    let database = pibl::store::Database::parse(&pg.url).expect("the test database's URL");
+    let store = pibl::store::Store::connect(&database, pibl::store::Durability::Full, 100).expect("connect");
+    let now_ms = pibl::clock::Clock::system().now_ms();
+    pibl::store::admins::add(&store, ADMIN, "password", now_ms).expect("make the admin");
+    let admin = login(a.api, ADMIN, "password");
     let res = api(b.api, "POST", "/api/users", None, Some(&creds("victim@x.io", "right-password")));
     assert_eq!(res.status, 201);
     // Five wrong passwords, alternating between the instances: no instance sees five by itself.

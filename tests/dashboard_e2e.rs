@@ -95,7 +95,7 @@ fn dashboard_shows_a_backend_going_down_in_chromium() {
         let wrong = r#"{"email":"mallory@pibl.test","password":"not-the-password"}"#;
         assert_eq!(api(api_addr, "POST", "/api/auth", None, Some(wrong)).status, 401);
     }
-    let admin = register_and_login(api_addr, ADMIN);
+    let admin = admin_login(&pibl);
     wait_until("mallory is blocked", || {
         api(api_addr, "GET", "/api/blocked", Some(&admin), None).text().contains("mallory@pibl.test")
     });

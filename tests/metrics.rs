@@ -101,7 +101,7 @@ fn metrics_and_status_follow_real_traffic() {
 
     // The status: admins see every pool, the cache and blocked accounts.
     assert_eq!(api(api_addr, "GET", "/api/status", None, None).status, 401);
-    let admin = register_and_login(api_addr, ADMIN);
+    let admin = admin_login(&pibl);
     let res = api(api_addr, "GET", "/api/status", Some(&admin), None);
     assert_eq!(res.status, 200, "{}", res.text());
     let status = res.json();

@@ -9,7 +9,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use pibl::store::credentials;
-use pibl::store::{Database, Durability, Store};
+use pibl::store::{admins, Database, Durability, Store};
 
 /// The demo admin's e-mail address.
 pub const ADMIN_EMAIL: &str = "admin@demo.local";
@@ -43,22 +43,23 @@ pub fn ensure(database: &Path, log_retention: usize, now_ms: u64) -> Result<Demo
         .ok()
         .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
         .and_then(|v| v["password"].as_str().map(str::to_string));
+    // Being listed in `admins` grants nothing: the grant is made here, as `proxy --admin add` makes it.
+    let grant = |password: &str| {
+        admins::add(&store, ADMIN_EMAIL, password, now_ms).map_err(|e| format!("cannot make the demo admin: {e}"))
+    };
     if let (Some(user), Some(password)) = (&existing, &kept) {
         if credentials::verify_password(password, &user.password_hash).map_err(|e| e.to_string())? {
+            grant(password)?;
             return Ok(DemoAdmin { password: password.clone(), file });
         }
     }
     // 12 random bytes as hex: 24 characters, within the API's 6-30 and safe in JSON and a shell.
     let bytes = credentials::random_bytes::<12>().map_err(|e| e.to_string())?;
     let password: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let hash = credentials::hash_password(&password).map_err(|e| e.to_string())?;
     if let Some(user) = existing {
         store.delete_user(user.id).map_err(|e| format!("cannot replace the demo admin: {e}"))?;
     }
-    store
-        .create_user(ADMIN_EMAIL, &hash, now_ms)
-        .map_err(|e| format!("cannot create the demo admin: {e}"))?
-        .ok_or("cannot create the demo admin: the address is taken")?;
+    grant(&password)?;
     let json = serde_json::json!({ "email": ADMIN_EMAIL, "password": password }).to_string();
     let written = OpenOptions::new()
         .write(true)

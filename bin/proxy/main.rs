@@ -15,13 +15,18 @@ use crossbeam_channel::RecvTimeoutError;
 use signal_hook::consts::{SIGHUP, SIGTERM, SIGUSR1};
 
 use demo::DemoBackend;
+use pibl::api::json::check_email;
+use pibl::clock::Clock;
 use pibl::config::{BackendAddr, Config};
+use pibl::store::admins::{self, Added};
 use pibl::store::Database;
+use pibl::store::{Durability, Store};
 use pibl::{observe::logging, Pibl};
 
 const USAGE: &str = "\
 usage: proxy [--config FILE] [--demo] [--log-level LEVEL] [--check-config]
        proxy --copy-database FROM TO
+       proxy [--config FILE] --admin add|remove EMAIL
 
   --config FILE      INI file to load (default ./parser.ini; write one with `parser`)
   --check-config     validate the INI file, print a summary and exit: 0 if it is valid,
@@ -36,6 +41,10 @@ usage: proxy [--config FILE] [--demo] [--log-level LEVEL] [--check-config]
                      copy a SQLite file (FROM) into an empty PostgreSQL database
                      (TO, a postgres:// URL), check the row counts and exit: 0 if
                      they match; the way from one host to several instances
+  --admin add EMAIL  make EMAIL an admin in the configured database: creates the account, or
+                     confirms an existing one whose password you know. Asks for the password
+                     on the terminal, or reads one line from stdin when it is not a terminal
+  --admin remove EMAIL  take admin rights from EMAIL
   -h, --help         show this help
   -V, --version      show the version";
 
@@ -44,7 +53,14 @@ usage: proxy [--config FILE] [--demo] [--log-level LEVEL] [--check-config]
 const MISSING_CONFIG_HINT: &str = "hint: write one with `cargo run --release --bin parser` (it prints what it wrote), \
 or try pibl without one: `cargo run --release --bin proxy -- --demo`";
 
+/// `--admin add|remove EMAIL`.
+enum AdminCommand {
+    Add(String),
+    Remove(String),
+}
+
 struct Args {
+    admin: Option<AdminCommand>,
     /// `--copy-database FROM TO`
     copy: Option<(String, String)>,
     config: Option<PathBuf>,
@@ -54,7 +70,7 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { copy: None, config: None, demo: false, check_config: false, log_level: None };
+    let mut args = Args { copy: None, admin: None, config: None, demo: false, check_config: false, log_level: None };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -64,6 +80,15 @@ fn parse_args() -> Result<Args, String> {
                 let from = it.next().ok_or("--copy-database needs FROM (a SQLite file) and TO (a postgres:// URL)")?;
                 let to = it.next().ok_or("--copy-database needs TO (a postgres:// URL) after FROM")?;
                 args.copy = Some((from, to));
+            }
+            "--admin" => {
+                let action = it.next().ok_or("--admin needs add or remove and an e-mail address")?;
+                let email = it.next().ok_or("--admin needs an e-mail address")?;
+                args.admin = Some(match action.as_str() {
+                    "add" => AdminCommand::Add(email),
+                    "remove" => AdminCommand::Remove(email),
+                    other => return Err(format!("--admin {other:?}: use add or remove")),
+                });
             }
             "--check-config" | "-t" => args.check_config = true,
             "--log-level" => {
@@ -81,6 +106,9 @@ fn parse_args() -> Result<Args, String> {
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
+    }
+    if args.admin.is_some() && (args.demo || args.check_config) {
+        return Err("--admin manages accounts; it does not go with --demo or --check-config".into());
     }
     if args.check_config && args.demo {
         return Err("--check-config checks a file; it does not go with --demo".into());
@@ -128,6 +156,9 @@ fn main() -> ExitCode {
     if let Err(e) = config.apply_env() {
         eprintln!("proxy: {e}");
         return ExitCode::from(2);
+    }
+    if let Some(command) = &args.admin {
+        return admin(&config, command);
     }
     if args.check_config {
         return check_config(args.config.as_deref().unwrap_or(Path::new("parser.ini")), &config);
@@ -249,6 +280,55 @@ fn copy_database(from: &str, to: &str) -> ExitCode {
     }
 }
 
+/// `--admin add|remove EMAIL` on the configured database, without starting anything.
+fn admin(config: &Config, command: &AdminCommand) -> ExitCode {
+    let opened = Database::from_setting(&config.database)
+        .and_then(|db| Store::connect(&db, Durability::Full, config.log_retention).map_err(|e| format!("{db}: {e}")));
+    let store = match opened {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("proxy: database {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let email = match command {
+        AdminCommand::Add(email) | AdminCommand::Remove(email) => admins::normalise_email(email),
+    };
+    if let Err(why) = check_email(&email) {
+        eprintln!("proxy: {email}: {why}");
+        return ExitCode::from(2);
+    }
+    let result = match command {
+        AdminCommand::Remove(_) => match admins::remove(&store, &email) {
+            Ok(true) => Ok(format!("{email} is no longer an admin")),
+            Ok(false) => Ok(format!("{email} was not an admin")),
+            Err(e) => Err(e.to_string()),
+        },
+        AdminCommand::Add(_) => {
+            let exists = matches!(store.user(&email), Ok(Some(_)));
+            let prompt = if exists { format!("password of {email}: ") } else { format!("new password for {email}: ") };
+            read_password(&prompt, !exists).and_then(|password| {
+                let now_ms = Clock::system().now_ms();
+                match admins::add(&store, &email, &password, now_ms) {
+                    Ok(Added::Created) => Ok(format!("created {email}, an admin")),
+                    Ok(Added::Confirmed) => Ok(format!("{email} is an admin")),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+        }
+    };
+    match result {
+        Ok(done) => {
+            println!("{done}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("proxy: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// `PIBL_DEMO_PORTS`: the demo's proxy, API and three backend ports, for a demo beside another one
 /// (or beside tests); `None` when unset.
 const DEMO_PORTS_ENV: &str = "PIBL_DEMO_PORTS";
@@ -312,7 +392,6 @@ fn setup_demo(
     }
 
     let admin = demo_admin::ensure(&config.database, config.log_retention, pibl::clock::Clock::system().now_ms())?;
-    config.admins.push(demo_admin::ADMIN_EMAIL.to_string());
     notes.push(format!(
         "demo: admin {} with password {} (also in {}; `curl -d @{} ...` logs in); it may list and lift lock-outs",
         demo_admin::ADMIN_EMAIL,
@@ -331,6 +410,39 @@ fn setup_demo(
         config.routes.extend(route);
     }
     Ok((backends, notes))
+}
+
+/// Reads a password: on a terminal without echo (twice when `confirm`, for a new one), otherwise one
+/// line of stdin, for scripts. Its length is checked as registration checks it.
+fn read_password(prompt: &str, confirm: bool) -> Result<String, String> {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    let read_line = |prompt: &str| -> Result<String, String> {
+        let tty = stdin.is_terminal();
+        let mut hidden = false;
+        if tty {
+            eprint!("{prompt}");
+            // `stty` on the inherited terminal: no terminal library for one switch of the echo.
+            hidden = std::process::Command::new("stty").arg("-echo").status().is_ok_and(|s| s.success());
+        }
+        let mut line = String::new();
+        let read = stdin.lock().read_line(&mut line);
+        if hidden {
+            let _ = std::process::Command::new("stty").arg("echo").status();
+            eprintln!();
+        }
+        read.map_err(|e| format!("reading the password: {e}"))?;
+        Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    };
+    let password = read_line(prompt)?;
+    let n = password.chars().count();
+    if !(6..=30).contains(&n) {
+        return Err(format!("the password must be 6 to 30 characters long (it has {n})"));
+    }
+    if confirm && stdin.is_terminal() && read_line("again: ")? != password {
+        return Err("the two passwords differ".into());
+    }
+    Ok(password)
 }
 
 /// SIGHUP: re-reads the INI and swaps routes, pools and limits; a broken file keeps the old ones.

@@ -64,7 +64,7 @@ fn purge_parameter(query: &str) -> ApiResult<Option<(&'static str, String)>> {
 /// the whole cache.
 pub fn purge_cache(state: &ApiState, req: &Request, query: &str) -> ApiResult<Reply> {
     let user = authenticate(state, req)?;
-    let admin = is_admin(state, &user);
+    let admin = is_admin(state, &user)?;
     let parameter = purge_parameter(query)?;
     let Some(cache) = &state.cache else {
         return Ok(Reply::json(200, json!({ "purged": 0, "message": "the cache is off (ttl = 0)" })));
@@ -122,7 +122,9 @@ pub fn purge_cache(state: &ApiState, req: &Request, query: &str) -> ApiResult<Re
         }
     };
     if !admin {
-        let first = target.trim_start_matches('/').split(['/', '?']).next().unwrap_or("");
+        // The app's id is the first segment under `app_prefix`.
+        let under = target.strip_prefix(state.router.app_prefix()).unwrap_or(&target);
+        let first = under.trim_start_matches('/').split(['/', '?']).next().unwrap_or("");
         own_app(state, &user, app_id(first)?)?;
     }
     // One description of the purge, applied here and announced to the other instances.

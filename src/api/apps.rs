@@ -12,11 +12,32 @@ use super::state::ApiState;
 use crate::clock::rfc3339;
 use crate::http::request::Request;
 use crate::store::{self, AddEndpoint, Endpoint, LogEntry, Removal, User};
-use crate::upstream::apps::resolve;
 
 /// Default and largest page of `GET /api/apps/<appid>/logs`.
 const DEFAULT_LOG_PAGE: usize = 100;
 const MAX_LOG_PAGE: usize = 1000;
+
+/// Names pibl's own pages and common infrastructure paths take on the data plane's root; no app may
+/// claim them when apps live at `/<appid>/` (an app would take their paths over from the default pool).
+pub const RESERVED_APP_IDS: &[&str] =
+    &["api", "apps", "metrics", "dashboard", "status", "health", "healthz", "static", "assets", "admin", "well-known"];
+
+/// The app ids no one may create: with apps at the root, [`RESERVED_APP_IDS`]; in every case the
+/// first segment (under `app_prefix`) of each configured route's prefix, which the route would keep.
+pub fn reserved_ids<'a>(app_prefix: &str, route_prefixes: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut ids: Vec<String> = match app_prefix {
+        "" => RESERVED_APP_IDS.iter().map(|s| s.to_string()).collect(),
+        _ => Vec::new(),
+    };
+    let base = if app_prefix.is_empty() { "/" } else { app_prefix };
+    for prefix in route_prefixes {
+        let first = prefix.strip_prefix(base).and_then(|rest| rest.split('/').next()).unwrap_or("");
+        if !first.is_empty() && !ids.iter().any(|i| i == first) {
+            ids.push(first.to_string());
+        }
+    }
+    ids
+}
 
 /// `{"app", "owner", "endpoints": [{"id", "host", "port", "statuspath", "healthy", "last_check"}]}`.
 fn app_json(state: &ApiState, app: &store::App) -> Value {
@@ -66,12 +87,17 @@ pub fn show_app(state: &ApiState, req: &Request, id: &str) -> ApiResult<Reply> {
 pub fn add_endpoint(state: &ApiState, req: &Request, body: &[u8], id: &str) -> ApiResult<Reply> {
     let user = authenticate(state, req)?;
     let id = app_id(id)?;
+    if state.reserved_app_ids.iter().any(|r| r == id) && state.store.app(id)?.is_none() {
+        return Err(ApiError::BadParameter(FieldError::new(
+            "appid",
+            format!("{id} is reserved: its path belongs to pibl or to a configured route; choose another id"),
+        )));
+    }
     let new = schema::new_endpoint(json_body(req, body)?)?;
-    if resolve(&new.host, new.port).is_none() {
-        return Err(ApiError::Schema(vec![FieldError::new(
-            "host",
-            format!("{:?} does not resolve to an address", new.host),
-        )]));
+    // Refused in every spelling (names are resolved; see `upstream::policy`), and checked again
+    // whenever the route table resolves it and before each connection.
+    if let Err(refusal) = state.router.endpoint_policy().resolve(&new.host, new.port) {
+        return Err(ApiError::Schema(vec![FieldError::new("host", refusal.to_string())]));
     }
     let endpoint = Endpoint { id: 0, host: new.host, port: new.port, statuspath: new.statuspath };
     match state.store.add_endpoint(&user, id, &endpoint, state.clock.now_ms())? {
@@ -193,4 +219,20 @@ pub fn app_logs(state: &ApiState, req: &Request, id: &str, query: &str) -> ApiRe
     };
     let logs: Vec<Value> = entries.iter().map(log_json).collect();
     Ok(Reply::json(200, json!({ "app": app.name, "logs": logs, "next": next })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_ids_cover_pibls_pages_and_route_prefixes() {
+        let routes = ["/shop/", "/api-v2", "/", "/apps/billing/x"];
+        let ids = reserved_ids("", routes.iter().copied());
+        for id in ["api", "metrics", "dashboard", "shop", "api-v2", "apps"] {
+            assert!(ids.iter().any(|i| i == id), "{id} in {ids:?}");
+        }
+        // Under a prefix only the routes that reach into it take ids.
+        assert_eq!(reserved_ids("/apps/", routes.iter().copied()), ["billing"]);
+    }
 }

@@ -1,12 +1,12 @@
 //! Who is calling the API: the user named by the request's token (`Authorization: JWT <token>` as in
 //! the seed, or `Bearer`), checked against the account it was issued for, and whether that user is an
-//! admin (the `admins` setting).
+//! admin (granted on the host by `proxy --admin add`; see `store::admins`).
 
 use super::reply::{ApiError, ApiResult};
 use super::state::ApiState;
 use crate::http::request::Request;
 use crate::store::credentials;
-use crate::store::User;
+use crate::store::{admins, User};
 
 /// The user the request's token names.
 pub fn authenticate(state: &ApiState, req: &Request) -> ApiResult<User> {
@@ -22,8 +22,13 @@ pub fn authenticate(state: &ApiState, req: &Request) -> ApiResult<User> {
         .store
         .user(&claims.identity)?
         .ok_or_else(|| ApiError::Unauthorized("the user of this token no longer exists".into()))?;
-    // A token from before the account was (re)created belongs to a deleted account of that name.
-    if claims.iat < user.created_ms / 1000 {
+    // A token of a deleted account of that address: its creation time (ms) differs, even when the
+    // new account was made in the same second; a token without that claim is judged by its `iat`.
+    let stale = match claims.acct {
+        Some(account_ms) => account_ms != user.created_ms,
+        None => claims.iat < user.created_ms / 1000,
+    };
+    if stale {
         return Err(ApiError::Unauthorized("this token was issued before the account was created".into()));
     }
     Ok(user)
@@ -60,17 +65,19 @@ fn token_problem(error: &credentials::TokenError) -> String {
     }
 }
 
-/// Whether `user` is one of the `admins`.
-pub fn is_admin(state: &ApiState, user: &User) -> bool {
-    state.admins.iter().any(|a| a.eq_ignore_ascii_case(&user.email))
+/// Whether `user` is an admin: the very account an admin grant was made for on the host.
+pub fn is_admin(state: &ApiState, user: &User) -> ApiResult<bool> {
+    Ok(admins::is_admin(&state.store, user)?)
 }
 
 /// The caller, who must be an admin (for the blocked list).
 pub fn require_admin(state: &ApiState, req: &Request) -> ApiResult<User> {
     let user = authenticate(state, req)?;
-    if is_admin(state, &user) {
+    if is_admin(state, &user)? {
         Ok(user)
     } else {
-        Err(ApiError::Forbidden("only admins (the `admins` setting) may list or unblock blocked users".into()))
+        Err(ApiError::Forbidden(
+            "only admins (made on the host with `proxy --admin add`) may list or unblock blocked users".into(),
+        ))
     }
 }

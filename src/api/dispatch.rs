@@ -69,14 +69,14 @@ fn dispatch(state: &ApiState, req: &Request, body: &[u8], client: IpAddr) -> Api
             throttle(state, client)?;
             match method {
                 "POST" => users::register(state, req, body),
-                "DELETE" => users::unregister(state, req, body),
+                "DELETE" => users::unregister(state, req, body, client),
                 _ => wrong("POST, DELETE"),
             }
         }
         ["api", "auth"] => {
             throttle(state, client)?;
             match method {
-                "POST" => users::login(state, req, body),
+                "POST" => users::login(state, req, body, client),
                 _ => wrong("POST"),
             }
         }
@@ -111,7 +111,7 @@ fn dispatch(state: &ApiState, req: &Request, body: &[u8], client: IpAddr) -> Api
             _ => wrong("DELETE"),
         },
         ["metrics"] => match method {
-            "GET" => status::metrics_on_api(state),
+            "GET" => status::metrics_on_api(state, req),
             _ => wrong("GET"),
         },
         ["dashboard"] => match method {
@@ -166,6 +166,9 @@ mod tests {
                 clock: Clock::system(),
                 admins: Vec::new(),
                 access_log: false,
+                metrics_need_token: false,
+                reserved_app_ids: Vec::new(),
+                lockout_per_ip: false,
                 cache: None,
                 observe: Default::default(),
             };

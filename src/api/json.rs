@@ -51,10 +51,79 @@ pub enum BodyError {
 }
 
 fn parse_object(body: &[u8]) -> Result<Map<String, Value>, BodyError> {
+    // serde_json keeps the last of two equal keys; two parsers that pick differently (a WAF, a
+    // log pipeline and pibl) would act on different requests, so duplicates are refused.
+    if let Err(e) = serde_json::from_slice::<NoDuplicateKeys>(body) {
+        if e.is_data() {
+            return Err(BodyError::NotJson(e.to_string()));
+        }
+    }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(BodyError::NotObject),
         Err(e) => Err(BodyError::NotJson(e.to_string())),
+    }
+}
+
+/// One spelling per host, so `[::1]`, `::1` and `0:0::1` are one endpoint: an IP address in its
+/// standard text form (no brackets), a name in lower case.
+fn canonical_host(host: &str) -> String {
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.to_string(),
+        Err(_) => host.to_ascii_lowercase(),
+    }
+}
+
+/// Walks a JSON document and fails on an object that has a key twice (at any depth).
+struct NoDuplicateKeys;
+
+impl<'de> serde::Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NoDuplicateKeys)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateKeys {
+    type Value = NoDuplicateKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!("the key {key:?} appears twice")));
+            }
+            map.next_value::<NoDuplicateKeys>()?;
+        }
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
     }
 }
 
@@ -91,7 +160,8 @@ pub fn credentials(body: &[u8]) -> Result<Credentials, BodyError> {
     }
     match (email, password) {
         (Some(email), Some(password)) if errors.is_empty() => {
-            Ok(Credentials { email: email.to_string(), password: password.to_string() })
+            // Compared without case everywhere; kept in one form from here on.
+            Ok(Credentials { email: crate::store::admins::normalise_email(email), password: password.to_string() })
         }
         _ => Err(BodyError::Fields(errors)),
     }
@@ -125,7 +195,7 @@ pub fn new_endpoint(body: &[u8]) -> Result<NewEndpoint, BodyError> {
     let mut errors = Vec::new();
 
     let host = string_field(&map, "host", &mut errors).and_then(|h| match check_host(h) {
-        Ok(()) => Some(h.to_string()),
+        Ok(()) => Some(canonical_host(h)),
         Err(why) => {
             errors.push(FieldError::new("host", why));
             None
@@ -200,7 +270,8 @@ fn normalize_statuspath(path: &str) -> Result<String, String> {
     if path.bytes().any(|b| b <= b' ' || b == 0x7f) {
         return Err("must be a path without spaces or control characters, e.g. /status".into());
     }
-    if path.contains("://") {
+    // `//host/x` is a URL without a scheme to whatever reads it as one.
+    if path.contains("://") || path.starts_with("//") || path.starts_with("\\\\") {
         return Err("must be a path such as /status, not a URL".into());
     }
     Ok(if path.starts_with('/') { path.to_string() } else { format!("/{path}") })
@@ -277,6 +348,23 @@ mod tests {
             ["host", "statuspath"]
         );
         assert_eq!(fields(new_endpoint(br#"{"host":"","port":80,"statuspath":5}"#)), ["host", "statuspath"]);
+    }
+
+    #[test]
+    fn duplicate_keys_urls_as_paths_and_host_spellings() {
+        let dup = credentials(br#"{"email":"a@b.io","password":"secret1","email":"admin@b.io"}"#);
+        assert!(matches!(&dup, Err(BodyError::NotJson(why)) if why.contains("\"email\" appears twice")), "{dup:?}");
+        let nested = new_endpoint(br#"{"host":"h","port":1,"statuspath":"/","x":{"a":1,"a":2}}"#);
+        assert!(matches!(nested, Err(BodyError::NotJson(_))));
+        assert!(credentials(br#"{"email":"a@b.io","password":"secret1","x":[{"a":1},{"a":2}]}"#).is_ok());
+        for bad in ["//evil.example/x", "\\\\evil/x"] {
+            let body = format!(r#"{{"host":"h","port":1,"statuspath":{}}}"#, serde_json::to_string(bad).unwrap());
+            assert_eq!(fields(new_endpoint(body.as_bytes())), ["statuspath"], "{bad}");
+        }
+        for (given, kept) in [("[::1]", "::1"), ("::1", "::1"), ("0:0::1", "::1"), ("Example.COM", "example.com")] {
+            let body = format!(r#"{{"host":"{given}","port":1,"statuspath":"/"}}"#);
+            assert_eq!(new_endpoint(body.as_bytes()).map(|e| e.host), Ok(kept.to_string()), "{given}");
+        }
     }
 
     #[test]

@@ -24,10 +24,16 @@ pub struct ApiState {
     pub lockout: Sender<LoginEvent>,
     pub throttle: Throttle,
     pub clock: Clock,
-    /// `admins`, lower-cased.
+    /// `admins`, lower-cased: only named in a warning at start-up; rights come from `proxy --admin add`.
     pub admins: Vec<String>,
     /// `access_log`: one line per API request too.
     pub access_log: bool,
+    /// `lockout_scope = account+ip`: failed logins lock the account from that address only.
+    pub lockout_per_ip: bool,
+    /// App ids no one may create (see `apps::reserved_ids`).
+    pub reserved_app_ids: Vec<String>,
+    /// `/metrics` on the API port takes an admin's token (`metrics_auth`, given `api_bind`).
+    pub metrics_need_token: bool,
     /// The data plane's response cache, for `DELETE /api/cache` (`None` when `ttl` is 0).
     pub cache: Option<Arc<Cache>>,
     /// The data plane's figures for `/metrics` and `/api/status`, and the API's own counters.

@@ -4,10 +4,11 @@ use std::sync::atomic::Ordering;
 
 use serde_json::{json, Value};
 
-use super::auth::is_admin;
+use super::auth::{authenticate, is_admin};
 use super::reply::{ApiError, Reply};
 use super::state::ApiState;
 use crate::clock::rfc3339;
+use crate::http::request::Request;
 use crate::observe::metrics::{self, quantile, BackendState, Point, Scrape, BUCKETS, SLOT_SECS};
 use crate::store::User;
 
@@ -32,16 +33,26 @@ pub fn dashboard() -> Reply {
     reply
 }
 
-/// `GET /metrics` on the API port, unless `metrics_bind` moved it to its own listener.
-pub fn metrics_on_api(state: &ApiState) -> Result<Reply, ApiError> {
-    match state.observe.metrics_elsewhere.load(Ordering::Relaxed) {
-        true => Err(ApiError::NotFound("/metrics is served on the metrics_bind address".into())),
-        false => Ok(metrics(state)),
+/// `GET /metrics` on the API port, unless `metrics_bind` moved it to its own listener. It names every
+/// app and backend address, so where the API faces the network (`metrics_auth`) it takes an admin's
+/// token.
+pub fn metrics_on_api(state: &ApiState, req: &Request) -> Result<Reply, ApiError> {
+    if state.observe.metrics_elsewhere.load(Ordering::Relaxed) {
+        return Err(ApiError::NotFound("/metrics is served on the metrics_bind address".into()));
     }
+    if state.metrics_need_token {
+        let user = authenticate(state, req)?;
+        if !is_admin(state, &user)? {
+            return Err(ApiError::Forbidden(
+                "/metrics names every app and backend: admins only (or scrape it on metrics_bind)".into(),
+            ));
+        }
+    }
+    Ok(metrics(state))
 }
 
-/// `GET /metrics`: the Prometheus text format. Unauthenticated, as scrapers expect; it names routes,
-/// apps and backends but no users, keys or addresses of clients.
+/// `GET /metrics`: the Prometheus text format. It names routes, apps and backends but no users, keys
+/// or addresses of clients.
 pub fn metrics(state: &ApiState) -> Reply {
     let Some(shared) = state.observe.probe().and_then(|p| p.shared()) else {
         return ApiError::Request(503, "the proxy is not running".into()).reply();
@@ -94,7 +105,7 @@ pub fn status(state: &ApiState, user: &User) -> Result<Reply, ApiError> {
     let Some(shared) = state.observe.probe().and_then(|p| p.shared()) else {
         return Err(ApiError::Request(503, "the proxy is not running".into()));
     };
-    let admin = is_admin(state, user);
+    let admin = is_admin(state, user)?;
     let now_ms = state.clock.now_ms();
     // Users see the routes and pools of their own apps, whose names are their labels.
     let own: Option<Vec<String>> = match admin {

@@ -2,6 +2,8 @@
 //! apps, with its credentials) and `POST /api/auth` (log in: a token for the credentials). Passwords
 //! are checked under the lock-out: a blocked address is refused before its password is looked at.
 
+use std::net::IpAddr;
+
 use serde_json::json;
 
 use super::input::json_body;
@@ -15,9 +17,14 @@ use crate::store::User;
 
 /// Checks e-mail and password, with the lock-out: a blocked address is refused before its password
 /// is looked at, and each outcome goes to the lock-out consumer.
-fn check_credentials(state: &ApiState, creds: &Credentials) -> ApiResult<User> {
+fn check_credentials(state: &ApiState, creds: &Credentials, client: IpAddr) -> ApiResult<User> {
     let now = state.clock.now_ms();
-    if let Some(until) = state.store.blocked_until(&creds.email, now)? {
+    // What a failure counts against and a block locks (`lockout_scope`).
+    let locked = match state.lockout_per_ip {
+        true => format!("{} from {client}", creds.email),
+        false => creds.email.clone(),
+    };
+    if let Some(until) = state.store.blocked_until(&locked, now)? {
         return Err(ApiError::Locked { retry_after: (until - now).div_ceil(1000) });
     }
     let user = state.store.user(&creds.email)?;
@@ -28,7 +35,7 @@ fn check_credentials(state: &ApiState, creds: &Credentials) -> ApiResult<User> {
             false
         }
     };
-    let email = creds.email.clone();
+    let email = locked;
     match (ok, user) {
         (true, Some(user)) => {
             let _ = state.lockout.send(LoginEvent::Succeeded { email });
@@ -63,9 +70,9 @@ pub fn register(state: &ApiState, req: &Request, body: &[u8]) -> ApiResult<Reply
 }
 
 /// `DELETE /api/users`.
-pub fn unregister(state: &ApiState, req: &Request, body: &[u8]) -> ApiResult<Reply> {
+pub fn unregister(state: &ApiState, req: &Request, body: &[u8], client: IpAddr) -> ApiResult<Reply> {
     let creds = schema::credentials(json_body(req, body)?)?;
-    let user = check_credentials(state, &creds)?;
+    let user = check_credentials(state, &creds, client)?;
     let apps = state.store.delete_user(user.id)?;
     if !apps.is_empty() {
         state.routes_changed();
@@ -75,10 +82,10 @@ pub fn unregister(state: &ApiState, req: &Request, body: &[u8]) -> ApiResult<Rep
 }
 
 /// `POST /api/auth`.
-pub fn login(state: &ApiState, req: &Request, body: &[u8]) -> ApiResult<Reply> {
+pub fn login(state: &ApiState, req: &Request, body: &[u8], client: IpAddr) -> ApiResult<Reply> {
     let creds = schema::credentials(json_body(req, body)?)?;
-    let user = check_credentials(state, &creds)?;
-    let token = state.tokens.issue(&user.email, state.clock.now_secs()).map_err(|e| {
+    let user = check_credentials(state, &creds, client)?;
+    let token = state.tokens.issue_for(&user.email, user.created_ms, state.clock.now_secs()).map_err(|e| {
         log::error!("api: cannot issue a token: {e}");
         ApiError::Internal
     })?;

@@ -1,25 +1,23 @@
-//! Reading API requests off a socket under the API's bounds: the head within [`LIMITS`] and
-//! [`REQUEST_TIMEOUT`], an idle keep-alive connection dropped after [`IDLE_TIMEOUT`], a body of at most
-//! [`MAX_BODY`], and a lingering close after an error answer. It reuses the data plane's HTTP code
-//! (`http::request::parse`, `http::body::transfer`, `ReadBuf`); the API server and the metrics
-//! listener both read through it.
+//! The API's bounds on a request (the head within [`LIMITS`], a body of at most [`MAX_BODY`], the
+//! whole of it within [`REQUEST_TIMEOUT`], an idle keep-alive connection dropped after
+//! [`IDLE_TIMEOUT`]), a blocking head reader for the metrics listener, and a lingering close after an
+//! error answer. The API port reads through `gate`, which holds no thread per waiting client.
 
 use std::io;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::http::body::{self, BodyError, Encoding, Source};
-use crate::http::buffer::{ReadBuf, WriteBatch};
+use crate::http::buffer::ReadBuf;
 use crate::http::request::{self, Limits, Request, RequestError};
 
 /// Largest request body accepted (413 past it).
 pub const MAX_BODY: u64 = 64 * 1024;
 /// Bounds of a request head, and of its body.
-const LIMITS: Limits = Limits { max_head_bytes: 16 * 1024, max_headers: 100, max_body_bytes: MAX_BODY };
+pub(super) const LIMITS: Limits = Limits { max_head_bytes: 16 * 1024, max_headers: 100, max_body_bytes: MAX_BODY };
 /// How long an idle keep-alive connection is kept.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time a client has to send a complete request head, and each read of a body.
+pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a client has to send a whole request, from its first byte (408 past it).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Slice in which a waiting worker checks for shutdown.
 const POLL: Duration = Duration::from_millis(200);
@@ -60,20 +58,6 @@ pub fn read_head(
             Err(_) => return Ok(None),
         }
     }
-}
-
-/// Reads the body of `req` into `body`, at most [`MAX_BODY`] bytes of it.
-pub fn read_body(
-    stream: &mut TcpStream,
-    buf: &mut ReadBuf,
-    req: &Request,
-    body: &mut Vec<u8>,
-) -> Result<(), BodyError> {
-    let mut scratch = Vec::new();
-    let mut src = Source { buf, sock: stream, step: 8192 };
-    let mut dst = WriteBatch::new(&mut scratch, body, 8192);
-    body::transfer(&mut src, req.framing, &mut dst, Encoding::Identity, MAX_BODY)?;
-    dst.send().map_err(BodyError::Write)
 }
 
 /// Closes after an error answer without resetting: a close with unread request bytes would send a

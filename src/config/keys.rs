@@ -5,11 +5,24 @@
 use super::access_log::{parse_access_log_file, parse_access_log_format, render_access_log_file};
 use super::routes::{parse_nets, parse_rate, render_nets, render_rate, RateLimit};
 use super::settings::Config;
+use super::settings::{LockoutScope, MetricsAuth};
 use super::values::{
     parse_admins, parse_bind, parse_bool, parse_buffer_bytes, parse_count, parse_database, parse_duration,
     parse_health_path, parse_log_level, parse_metrics_bind, parse_port, parse_size, parse_timeout, render_duration,
     render_path, render_size,
 };
+
+/// `app_prefix`: empty, or one or more path segments written `/apps/` (the slashes are added when
+/// left out).
+fn parse_app_prefix(v: &str) -> Result<String, String> {
+    let segments: Vec<&str> = v.trim().split('/').filter(|s| !s.is_empty()).collect();
+    let plain =
+        |s: &&str| s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b)) && *s != "." && *s != "..";
+    if !segments.iter().all(plain) {
+        return Err(format!("{v:?} is not a path such as /apps/ (letters, digits, '-', '_', '.', '~')"));
+    }
+    Ok(if segments.is_empty() { String::new() } else { format!("/{}/", segments.join("/")) })
+}
 
 /// One key of `[DEFAULT]`: its name, its documentation, and how its text becomes a `Config` field and back.
 pub(super) struct KeySpec {
@@ -328,6 +341,17 @@ pub(super) const LAYOUT: &[Entry] = &[
         render: |c| c.jwt_secret.clone(),
     }),
     Entry::Key(KeySpec {
+        name: "jwt_secret_file",
+        help: "File holding the signing secret (at least 32 characters, mode 0600), so it is not kept\n\
+               in the database. The environment variable PIBL_JWT_SECRET overrides both.\n\
+               Empty = unused.",
+        apply: |c, v| {
+            c.jwt_secret_file = Some(v.trim()).filter(|p| !p.is_empty()).map(std::path::PathBuf::from);
+            Ok(())
+        },
+        render: |c| c.jwt_secret_file.as_deref().map(render_path).unwrap_or_default(),
+    }),
+    Entry::Key(KeySpec {
         name: "jwt_ttl",
         help: "How long an access token from /api/auth stays valid.",
         apply: |c, v| parse_timeout(v).map(|x| c.jwt_ttl = x),
@@ -335,16 +359,62 @@ pub(super) const LAYOUT: &[Entry] = &[
     }),
     Entry::Key(KeySpec {
         name: "admins",
-        help: "E-mail addresses, comma-separated, allowed to list and unblock locked-out users\n\
-               (GET /api/blocked). Empty = nobody.",
+        help: "E-mail addresses of the admins, comma-separated. Listing grants nothing: rights come\n\
+               from `proxy --admin add EMAIL` on this host; a listed address without them\n\
+               is warned about at start-up.",
         apply: |c, v| parse_admins(v).map(|x| c.admins = x),
         render: |c| c.admins.join(", "),
+    }),
+    Entry::Key(KeySpec {
+        name: "endpoint_allow",
+        help: "Networks app endpoints may point at; narrow it with open registration (e.g. to the app\n\
+               servers' subnet). pibl's own ports, link-local, metadata and unspecified addresses are\n\
+               refused whatever it says.\n\
+               CIDR list.",
+        apply: |c, v| parse_nets(v).map(|x| c.endpoint_allow = x),
+        render: |c| render_nets(&c.endpoint_allow),
+    }),
+    Entry::Key(KeySpec {
+        name: "app_prefix",
+        help: "Path every app is served under, e.g. /apps/ (then app x is at /apps/x/), so no app id\n\
+               can collide with the default pool's paths. Empty = apps at /<appid>/.",
+        apply: |c, v| parse_app_prefix(v).map(|x| c.app_prefix = x),
+        render: |c| c.app_prefix.clone(),
+    }),
+    Entry::Key(KeySpec {
+        name: "metrics_auth",
+        help: "Whether /metrics on the API port needs a token: auto (when api_bind is not loopback),\n\
+               token (always) or open (never; firewall the port).",
+        apply: |c, v| {
+            c.metrics_auth = match v.trim().to_ascii_lowercase().as_str() {
+                "auto" => MetricsAuth::Auto,
+                "token" => MetricsAuth::Token,
+                "open" => MetricsAuth::Open,
+                _ => return Err(format!("{v:?} is not auto, token or open")),
+            };
+            Ok(())
+        },
+        render: |c| c.metrics_auth.as_str().to_string(),
     }),
     Entry::Key(KeySpec {
         name: "lockout_secs",
         help: "How long 5 failed /api/auth attempts in a row block that address (a duration).",
         apply: |c, v| parse_timeout(v).map(|x| c.lockout_secs = x),
         render: |c| render_duration(c.lockout_secs),
+    }),
+    Entry::Key(KeySpec {
+        name: "lockout_scope",
+        help: "What those failures lock: account (from every address; anyone who knows an address can\n\
+               lock its owner out) or account+ip (only from the address that failed).",
+        apply: |c, v| {
+            c.lockout_scope = match v.trim().to_ascii_lowercase().as_str() {
+                "account" => LockoutScope::Account,
+                "account+ip" => LockoutScope::AccountIp,
+                _ => return Err(format!("{v:?} is not account or account+ip")),
+            };
+            Ok(())
+        },
+        render: |c| c.lockout_scope.as_str().to_string(),
     }),
     Entry::Key(KeySpec {
         name: "auth_rate",

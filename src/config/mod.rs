@@ -29,7 +29,7 @@ mod values;
 pub use access_log::{AccessLogFormat, AccessLogTarget};
 pub use error::{ConfigError, ValueError};
 pub use routes::{AuthUrl, Balance, IpNet, RateLimit, RouteAuth, RouteConfig};
-pub use settings::Config;
+pub use settings::{Config, LockoutScope, MetricsAuth, DEFAULT_ENDPOINT_ALLOW};
 pub use values::BackendAddr;
 
 use keys::{key_spec, Entry, BACKENDS_HELP, INI_HEADER, LAYOUT};
@@ -248,12 +248,25 @@ pub fn advice(text: &str, file_label: &str) -> Vec<String> {
 pub const PURGE_INTERVAL_ENV: &str = "PIBL_PURGE_INTERVAL";
 /// The environment variable that overrides `database`, so a PostgreSQL password need not sit in the file.
 pub const DATABASE_URL_ENV: &str = "PIBL_DATABASE_URL";
+/// The environment variable that gives the token signing secret (over `jwt_secret_file` and
+/// `jwt_secret`), for service managers that hand secrets over that way.
+pub const JWT_SECRET_ENV: &str = "PIBL_JWT_SECRET";
 
 impl Config {
     /// Applies overrides from the environment (`PIBL_PURGE_INTERVAL`, a duration such as `30` or `2m`;
-    /// `PIBL_DATABASE_URL`, a `database` value). The binary calls it after loading the file; tests leave
-    /// it out.
+    /// `PIBL_DATABASE_URL`, a `database` value; `PIBL_JWT_SECRET`, the signing secret). The binary
+    /// calls it after loading the file; tests leave it out.
     pub fn apply_env(&mut self) -> Result<(), String> {
+        if let Ok(value) = std::env::var(JWT_SECRET_ENV) {
+            if value.trim().len() < crate::store::private::MIN_SECRET_LEN {
+                return Err(format!(
+                    "{JWT_SECRET_ENV}: use at least {} characters (e.g. `openssl rand -hex 32`)",
+                    crate::store::private::MIN_SECRET_LEN
+                ));
+            }
+            self.jwt_secret = value.trim().to_string();
+            self.jwt_secret_file = None;
+        }
         if let Ok(value) = std::env::var(PURGE_INTERVAL_ENV) {
             self.purge_interval = parse_timeout(&value).map_err(|e| format!("{PURGE_INTERVAL_ENV}: {e}"))?;
         }
@@ -357,6 +370,7 @@ mod tests {
             api_bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             metrics_bind: Some("[::1]:9100".parse().unwrap()),
             jwt_secret: "s3cret-value".to_string(),
+            jwt_secret_file: Some(PathBuf::from("/etc/pibl/jwt secret")),
             jwt_ttl: Duration::from_millis(1500),
             admins: vec!["root@example.com".to_string(), "ops@example.org".to_string()],
             lockout_secs: Duration::from_secs(60),
@@ -365,6 +379,10 @@ mod tests {
             health_path: "/status".to_string(),
             log_retention: 1,
             purge_interval: Duration::from_secs(3600),
+            endpoint_allow: parse_nets("10.1.0.0/16, fd12::/16").unwrap(),
+            metrics_auth: MetricsAuth::Token,
+            app_prefix: "/apps/x/".to_string(),
+            lockout_scope: LockoutScope::AccountIp,
         };
         assert_eq!(Config::from_ini_str(&modified.to_ini(), "x"), Ok(modified));
     }

@@ -94,6 +94,8 @@ pub struct Config {
     pub metrics_bind: Option<SocketAddr>,
     /// `jwt_secret`: HS256 signing secret; empty = a random one kept in the database.
     pub jwt_secret: String,
+    /// `jwt_secret_file`: a file (mode 0600) holding the signing secret, instead of the database.
+    pub jwt_secret_file: Option<PathBuf>,
     /// `jwt_ttl`: lifetime of an access token.
     pub jwt_ttl: Duration,
     /// `admins`: e-mail addresses allowed to see and lift lock-outs.
@@ -110,7 +112,70 @@ pub struct Config {
     pub log_retention: usize,
     /// `purge_interval`: how often apps left without endpoints are deleted.
     pub purge_interval: Duration,
+    /// `endpoint_allow`: networks an app endpoint may point at (pibl's own ports, link-local,
+    /// metadata and unspecified addresses are refused whatever it says).
+    pub endpoint_allow: Vec<IpNet>,
+    /// `metrics_auth`: whether `/metrics` on the API port needs a token.
+    pub metrics_auth: MetricsAuth,
+    /// `app_prefix`: empty (apps at `/<appid>/`) or `/segment/` putting every app under it.
+    pub app_prefix: String,
+    /// `lockout_scope`: what 5 failed logins lock: the account from anywhere, or from that address.
+    pub lockout_scope: LockoutScope,
 }
+
+/// `lockout_scope`: what failed logins lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockoutScope {
+    /// The account, from every address (the seed's rule): stops guessing, and lets anyone who knows
+    /// an address lock its owner out.
+    Account,
+    /// The account from the address that failed: the owner elsewhere can still log in; a guesser
+    /// with many addresses gets 5 tries from each (`auth_rate` still bounds each address).
+    AccountIp,
+}
+
+impl LockoutScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockoutScope::Account => "account",
+            LockoutScope::AccountIp => "account+ip",
+        }
+    }
+}
+
+/// `metrics_auth`: who may read `/metrics` on the API port (it names every app and backend address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsAuth {
+    /// A token unless `api_bind` is a loopback address.
+    Auto,
+    /// Always a token.
+    Token,
+    /// Never (the operator firewalls the API port).
+    Open,
+}
+
+impl MetricsAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricsAuth::Auto => "auto",
+            MetricsAuth::Token => "token",
+            MetricsAuth::Open => "open",
+        }
+    }
+
+    /// Whether `/metrics` needs a token on an API listening on `api_bind`.
+    pub fn needs_token(self, api_bind: IpAddr) -> bool {
+        match self {
+            MetricsAuth::Auto => !api_bind.is_loopback(),
+            MetricsAuth::Token => true,
+            MetricsAuth::Open => false,
+        }
+    }
+}
+
+/// The default `endpoint_allow`: this host and the private ranges (app servers on the same host or in
+/// the same VPC), as single-host setups have always used.
+pub const DEFAULT_ENDPOINT_ALLOW: &str = "127.0.0.0/8, ::1, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, fc00::/7";
 
 impl Default for Config {
     fn default() -> Self {
@@ -154,6 +219,7 @@ impl Default for Config {
             api_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             metrics_bind: None,
             jwt_secret: String::new(),
+            jwt_secret_file: None,
             jwt_ttl: Duration::from_secs(300),
             admins: Vec::new(),
             lockout_secs: Duration::from_secs(900),
@@ -162,6 +228,10 @@ impl Default for Config {
             health_path: String::new(),
             log_retention: 10_000,
             purge_interval: Duration::from_secs(60),
+            endpoint_allow: super::routes::parse_nets(DEFAULT_ENDPOINT_ALLOW).unwrap_or_default(),
+            metrics_auth: MetricsAuth::Auto,
+            app_prefix: String::new(),
+            lockout_scope: LockoutScope::Account,
         }
     }
 }

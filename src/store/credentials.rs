@@ -22,6 +22,10 @@ pub struct Claims {
     pub iat: u64,
     pub nbf: u64,
     pub exp: u64,
+    /// When the account was created (ms): a token outlives no deletion, even one in the second it
+    /// was issued. Tokens from before this claim (and `issue`'s) have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acct: Option<u64>,
 }
 
 /// Why a token was refused (each is a 401).
@@ -43,6 +47,19 @@ impl fmt::Display for TokenError {
             TokenError::NotYetValid => f.write_str("token is not valid yet"),
         }
     }
+}
+
+/// What was wrong with a token, in words for the client (the library's own messages name its types).
+fn invalid(e: &jsonwebtoken::errors::Error) -> TokenError {
+    use jsonwebtoken::errors::ErrorKind;
+    let why = match e.kind() {
+        ErrorKind::InvalidSignature => "the signature does not match".to_string(),
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => "it is not signed with HS256".to_string(),
+        ErrorKind::MissingRequiredClaim(claim) => format!("the claim {claim:?} is missing"),
+        ErrorKind::Json(_) => "its header or claims are not what pibl issues".to_string(),
+        _ => "it is not a well-formed JWT".to_string(),
+    };
+    TokenError::Invalid(why)
 }
 
 /// Why a password could not be hashed or checked.
@@ -304,8 +321,23 @@ impl Tokens {
 
     /// A token for `identity`, valid from `now_secs` for the configured lifetime.
     pub fn issue(&self, identity: &str, now_secs: u64) -> Result<String, TokenError> {
-        let claims =
-            Claims { identity: identity.to_string(), iat: now_secs, nbf: now_secs, exp: now_secs + self.ttl_secs };
+        self.sign(identity, None, now_secs)
+    }
+
+    /// A token for the account `identity` created at `account_ms`, which no later account of that
+    /// address accepts.
+    pub fn issue_for(&self, identity: &str, account_ms: u64, now_secs: u64) -> Result<String, TokenError> {
+        self.sign(identity, Some(account_ms), now_secs)
+    }
+
+    fn sign(&self, identity: &str, acct: Option<u64>, now_secs: u64) -> Result<String, TokenError> {
+        let claims = Claims {
+            identity: identity.to_string(),
+            iat: now_secs,
+            nbf: now_secs,
+            exp: now_secs + self.ttl_secs,
+            acct,
+        };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| TokenError::Invalid(e.to_string()))
     }
@@ -318,14 +350,19 @@ impl Tokens {
         validation.validate_nbf = false;
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "nbf", "iat"]);
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
-            .map_err(|e| TokenError::Invalid(e.to_string()))?;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map_err(|e| invalid(&e))?;
         let claims = data.claims;
         if now_secs >= claims.exp {
             return Err(TokenError::Expired);
         }
         if now_secs < claims.nbf {
             return Err(TokenError::NotYetValid);
+        }
+        // Signed with the real key but for longer than pibl ever issues: not one of ours to honour
+        // (a leaked key, or a token minted by hand), and no token lives past `jwt_ttl` from now.
+        if claims.exp > now_secs.saturating_add(self.ttl_secs) || claims.exp.saturating_sub(claims.iat) > self.ttl_secs
+        {
+            return Err(TokenError::Invalid("it lives longer than jwt_ttl allows".into()));
         }
         Ok(claims)
     }
@@ -395,6 +432,21 @@ mod tests {
         assert!(matches!(other.verify(&t, 1_000), Err(TokenError::Invalid(_))));
         assert!(matches!(tokens.verify("abc.def.ghi", 1_000), Err(TokenError::Invalid(_))));
         // The seed's example token (another secret) is refused.
+        // Signed with the real key but living longer than jwt_ttl.
+        let long =
+            Claims { identity: "a@b.io".into(), iat: 1_000, nbf: 1_000, exp: 1_000 + 10 * 365 * 86_400, acct: None };
+        let long =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &long, &EncodingKey::from_secret(b"k1")).unwrap();
+        assert_eq!(tokens.verify(&long, 1_000), Err(TokenError::Invalid("it lives longer than jwt_ttl allows".into())));
+        // The reasons name no library type.
+        assert_eq!(other.verify(&t, 1_000), Err(TokenError::Invalid("the signature does not match".into())));
+        assert_eq!(
+            tokens.verify("abc.def.ghi", 1_000),
+            Err(TokenError::Invalid("its header or claims are not what pibl issues".into()))
+        );
+        assert_eq!(tokens.verify("abc", 1_000), Err(TokenError::Invalid("it is not a well-formed JWT".into())));
+        let acct = tokens.issue_for("a@b.io", 1_000_500, 1_000).unwrap();
+        assert_eq!(tokens.verify(&acct, 1_000).unwrap().acct, Some(1_000_500));
         let seed = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpZGVudGl0eSI6ImFuZ2VsQGFuZ2VsLmNvbSIsImlhdCI6MTQ2MzkxNTE1MCwibmJmIjoxNDYzOTE1MTUwLCJleHAiOjE0NjM5MTU0NTB9.5NXV8LxNFUUU1MbPxRa-tLsGU-i23G0BviIM7vX_ed4";
         assert!(matches!(tokens.verify(seed, 1_463_915_200), Err(TokenError::Invalid(_))));
         // alg "none" with the same claims is refused.

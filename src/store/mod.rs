@@ -9,6 +9,7 @@
 //! consumer each open their own ([`Store::another`]). With PostgreSQL every [`Store`] of a process
 //! shares one small pool of connections.
 
+pub mod admins;
 pub mod applog;
 pub mod copy;
 pub mod credentials;
@@ -16,6 +17,7 @@ pub mod lockout;
 pub mod model;
 mod pool;
 pub mod postgres;
+pub mod private;
 pub mod sqlite;
 pub mod tls;
 
@@ -119,6 +121,21 @@ impl Store {
     /// shared database the first instance's value wins and every other one reads it.
     pub fn setting_or_insert(&self, key: &str, make: impl FnOnce() -> String) -> Result<String> {
         dispatch!(self.setting_or_insert(key, make))
+    }
+
+    /// The stored value of `key`, if any.
+    pub fn setting(&self, key: &str) -> Result<Option<String>> {
+        dispatch!(self.setting(key))
+    }
+
+    /// Stores `value` under `key`, replacing what was there.
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        dispatch!(self.set_setting(key, value))
+    }
+
+    /// Removes `key`; whether it was there.
+    pub fn delete_setting(&self, key: &str) -> Result<bool> {
+        dispatch!(self.delete_setting(key))
     }
 
     // ----- users -----

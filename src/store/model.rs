@@ -15,6 +15,8 @@ pub enum StoreError {
     /// The database cannot be reached now (down, restarting, connections exhausted): a 503 for an
     /// API client, and it passes by itself.
     Unavailable(String),
+    /// The file or a side file is readable by other users, or cannot be created private.
+    Private(super::private::PrivateError),
     /// The file was written by a newer pibl whose schema this one does not know.
     TooNew {
         found: i64,
@@ -31,6 +33,7 @@ impl fmt::Display for StoreError {
                 None => write!(f, "database error: {e}"),
             },
             StoreError::Unavailable(why) => write!(f, "the database is unavailable: {why}"),
+            StoreError::Private(e) => e.fmt(f),
             StoreError::TooNew { found, known } => write!(
                 f,
                 "the database has schema version {found}, newer than this pibl knows ({known}); use a newer pibl"

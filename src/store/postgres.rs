@@ -228,6 +228,26 @@ impl PgStore {
         })
     }
 
+    pub fn setting(&self, key: &str) -> Result<Option<String>> {
+        self.with(|c| {
+            c.query_opt("SELECT value FROM settings WHERE key = $1", &[&key])?.map(|r| r.try_get(0)).transpose()
+        })
+    }
+
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = $2",
+                &[&key, &value],
+            )
+            .map(drop)
+        })
+    }
+
+    pub fn delete_setting(&self, key: &str) -> Result<bool> {
+        self.with(|c| Ok(c.execute("DELETE FROM settings WHERE key = $1", &[&key])? > 0))
+    }
+
     // ----- users -----
 
     pub fn create_user(&self, email: &str, password_hash: &str, now_ms: u64) -> Result<Option<User>> {

@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::model::{ms, AddEndpoint, App, Durability, Endpoint, LogEntry, Removal, Result, StoreError, User};
+use super::private;
 
 /// How long a connection waits for another one's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -98,6 +99,10 @@ impl SqliteStore {
     /// Opens (creating if needed) and migrates the database at `path`; `log_retention` is how many
     /// execution-log entries each app keeps.
     pub fn open(path: &Path, durability: Durability, log_retention: usize) -> Result<SqliteStore> {
+        // Created `0600` (SQLite gives its side files the same mode); one that other users can read is
+        // refused, since it holds password hashes and may hold the signing secret.
+        private::create(path).map_err(StoreError::Private)?;
+        private::check_database(path).map_err(StoreError::Private)?;
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
@@ -111,6 +116,8 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", sync)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&mut conn)?;
+        // The side files exist now; made by an older pibl or another tool, they may not be private.
+        private::check_database(path).map_err(StoreError::Private)?;
         Ok(SqliteStore { conn: Mutex::new(conn), path: path.to_path_buf(), log_retention: log_retention.max(1) })
     }
 
@@ -134,6 +141,22 @@ impl SqliteStore {
         }
         conn.execute("INSERT OR IGNORE INTO settings (key, value) VALUES (?1, ?2)", params![key, make()])?;
         Ok(conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))?)
+    }
+
+    pub fn setting(&self, key: &str) -> Result<Option<String>> {
+        let conn = self.conn.lock();
+        Ok(conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    }
+
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        let conn = self.conn.lock();
+        conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)", params![key, value])?;
+        Ok(())
+    }
+
+    pub fn delete_setting(&self, key: &str) -> Result<bool> {
+        let conn = self.conn.lock();
+        Ok(conn.execute("DELETE FROM settings WHERE key = ?1", [key])? > 0)
     }
 
     // ----- users -----

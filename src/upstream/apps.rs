@@ -8,7 +8,7 @@
 //! whose first segment is no app goes to the `ip_serverN` pool.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -22,6 +22,7 @@ use crate::config::BackendAddr;
 use crate::http::request::Request;
 use crate::store::{self, LogEntry};
 use crate::upstream::backend::{Backend, Pool};
+use crate::upstream::policy::EndpointPolicy;
 
 /// One endpoint of an app as the data plane sees it.
 #[derive(Debug)]
@@ -94,6 +95,10 @@ pub struct Router {
     dropped_logs: AtomicU64,
     /// Stamps execution-log entries.
     clock: Clock,
+    /// What endpoint addresses must pass; the default until [`Router::set_endpoint_policy`].
+    policy: OnceLock<Arc<EndpointPolicy>>,
+    /// `app_prefix` without its last `/` (`/apps`), or empty: apps are served under it.
+    app_prefix: OnceLock<String>,
 }
 
 impl Router {
@@ -106,7 +111,30 @@ impl Router {
             rebuild: Mutex::new(()),
             log: OnceLock::new(),
             dropped_logs: AtomicU64::new(0),
+            policy: OnceLock::new(),
+            app_prefix: OnceLock::new(),
         }
+    }
+
+    /// Serves every app under `prefix` (`/apps/`; empty = at the root). Set once, before the first
+    /// rebuild; later calls are ignored.
+    pub fn set_app_prefix(&self, prefix: &str) {
+        let _ = self.app_prefix.set(prefix.trim_end_matches('/').to_string());
+    }
+
+    /// `app_prefix` without its last `/` (`/apps`), or empty.
+    pub fn app_prefix(&self) -> &str {
+        self.app_prefix.get().map_or("", String::as_str)
+    }
+
+    /// Sets the endpoint policy (once, before the first rebuild; later calls are ignored).
+    pub fn set_endpoint_policy(&self, policy: EndpointPolicy) {
+        let _ = self.policy.set(Arc::new(policy));
+    }
+
+    /// The endpoint policy in force.
+    pub fn endpoint_policy(&self) -> &Arc<EndpointPolicy> {
+        self.policy.get_or_init(|| Arc::new(EndpointPolicy::default()))
     }
 
     /// The current table (a cheap `Arc` clone).
@@ -116,7 +144,7 @@ impl Router {
 
     /// The app a request target belongs to, by its first path segment.
     pub fn lookup(&self, target: &str) -> Option<Matched> {
-        let rest = target.strip_prefix('/')?;
+        let rest = target.strip_prefix(self.app_prefix())?.strip_prefix('/')?;
         let end = rest.find(['/', '?']).unwrap_or(rest.len());
         let (name, tail) = rest.split_at(end);
         if name.is_empty() {
@@ -155,26 +183,25 @@ impl Router {
         for app in apps {
             let mut endpoints = Vec::with_capacity(app.endpoints.len());
             for ep in &app.endpoints {
-                let kept = previous
-                    .get(&(app.pk, ep.id))
-                    .filter(|old| old.host == ep.host && old.port == ep.port && old.backend.is_some());
-                let backend = match kept {
-                    Some(old) => old.backend.clone(),
-                    None => match resolve(&ep.host, ep.port) {
-                        Some(addr) => {
+                // Resolved and checked again on every rebuild, since a name may point elsewhere now;
+                // the old backend (health, idle connections) is kept while the address is the same.
+                let backend = match self.endpoint_policy().resolve(&ep.host, ep.port) {
+                    Ok(addr) => {
+                        let kept = previous
+                            .get(&(app.pk, ep.id))
+                            .filter(|old| old.host == ep.host && old.port == ep.port)
+                            .and_then(|old| old.backend.clone())
+                            .filter(|b| b.addr == addr);
+                        kept.or_else(|| {
                             let name = format!("{}:{}", ep.host, ep.port);
-                            Some(Arc::new(Backend::new(&BackendAddr { name, addr }, self.idle_limit)))
-                        }
-                        None => {
-                            log::warn!(
-                                "app {}: endpoint {} host {:?} does not resolve; no traffic",
-                                app.name,
-                                ep.id,
-                                ep.host
-                            );
-                            None
-                        }
-                    },
+                            let policy = Arc::clone(self.endpoint_policy());
+                            Some(Arc::new(Backend::guarded(&BackendAddr { name, addr }, self.idle_limit, policy)))
+                        })
+                    }
+                    Err(refusal) => {
+                        log::warn!("app {}: endpoint {}: {refusal}; no traffic", app.name, ep.id);
+                        None
+                    }
                 };
                 endpoints.push(EndpointRoute {
                     id: ep.id,
@@ -185,8 +212,13 @@ impl Router {
                 });
             }
             let pool = Pool::from_backends(endpoints.iter().filter_map(|e| e.backend.clone()).collect());
-            let route =
-                AppRoute { name: app.name.clone(), pk: app.pk, prefix: format!("/{}", app.name), pool, endpoints };
+            let route = AppRoute {
+                name: app.name.clone(),
+                pk: app.pk,
+                prefix: format!("{}/{}", self.app_prefix(), app.name),
+                pool,
+                endpoints,
+            };
             table.apps.insert(app.name.clone(), Arc::new(route));
         }
         self.table.store(Arc::new(table));
@@ -237,13 +269,6 @@ impl Router {
     pub fn dropped_logs(&self) -> u64 {
         self.dropped_logs.load(Ordering::Relaxed)
     }
-}
-
-/// Resolves `host:port`, preferring IPv4 (a `localhost` backend usually listens on 127.0.0.1).
-pub fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs().ok()?.collect();
-    addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).copied()
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::config::{BackendAddr, Balance};
+use crate::upstream::policy::EndpointPolicy;
 
 /// Idle backend connections older than this are not reused: most servers close keep-alive
 /// connections after 5 to 60 seconds of silence, and a request sent on a closed one would fail.
@@ -45,6 +46,8 @@ pub struct Backend {
     streak: AtomicU32,
     /// When the last active check finished (ms since the Unix epoch); 0 = never checked.
     last_check_ms: AtomicU64,
+    /// For an app endpoint: the rule its address is checked against before every connection.
+    guard: Option<Arc<EndpointPolicy>>,
 }
 
 impl Backend {
@@ -59,6 +62,22 @@ impl Backend {
             healthy: AtomicBool::new(true),
             streak: AtomicU32::new(0),
             last_check_ms: AtomicU64::new(0),
+            guard: None,
+        }
+    }
+
+    /// A backend whose address `policy` checks before each connection (an app endpoint's).
+    pub fn guarded(addr: &BackendAddr, idle_limit: usize, policy: Arc<EndpointPolicy>) -> Self {
+        Backend { guard: Some(policy), ..Backend::new(addr, idle_limit) }
+    }
+
+    /// Whether the endpoint policy (if any) still lets pibl connect to this backend.
+    pub fn permitted(&self) -> io::Result<()> {
+        match &self.guard {
+            Some(policy) => policy
+                .check(self.addr)
+                .map_err(|refusal| io::Error::new(io::ErrorKind::PermissionDenied, refusal.to_string())),
+            None => Ok(()),
         }
     }
 
@@ -117,6 +136,7 @@ impl Backend {
 
     /// Opens a new connection with the given connect and I/O timeouts.
     pub fn connect(&self, connect_timeout: Duration, io_timeout: Duration) -> io::Result<TcpStream> {
+        self.permitted()?;
         let stream = TcpStream::connect_timeout(&self.addr, connect_timeout)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(io_timeout))?;

@@ -103,18 +103,26 @@ pub fn check_all(targets: &Targets, clock: &Clock) {
 
 fn check_one(targets: &Targets, job: &Job<'_>, clock: &Clock) {
     let backend = job.backend;
-    let result = probe(backend.addr, &job.host, job.path, PROBE_TIMEOUT);
+    // An app endpoint's address is checked before each probe too (see `upstream::policy`).
+    let result = match backend.permitted() {
+        Ok(()) => probe(backend.addr, &job.host, job.path, PROBE_TIMEOUT),
+        Err(e) => Err(e.to_string()),
+    };
     let Some(healthy) = record(backend, &result, clock) else { return };
     let detail = describe(healthy, job.path, &result);
     match job.app {
         Some((name, pk, endpoint_id)) => {
             log::warn!("app {name} endpoint {endpoint_id} ({}): {detail}", backend.name);
+            // The owner learns up or down, not why: "refused" against "timed out" or "answered 404"
+            // would make endpoints a port scanner of whatever pibl can reach. The reason is in the
+            // operator's log above.
+            let state = if healthy { "healthy again" } else { "out of rotation" };
             targets.router.log(LogEntry {
                 app_pk: pk,
                 time_ms: clock.now_ms(),
                 kind: "health".into(),
                 endpoint: Some(backend.name.clone()),
-                detail: Some(format!("endpoint {endpoint_id}: {detail}")),
+                detail: Some(format!("endpoint {endpoint_id}: {state}")),
                 ..LogEntry::default()
             });
         }

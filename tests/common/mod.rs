@@ -570,6 +570,14 @@ pub fn api_config(backends: &[SocketAddr], db: &TempDb) -> Config {
 /// The admin of [`api_config`].
 pub const ADMIN: &str = "admin@pibl.test";
 
+/// Makes [`ADMIN`] (password `password`) an admin as `proxy --admin add` does on the host, and
+/// returns a token for it. Registering the address grants nothing.
+pub fn admin_login(pibl: &pibl::Pibl) -> String {
+    let now_ms = pibl.state().clock.now_ms();
+    pibl::store::admins::add(&pibl.state().store, ADMIN, "password", now_ms).expect("make the admin");
+    login(pibl.api_addr(), ADMIN, "password")
+}
+
 /// Starts pibl on `127.0.0.1:0` ports with `clock`.
 pub fn start_pibl(config: Config, clock: pibl::clock::Clock) -> pibl::Pibl {
     let proxy = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
