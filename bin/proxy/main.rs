@@ -125,10 +125,8 @@ fn main() -> ExitCode {
                 }
             }
         }
-        config.backends = demo_backends
-            .iter()
-            .map(|b| BackendAddr { name: format!("{} ({})", b.addr(), b.name), addr: b.addr() })
-            .collect();
+        config.backends =
+            demo_backends.iter().map(|b| BackendAddr::plain(format!("{} ({})", b.addr(), b.name), b.addr())).collect();
         if args.config.is_none() {
             config.database = PathBuf::from("pibl-demo.db");
             config.health_path = "/status".to_string();

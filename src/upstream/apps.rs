@@ -163,7 +163,7 @@ impl Router {
                     None => match resolve(&ep.host, ep.port) {
                         Some(addr) => {
                             let name = format!("{}:{}", ep.host, ep.port);
-                            Some(Arc::new(Backend::new(&BackendAddr { name, addr }, self.idle_limit)))
+                            Some(Arc::new(Backend::new(&BackendAddr::plain(name, addr), self.idle_limit)))
                         }
                         None => {
                             log::warn!(
