@@ -28,6 +28,7 @@ use crate::store::applog::LogWriter;
 use crate::store::credentials::{self, Tokens};
 use crate::store::lockout::Lockout;
 use crate::store::{Durability, Store, StoreError};
+use crate::tls::https::{self, Https};
 use crate::upstream::apps::Router;
 use crate::upstream::health::{HealthChecker, Targets};
 
@@ -40,6 +41,8 @@ pub enum StartError {
     Store { path: String, source: StoreError },
     /// No random JWT secret could be made.
     Secret(credentials::HashError),
+    /// A certificate, key or CA file was refused, or ACME could not start: `file: what is wrong`.
+    Tls(String),
 }
 
 impl fmt::Display for StartError {
@@ -48,6 +51,7 @@ impl fmt::Display for StartError {
             StartError::Io { what, source } => write!(f, "{what}: {source}"),
             StartError::Store { path, source } => write!(f, "database {path}: {source}"),
             StartError::Secret(e) => write!(f, "JWT secret: {e}"),
+            StartError::Tls(e) => write!(f, "{e}"),
         }
     }
 }
@@ -68,6 +72,8 @@ pub struct Pibl {
     lockout: Lockout,
     purger: Background,
     metrics: Option<MetricsListener>,
+    /// Certificates and the ACME thread, when any HTTPS key is set.
+    https: Option<Https>,
 }
 
 impl Pibl {
@@ -129,9 +135,18 @@ impl Pibl {
         let (health_interval, purge_interval) = (config.health_interval, config.purge_interval);
         let default_path = Some(config.health_path.clone()).filter(|p| !p.is_empty());
         let (auth_rate, admins, access_log) = (config.auth_rate, config.admins.clone(), config.access_log);
+        // Certificates are checked before anything serves, so a broken file stops the start-up.
+        let tls = https::is_configured(&config).then(|| config.clone());
         let server =
             Server::start_with_router(proxy, config, Arc::clone(&router), Some(Arc::clone(&tokens)), clock.clone())
                 .map_err(io_err("cannot start the proxy"))?;
+        let https = match tls {
+            Some(config) => Some(Https::start(&config, server.challenges(), clock.clone()).map_err(StartError::Tls)?),
+            None => None,
+        };
+        if let Some((name, days)) = https.as_ref().and_then(Https::days_left) {
+            server.metrics().watch_certificate(name, days);
+        }
         let state = Arc::new(ApiState {
             store,
             tokens,
@@ -158,7 +173,7 @@ impl Pibl {
             ),
             None => None,
         };
-        Ok(Pibl { server, api, state, health, logs, lockout, purger, metrics })
+        Ok(Pibl { server, api, state, health, logs, lockout, purger, metrics, https })
     }
 
     /// The data plane: its cache, clock, access log and reload.
@@ -169,6 +184,11 @@ impl Pibl {
     /// Where the data plane listens.
     pub fn proxy_addr(&self) -> SocketAddr {
         self.server.local_addr()
+    }
+
+    /// The certificates and ACME thread, when HTTPS is configured.
+    pub fn https(&self) -> Option<&Https> {
+        self.https.as_ref()
     }
 
     /// Where the management API listens.
@@ -195,6 +215,9 @@ impl Pibl {
             metrics.shutdown();
         }
         self.purger.stop();
+        if let Some(https) = self.https {
+            https.stop();
+        }
         let clean = self.server.shutdown();
         self.health.shutdown();
         self.lockout.shutdown();

@@ -2,8 +2,8 @@
 //! here on loopback ports: its HTTP-01 checks really come to pibl's plain port, because
 //! `pebble-challtestsrv` answers Pebble's DNS queries with 127.0.0.1 and Pebble's `httpPort` is that
 //! port. Issue, serve (the certificate lands in the store and a TLS handshake verifies it against
-//! Pebble's root), renew, revoke-and-reissue, restart from the stored files, and the background
-//! thread. Without Pebble installed the Pebble tests say so loudly and pass without running.
+//! Pebble's root), renew, revoke-and-reissue, restart from the stored files, and a running pibl
+//! whose background thread gets its certificate and shows the days left in `/metrics`. Without Pebble installed the Pebble tests say so loudly and pass without running.
 
 mod common;
 mod tls_common;
@@ -19,9 +19,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{start_proxy, test_config, TempDir, TestBackend};
+use common::{api_config, start_proxy, test_config, TempDb, TempDir, TestBackend};
 use pibl::clock::Clock;
-use pibl::tls::acme::{spawn, AcmeClient, AcmeError, AcmeSettings, Checked};
+use pibl::tls::acme::{AcmeClient, AcmeError, AcmeSettings, Checked};
 use pibl::tls::challenge::Challenges;
 use pibl::tls::server::server_config;
 use pibl::tls::store::CertStore;
@@ -255,27 +255,28 @@ fn issue_serve_renew_revoke_and_restart_against_pebble() {
 }
 
 #[test]
-fn the_background_thread_gets_a_certificate_into_the_store() {
+fn a_running_pibl_gets_its_certificate_in_the_background_and_shows_days_left() {
     let dir = TempDir::new("acme-thread");
-    let mut config = test_config(&[]);
+    let proxy = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+    let Some(pebble) = start_pebble(&dir, proxy.local_addr().unwrap().port()) else { return };
+    let db = TempDb::new("acme-thread");
+    let mut config = api_config(&[], &db);
     config.acme_domains = DOMAINS.iter().map(|d| d.to_string()).collect();
-    let proxy = start_proxy(config);
-    let Some(pebble) = start_pebble(&dir, proxy.local_addr().port()) else { return };
-    let store = Arc::new(CertStore::default());
-    let client = AcmeClient::new(
-        pebble.settings(&dir.0.join("acme")),
-        Arc::clone(&store),
-        proxy.challenges(),
-        SystemTime::now(),
-    )
-    .unwrap();
-    let days_left = client.days_left();
-    assert_eq!(days_left.load(Ordering::Relaxed), -1, "no certificate yet");
-    let thread = spawn(client, Clock::system()).expect("thread starts");
-    wait_for("the thread installed a certificate", Duration::from_secs(60), || !store.current().is_empty());
-    assert!(days_left.load(Ordering::Relaxed) > 30);
-    thread.stop();
-    proxy.shutdown();
+    config.acme_directory = pebble.directory.clone();
+    config.acme_ca_root = pebble.https_ca_file.clone();
+    config.acme_dir = dir.0.join("acme");
+    let api = TcpListener::bind("127.0.0.1:0").expect("bind api");
+    let pibl = pibl::Pibl::start_on(proxy, api, config, Clock::system()).expect("pibl starts");
+    let store = pibl.https().expect("HTTPS parts run").store();
+    wait_for("the ACME thread installed a certificate", Duration::from_secs(60), || !store.current().is_empty());
+    let metrics = common::get(pibl.api_addr(), "/metrics").text();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("pibl_tls_certificate_days_left{name=\"pibl-test.example.com\"} "))
+        .unwrap_or_else(|| panic!("no days-left gauge in {metrics}"));
+    let days: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(days > 30, "{line}");
+    assert!(pibl.shutdown());
 }
 
 #[test]

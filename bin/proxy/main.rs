@@ -194,7 +194,15 @@ fn reload(pibl: &Pibl, config: Option<&Path>, demo: bool) {
     }
     let path = config.unwrap_or(Path::new("parser.ini"));
     match Config::load(path) {
-        Ok(new) => pibl.server().reload(&new),
+        Ok(new) => {
+            pibl.server().reload(&new);
+            // Certificates are swapped whole; a refused file is logged and the old ones stay.
+            if let Some(https) = pibl.https() {
+                if https.reload(&new, std::time::SystemTime::now()).is_ok() {
+                    log::info!("reload: certificates reloaded");
+                }
+            }
+        }
         Err(e) => log::error!("reload refused, the running configuration stays: {e}"),
     }
 }
@@ -204,6 +212,10 @@ fn reload(pibl: &Pibl, config: Option<&Path>, demo: bool) {
 fn check_config(path: &Path, config: &Config) -> ExitCode {
     if let Err(e) = config.access_log_file.check() {
         eprintln!("{}: {e}", path.display());
+        return ExitCode::from(2);
+    }
+    if let Err(e) = pibl::tls::sites::load_configured(config, std::time::SystemTime::now()) {
+        eprintln!("{e}");
         return ExitCode::from(2);
     }
     println!("configuration file {} is valid", path.display());

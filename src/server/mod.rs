@@ -72,6 +72,11 @@ impl Server {
         Server::start_with_router(listener, config, router, None, clock)
     }
 
+    /// The counters `/metrics` shows.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
     /// The HTTP-01 answers this server's plain port gives; an ACME client publishes into it.
     pub fn challenges(&self) -> Arc<Challenges> {
         Arc::clone(&self.shared.plain_port.challenges)

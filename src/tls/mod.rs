@@ -11,12 +11,14 @@
 //! - `client`: the `ClientConfig` for `https://` backends;
 //! - `challenge`: HTTP-01 tokens the ACME client published, for the plain port to serve;
 //! - `plain`: the plain port's own answers (challenges, 308 to https) and the HSTS header;
-//! - `acme`: getting, storing and renewing certificates from an ACME server.
+//! - `acme`: getting, storing and renewing certificates from an ACME server;
+//! - `https`: the parts a running pibl holds (store, ACME thread), started and stopped as one.
 
 pub mod acme;
 pub mod challenge;
 pub mod client;
 pub mod error;
+pub mod https;
 pub mod pem;
 pub mod plain;
 pub mod server;

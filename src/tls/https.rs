@@ -1,0 +1,82 @@
+//! The HTTPS parts a running pibl holds, started and stopped as one: the certificate store loaded
+//! from the configuration (a refused file stops the start-up with `file: what is wrong`), the
+//! backend TLS settings checked at start-up, and the ACME thread. The event-loop data plane builds
+//! its listener's `ServerConfig` from [`Https::store`].
+
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::acme::{spawn, AcmeClient, AcmeSettings};
+use super::challenge::Challenges;
+use super::client::{backend_client_config, BackendTrust};
+use super::error::CertError;
+use super::sites::{load_configured, reload};
+use super::store::CertStore;
+use crate::background::Background;
+use crate::clock::Clock;
+use crate::config::Config;
+
+/// Certificates and the ACME thread of a running pibl.
+#[derive(Debug)]
+pub struct Https {
+    store: Arc<CertStore>,
+    acme: Option<Background>,
+    /// The first ACME domain and days left on its certificate, for `/metrics`.
+    days_left: Option<(String, Arc<AtomicI64>)>,
+}
+
+/// Whether the configuration asks for any HTTPS part.
+pub fn is_configured(config: &Config) -> bool {
+    !config.tls_cert.as_os_str().is_empty()
+        || !config.tls_dir.as_os_str().is_empty()
+        || !config.tls_sites.is_empty()
+        || !config.acme_domains.is_empty()
+        || !config.backend_ca.as_os_str().is_empty()
+        || !config.backend_tls_verify
+}
+
+impl Https {
+    /// Loads the certificates, checks the backend trust settings (warning for
+    /// `backend_tls_verify = off`) and starts ACME; `challenges` are the plain port's.
+    pub fn start(config: &Config, challenges: Arc<Challenges>, clock: Clock) -> Result<Https, String> {
+        let now = clock.wall();
+        let store = Arc::new(CertStore::new(load_configured(config, now).map_err(|e| e.to_string())?));
+        backend_client_config(BackendTrust::from_keys(&config.backend_ca, config.backend_tls_verify))
+            .map_err(|e: CertError| format!("backend_ca: {e}"))?;
+        let (acme, days_left) = match AcmeSettings::from_config(config) {
+            None => (None, None),
+            Some(settings) => {
+                let first = settings.domains[0].clone();
+                let client =
+                    AcmeClient::new(settings, Arc::clone(&store), challenges, now).map_err(|e| e.to_string())?;
+                let days = client.days_left();
+                let thread = spawn(client, clock).map_err(|e| format!("cannot start the ACME thread: {e}"))?;
+                (Some(thread), Some((first, days)))
+            }
+        };
+        Ok(Https { store, acme, days_left })
+    }
+
+    /// The certificates the TLS listener serves.
+    pub fn store(&self) -> Arc<CertStore> {
+        Arc::clone(&self.store)
+    }
+
+    /// The ACME certificate's gauge: its first name and days left (-1 before the first one).
+    pub fn days_left(&self) -> Option<(String, Arc<AtomicI64>)> {
+        self.days_left.clone()
+    }
+
+    /// SIGHUP: reloads every certificate file; on a refused one the old set stays.
+    pub fn reload(&self, config: &Config, now: SystemTime) -> Result<(), CertError> {
+        reload(&self.store, config, now)
+    }
+
+    /// Stops the ACME thread (an order in progress finishes first).
+    pub fn stop(self) {
+        if let Some(acme) = self.acme {
+            acme.stop();
+        }
+    }
+}
