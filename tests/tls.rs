@@ -225,6 +225,7 @@ fn tls_keys_and_sections_are_read_and_written_back() {
     for (bad, says) in [
         ("tls_cert = a.crt\n", "tls_cert: needs tls_key too"),
         ("https_redirect = on\n", "https_redirect: needs tls_port"),
+        ("tls_port = 443\n", "tls_port: needs a certificate"),
         ("acme_domains = *.example.com\n", "wildcard"),
         ("acme_directory = http://example.com/dir\n", "not an ACME directory URL"),
         ("[tls.x]\ncert = a\n", "has no key"),
@@ -297,6 +298,12 @@ fn pibl_refuses_to_start_with_a_broken_certificate() {
     let bind = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let e = pibl::Pibl::start_on(bind(), bind(), config.clone(), pibl::clock::Clock::system()).err().expect("refused");
     assert_eq!(e.to_string(), format!("{}: does not match the certificate in {}", key.display(), cert.display()));
+
+    let empty = dir.0.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let only_dir = Config { tls_port: 8443, tls_dir: empty.clone(), ..common::api_config(&[], &db) };
+    let e = pibl::Pibl::start_on(bind(), bind(), only_dir, pibl::clock::Clock::system()).err().expect("refused");
+    assert!(e.to_string().contains("no certificate to serve"), "{e}");
 
     config.tls_key = dir.0.join("a.key");
     let running =

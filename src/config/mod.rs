@@ -164,6 +164,18 @@ impl Config {
                 format!("needs {missing} too: a certificate and its key go together"),
             ));
         }
+        let has_certificates = !config.tls_cert.as_os_str().is_empty()
+            || !config.tls_dir.as_os_str().is_empty()
+            || !config.tls_sites.is_empty()
+            || !config.acme_domains.is_empty();
+        if config.tls_port != 0 && !has_certificates {
+            return Err(invalid(
+                pair_line("tls_port"),
+                "tls_port",
+                "needs a certificate: set tls_cert and tls_key, a [tls.NAME] section, tls_dir or acme_domains"
+                    .to_string(),
+            ));
+        }
         if config.https_redirect && config.tls_port == 0 {
             return Err(invalid(
                 pair_line("https_redirect"),

@@ -41,7 +41,15 @@ impl Https {
     /// `backend_tls_verify = off`) and starts ACME; `challenges` are the plain port's.
     pub fn start(config: &Config, challenges: Arc<Challenges>, clock: Clock) -> Result<Https, String> {
         let now = clock.wall();
-        let store = Arc::new(CertStore::new(load_configured(config, now).map_err(|e| e.to_string())?));
+        let set = load_configured(config, now).map_err(|e| e.to_string())?;
+        if set.is_empty() && config.tls_port != 0 && config.acme_domains.is_empty() {
+            return Err(format!(
+                "tls_port = {}: no certificate to serve (tls_dir {} holds no NAME.crt + NAME.key pair)",
+                config.tls_port,
+                config.tls_dir.display()
+            ));
+        }
+        let store = Arc::new(CertStore::new(set));
         backend_client_config(BackendTrust::from_keys(&config.backend_ca, config.backend_tls_verify))
             .map_err(|e: CertError| format!("backend_ca: {e}"))?;
         let (acme, days_left) = match AcmeSettings::from_config(config) {
