@@ -76,7 +76,9 @@ fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 /// package is not installed.
 fn start_pebble(dir: &TempDir, http_port: u16) -> Option<Pebble> {
     let (Some(pebble), Some(challtestsrv)) = (find_binary("pebble"), find_binary("pebble-challtestsrv")) else {
-        eprintln!(
+        // Straight to stderr, past the test harness's capture, so the skip shows in every run.
+        let _ = writeln!(
+            std::io::stderr(),
             "\n*** SKIPPED: Pebble is not installed, so ACME was NOT tested end to end. ***\n\
              *** Install it with `apt-get install pebble` (.ci/run does this as root).  ***\n"
         );
@@ -251,6 +253,11 @@ fn issue_serve_renew_revoke_and_restart_against_pebble() {
     assert_eq!(again.current().map(|c| c.serial.clone()), Some(third.serial.clone()));
     assert_eq!(store2.current().lookup(None).unwrap().serial, third.serial);
     assert!(matches!(again.check(now), Ok(Checked::Valid(_))));
+    // acme_domains edited: the stored certificate no longer fits, and is not served.
+    let mut more = pebble.settings(&acme_dir);
+    more.domains.push("new.pibl-test.example.com".into());
+    let changed = AcmeClient::new(more, Arc::new(CertStore::default()), Arc::new(Challenges::default()), now).unwrap();
+    assert!(changed.current().is_none() && changed.is_due(now));
     proxy.shutdown();
 }
 

@@ -153,7 +153,8 @@ impl AcmeClient {
         if let Some((cert, key)) = acme_files(&client.settings.dir, &client.settings.domains) {
             if cert.exists() {
                 match load_pair(&cert, &key, now) {
-                    Ok(loaded) => client.adopt(loaded, now),
+                    Ok(loaded) if same_names(&loaded.names, &client.settings.domains) => client.adopt(loaded, now),
+                    Ok(_) => log::info!("ACME: acme_domains changed; a certificate for the new list will be ordered"),
                     Err(e) => log::warn!("{e}; a new certificate will be ordered"),
                 }
             }
@@ -224,14 +225,15 @@ impl AcmeClient {
         Ok(())
     }
 
-    /// Replaces the current certificate with a newly issued one, then revokes the old one at the
-    /// ACME server (a leaked key): the listener is never left without a valid certificate.
+    /// Replaces the current certificate with a newly issued one (a new key), then revokes the old
+    /// one at the ACME server as superseded (the reason an account key may always give): for a key
+    /// that may have leaked. The listener is never left without a valid certificate.
     pub fn revoke_and_reissue(&mut self, now: SystemTime) -> Result<(), AcmeError> {
         let old = self.current.clone();
         self.issue(now)?;
         if let Some(old) = old {
             let account = self.account()?;
-            let request = RevocationRequest { certificate: old.leaf(), reason: Some(RevocationReason::KeyCompromise) };
+            let request = RevocationRequest { certificate: old.leaf(), reason: Some(RevocationReason::Superseded) };
             self.runtime.block_on(account.revoke(&request)).map_err(server)?;
             log::warn!("ACME: certificate serial {} revoked", old.serial);
         }
@@ -386,6 +388,14 @@ pub fn spawn(mut client: AcmeClient, clock: Clock) -> io::Result<Background> {
             }
         }
     })
+}
+
+/// Whether a certificate's names are exactly `domains`, in any order.
+fn same_names(names: &[String], domains: &[String]) -> bool {
+    let (mut a, mut b) = (names.to_vec(), domains.to_vec());
+    a.sort();
+    b.sort();
+    a == b
 }
 
 /// The wait after one more failure in a row: doubled, at most [`MAX_BACKOFF`].

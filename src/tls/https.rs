@@ -55,6 +55,12 @@ impl Https {
         let (acme, days_left) = match AcmeSettings::from_config(config) {
             None => (None, None),
             Some(settings) => {
+                if config.port != 80 {
+                    log::warn!(
+                        "acme_domains: the CA checks HTTP-01 on port 80; make sure port 80 reaches pibl's port {}",
+                        config.port
+                    );
+                }
                 let first = settings.domains[0].clone();
                 let client =
                     AcmeClient::new(settings, Arc::clone(&store), challenges, now).map_err(|e| e.to_string())?;

@@ -25,7 +25,12 @@ pub fn load_configured(config: &Config, now: SystemTime) -> Result<CertSet, Cert
         }
     }
     for site in &config.tls_sites {
-        set.insert(load_pair(&site.cert, &site.key, now)?, &site.hosts);
+        let loaded = load_pair(&site.cert, &site.key, now)?;
+        for host in site.hosts.iter().filter(|h| !covers(&loaded.names, h)) {
+            // Served as asked, but clients that check names will refuse it: say so at load time.
+            log::warn!("[tls.{}] hosts: {host} is not a name in {}", site.name, site.cert.display());
+        }
+        set.insert(loaded, &site.hosts);
     }
     if let Some((cert, key)) = acme_files(&config.acme_dir, &config.acme_domains) {
         // Not there yet before the first order: the ACME thread installs it when it has one.
@@ -57,6 +62,17 @@ pub fn reload(store: &CertStore, config: &Config, now: SystemTime) -> Result<(),
     }
 }
 
+/// Whether a certificate with `names` is valid for `host` (exactly, or by a `*.` name one label up).
+pub fn covers(names: &[String], host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    names.iter().any(|name| {
+        *name == host
+            || name
+                .strip_prefix("*.")
+                .is_some_and(|parent| host.split_once('.').is_some_and(|(_, rest)| rest == parent))
+    })
+}
+
 /// The `NAME.crt` + `NAME.key` pairs of a folder, sorted by name; a `.crt` without its key is an error.
 fn dir_pairs(dir: &Path) -> Result<Vec<(PathBuf, PathBuf)>, CertError> {
     let entries = std::fs::read_dir(dir).map_err(|e| CertError::unreadable(dir, &e))?;
@@ -76,4 +92,20 @@ fn dir_pairs(dir: &Path) -> Result<Vec<(PathBuf, PathBuf)>, CertError> {
     }
     pairs.sort();
     Ok(pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cover_hosts_exactly_or_one_label_under_a_wildcard() {
+        let names = vec!["shop.test".to_string(), "*.wild.test".to_string()];
+        assert!(covers(&names, "Shop.test"));
+        assert!(covers(&names, "a.wild.test"));
+        assert!(covers(&names, "*.wild.test"));
+        assert!(!covers(&names, "wild.test"));
+        assert!(!covers(&names, "a.b.wild.test"));
+        assert!(!covers(&names, "www.shop.test"));
+    }
 }
