@@ -306,9 +306,16 @@ fn pibl_refuses_to_start_with_a_broken_certificate() {
     assert!(e.to_string().contains("no certificate to serve"), "{e}");
 
     config.tls_key = dir.0.join("a.key");
+    config.tls_port = 8443;
     let running =
         pibl::Pibl::start_on(bind(), bind(), config, pibl::clock::Clock::system()).expect("a good pair starts");
-    let served = running.https().expect("HTTPS parts").store().current().lookup(None).expect("the default");
+    let https = running.https().expect("HTTPS parts");
+    let served = https.store().current().lookup(None).expect("the default");
     assert_eq!(served.names, ["a.test"]);
+    assert!(https.backend_config().is_none(), "no https:// backend: the system roots are not even read");
+    // What the event loops will serve with: a real handshake through it.
+    let listener = TestListener::start(https.server_config().expect("tls_port is set"));
+    let client = TlsClient::connect(listener.addr, ca.client(), "a.test").expect("handshake");
+    assert_eq!(client.leaf(), *served.leaf());
     assert!(running.shutdown());
 }

@@ -7,10 +7,13 @@ use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use rustls::{ClientConfig, ServerConfig};
+
 use super::acme::{spawn, AcmeClient, AcmeSettings};
 use super::challenge::Challenges;
 use super::client::{backend_client_config, BackendTrust};
 use super::error::CertError;
+use super::server::server_config;
 use super::sites::{load_configured, reload};
 use super::store::CertStore;
 use crate::background::Background;
@@ -21,6 +24,10 @@ use crate::config::Config;
 #[derive(Debug)]
 pub struct Https {
     store: Arc<CertStore>,
+    /// The listener's configuration over `store` (`tls_port` set).
+    server: Option<Arc<ServerConfig>>,
+    /// How `https://` backends are spoken to (any such backend, `backend_ca` or verify off).
+    backend: Option<Arc<ClientConfig>>,
     acme: Option<Background>,
     /// The first ACME domain and days left on its certificate, for `/metrics`.
     days_left: Option<(String, Arc<AtomicI64>)>,
@@ -50,8 +57,19 @@ impl Https {
             ));
         }
         let store = Arc::new(CertStore::new(set));
-        backend_client_config(BackendTrust::from_keys(&config.backend_ca, config.backend_tls_verify))
-            .map_err(|e: CertError| format!("backend_ca: {e}"))?;
+        // The system roots are read only when some backend speaks TLS: a host without the
+        // ca-certificates package can still serve HTTPS itself.
+        let tls_backends = config.backends.iter().chain(config.routes.iter().flat_map(|r| &r.servers)).any(|b| b.tls);
+        let backend = if tls_backends || !config.backend_ca.as_os_str().is_empty() || !config.backend_tls_verify {
+            let trust = BackendTrust::from_keys(&config.backend_ca, config.backend_tls_verify);
+            Some(backend_client_config(trust).map_err(|e: CertError| e.to_string())?)
+        } else {
+            None
+        };
+        let server = match config.tls_port {
+            0 => None,
+            _ => Some(server_config(Arc::clone(&store)).map_err(|e| format!("TLS listener: {e}"))?),
+        };
         let (acme, days_left) = match AcmeSettings::from_config(config) {
             None => (None, None),
             Some(settings) => {
@@ -69,12 +87,24 @@ impl Https {
                 (Some(thread), Some((first, days)))
             }
         };
-        Ok(Https { store, acme, days_left })
+        Ok(Https { store, server, backend, acme, days_left })
     }
 
     /// The certificates the TLS listener serves.
     pub fn store(&self) -> Arc<CertStore> {
         Arc::clone(&self.store)
+    }
+
+    /// The TLS listener's rustls configuration (certificates by SNI from [`Https::store`], ALPN
+    /// `http/1.1`), when `tls_port` is set: one `rustls::ServerConnection` per accepted connection.
+    pub fn server_config(&self) -> Option<Arc<ServerConfig>> {
+        self.server.clone()
+    }
+
+    /// The rustls configuration for `https://` backends (SNI and the name checked from
+    /// [`crate::config::BackendAddr::host`] via [`super::client::backend_server_name`]).
+    pub fn backend_config(&self) -> Option<Arc<ClientConfig>> {
+        self.backend.clone()
     }
 
     /// The ACME certificate's gauge: its first name and days left (-1 before the first one).

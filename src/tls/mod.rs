@@ -13,6 +13,12 @@
 //! - `plain`: the plain port's own answers (challenges, 308 to https) and the HSTS header;
 //! - `acme`: getting, storing and renewing certificates from an ACME server;
 //! - `https`: the parts a running pibl holds (store, ACME thread), started and stopped as one.
+//!
+//! Wiring into the event loops: `Pibl::https()` gives [`https::Https::server_config`] for the TLS
+//! listener (a `rustls::ServerConnection` per connection, fed by the loop's reads and writes; set
+//! `X-Forwarded-Proto: https` and [`plain::hsts_header`] on its answers) and
+//! [`https::Https::backend_config`] with [`client::backend_server_name`] for `https://` backends
+//! (then drop `server::refuse_tls_for_now`). The plain port already calls [`plain::plain_answer`].
 
 pub mod acme;
 pub mod challenge;
