@@ -104,7 +104,8 @@ fn parser_usage() -> String {
     let backends: Vec<&str> = d.backends.iter().map(|b| b.name.as_str()).collect();
     format!(
         "usage: parser [--out FILE] [--port N] [--ttl DURATION] [--backend HOST[:PORT]]...\n\
-         \x20             [--database FILE] [--access-log-file FILE] [--force]\n\
+         \x20             [--database FILE] [--access-log-file FILE] [--tls-cert FILE --tls-key FILE]\n\
+         \x20             [--acme-domain NAME]... [--acme-email ADDRESS] [--force]\n\
          \n\
          Writes a documented pibl configuration with the defaults, changed by the flags, and prints it\n\
          on stdout (status lines go to stderr).\n\
@@ -112,11 +113,17 @@ fn parser_usage() -> String {
          \x20 --out FILE              file to write (default: parser.ini)\n\
          \x20 --port N                port the proxy listens on, 1-65535 (default: {port})\n\
          \x20 --ttl DURATION          cache lifetime: seconds, or 500ms, 2m, 1h; 0 turns the cache off (default: {ttl})\n\
-         \x20 --backend HOST[:PORT]   a backend server, port 80 if left out; repeat for more; replaces the\n\
+         \x20 --backend HOST[:PORT]   a backend server, port 80 if left out (https://HOST[:PORT] for TLS,\n\
+         \x20                         port 443); repeat for more; replaces the\n\
          \x20                         default list ({backends})\n\
          \x20 --database FILE         SQLite file of the management API (default: {database})\n\
          \x20 --access-log-file FILE  access log file, reopened on SIGUSR1; - for standard output\n\
          \x20                         (default: through the log on stderr)\n\
+         \x20 --tls-cert FILE         PEM certificate chain for HTTPS, with --tls-key FILE its key;\n\
+         \x20                         sets tls_port = 443 unless the file has one\n\
+         \x20 --acme-domain NAME      get a certificate for NAME automatically (ACME, Let's Encrypt);\n\
+         \x20                         repeat for more names; sets tls_port = 443 too\n\
+         \x20 --acme-email ADDRESS    contact address of the ACME account\n\
          \x20 --force                 overwrite FILE if it already exists\n\
          \x20 -h, --help              show this help\n",
         port = d.port,
@@ -133,6 +140,7 @@ fn run_parser_cli(args: &[String]) -> Result<ParserOutcome, ParserCliError> {
     let mut force = false;
     let mut config = Config::default();
     let mut backends = Vec::new();
+    let mut acme_domains: Vec<String> = Vec::new();
 
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -149,7 +157,8 @@ fn run_parser_cli(args: &[String]) -> Result<ParserOutcome, ParserCliError> {
                 }
                 force = true;
             }
-            "--out" | "--port" | "--ttl" | "--backend" | "--database" | "--access-log-file" => {
+            "--out" | "--port" | "--ttl" | "--backend" | "--database" | "--access-log-file" | "--tls-cert"
+            | "--tls-key" | "--acme-domain" | "--acme-email" => {
                 let value = match inline {
                     Some(value) => value,
                     None => args
@@ -162,12 +171,16 @@ fn run_parser_cli(args: &[String]) -> Result<ParserOutcome, ParserCliError> {
                     "--out" if value.is_empty() => return Err(bad("the file name is empty".to_string())),
                     "--out" => out = PathBuf::from(value),
                     "--backend" => backends.push(BackendAddr::parse(value).map_err(|e| bad(e.to_string()))?),
+                    "--acme-domain" => acme_domains.push(value.to_string()),
                     // The other flags set a `[DEFAULT]` key, checked exactly as the file's value would be.
                     _ => {
                         let key = match flag {
                             "--port" => "port",
                             "--ttl" => "ttl",
                             "--database" => "database",
+                            "--tls-cert" => "tls_cert",
+                            "--tls-key" => "tls_key",
+                            "--acme-email" => "acme_email",
                             _ => "access_log_file",
                         };
                         config.set_key(key, value).map_err(|e| bad(e.to_string()))?;
@@ -179,6 +192,18 @@ fn run_parser_cli(args: &[String]) -> Result<ParserOutcome, ParserCliError> {
     }
     if !backends.is_empty() {
         config.backends = backends;
+    }
+    if !acme_domains.is_empty() {
+        config
+            .set_key("acme_domains", &acme_domains.join(","))
+            .map_err(|e| ParserCliError::BadValue { flag: "--acme-domain".to_string(), message: e.to_string() })?;
+    }
+    if config.tls_cert.as_os_str().is_empty() != config.tls_key.as_os_str().is_empty() {
+        return Err(ParserCliError::Usage("--tls-cert and --tls-key go together".to_string()));
+    }
+    let wants_tls = !config.tls_cert.as_os_str().is_empty() || !config.acme_domains.is_empty();
+    if wants_tls && config.tls_port == 0 {
+        config.tls_port = 443;
     }
 
     let text = config.to_ini();
@@ -227,5 +252,38 @@ mod tests {
         assert_eq!(run_parser_cli(&args(&["--out", ""])).unwrap_err().exit_code(), 2);
         let e = run_parser_cli(&args(&["--database", " "])).unwrap_err();
         assert_eq!(e.to_string(), "--database: has no value: give the SQLite file name, e.g. pibl.db");
+        let e = run_parser_cli(&args(&["--tls-cert", "a.crt"])).unwrap_err();
+        assert_eq!((e.exit_code(), e.to_string()), (2, "--tls-cert and --tls-key go together".to_string()));
+        let e = run_parser_cli(&args(&["--acme-domain", "*.example.com"])).unwrap_err();
+        assert!(e.to_string().starts_with("--acme-domain: \"*.example.com\": a wildcard"), "{e}");
+        let e = run_parser_cli(&args(&["--acme-email", "nobody"])).unwrap_err();
+        assert!(e.to_string().starts_with("--acme-email: \"nobody\" is not an e-mail address"), "{e}");
+    }
+
+    #[test]
+    fn tls_and_acme_flags_are_written_and_turn_on_the_tls_port() {
+        let out = std::env::temp_dir().join(format!("pibl-parser-tls-{}.ini", std::process::id()));
+        let flags = [
+            "--out",
+            out.to_str().unwrap(),
+            "--force",
+            "--tls-cert=/etc/pibl/site.crt",
+            "--tls-key",
+            "/etc/pibl/site.key",
+            "--acme-domain",
+            "Example.com",
+            "--acme-domain=www.example.com",
+            "--acme-email",
+            "ops@example.com",
+        ];
+        let args: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+        let Ok(ParserOutcome::Wrote { text, .. }) = run_parser_cli(&args) else { panic!("written") };
+        let _ = std::fs::remove_file(&out);
+        let config = Config::from_ini_str(&text, "written").expect("the written file loads");
+        assert_eq!(config.tls_port, 443);
+        assert_eq!(config.tls_cert, PathBuf::from("/etc/pibl/site.crt"));
+        assert_eq!(config.tls_key, PathBuf::from("/etc/pibl/site.key"));
+        assert_eq!(config.acme_domains, ["example.com", "www.example.com"]);
+        assert_eq!(config.acme_email, "ops@example.com");
     }
 }

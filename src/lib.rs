@@ -17,6 +17,7 @@ pub mod proxy; // one request's way: admit, route, cache step, forward, relay, l
 pub mod runtime; // starts and stops everything `proxy` runs, as one
 pub mod server; // data-plane listener, workers, connections, parker, shutdown
 pub mod store; // management state in SQLite: users, credentials, lock-out, app logs
+pub mod tls; // HTTPS: PEM certificates, SNI store, rustls configs, ACME, the plain port's redirects
 pub mod upstream; // backends and pools, balancing, health checks, app routing table
 
 pub use config::Config;

@@ -30,6 +30,7 @@ use crate::store::credentials::{self, Tokens};
 use crate::store::lockout::Lockout;
 use crate::store::private::{self, PrivateError};
 use crate::store::{Database, Durability, Store, StoreError};
+use crate::tls::https::{self, Https};
 use crate::upstream::apps::Router;
 use crate::upstream::health::{HealthChecker, Targets};
 use crate::upstream::policy::EndpointPolicy;
@@ -46,6 +47,8 @@ pub enum StartError {
     Secret(credentials::HashError),
     /// `jwt_secret_file` could not be used.
     SecretFile(PrivateError),
+    /// A certificate, key or CA file was refused, or ACME could not start: `file: what is wrong`.
+    Tls(String),
 }
 
 impl fmt::Display for StartError {
@@ -55,6 +58,7 @@ impl fmt::Display for StartError {
             StartError::Store { path, source } => write!(f, "database {path}: {source}"),
             StartError::Secret(e) => write!(f, "JWT secret: {e}"),
             StartError::SecretFile(e) => write!(f, "jwt_secret_file: {e}"),
+            StartError::Tls(e) => write!(f, "{e}"),
         }
     }
 }
@@ -77,6 +81,8 @@ pub struct Pibl {
     metrics: Option<MetricsListener>,
     /// Follows the other instances' changes (PostgreSQL only).
     listener: Option<ChangeListener>,
+    /// Certificates and the ACME thread, when any HTTPS key is set.
+    https: Option<Https>,
 }
 
 impl Pibl {
@@ -172,9 +178,18 @@ impl Pibl {
         let lockout_scope = config.lockout_scope;
         let reserved_app_ids =
             crate::api::apps::reserved_ids(&config.app_prefix, config.routes.iter().map(|r| r.prefix.as_str()));
+        // Certificates are checked before anything serves, so a broken file stops the start-up.
+        let tls = https::is_configured(&config).then(|| config.clone());
         let server =
             Server::start_with_router(proxy, config, Arc::clone(&router), Some(Arc::clone(&tokens)), clock.clone())
                 .map_err(io_err("cannot start the proxy"))?;
+        let https = match tls {
+            Some(config) => Some(Https::start(&config, server.challenges(), clock.clone()).map_err(StartError::Tls)?),
+            None => None,
+        };
+        if let Some((name, days)) = https.as_ref().and_then(Https::days_left) {
+            server.metrics().watch_certificate(name, days);
+        }
         let state = Arc::new(ApiState {
             store,
             tokens,
@@ -207,7 +222,7 @@ impl Pibl {
             ),
             None => None,
         };
-        Ok(Pibl { server, api, state, health, logs, lockout, purger, metrics, listener })
+        Ok(Pibl { server, api, state, health, logs, lockout, purger, metrics, listener, https })
     }
 
     /// The data plane: its cache, clock, access log and reload.
@@ -218,6 +233,11 @@ impl Pibl {
     /// Where the data plane listens.
     pub fn proxy_addr(&self) -> SocketAddr {
         self.server.local_addr()
+    }
+
+    /// The certificates and ACME thread, when HTTPS is configured.
+    pub fn https(&self) -> Option<&Https> {
+        self.https.as_ref()
     }
 
     /// Where the management API listens.
@@ -246,6 +266,9 @@ impl Pibl {
         self.purger.stop();
         if let Some(listener) = self.listener {
             listener.shutdown();
+        }
+        if let Some(https) = self.https {
+            https.stop();
         }
         let clean = self.server.shutdown();
         self.health.shutdown();

@@ -130,6 +130,20 @@ fn check_config_rejects_bad_files_with_status_2() {
         )
     );
 
+    // A certificate file that is not there is what only start-up would find: checked too.
+    let no_cert = dir.0.join("site.crt");
+    let tls = dir.file(
+        "tls.ini",
+        &format!(
+            "[DEFAULT]\ntls_port = 8443\ntls_cert = {}\ntls_key = {}/site.key\n",
+            no_cert.display(),
+            dir.0.display()
+        ),
+    );
+    let out = proxy(&["--check-config", "--config", tls.to_str().expect("UTF-8")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(text(&out.stderr), format!("{}: does not exist\n", no_cert.display()));
+
     let missing = dir.0.join("missing.ini");
     let out = proxy(&["--check-config", "--config", missing.to_str().expect("UTF-8")]);
     assert_eq!(out.status.code(), Some(2));

@@ -363,7 +363,7 @@ fn setup_demo(
         log::warn!("{warning}");
     }
     config.backends =
-        backends.iter().map(|b| BackendAddr { name: format!("{} ({})", b.addr(), b.name), addr: b.addr() }).collect();
+        backends.iter().map(|b| BackendAddr::plain(format!("{} ({})", b.addr(), b.name), b.addr())).collect();
     if config.health_path.is_empty() {
         config.health_path = "/status".to_string();
     }
@@ -466,7 +466,13 @@ fn reload(pibl: &Pibl, config: Option<&Path>, demo_fit: Option<&Config>) {
                     new.routes.push(icon.clone());
                 }
             }
-            pibl.server().reload(&new)
+            pibl.server().reload(&new);
+            // Certificates are swapped whole; a refused file is logged and the old ones stay.
+            if let Some(https) = pibl.https() {
+                if https.reload(&new, std::time::SystemTime::now()).is_ok() {
+                    log::info!("reload: certificates reloaded");
+                }
+            }
         }
         Err(e) => log::error!("reload refused, the running configuration stays: {e}"),
     }
@@ -481,6 +487,10 @@ fn check_config(path: &Path, config: &Config) -> ExitCode {
     }
     for line in file_advice(path) {
         eprintln!("{line}");
+    }
+    if let Err(e) = pibl::tls::sites::load_configured(config, std::time::SystemTime::now()) {
+        eprintln!("{e}");
+        return ExitCode::from(2);
     }
     println!("configuration file {} is valid", path.display());
     println!(

@@ -6,11 +6,36 @@ use super::access_log::{parse_access_log_file, parse_access_log_format, render_a
 use super::routes::{parse_nets, parse_rate, render_nets, render_rate, RateLimit};
 use super::settings::Config;
 use super::settings::{LockoutScope, MetricsAuth};
+use super::tls::parse_names;
 use super::values::{
     parse_admins, parse_bind, parse_bool, parse_buffer_bytes, parse_count, parse_database, parse_duration,
     parse_health_path, parse_log_level, parse_metrics_bind, parse_port, parse_size, parse_timeout, render_duration,
     render_path, render_size,
 };
+use std::path::PathBuf;
+
+/// A file or folder name; empty is allowed and means "none".
+fn path(v: &str) -> PathBuf {
+    PathBuf::from(v.trim())
+}
+
+/// `tls_port`: a port, or 0 / off for no TLS listener.
+fn parse_tls_port(v: &str) -> Result<u16, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "" | "0" | "off" => Ok(0),
+        _ => parse_port(v),
+    }
+}
+
+/// `acme_directory`: an https URL (http only for a test server on this machine).
+fn parse_acme_directory(v: &str) -> Result<String, String> {
+    let t = v.trim();
+    let local = ["http://127.0.0.1", "http://localhost", "http://[::1]"].iter().any(|p| t.starts_with(p));
+    if !(t.starts_with("https://") || local) || t.contains(char::is_whitespace) {
+        return Err(format!("{v:?} is not an ACME directory URL (https://..., e.g. Let's Encrypt's)"));
+    }
+    Ok(t.to_string())
+}
 
 /// `app_prefix`: empty, or one or more path segments written `/apps/` (the slashes are added when
 /// left out).
@@ -435,6 +460,120 @@ pub(super) const LAYOUT: &[Entry] = &[
                the environment variable PIBL_PURGE_INTERVAL overrides it).",
         apply: |c, v| parse_timeout(v).map(|x| c.purge_interval = x),
         render: |c| render_duration(c.purge_interval),
+    }),
+    Entry::Group("HTTPS (TLS)"),
+    Entry::Key(KeySpec {
+        name: "tls_port",
+        help: "Port of the HTTPS listener, beside `port` (e.g. 443); 0 = no HTTPS.\n\
+               The listener needs the event-loop data plane; until then only redirects and ACME work.",
+        apply: |c, v| parse_tls_port(v).map(|x| c.tls_port = x),
+        render: |c| c.tls_port.to_string(),
+    }),
+    Entry::Key(KeySpec {
+        name: "tls_cert",
+        help: "PEM certificate chain (the site's certificate first) served to clients whose name\n\
+               no [tls.NAME] section or tls_dir pair claims, and to clients without SNI.",
+        apply: |c, v| {
+            c.tls_cert = path(v);
+            Ok(())
+        },
+        render: |c| render_path(&c.tls_cert),
+    }),
+    Entry::Key(KeySpec {
+        name: "tls_key",
+        help: "PEM private key of tls_cert (PKCS#8, PKCS#1 or SEC1).",
+        apply: |c, v| {
+            c.tls_key = path(v);
+            Ok(())
+        },
+        render: |c| render_path(&c.tls_key),
+    }),
+    Entry::Key(KeySpec {
+        name: "tls_dir",
+        help: "A folder of NAME.crt + NAME.key pairs, each served for the names in its certificate.\n\
+               Empty = none.",
+        apply: |c, v| {
+            c.tls_dir = path(v);
+            Ok(())
+        },
+        render: |c| render_path(&c.tls_dir),
+    }),
+    Entry::Key(KeySpec {
+        name: "https_redirect",
+        help: "on: plain-HTTP requests are answered 308 to the same URL on https (tls_port), except\n\
+               ACME challenges. Works on today's engine.",
+        apply: |c, v| parse_bool(v).map(|x| c.https_redirect = x),
+        render: |c| if c.https_redirect { "on".into() } else { "off".into() },
+    }),
+    Entry::Key(KeySpec {
+        name: "hsts",
+        help: "Strict-Transport-Security max-age on answers over HTTPS (never over plain HTTP), e.g.\n\
+               8760h for a year: browsers then go to https by themselves. 0 = no header.",
+        apply: |c, v| parse_duration(v).map(|x| c.hsts = x),
+        render: |c| render_duration(c.hsts),
+    }),
+    Entry::Key(KeySpec {
+        name: "acme_domains",
+        help: "Names to get one certificate for automatically over ACME, comma-separated. The\n\
+               HTTP-01 check comes to `port`, which must be reachable as port 80. Renewed 30 days\n\
+               before expiry. Empty = no ACME.",
+        apply: |c, v| parse_names(v, false).map(|x| c.acme_domains = x),
+        render: |c| c.acme_domains.join(", "),
+    }),
+    Entry::Key(KeySpec {
+        name: "acme_email",
+        help: "Contact address of the ACME account (expiry warnings); empty = none.",
+        apply: |c, v| {
+            parse_admins(v).and_then(|mut x| match x.len() {
+                0 | 1 => {
+                    c.acme_email = x.pop().unwrap_or_default();
+                    Ok(())
+                }
+                _ => Err("give one e-mail address".to_string()),
+            })
+        },
+        render: |c| c.acme_email.clone(),
+    }),
+    Entry::Key(KeySpec {
+        name: "acme_directory",
+        help: "The ACME server's directory URL. For trials, Let's Encrypt's staging server:\n\
+               https://acme-staging-v02.api.letsencrypt.org/directory\n\
+               Production is the default.",
+        apply: |c, v| parse_acme_directory(v).map(|x| c.acme_directory = x),
+        render: |c| c.acme_directory.clone(),
+    }),
+    Entry::Key(KeySpec {
+        name: "acme_dir",
+        help: "Folder for the ACME account and certificates (files are written mode 0600).",
+        apply: |c, v| parse_database(v).map(|x| c.acme_dir = x),
+        render: |c| render_path(&c.acme_dir),
+    }),
+    Entry::Key(KeySpec {
+        name: "acme_ca_root",
+        help: "PEM root the ACME server's own HTTPS is checked against, for a test CA such as Pebble;\n\
+               empty = the system roots.",
+        apply: |c, v| {
+            c.acme_ca_root = path(v);
+            Ok(())
+        },
+        render: |c| render_path(&c.acme_ca_root),
+    }),
+    Entry::Key(KeySpec {
+        name: "backend_ca",
+        help: "PEM roots that https:// backends' certificates are checked against;\n\
+               empty = the system roots.",
+        apply: |c, v| {
+            c.backend_ca = path(v);
+            Ok(())
+        },
+        render: |c| render_path(&c.backend_ca),
+    }),
+    Entry::Key(KeySpec {
+        name: "backend_tls_verify",
+        help: "off: accept any certificate from https:// backends (self-signed lab backends only;\n\
+               logged as a warning at start-up).",
+        apply: |c, v| parse_bool(v).map(|x| c.backend_tls_verify = x),
+        render: |c| if c.backend_tls_verify { "on".into() } else { "off".into() },
     }),
     Entry::Group("Health checks"),
     Entry::Key(KeySpec {

@@ -24,12 +24,14 @@ mod routes;
 mod scan;
 mod settings;
 mod suggest;
+mod tls;
 mod values;
 
 pub use access_log::{AccessLogFormat, AccessLogTarget};
 pub use error::{ConfigError, ValueError};
 pub use routes::{AuthUrl, Balance, IpNet, RateLimit, RouteAuth, RouteConfig};
-pub use settings::{Config, LockoutScope, MetricsAuth, DEFAULT_ENDPOINT_ALLOW};
+pub use settings::{Config, LockoutScope, MetricsAuth, DEFAULT_ENDPOINT_ALLOW, LETS_ENCRYPT};
+pub use tls::{TlsSite, TLS_SITE_KEYS};
 pub use values::BackendAddr;
 
 use keys::{key_spec, Entry, BACKENDS_HELP, INI_HEADER, LAYOUT};
@@ -87,6 +89,14 @@ impl Config {
                         ));
                     }
                     config.routes.push(route);
+                    continue;
+                }
+                Some(name) if name.starts_with("tls.") => {
+                    let site = tls::parse_section(name, properties, &lines, file)?;
+                    if config.tls_sites.iter().any(|s| s.name == site.name) {
+                        return Err(invalid(section_line(&lines, name), &format!("[{name}]"), "appears twice".into()));
+                    }
+                    config.tls_sites.push(site);
                     continue;
                 }
                 Some(name) => {
@@ -159,6 +169,35 @@ impl Config {
                 ),
             ));
         }
+        let pair_line = |key: &str| first_line.get(key).copied().flatten();
+        if config.tls_cert.as_os_str().is_empty() != config.tls_key.as_os_str().is_empty() {
+            let (set, missing) =
+                if config.tls_key.as_os_str().is_empty() { ("tls_cert", "tls_key") } else { ("tls_key", "tls_cert") };
+            return Err(invalid(
+                pair_line(set),
+                set,
+                format!("needs {missing} too: a certificate and its key go together"),
+            ));
+        }
+        let has_certificates = !config.tls_cert.as_os_str().is_empty()
+            || !config.tls_dir.as_os_str().is_empty()
+            || !config.tls_sites.is_empty()
+            || !config.acme_domains.is_empty();
+        if config.tls_port != 0 && !has_certificates {
+            return Err(invalid(
+                pair_line("tls_port"),
+                "tls_port",
+                "needs a certificate: set tls_cert and tls_key, a [tls.NAME] section, tls_dir or acme_domains"
+                    .to_string(),
+            ));
+        }
+        if config.https_redirect && config.tls_port == 0 {
+            return Err(invalid(
+                pair_line("https_redirect"),
+                "https_redirect",
+                "needs tls_port: the redirects point at the HTTPS listener's port".to_string(),
+            ));
+        }
         Ok(config)
     }
 
@@ -191,7 +230,7 @@ impl Config {
                     }
                     out.push_str(&format!("# Default, used when no ip_server key is given: {}.\n", listed.join(", ")));
                     for (i, backend) in self.backends.iter().enumerate() {
-                        out.push_str(&format!("ip_server{} = {}\n", i + 1, backend.name));
+                        out.push_str(&format!("ip_server{} = {}\n", i + 1, backend.written()));
                     }
                 }
             }
@@ -199,6 +238,10 @@ impl Config {
         out.push_str(routes::ROUTES_HELP);
         for route in &self.routes {
             out.push_str(&routes::render(route));
+        }
+        out.push_str(tls::TLS_HELP);
+        for site in &self.tls_sites {
+            out.push_str(&tls::render(site));
         }
         out
     }
@@ -383,6 +426,25 @@ mod tests {
             metrics_auth: MetricsAuth::Token,
             app_prefix: "/apps/x/".to_string(),
             lockout_scope: LockoutScope::AccountIp,
+            tls_port: 443,
+            tls_cert: "/etc/pibl/my cert.pem".into(),
+            tls_key: "/etc/pibl/key.pem".into(),
+            tls_dir: "certs".into(),
+            tls_sites: vec![TlsSite {
+                name: "shop".into(),
+                cert: "s.crt".into(),
+                key: "s.key".into(),
+                hosts: vec!["shop.test".into(), "*.shop.test".into()],
+            }],
+            acme_email: "ops@example.com".into(),
+            acme_directory: "https://acme-staging-v02.api.letsencrypt.org/directory".into(),
+            acme_domains: vec!["example.com".into(), "www.example.com".into()],
+            acme_dir: "/var/lib/pibl/acme".into(),
+            acme_ca_root: "pebble.pem".into(),
+            https_redirect: true,
+            hsts: Duration::from_secs(3600),
+            backend_ca: "ca.pem".into(),
+            backend_tls_verify: false,
         };
         assert_eq!(Config::from_ini_str(&modified.to_ini(), "x"), Ok(modified));
     }
@@ -397,7 +459,14 @@ mod tests {
         assert_eq!(config.set_key("prot", "80").unwrap_err().to_string(), "unknown key (did you mean \"port\"?)");
         assert_eq!(config.key_text("ip_server1"), None, "the backends are a list, not one key");
         assert_eq!(BackendAddr::parse("[::1]").map(|b| b.name), Ok("[::1]:80".to_string()));
-        assert!(BackendAddr::parse("http://h").unwrap_err().to_string().contains("has a scheme"));
+        assert!(BackendAddr::parse("ftp://h").unwrap_err().to_string().contains("has a scheme"));
+        assert!(BackendAddr::parse("https://h:8443/x").unwrap_err().to_string().contains("has a path"));
+        let plain = BackendAddr::parse("http://127.0.0.1:81/").unwrap();
+        assert_eq!((plain.name.as_str(), plain.tls), ("127.0.0.1:81", false));
+        let tls = BackendAddr::parse("HTTPS://127.0.0.1").unwrap();
+        assert_eq!((tls.name.as_str(), tls.addr.port(), tls.tls), ("127.0.0.1:443", 443, true));
+        assert_eq!((tls.written().as_str(), tls.host()), ("https://127.0.0.1:443", "127.0.0.1"));
+        assert_eq!(BackendAddr::parse("https://[::1]:8443").unwrap().host(), "::1");
     }
 
     #[test]

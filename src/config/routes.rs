@@ -375,7 +375,7 @@ pub(super) fn render_nets(nets: &[IpNet]) -> String {
 /// The `[route.NAME]` section of a route, as `to_ini` writes it.
 pub(super) fn render(route: &RouteConfig) -> String {
     let mut out = format!("\n[route.{}]\nprefix = {}\n", route.name, route.prefix);
-    let servers: Vec<&str> = route.servers.iter().map(|s| s.name.as_str()).collect();
+    let servers: Vec<String> = route.servers.iter().map(BackendAddr::written).collect();
     out.push_str(&format!("servers = {}\n", servers.join(", ")));
     out.push_str(&format!("balance = {}\n", route.balance.name()));
     out.push_str(&format!("strip_prefix = {}\n", route.strip_prefix));

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::access_log::{AccessLogFormat, AccessLogTarget};
 use super::routes::{IpNet, RateLimit, RouteConfig};
+use super::tls::TlsSite;
 use super::values::BackendAddr;
 
 /// The validated configuration shared by both binaries.
@@ -121,6 +122,34 @@ pub struct Config {
     pub app_prefix: String,
     /// `lockout_scope`: what 5 failed logins lock: the account from anywhere, or from that address.
     pub lockout_scope: LockoutScope,
+    /// `tls_port`: the HTTPS listener's port; 0 = no TLS listener.
+    pub tls_port: u16,
+    /// `tls_cert` / `tls_key`: the default certificate chain and key (PEM); empty = none.
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// `tls_dir`: a folder of `NAME.crt` + `NAME.key` pairs, each served for the names it holds.
+    pub tls_dir: PathBuf,
+    /// `[tls.NAME]` sections, in file order.
+    pub tls_sites: Vec<TlsSite>,
+    /// `acme_email`: contact address of the ACME account (empty = none given).
+    pub acme_email: String,
+    /// `acme_directory`: the ACME server's directory URL.
+    pub acme_directory: String,
+    /// `acme_domains`: names to get certificates for automatically; empty = no ACME.
+    pub acme_domains: Vec<String>,
+    /// `acme_dir`: where the ACME account and certificates are kept.
+    pub acme_dir: PathBuf,
+    /// `acme_ca_root`: a PEM root that the ACME server's own HTTPS is checked against (test CAs);
+    /// empty = the system roots.
+    pub acme_ca_root: PathBuf,
+    /// `https_redirect`: plain-HTTP requests are answered 308 to the https URL.
+    pub https_redirect: bool,
+    /// `hsts`: `Strict-Transport-Security` max-age on redirects and HTTPS answers; zero = none.
+    pub hsts: Duration,
+    /// `backend_ca`: PEM roots `https://` backends are checked against; empty = the system roots.
+    pub backend_ca: PathBuf,
+    /// `backend_tls_verify`: check `https://` backends' certificates (off only for lab backends).
+    pub backend_tls_verify: bool,
 }
 
 /// `lockout_scope`: what failed logins lock.
@@ -177,6 +206,9 @@ impl MetricsAuth {
 /// the same VPC), as single-host setups have always used.
 pub const DEFAULT_ENDPOINT_ALLOW: &str = "127.0.0.0/8, ::1, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, fc00::/7";
 
+/// Let's Encrypt's production directory, `acme_directory`'s default.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -232,6 +264,20 @@ impl Default for Config {
             metrics_auth: MetricsAuth::Auto,
             app_prefix: String::new(),
             lockout_scope: LockoutScope::Account,
+            tls_port: 0,
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            tls_dir: PathBuf::new(),
+            tls_sites: Vec::new(),
+            acme_email: String::new(),
+            acme_directory: LETS_ENCRYPT.to_string(),
+            acme_domains: Vec::new(),
+            acme_dir: PathBuf::from("acme"),
+            acme_ca_root: PathBuf::new(),
+            https_redirect: false,
+            hsts: Duration::ZERO,
+            backend_ca: PathBuf::new(),
+            backend_tls_verify: true,
         }
     }
 }
@@ -239,6 +285,6 @@ impl Default for Config {
 /// The backends a fresh `parser.ini` lists: three servers on this host, as in the seed's three-server setup.
 fn default_backends() -> Vec<BackendAddr> {
     (9001..=9003)
-        .map(|port| BackendAddr { name: format!("127.0.0.1:{port}"), addr: SocketAddr::from(([127, 0, 0, 1], port)) })
+        .map(|port| BackendAddr::plain(format!("127.0.0.1:{port}"), SocketAddr::from(([127, 0, 0, 1], port))))
         .collect()
 }

@@ -9,20 +9,44 @@ use std::time::Duration;
 
 use super::error::ValueError;
 
-/// One upstream server as written in the INI (`ip_serverN = host[:port]`), resolved at load time.
+/// One upstream server as written in the INI (`ip_serverN = [https://]host[:port]`), resolved at load time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendAddr {
-    /// The text the user wrote, normalised to `host:port` (used in logs and the `Via`-free access log).
+    /// The text the user wrote without its scheme, normalised to `host:port` (used in logs and the
+    /// `Via`-free access log).
     pub name: String,
     /// Where pibl connects.
     pub addr: SocketAddr,
+    /// Written `https://...`: pibl speaks TLS to it (with SNI and certificate checks).
+    pub tls: bool,
 }
 
 impl BackendAddr {
-    /// Reads `host`, `host:port`, `[v6]` or `[v6]:port` as an `ip_serverN` value is read (port 80 if
-    /// left out), resolving a host name now.
+    /// Reads `host`, `host:port`, `[v6]` or `[v6]:port`, optionally after `http://` or `https://`, as an
+    /// `ip_serverN` value is read (port 80, or 443 for https, if left out), resolving a host name now.
     pub fn parse(text: &str) -> Result<BackendAddr, ValueError> {
         parse_backend(text).map_err(ValueError::new)
+    }
+
+    /// A plain-HTTP backend at `addr`, named `name`.
+    pub fn plain(name: String, addr: SocketAddr) -> BackendAddr {
+        BackendAddr { name, addr, tls: false }
+    }
+
+    /// The value as `parser.ini` holds it: `host:port`, or `https://host:port`.
+    pub fn written(&self) -> String {
+        if self.tls {
+            format!("https://{}", self.name)
+        } else {
+            self.name.clone()
+        }
+    }
+
+    /// The host part of the name, without port or IPv6 brackets: what TLS sends as SNI and checks
+    /// the backend's certificate against.
+    pub fn host(&self) -> &str {
+        let host = self.name.rsplit_once(':').map_or(self.name.as_str(), |(host, _)| host);
+        host.trim_start_matches('[').trim_end_matches(']')
     }
 }
 
@@ -211,15 +235,26 @@ pub(super) fn parse_backend(v: &str) -> Result<BackendAddr, String> {
     if t.is_empty() {
         return Err("has no value: write host or host:port, e.g. 127.0.0.1:9001".to_string());
     }
-    if t.contains("://") {
-        return Err(format!("{v:?} has a scheme: write host or host:port without http://"));
+    let (t, tls) = match t.split_once("://") {
+        None => (t, false),
+        Some((scheme, rest)) => match scheme.to_ascii_lowercase().as_str() {
+            "http" => (rest.trim_end_matches('/'), false),
+            "https" => (rest.trim_end_matches('/'), true),
+            _ => {
+                return Err(format!("{v:?} has a scheme pibl does not speak: write host:port, or http:// or https://"))
+            }
+        },
+    };
+    if t.contains('/') {
+        return Err(format!("{v:?} has a path: write only [https://]host[:port]"));
     }
+    let default_port = if tls { 443 } else { 80 };
     let (host, port) = if let Some(rest) = t.strip_prefix('[') {
         let (inside, after) =
             rest.split_once(']').ok_or_else(|| format!("{v:?} has no closing \"]\" (IPv6 is written [::1]:8080)"))?;
         let ip: Ipv6Addr = inside.parse().map_err(|_| format!("{inside:?} in {v:?} is not an IPv6 address"))?;
         let port = match after {
-            "" => 80,
+            "" => default_port,
             _ => match after.strip_prefix(':') {
                 Some(p) => parse_port(p).map_err(|e| format!("in {v:?}: {e}"))?,
                 None => return Err(format!("{v:?}: only \":port\" may follow \"]\"")),
@@ -227,14 +262,14 @@ pub(super) fn parse_backend(v: &str) -> Result<BackendAddr, String> {
         };
         (IpAddr::V6(ip).to_string(), port)
     } else if let Ok(ip) = t.parse::<Ipv6Addr>() {
-        (ip.to_string(), 80)
+        (ip.to_string(), default_port)
     } else if let Some((host, port)) = t.rsplit_once(':') {
         if host.contains(':') {
             return Err(format!("{v:?}: write IPv6 addresses in brackets, e.g. [::1]:8080"));
         }
         (host.to_string(), parse_port(port).map_err(|e| format!("in {v:?}: {e}"))?)
     } else {
-        (t.to_string(), 80)
+        (t.to_string(), default_port)
     };
     if host.is_empty() || host.contains(char::is_whitespace) {
         return Err(format!("{v:?} is not host or host:port"));
@@ -253,7 +288,7 @@ pub(super) fn parse_backend(v: &str) -> Result<BackendAddr, String> {
         IpAddr::V6(ip) => format!("[{ip}]:{port}"),
         IpAddr::V4(ip) => format!("{ip}:{port}"),
     };
-    Ok(BackendAddr { name, addr })
+    Ok(BackendAddr { name, addr, tls })
 }
 
 /// Whole seconds as a plain number (the seed's `ttl = 60`), anything finer in milliseconds, rounded up so a

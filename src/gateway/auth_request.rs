@@ -52,7 +52,7 @@ pub struct AuthChecker {
 
 impl AuthChecker {
     pub fn new(url: &AuthUrl, cache_for: Duration, connect_timeout: Duration, io_timeout: Duration) -> AuthChecker {
-        let server = Backend::new(&BackendAddr { name: url.url.clone(), addr: url.addr }, 32);
+        let server = Backend::new(&BackendAddr::plain(url.url.clone(), url.addr), 32);
         AuthChecker {
             url: url.clone(),
             server,

@@ -31,12 +31,18 @@ use crate::server::shared::Shared;
 use cache_step::{CachePlan, Lookup};
 use context::{Answer, Forwarded, Outcome, RequestCtx, Scratch};
 use error::{write_error_with, Failure, ForwardError};
+use std::io::Write;
+
+use crate::tls::plain::{plain_answer, PlainReply};
 
 /// Handles one request whose head has been consumed from `conn.buf`, writing the response (or an
 /// error response) to the client, then logs and counts it.
 pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Request) -> Outcome {
     let started = Instant::now();
     scratch.body_bytes = 0;
+    if let Some(reply) = plain_answer(&shared.plain_port, req.method(), req.target(), req.header("host")) {
+        return answer_plain_port(shared, scratch, conn, &req, &reply, started);
+    }
     let gateway = shared.gateway();
     let client = gateway.client_ip(conn.peer.ip(), &req);
     let route = gateway.route(req.target());
@@ -82,6 +88,40 @@ pub fn handle(shared: &Shared, scratch: &mut Scratch, conn: &mut Conn, req: Requ
         shared.router.log_request(app, conn.peer.ip(), &req, status, backend, started.elapsed());
     }
     next
+}
+
+/// Writes the plain port's own answer (an ACME challenge, a redirect to https), then logs and counts
+/// it like any other request. A request body is never read here, so its connection closes.
+fn answer_plain_port(
+    shared: &Shared,
+    scratch: &mut Scratch,
+    conn: &mut Conn,
+    req: &Request,
+    reply: &PlainReply,
+    started: Instant,
+) -> Outcome {
+    let keep = req.keep_alive && !req.framing.has_body() && !shared.is_shutting_down();
+    let bytes = reply.to_bytes(keep, req.is_head());
+    let written = conn.stream.write_all(&bytes).is_ok();
+    scratch.body_bytes = if req.is_head() { 0 } else { reply.body.len() as u64 };
+    if shared.config.access_log {
+        shared.access_log.log(&AccessRecord {
+            time: SystemTime::now(),
+            client: conn.peer.ip(),
+            method: req.method(),
+            target: req.target(),
+            version: req.version,
+            status: reply.status,
+            body_bytes: scratch.body_bytes,
+            duration: started.elapsed(),
+            backend: None,
+            referer: req.header("referer"),
+            user_agent: req.header("user-agent"),
+        });
+    }
+    let now_secs = metrics::unix_secs(shared.clock.wall());
+    shared.metrics.record(metrics::route_label(None, None), reply.status, started.elapsed(), None, now_secs);
+    Outcome::keep_alive_if(keep && written)
 }
 
 /// An admitted request: from the cache when it can answer (and its route lets it), else from a

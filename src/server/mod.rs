@@ -41,6 +41,8 @@ use crate::server::parker::Parker;
 use crate::server::probe::Probe;
 use crate::server::shared::{Shared, Stats};
 use crate::store::credentials::Tokens;
+use crate::tls::challenge::Challenges;
+use crate::tls::plain::PlainPort;
 use crate::upstream::apps::Router;
 use crate::upstream::backend::Backend;
 
@@ -70,6 +72,16 @@ impl Server {
         Server::start_with_router(listener, config, router, None, clock)
     }
 
+    /// The counters `/metrics` shows.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// The HTTP-01 answers this server's plain port gives; an ACME client publishes into it.
+    pub fn challenges(&self) -> Arc<Challenges> {
+        Arc::clone(&self.shared.plain_port.challenges)
+    }
+
     /// Like [`Server::start_on`], routing `/<appid>/...` by `router`, which the management API updates.
     pub fn start_with_router(
         listener: TcpListener,
@@ -78,6 +90,7 @@ impl Server {
         tokens: Option<Arc<Tokens>>,
         clock: Clock,
     ) -> io::Result<Server> {
+        refuse_tls_for_now(&config)?;
         let local_addr = listener.local_addr()?;
         let limits = Limits {
             max_head_bytes: config.max_header_bytes,
@@ -110,6 +123,7 @@ impl Server {
             conns: Arc::new(ConnLimit::default()),
             per_ip: Arc::new(PerIpLimit::default()),
             parker: Parker::new()?,
+            plain_port: PlainPort::from_config(&config, Arc::new(Challenges::default())),
             config,
         });
         let (done_tx, worker_done) = crossbeam_channel::unbounded();
@@ -395,4 +409,32 @@ fn serve(shared: &Shared, scratch: &mut Scratch, mut conn: Conn) {
             Err(_) => return,
         }
     }
+}
+
+/// This threaded engine has no TLS sessions: those live in the event-loop data plane. An `https://`
+/// backend is refused at start-up rather than spoken to in plain text; a `tls_port` only warns, as
+/// redirects and ACME challenges on the plain port already work.
+fn refuse_tls_for_now(config: &Config) -> io::Result<()> {
+    let backends = config.backends.iter().enumerate().map(|(i, b)| (format!("ip_server{}", i + 1), b));
+    let routes =
+        config.routes.iter().flat_map(|r| r.servers.iter().map(move |b| (format!("[route.{}] servers", r.name), b)));
+    if let Some((key, backend)) = backends.chain(routes).find(|(_, b)| b.tls) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{key} = {}: TLS to backends needs the event-loop data plane, which this build does not run yet; \
+                 use a plain http backend for now",
+                backend.written()
+            ),
+        ));
+    }
+    if config.tls_port != 0 {
+        log::warn!(
+            "tls_port = {}: this engine has no HTTPS listener yet (it comes with the event-loop data plane); \
+             only ACME challenges and https_redirect are served, on port {}",
+            config.tls_port,
+            config.port
+        );
+    }
+    Ok(())
 }

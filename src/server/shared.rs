@@ -21,6 +21,7 @@ use crate::proxy::dispatch::RefreshJob;
 use crate::server::conn::{Conn, ConnLimit, PerIpLimit};
 use crate::server::parker::Parker;
 use crate::store::credentials::Tokens;
+use crate::tls::plain::PlainPort;
 use crate::upstream::apps::Router;
 use crate::upstream::backend::Backend;
 
@@ -48,6 +49,8 @@ pub struct Shared {
     pub(super) conns: Arc<ConnLimit>,
     pub(super) per_ip: Arc<PerIpLimit>,
     pub(super) parker: Parker,
+    /// What the plain port answers by itself for HTTPS: ACME challenges and `https_redirect`.
+    pub plain_port: PlainPort,
 }
 
 /// Live figures about a server, for tests and status pages.

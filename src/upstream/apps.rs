@@ -195,7 +195,7 @@ impl Router {
                         kept.or_else(|| {
                             let name = format!("{}:{}", ep.host, ep.port);
                             let policy = Arc::clone(self.endpoint_policy());
-                            Some(Arc::new(Backend::guarded(&BackendAddr { name, addr }, self.idle_limit, policy)))
+                            Some(Arc::new(Backend::guarded(&BackendAddr::plain(name, addr), self.idle_limit, policy)))
                         })
                     }
                     Err(refusal) => {

@@ -297,9 +297,8 @@ mod tests {
     use super::*;
 
     fn pool(n: u16) -> Pool {
-        let addrs: Vec<BackendAddr> = (1..=n)
-            .map(|i| BackendAddr { name: format!("b{i}"), addr: SocketAddr::from(([127, 0, 0, 1], i)) })
-            .collect();
+        let addrs: Vec<BackendAddr> =
+            (1..=n).map(|i| BackendAddr::plain(format!("b{i}"), SocketAddr::from(([127, 0, 0, 1], i)))).collect();
         Pool::new(&addrs, 4)
     }
 
@@ -333,9 +332,8 @@ mod tests {
     }
 
     fn policy_pool(balance: Balance) -> Pool {
-        let addrs: Vec<BackendAddr> = (1..=4)
-            .map(|i| BackendAddr { name: format!("b{i}"), addr: SocketAddr::from(([127, 0, 0, 1], i)) })
-            .collect();
+        let addrs: Vec<BackendAddr> =
+            (1..=4).map(|i| BackendAddr::plain(format!("b{i}"), SocketAddr::from(([127, 0, 0, 1], i)))).collect();
         Pool::with_balance(&addrs, 4, balance)
     }
 

@@ -196,7 +196,7 @@ mod tests {
         use std::time::Duration;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let target = BackendAddr { name: "own".into(), addr };
+        let target = BackendAddr::plain("own".to_string(), addr);
         let own = Arc::new(EndpointPolicy::new(policy().allow, vec![addr.port()]));
         let err =
             Backend::guarded(&target, 1, own).connect(Duration::from_secs(1), Duration::from_secs(1)).unwrap_err();

@@ -265,7 +265,7 @@ pub fn test_config(backends: &[SocketAddr]) -> Config {
         bind: [127, 0, 0, 1].into(),
         port: 0,
         threads: 4,
-        backends: backends.iter().map(|a| BackendAddr { name: a.to_string(), addr: *a }).collect(),
+        backends: backends.iter().map(|a| BackendAddr::plain(a.to_string(), *a)).collect(),
         backend_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_secs(1),
         shutdown_grace: Duration::from_secs(5),

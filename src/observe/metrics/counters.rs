@@ -8,7 +8,7 @@
 //! what clients send.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -188,6 +188,8 @@ impl RouteMetrics {
 pub struct Metrics {
     routes: RwLock<HashMap<String, Arc<RouteMetrics>>>,
     upstream: RwLock<HashMap<String, Arc<BackendMetrics>>>,
+    /// The ACME certificate's first name and days left on it, when ACME runs.
+    certificate_days_left: RwLock<Option<(String, Arc<AtomicI64>)>>,
 }
 
 /// Timings of one backend (by name, so they outlive reloads that rebuild the pools).
@@ -207,6 +209,16 @@ fn with_entry<T: Default>(map: &RwLock<HashMap<String, Arc<T>>>, key: &str, f: i
 }
 
 impl Metrics {
+    /// Shows `days_left` (set by the ACME thread) as `pibl_tls_certificate_days_left{name}`.
+    pub fn watch_certificate(&self, name: String, days_left: Arc<AtomicI64>) {
+        *self.certificate_days_left.write() = Some((name, days_left));
+    }
+
+    /// The watched certificate's name and days left.
+    pub fn certificate_days_left(&self) -> Option<(String, i64)> {
+        self.certificate_days_left.read().as_ref().map(|(name, days)| (name.clone(), days.load(Ordering::Relaxed)))
+    }
+
     /// Creates the entries of the configured routes and the default pool, so they are scraped as
     /// zeros before their first request. Called at start-up and on reload.
     pub fn prepare(&self, config: &Config) {

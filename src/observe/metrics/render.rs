@@ -161,6 +161,15 @@ pub fn render(s: &Scrape<'_>) -> String {
     let _ = writeln!(o, "pibl_client_connections{{state=\"parked\"}} {}", s.parked_connections);
     family(o, "pibl_worker_queue_depth", "gauge", "Connections waiting for a worker.");
     let _ = writeln!(o, "pibl_worker_queue_depth {}", s.queue_depth);
+    if let Some((name, days)) = s.metrics.certificate_days_left() {
+        family(
+            o,
+            "pibl_tls_certificate_days_left",
+            "gauge",
+            "Whole days until the ACME certificate expires (-1: none yet).",
+        );
+        let _ = writeln!(o, "pibl_tls_certificate_days_left{{name=\"{}\"}} {days}", label(&name));
+    }
     out
 }
 

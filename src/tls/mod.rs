@@ -1,0 +1,32 @@
+//! HTTPS: certificates and keys from PEM files, the certificate store chosen by SNI, the rustls
+//! server and backend-client configurations, ACME (RFC 8555) certificates, and what the plain port
+//! answers for HTTPS (ACME challenges, redirects). TLS sessions themselves belong to the data plane's
+//! event loops; everything here is engine-independent.
+//!
+//! - `error`: [`error::CertError`], `file: what is wrong`;
+//! - `pem`: a certificate chain and its key, checked and loaded;
+//! - `store`: the SNI-chosen certificate set, swapped whole on reload;
+//! - `sites`: the set the configuration describes (`tls_cert`, `[tls.NAME]`, `tls_dir`, ACME files);
+//! - `server`: the listener's `ServerConfig` (TLS 1.2/1.3, ALPN `http/1.1`);
+//! - `client`: the `ClientConfig` for `https://` backends;
+//! - `challenge`: HTTP-01 tokens the ACME client published, for the plain port to serve;
+//! - `plain`: the plain port's own answers (challenges, 308 to https) and the HSTS header;
+//! - `acme`: getting, storing and renewing certificates from an ACME server;
+//! - `https`: the parts a running pibl holds (store, ACME thread), started and stopped as one.
+//!
+//! Wiring into the event loops: `Pibl::https()` gives [`https::Https::server_config`] for the TLS
+//! listener (a `rustls::ServerConnection` per connection, fed by the loop's reads and writes; set
+//! `X-Forwarded-Proto: https` and [`plain::hsts_header`] on its answers) and
+//! [`https::Https::backend_config`] with [`client::backend_server_name`] for `https://` backends
+//! (then drop `server::refuse_tls_for_now`). The plain port already calls [`plain::plain_answer`].
+
+pub mod acme;
+pub mod challenge;
+pub mod client;
+pub mod error;
+pub mod https;
+pub mod pem;
+pub mod plain;
+pub mod server;
+pub mod sites;
+pub mod store;

@@ -1,0 +1,167 @@
+//! TLS test helpers shared by `tls.rs` and `acme.rs`: certificates made now with `rcgen`, a tiny TLS
+//! listener that serves one exchange per connection with a given `ServerConfig`, and a client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection, StreamOwned};
+
+/// A test certificate authority.
+pub struct TestCa {
+    pub pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// A leaf certificate and its key, as PEM.
+pub struct TestCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.self_signed(&key).expect("CA certificate");
+        TestCa { pem: cert.pem(), issuer: Issuer::new(params, key) }
+    }
+
+    /// A leaf for `names` (DNS names or IP addresses), valid now.
+    pub fn leaf(&self, names: &[&str]) -> TestCert {
+        self.leaf_with(names, |_| {})
+    }
+
+    /// A leaf for `names` after `adjust` changed its parameters (validity...).
+    pub fn leaf_with(&self, names: &[&str], adjust: impl FnOnce(&mut CertificateParams)) -> TestCert {
+        let key = KeyPair::generate().expect("leaf key");
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("leaf params");
+        adjust(&mut params);
+        let cert = params.signed_by(&key, &self.issuer).expect("leaf certificate");
+        // The chain as servers send it: the leaf, then the CA.
+        TestCert { cert_pem: format!("{}{}", cert.pem(), self.pem), key_pem: key.serialize_pem() }
+    }
+
+    /// A client trusting only this CA.
+    pub fn client(&self) -> ClientConfig {
+        client_trusting(self.pem.as_bytes())
+    }
+}
+
+impl TestCert {
+    /// Writes `NAME.crt` and `NAME.key` into `dir`.
+    pub fn write(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+        std::fs::write(&cert, &self.cert_pem).expect("write cert");
+        std::fs::write(&key, &self.key_pem).expect("write key");
+        (cert, key)
+    }
+}
+
+/// A client (TLS 1.2 and 1.3, ALPN http/1.1) trusting the certificates in `pem`.
+pub fn client_trusting(pem: &[u8]) -> ClientConfig {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        roots.add(cert.expect("CA PEM")).expect("add root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
+}
+
+/// A TLS listener on loopback: each connection completes the handshake, then answers every line it
+/// reads with `echo: LINE`, until the client closes. Runs until the test process ends.
+pub struct TestListener {
+    pub addr: SocketAddr,
+}
+
+impl TestListener {
+    pub fn start(config: Arc<ServerConfig>) -> TestListener {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind TLS listener");
+        let addr = listener.local_addr().expect("addr");
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let config = Arc::clone(&config);
+                thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(20)));
+                    let Ok(conn) = ServerConnection::new(config) else { return };
+                    let mut tls = BufReader::new(StreamOwned::new(conn, stream));
+                    let mut line = String::new();
+                    while matches!(tls.read_line(&mut line), Ok(n) if n > 0) {
+                        let reply = format!("echo: {line}");
+                        if tls.get_mut().write_all(reply.as_bytes()).and_then(|()| tls.get_mut().flush()).is_err() {
+                            return;
+                        }
+                        line.clear();
+                    }
+                });
+            }
+        });
+        TestListener { addr }
+    }
+}
+
+/// A client connection to a TLS listener.
+pub struct TlsClient {
+    pub tls: StreamOwned<ClientConnection, TcpStream>,
+}
+
+impl TlsClient {
+    /// Connects and completes the handshake, asking for `name` (sent as SNI unless the config turns it off).
+    pub fn connect(addr: SocketAddr, config: ClientConfig, name: &str) -> Result<TlsClient, rustls::Error> {
+        let name = ServerName::try_from(name.to_string()).expect("server name");
+        let conn = ClientConnection::new(Arc::new(config), name)?;
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        let mut tls = StreamOwned::new(conn, stream);
+        while tls.conn.is_handshaking() {
+            if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
+                return Err(match e.into_inner().map(|inner| inner.downcast::<rustls::Error>()) {
+                    Some(Ok(tls_error)) => *tls_error,
+                    _ => rustls::Error::General("handshake failed".into()),
+                });
+            }
+        }
+        Ok(TlsClient { tls })
+    }
+
+    /// The leaf certificate the server showed.
+    pub fn leaf(&self) -> CertificateDer<'static> {
+        self.tls.conn.peer_certificates().expect("a certificate")[0].clone().into_owned()
+    }
+
+    /// Sends one line and reads the echo.
+    pub fn echo(&mut self, text: &str) -> std::io::Result<String> {
+        self.tls.write_all(format!("{text}\n").as_bytes())?;
+        self.tls.flush()?;
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        while !reply.ends_with(b"\n") {
+            if self.tls.read(&mut byte)? == 0 {
+                break;
+            }
+            reply.push(byte[0]);
+        }
+        Ok(String::from_utf8_lossy(&reply).trim_end().to_string())
+    }
+}
+
+/// The DER of the first certificate in a PEM text.
+pub fn first_der(pem: &str) -> CertificateDer<'static> {
+    CertificateDer::pem_slice_iter(pem.as_bytes()).next().expect("a certificate").expect("PEM")
+}
