@@ -18,7 +18,8 @@ use pibl::api::json::{check_app_id, check_email, credentials, new_endpoint, Body
 use regex::Regex;
 use serde_json::{json, Value};
 
-static EMAIL: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[a-zA-Z0-9_.+\-]+@[a-zA-Z0-9\-]+\.[a-zA-Z0-9\-.]+$").unwrap());
+static EMAIL: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[a-zA-Z0-9_.+\-]+@[a-zA-Z0-9\-]+\.[a-zA-Z0-9\-.]+$").unwrap());
 static APP_ID: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[a-z0-9]([a-z0-9\-]{0,61}[a-z0-9])?$").unwrap());
 static HOST: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[a-zA-Z0-9._\-]+$").unwrap());
 
@@ -34,7 +35,10 @@ fn refused_fields(r: &BodyError) -> Vec<String> {
 }
 
 /// Shared checks on the JSON layer; returns the object when the body is one.
-fn json_layer<T: std::fmt::Debug>(body: &[u8], result: &Result<T, BodyError>) -> Option<serde_json::Map<String, Value>> {
+fn json_layer<T: std::fmt::Debug>(
+    body: &[u8],
+    result: &Result<T, BodyError>,
+) -> Option<serde_json::Map<String, Value>> {
     match serde_json::from_slice::<Value>(body) {
         Err(_) => {
             assert!(matches!(result, Err(BodyError::NotJson(_))), "invalid JSON gave {result:?}");
@@ -80,9 +84,10 @@ fn check_endpoint(body: &[u8]) {
         !h.is_empty() && h.len() <= 253 && (bare.parse::<std::net::IpAddr>().is_ok() || HOST.is_match(h))
     });
     let port = map.get("port").and_then(Value::as_f64).filter(|f| (0.0..=65535.0).contains(f) && f.fract() == 0.0);
-    let path = map.get("statuspath").and_then(Value::as_str).filter(|p| {
-        p.len() <= 1024 && !p.bytes().any(|b| b <= b' ' || b == 0x7f) && !p.contains("://")
-    });
+    let path = map
+        .get("statuspath")
+        .and_then(Value::as_str)
+        .filter(|p| p.len() <= 1024 && !p.bytes().any(|b| b <= b' ' || b == 0x7f) && !p.contains("://"));
     let expected = host_ok && port.is_some() && path.is_some();
     match &result {
         Ok(e) => {

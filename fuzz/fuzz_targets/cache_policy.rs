@@ -18,7 +18,9 @@
 use std::time::{Duration, SystemTime};
 
 use libfuzzer_sys::fuzz_target;
-use pibl::cache::policy::{not_modified, parse_http_date, storable, CacheControl, Exchange, RequestDirectives, Usability};
+use pibl::cache::policy::{
+    not_modified, parse_http_date, storable, CacheControl, Exchange, RequestDirectives, Usability,
+};
 use pibl::cache::response_facts;
 use pibl_fuzz::Cursor;
 
@@ -55,7 +57,9 @@ fn render(cc: &CacheControl) -> String {
 
 fn check_cache_control(values: &[&[u8]]) -> CacheControl {
     let cc = CacheControl::parse(values.iter().copied());
-    for d in [cc.max_age, cc.s_maxage, cc.min_fresh, cc.stale_while_revalidate, cc.stale_if_error, cc.max_stale.flatten()] {
+    for d in
+        [cc.max_age, cc.s_maxage, cc.min_fresh, cc.stale_while_revalidate, cc.stale_if_error, cc.max_stale.flatten()]
+    {
         assert!(d.is_none_or(|d| d <= MAX_DELTA), "delta {d:?} passed 2^31");
     }
     let text = render(&cc);
@@ -112,7 +116,11 @@ fuzz_target!(|data: &[u8]| {
         let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
         let Ok(name) = std::str::from_utf8(&line[..colon]) else { continue };
         let value = pibl::http::trim(&line[colon + 1..]);
-        if to_request { request.push((name, value)) } else { response.push((name, value)) }
+        if to_request {
+            request.push((name, value))
+        } else {
+            response.push((name, value))
+        }
     }
     let find = |list: &[(&str, &[u8])], name: &str| -> Vec<Vec<u8>> {
         list.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.to_vec()).collect()

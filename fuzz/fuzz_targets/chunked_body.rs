@@ -66,7 +66,12 @@ fn run(input: &[u8], framing: Framing, encoding: Encoding, limit: u64, step: usi
 /// Decodes chunked `bytes` completely, expecting success.
 fn decode_all(bytes: &[u8], step: usize) -> Vec<u8> {
     let r = run(bytes, Framing::Chunked, Encoding::Identity, u64::MAX, step, None);
-    assert_eq!(r.end, End::Done(r.out.len() as u64), "pibl's own chunked output does not decode: {:?}", String::from_utf8_lossy(bytes));
+    assert_eq!(
+        r.end,
+        End::Done(r.out.len() as u64),
+        "pibl's own chunked output does not decode: {:?}",
+        String::from_utf8_lossy(bytes)
+    );
     assert!(r.rest.is_empty(), "pibl's own chunked output has bytes after its end");
     r.out
 }
@@ -107,7 +112,11 @@ fuzz_target!(|data: &[u8]| {
                 assert!(n <= limit);
                 let consumed = input.len() - a.rest.len();
                 let alone = run(&input[..consumed], Framing::Chunked, Encoding::Identity, limit, step, None);
-                assert_eq!((alone.end, &alone.out), (End::Done(n), &a.out), "the body's end depends on what follows it");
+                assert_eq!(
+                    (alone.end, &alone.out),
+                    (End::Done(n), &a.out),
+                    "the body's end depends on what follows it"
+                );
                 assert!(alone.rest.is_empty());
 
                 // Decoder + encoder: re-framed as chunks, the same bytes come out.
@@ -157,7 +166,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(tee.data, if tee.overflowed { &[][..] } else { input });
             let limited = run(input, Framing::UntilClose, Encoding::Identity, limit, step, None);
             assert!(limited.out.len() as u64 <= limit);
-            assert_eq!(limited.end, if input.len() as u64 > limit { End::TooLarge } else { End::Done(input.len() as u64) });
+            assert_eq!(
+                limited.end,
+                if input.len() as u64 > limit { End::TooLarge } else { End::Done(input.len() as u64) }
+            );
         }
     }
 });

@@ -39,7 +39,9 @@ fn check_bounds(c: &Config) {
     ] {
         assert!(!d.is_zero() && d <= YEAR, "{name} = {d:?}");
     }
-    for d in [c.ttl, c.backend_cooldown, c.shutdown_grace, c.jwt_ttl, c.lockout_secs, c.health_interval, c.purge_interval] {
+    for d in
+        [c.ttl, c.backend_cooldown, c.shutdown_grace, c.jwt_ttl, c.lockout_secs, c.health_interval, c.purge_interval]
+    {
         assert!(d <= YEAR, "{d:?} is longer than a year");
     }
     if let Some(addr) = c.metrics_bind {

@@ -99,7 +99,9 @@ fuzz_target!(|data: &[u8]| {
                         const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
                         let mut out = String::new();
                         for c in s.chunks(3) {
-                            let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+                            let n = (u32::from(c[0]) << 16)
+                                | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+                                | u32::from(*c.get(2).unwrap_or(&0));
                             for k in 0..=c.len() {
                                 out.push(T[((n >> (18 - 6 * k)) & 63) as usize] as char);
                             }

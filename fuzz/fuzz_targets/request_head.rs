@@ -44,8 +44,10 @@ fn check_accepted(req: &Request, len: usize, buf: &[u8], limits: &Limits) {
     assert!(req.version <= 1);
 
     // Framing (RFC 9112 section 6.3, and section 11.2 on smuggling).
-    let tes: Vec<&[u8]> = req.headers().filter(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding")).map(|h| h.1).collect();
-    let cls: Vec<&[u8]> = req.headers().filter(|(n, _)| n.eq_ignore_ascii_case("content-length")).map(|h| h.1).collect();
+    let tes: Vec<&[u8]> =
+        req.headers().filter(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding")).map(|h| h.1).collect();
+    let cls: Vec<&[u8]> =
+        req.headers().filter(|(n, _)| n.eq_ignore_ascii_case("content-length")).map(|h| h.1).collect();
     if !tes.is_empty() {
         assert_eq!(req.framing, Framing::Chunked, "Transfer-Encoding present but framing is {:?}", req.framing);
         assert!(cls.is_empty(), "Transfer-Encoding beside Content-Length was accepted");

@@ -35,12 +35,10 @@ fn check_accepted(res: &Response, len: usize, buf: &[u8], head_request: bool) {
     assert!((100..=999).contains(&res.status), "status {}", res.status);
     assert!(res.version <= 1);
 
-    let cls: Vec<&[u8]> = res.headers().filter(|(n, _)| n.eq_ignore_ascii_case("content-length")).map(|h| h.1).collect();
-    let last_coding = res
-        .headers()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"))
-        .flat_map(|(_, v)| tokens(v))
-        .last();
+    let cls: Vec<&[u8]> =
+        res.headers().filter(|(n, _)| n.eq_ignore_ascii_case("content-length")).map(|h| h.1).collect();
+    let last_coding =
+        res.headers().filter(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding")).flat_map(|(_, v)| tokens(v)).last();
     let length = cls.first().map(|v| parse_content_length(v).expect("accepted an invalid Content-Length"));
     for v in &cls {
         assert_eq!(parse_content_length(v), length, "accepted disagreeing Content-Length fields");
@@ -153,6 +151,8 @@ fuzz_target!(|data: &[u8]| {
         (Err(ReadHeadError::Closed { before_any_byte }), Err(None)) => {
             assert_eq!(before_any_byte, offset == buf.len(), "before_any_byte wrong at offset {offset}");
         }
-        (got, want) => panic!("read_head gave {:?}, the parser {:?}", got.map(|r| r.status), want.map(|(r, l)| (r.status, l))),
+        (got, want) => {
+            panic!("read_head gave {:?}, the parser {:?}", got.map(|r| r.status), want.map(|(r, l)| (r.status, l)))
+        }
     }
 });
