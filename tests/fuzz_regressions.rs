@@ -19,7 +19,7 @@ use pibl::http::Framing;
 #[ignore = "F1: fix routed to the lead (src/http/response.rs reason range)"]
 fn f1_status_line_without_reason() {
     let (res, len) = parse(b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n", false).unwrap().unwrap();
-    assert_eq!((res.status, len), (200, 34));
+    assert_eq!((res.status, len), (200, 35));
     assert_eq!(res.reason(), b"");
 }
 
