@@ -5,6 +5,7 @@
 //! `cargo test --test fuzz_regressions -- --ignored` shows which still fail. Remove the `ignore`,
 //! and the matching skip in the fuzz target, with the fix.
 
+use pibl::api::json::new_endpoint;
 use pibl::cache::policy::not_modified;
 use pibl::http::body::{transfer, BodyError, Encoding, Source};
 use pibl::http::buffer::{ReadBuf, WriteBatch};
@@ -83,6 +84,20 @@ fn f4_entity_tag_with_comma() {
     assert!(not_modified(Some(etag), None, Some(etag), None));
 }
 
+/// F5 (api_json): `statuspath` is limited to 1024 characters before the missing `/` is added, so a
+/// 1024-character path without it is stored as 1025 characters, and the API refuses the very value
+/// it returned (no round trip; the limit is passed by one).
+#[test]
+#[ignore = "F5: fix routed to the lead (src/api/json.rs normalize_statuspath)"]
+fn f5_statuspath_limit_checked_before_the_slash() {
+    let body = format!(r#"{{"host":"h","port":1,"statuspath":"{}"}}"#, "a".repeat(1024));
+    if let Ok(e) = new_endpoint(body.as_bytes()) {
+        assert!(e.statuspath.len() <= 1024, "stored a statuspath of {} characters", e.statuspath.len());
+        let again = format!(r#"{{"host":"h","port":1,"statuspath":"{}"}}"#, e.statuspath);
+        assert_eq!(new_endpoint(again.as_bytes()), Ok(e), "the returned value is refused");
+    }
+}
+
 /// The shapes next to each finding that already behave, so a fix cannot break them.
 #[test]
 fn neighbours_of_the_findings_behave() {
@@ -92,4 +107,7 @@ fn neighbours_of_the_findings_behave() {
     assert_eq!((res.status, res.reason()), (599, &b"Odd"[..]));
     assert!(not_modified(Some(b"\"a\", \"b\""), None, Some(b"\"b\""), None));
     assert!(not_modified(Some(b"W/\"b\""), None, Some(b"\"b\""), None));
+    let path = format!("/{}", "a".repeat(1023));
+    let e = new_endpoint(format!(r#"{{"host":"h","port":1,"statuspath":"{path}"}}"#).as_bytes()).unwrap();
+    assert_eq!(e.statuspath, path);
 }
