@@ -16,7 +16,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Monotonic and wall-clock time, both shifted by the same offset. Clones share the offset.
 #[derive(Debug, Clone, Default)]
-pub struct Clock(Arc<AtomicU64>);
+pub struct Clock(Arc<Inner>);
+
+#[derive(Debug, Default)]
+struct Inner {
+    offset_nanos: AtomicU64,
+    /// A stopped clock's instant: time moves only by [`Clock::advance`]. For tests that assert an
+    /// exact duration (a `Retry-After`), which a loaded machine would otherwise shift by a second.
+    stopped_at: Option<(Instant, SystemTime)>,
+}
 
 impl Clock {
     /// The system's clock, with no offset until [`Clock::advance`] moves it.
@@ -24,14 +32,22 @@ impl Clock {
         Clock::default()
     }
 
+    /// A clock that stands at the current time and moves only when [`Clock::advance`] moves it.
+    pub fn stopped() -> Clock {
+        Clock(Arc::new(Inner {
+            offset_nanos: AtomicU64::new(0),
+            stopped_at: Some((Instant::now(), SystemTime::now())),
+        }))
+    }
+
     /// Monotonic now, for deadlines and durations.
     pub fn now(&self) -> Instant {
-        Instant::now() + self.offset()
+        self.0.stopped_at.map_or_else(Instant::now, |(at, _)| at) + self.offset()
     }
 
     /// Wall-clock now, for HTTP dates (`Date`, `Expires`, `Last-Modified`) and stored timestamps.
     pub fn wall(&self) -> SystemTime {
-        SystemTime::now() + self.offset()
+        self.0.stopped_at.map_or_else(SystemTime::now, |(_, at)| at) + self.offset()
     }
 
     /// Now, in milliseconds since the Unix epoch.
@@ -46,11 +62,11 @@ impl Clock {
 
     /// Moves time forward for everything that reads this clock or a clone of it.
     pub fn advance(&self, by: Duration) {
-        self.0.fetch_add(by.as_nanos() as u64, Ordering::Relaxed);
+        self.0.offset_nanos.fetch_add(by.as_nanos() as u64, Ordering::Relaxed);
     }
 
     fn offset(&self) -> Duration {
-        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+        Duration::from_nanos(self.0.offset_nanos.load(Ordering::Relaxed))
     }
 }
 
@@ -185,6 +201,16 @@ mod tests {
         assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), expected);
         assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994"), expected);
         assert_eq!(parse_http_date("yesterday"), None);
+    }
+
+    #[test]
+    fn a_stopped_clock_moves_only_when_advanced() {
+        let clock = Clock::stopped();
+        let (mono, wall) = (clock.now(), clock.wall());
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!((clock.now(), clock.wall()), (mono, wall));
+        clock.clone().advance(Duration::from_secs(20));
+        assert_eq!(clock.now() - mono, Duration::from_secs(20));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::io::{self, Read};
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
-use super::headers::{span, HeaderList};
+use super::headers::HeaderList;
 use super::{parse_content_length, tokens, ConnectionOptions, Framing};
 use crate::http::buffer::ReadBuf;
 
@@ -135,6 +135,20 @@ pub fn read_head_with_interim<R: Read>(
     }
 }
 
+/// Where the reason phrase of the status line at the start of `buf` lies: after the second space, to
+/// the line's end (empty when there is none). Found in the bytes themselves: the parser's own reason
+/// is a string that may not point into `buf` (an empty or non-UTF-8 phrase), and the phrase is relayed
+/// as the backend sent it (RFC 9112 section 4 allows obs-text there).
+fn reason_span(buf: &[u8]) -> Range<usize> {
+    let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    let line_end = if line_end > 0 && buf[line_end - 1] == b'\r' { line_end - 1 } else { line_end };
+    let line = &buf[..line_end];
+    match line.iter().enumerate().filter(|(_, &b)| b == b' ').nth(1) {
+        Some((space, _)) => space + 1..line_end,
+        None => line_end..line_end,
+    }
+}
+
 /// Parses the response head at the start of `buf`; `request_was_head` matters for framing.
 pub fn parse(buf: &[u8], request_was_head: bool) -> Result<Option<(Response, usize)>, ResponseError> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
@@ -150,6 +164,11 @@ pub fn parse(buf: &[u8], request_was_head: bool) -> Result<Option<(Response, usi
     let (Some(status), Some(version)) = (res.code, res.version) else {
         return Err(ResponseError::Malformed("incomplete status line".into()));
     };
+    // RFC 9110 section 15: a status code is three digits, 100 to 599 in use; `002` would be relayed
+    // as `2`, which no client reads.
+    if !(100..=599).contains(&status) {
+        return Err(ResponseError::Malformed(format!("status code {status} is not between 100 and 599")));
+    }
     let fields = HeaderList::parsed(buf, head_len, res.headers);
     let mut content_length = None;
     let mut transfer_encoding: Option<bool> = None;
@@ -170,10 +189,7 @@ pub fn parse(buf: &[u8], request_was_head: bool) -> Result<Option<(Response, usi
             connection.add(h.value);
         }
     }
-    let reason = match res.reason {
-        Some(r) => span(buf, r.as_bytes()),
-        None => 0..0,
-    };
+    let reason = reason_span(buf);
     let no_body = request_was_head || (100..200).contains(&status) || status == 204 || status == 304;
     let framing = if no_body {
         Framing::None
