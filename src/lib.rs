@@ -16,7 +16,7 @@ pub mod observe; // metrics, access log, process log
 pub mod proxy; // one request's way: admit, route, cache step, forward, relay, log
 pub mod runtime; // starts and stops everything `proxy` runs, as one
 pub mod server; // data-plane listener, workers, connections, parker, shutdown
-pub mod store; // management state in SQLite: users, credentials, lock-out, app logs
+pub mod store; // management state in SQLite or PostgreSQL: users, credentials, admins, lock-out, app logs
 pub mod tls; // HTTPS: PEM certificates, SNI store, rustls configs, ACME, the plain port's redirects
 pub mod upstream; // backends and pools, balancing, health checks, app routing table
 
