@@ -2,6 +2,7 @@
 //! grouped by the RFC 9111 section they exercise. Time is advanced on the proxy's clock; no test
 //! sleeps for expiry.
 
+#[macro_use]
 mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -43,7 +44,6 @@ fn x_cache(res: &Response) -> &str {
 
 // --- RFC 9111 section 3: storing responses -----------------------------------------------------
 
-#[test]
 fn section_3_what_is_stored() {
     // (response headers, request headers, stored?)
     let cases: &[(&str, &str, &str, bool)] = &[
@@ -79,7 +79,6 @@ fn section_3_what_is_stored() {
     }
 }
 
-#[test]
 fn section_3_only_get_is_stored_and_errors_need_explicit_freshness() {
     let backend = TestBackend::start(|req| {
         let status = if req.target == "/missing" {
@@ -104,7 +103,6 @@ fn section_3_only_get_is_stored_and_errors_need_explicit_freshness() {
     assert_eq!(backend.requests(), 5);
 }
 
-#[test]
 fn head_is_answered_from_a_stored_get_and_hits_carry_age() {
     let backend = scripted("Cache-Control: max-age=60\r\nAge: 7\r\n");
     let proxy = cache_proxy(&backend);
@@ -123,7 +121,6 @@ fn head_is_answered_from_a_stored_get_and_hits_carry_age() {
 
 // --- Section 4.1: Vary ---------------------------------------------------------------------------
 
-#[test]
 fn section_4_1_vary_keys_on_the_listed_request_fields() {
     let backend = TestBackend::start(|req| {
         let enc = req.header("accept-encoding").unwrap_or("none").to_string();
@@ -143,7 +140,6 @@ fn section_4_1_vary_keys_on_the_listed_request_fields() {
 
 // --- Section 4.2: freshness ----------------------------------------------------------------------
 
-#[test]
 fn section_4_2_freshness_from_max_age_expires_and_age() {
     let now = SystemTime::now();
     let expires = format!("Date: {}\r\nExpires: {}\r\n", http_date(now), http_date(now + Duration::from_secs(30)));
@@ -167,7 +163,6 @@ fn section_4_2_freshness_from_max_age_expires_and_age() {
     }
 }
 
-#[test]
 fn section_4_2_ttl_caps_every_lifetime() {
     let backend = scripted("Cache-Control: max-age=3600\r\n");
     let mut config = test_config(&[backend.addr]);
@@ -198,7 +193,6 @@ fn validating_backend(extra_on_304: &'static str) -> (TestBackend, Arc<Mutex<Vec
     (backend, seen)
 }
 
-#[test]
 fn section_4_3_stale_entries_are_revalidated_and_refreshed_by_304() {
     let (backend, seen) = validating_backend("X-Version: new\r\n");
     let proxy = cache_proxy(&backend);
@@ -213,7 +207,6 @@ fn section_4_3_stale_entries_are_revalidated_and_refreshed_by_304() {
     assert_eq!(backend.requests(), 2);
 }
 
-#[test]
 fn section_4_3_2_client_conditionals_get_304_from_fresh_entries() {
     let (backend, _) = validating_backend("");
     let proxy = cache_proxy(&backend);
@@ -228,7 +221,6 @@ fn section_4_3_2_client_conditionals_get_304_from_fresh_entries() {
 
 // --- Section 4.4: invalidation -------------------------------------------------------------------
 
-#[test]
 fn section_4_4_unsafe_requests_invalidate_the_url_and_its_locations() {
     let backend = TestBackend::start(|req| {
         if req.method == "POST" {
@@ -260,7 +252,6 @@ fn ok_cached(body: &str) -> Reply {
 
 // --- Section 5.2.1: request directives -----------------------------------------------------------
 
-#[test]
 fn section_5_2_1_request_directives_are_respected() {
     let (backend, seen) = validating_backend("");
     let proxy = cache_proxy(&backend);
@@ -278,7 +269,6 @@ fn section_5_2_1_request_directives_are_respected() {
 
 // --- Section 5.2.2: response directives ----------------------------------------------------------
 
-#[test]
 fn section_5_2_2_no_cache_responses_are_revalidated_before_each_reuse() {
     let seen = Arc::new(AtomicUsize::new(0));
     let count = seen.clone();
@@ -303,7 +293,6 @@ fn section_5_2_2_no_cache_responses_are_revalidated_before_each_reuse() {
 
 // --- RFC 5861: stale-while-revalidate and stale-if-error -----------------------------------------
 
-#[test]
 fn stale_while_revalidate_serves_stale_and_refreshes_once_in_the_background() {
     let backend = scripted("Cache-Control: max-age=10, stale-while-revalidate=60\r\nETag: \"s\"\r\n");
     let proxy = cache_proxy(&backend);
@@ -321,7 +310,6 @@ fn stale_while_revalidate_serves_stale_and_refreshes_once_in_the_background() {
     assert_eq!(backend.requests(), 2, "one refresh, however many stale answers");
 }
 
-#[test]
 fn a_background_refresh_retries_a_pooled_connection_the_backend_closed() {
     // Every answer promises keep-alive, then the backend hangs up: the connection pibl pooled after
     // the first fetch is dead when the refresh takes it.
@@ -348,7 +336,6 @@ fn a_background_refresh_retries_a_pooled_connection_the_backend_closed() {
     assert_eq!(backend.connections(), 2);
 }
 
-#[test]
 fn a_background_refresh_takes_a_dead_backend_out_of_rotation() {
     let backend = scripted("Cache-Control: max-age=10, stale-while-revalidate=60\r\n");
     let proxy = cache_proxy(&backend);
@@ -365,7 +352,6 @@ fn a_background_refresh_takes_a_dead_backend_out_of_rotation() {
     assert!(is_up(), "back in rotation once the cool-down has passed on the proxy's clock");
 }
 
-#[test]
 fn stale_if_error_covers_a_dead_or_failing_backend() {
     let failing = Arc::new(AtomicBool::new(false));
     let fail = failing.clone();
@@ -393,7 +379,6 @@ fn stale_if_error_covers_a_dead_or_failing_backend() {
     assert_eq!(get_with(&proxy, "/e", "").status, 502, "past the stale-if-error window");
 }
 
-#[test]
 fn must_revalidate_is_never_served_stale() {
     let backend =
         TestBackend::start(|_| ok_with("Cache-Control: max-age=10, must-revalidate, stale-if-error=300\r\n", "x"));
@@ -410,6 +395,7 @@ fn ok_with(headers: &str, body: &str) -> Reply {
 
 // --- Coalescing, memory bound, purge ---------------------------------------------------------------
 
+/// Threaded engine only: a loop does not yet park a miss until another request's answer arrives.
 #[test]
 fn fifty_concurrent_cold_requests_reach_the_backend_once() {
     let backend = TestBackend::start(|_| {
@@ -432,7 +418,6 @@ fn fifty_concurrent_cold_requests_reach_the_backend_once() {
     assert!(cache.stats.coalesced.load(Ordering::Relaxed) > 0);
 }
 
-#[test]
 fn memory_stays_bounded_and_recent_entries_still_hit() {
     let backend = TestBackend::start(|req| ok_with("Cache-Control: max-age=600\r\n", &req.target.repeat(1000)));
     let mut config = test_config(&[backend.addr]);
@@ -457,7 +442,6 @@ fn memory_stays_bounded_and_recent_entries_still_hit() {
     }
 }
 
-#[test]
 fn purge_removes_entries() {
     let backend = scripted("Cache-Control: max-age=60\r\n");
     let proxy = cache_proxy(&backend);
@@ -471,7 +455,6 @@ fn purge_removes_entries() {
     assert_eq!((cache.stats.entries(), cache.stats.bytes()), (0, 0));
 }
 
-#[test]
 fn ttl_zero_turns_the_cache_off() {
     let backend = scripted("Cache-Control: max-age=60\r\n");
     let mut config = test_config(&[backend.addr]);
@@ -511,7 +494,6 @@ fn the_management_api_purges_an_owners_urls_and_admins_purge_everything() {
     assert_eq!(x_cache(&fetch("/shop/item")), "MISS");
 }
 
-#[test]
 fn urls_that_answered_uncacheable_are_not_coalesced() {
     // Each request waits until three are at the backend together (or gives up after a while): only
     // uncoalesced requests can all be there at once.
@@ -544,3 +526,26 @@ fn urls_that_answered_uncacheable_are_not_coalesced() {
     }
     assert_eq!(most.load(Ordering::SeqCst), 3, "all three reached the backend together");
 }
+
+both_engines!(
+    section_3_what_is_stored,
+    section_3_only_get_is_stored_and_errors_need_explicit_freshness,
+    head_is_answered_from_a_stored_get_and_hits_carry_age,
+    section_4_1_vary_keys_on_the_listed_request_fields,
+    section_4_2_freshness_from_max_age_expires_and_age,
+    section_4_2_ttl_caps_every_lifetime,
+    section_4_3_stale_entries_are_revalidated_and_refreshed_by_304,
+    section_4_3_2_client_conditionals_get_304_from_fresh_entries,
+    section_4_4_unsafe_requests_invalidate_the_url_and_its_locations,
+    section_5_2_1_request_directives_are_respected,
+    section_5_2_2_no_cache_responses_are_revalidated_before_each_reuse,
+    stale_while_revalidate_serves_stale_and_refreshes_once_in_the_background,
+    a_background_refresh_retries_a_pooled_connection_the_backend_closed,
+    a_background_refresh_takes_a_dead_backend_out_of_rotation,
+    stale_if_error_covers_a_dead_or_failing_backend,
+    must_revalidate_is_never_served_stale,
+    memory_stays_bounded_and_recent_entries_still_hit,
+    purge_removes_entries,
+    ttl_zero_turns_the_cache_off,
+    urls_that_answered_uncacheable_are_not_coalesced,
+);

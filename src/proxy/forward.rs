@@ -196,7 +196,7 @@ pub fn send<'a>(ctx: &mut RequestCtx<'a>, revalidating: Option<&Entry>) -> Resul
 /// Writes the head sent to every backend for this request: hop-by-hop fields removed, `Host` kept,
 /// `X-Forwarded-*` and `Via` added, framing written by pibl. When revalidating a stored entry, its
 /// validators replace the client's own conditional fields.
-fn build_upstream_head(
+pub fn build_upstream_head(
     req: &Request,
     dispatch: &Dispatch<'_>,
     peer: SocketAddr,

@@ -98,7 +98,7 @@ pub fn relay(ctx: &mut RequestCtx<'_>, exchanged: Exchanged<'_>, plan: Option<&C
     }
 }
 
-fn write_response_head<W: Write>(
+pub fn write_response_head<W: Write>(
     dst: &mut WriteBatch<'_, W>,
     req: &Request,
     res: &Response,

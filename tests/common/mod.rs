@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pibl::config::{BackendAddr, Config};
+use pibl::config::{BackendAddr, Config, Engine};
 use pibl::Server;
 
 /// Longest any helper waits for anything; tests poll conditions instead of sleeping.
@@ -259,9 +259,46 @@ fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
     }
 }
 
-/// A config for tests: loopback, the given backends, small timeouts, no access log.
+thread_local! {
+    /// The engine `test_config` asks for on this test's thread (see [`both_engines!`]).
+    static ENGINE: std::cell::Cell<Engine> = const { std::cell::Cell::new(Engine::Threads) };
+}
+
+/// The engine `test_config` chooses on this thread.
+pub fn engine() -> Engine {
+    ENGINE.with(|e| e.get())
+}
+
+/// Runs `test` with `test_config` choosing `engine`.
+pub fn on_engine(engine: Engine, test: fn()) {
+    ENGINE.with(|e| e.set(engine));
+    test();
+}
+
+/// Runs each named test function once per engine, as `threads::NAME` and `loops::NAME`.
+#[allow(unused_macros)]
+macro_rules! both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod threads {
+            $(#[test]
+            fn $name() {
+                crate::common::on_engine(pibl::config::Engine::Threads, super::$name)
+            })*
+        }
+        mod loops {
+            $(#[test]
+            fn $name() {
+                crate::common::on_engine(pibl::config::Engine::Loops, super::$name)
+            })*
+        }
+    };
+}
+
+/// A config for tests: loopback, the given backends, small timeouts, no access log, and the
+/// engine of the running test (threads unless run through [`both_engines!`]).
 pub fn test_config(backends: &[SocketAddr]) -> Config {
     Config {
+        engine: ENGINE.with(|e| e.get()),
         bind: [127, 0, 0, 1].into(),
         port: 0,
         threads: 4,
