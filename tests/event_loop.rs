@@ -93,8 +93,6 @@ fn a_client_that_stops_reading_holds_back_the_backend() {
     assert!(rest[head_end..] == pattern(TOTAL)[..], "the body changed on the way");
 }
 
-both_engines!(a_client_that_stops_reading_holds_back_the_backend);
-
 /// A WebSocket echo server that also answers plain HTTP requests with `ok`; `die_after` closes
 /// each tunnel's socket without a close frame after that many echoes.
 struct WsBackend {
@@ -229,7 +227,7 @@ fn a_backend_dying_mid_tunnel_closes_the_client() {
         "{ended}"
     );
     wait_until("the tunnel is closed and counted", || metric(&proxy, "tunnels") == 1);
-    assert_eq!(proxy.stats().open_connections, 0);
+    wait_until("the client connection is released", || proxy.stats().open_connections == 0);
     assert_eq!(get(proxy.local_addr(), "/plain").status, 200);
 }
 
@@ -297,3 +295,103 @@ fn the_cache_answers_hits_without_the_backend() {
     }
     assert_eq!(backend.requests(), 1);
 }
+
+fn a_client_that_stops_reading_is_closed_after_client_timeout() {
+    let backend = TestBackend::start(|_| {
+        Reply::With(Box::new(|stream: &mut TcpStream| {
+            let body = pattern(16 << 20);
+            let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+            let _ = stream.write_all(&body);
+        }))
+    });
+    let mut config = test_config(&[backend.addr]);
+    config.client_timeout = Duration::from_millis(500);
+    let proxy = start_proxy(config);
+    let mut client = TcpStream::connect(proxy.local_addr()).unwrap();
+    client.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut first = [0u8; 12];
+    client.read_exact(&mut first).unwrap();
+    // Never reads again: the connection is given up, not held (or buffered) forever.
+    wait_until("the stalled client is closed", || proxy.stats().open_connections == 0);
+    assert_eq!(get(proxy.local_addr(), "/small").status, 200);
+}
+
+/// A backend that reads the request head, then nothing more, and never answers.
+fn deaf_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = [0u8; 1024];
+            let _ = stream.read(&mut head);
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+/// Loop engine only: the threaded engine reports its blocked write as 502.
+#[test]
+fn a_backend_that_stops_reading_mid_upload_gives_504() {
+    let mut config = loops_config(&[deaf_backend()]);
+    config.backend_timeout = Duration::from_millis(500);
+    let proxy = start_proxy(config);
+    let mut client = TcpStream::connect(proxy.local_addr()).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    const BODY: usize = 8 << 20;
+    client.write_all(format!("PUT /up HTTP/1.1\r\nHost: t\r\nContent-Length: {BODY}\r\n\r\n").as_bytes()).unwrap();
+    let mut writer = client.try_clone().unwrap();
+    // Uploads until pibl stops taking bytes, and on once it discards them after answering.
+    let uploader = thread::spawn(move || {
+        let body = pattern(BODY);
+        let _ = writer.write_all(&body);
+    });
+    let mut reader = Client::from_stream(client);
+    let res = reader.read_response(false).expect("an answer, not a reset");
+    assert_eq!(res.status, 504, "{}", res.text());
+    assert_eq!(res.header("connection"), Some("close"));
+    drop(reader);
+    uploader.join().unwrap();
+    wait_until("the connection is released", || proxy.stats().open_connections == 0);
+}
+
+fn connections_opened_and_dropped_at_random_harm_nobody() {
+    let backend = TestBackend::start(|_| {
+        Reply::Raw(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n".iter().copied().chain(pattern(100_000)).collect(),
+        )
+    });
+    let proxy = start_proxy(test_config(&[backend.addr]));
+    let addr = proxy.local_addr();
+    let mut state = 0x2545_f491_u32;
+    for i in 0..2000 {
+        // xorshift: a fixed, reproducible mix of ways to go away.
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let mut stream = TcpStream::connect(addr).unwrap();
+        let _ = match state % 5 {
+            0 => Ok(()),
+            1 => stream.write_all(b"GET / HT"),
+            2 => stream.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"),
+            3 => stream.write_all(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\nhalf"),
+            _ => stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                .and_then(|()| stream.read(&mut [0u8; 100]).map(drop)),
+        };
+        drop(stream);
+        if i % 250 == 0 {
+            assert_eq!(get(addr, "/").status, 200);
+        }
+    }
+    assert_eq!(get(addr, "/").status, 200);
+    wait_until("every dropped connection is released", || proxy.stats().open_connections == 0);
+}
+
+both_engines!(
+    a_client_that_stops_reading_holds_back_the_backend,
+    a_client_that_stops_reading_is_closed_after_client_timeout,
+    connections_opened_and_dropped_at_random_harm_nobody,
+);

@@ -2,6 +2,7 @@
 //! (registration open, games behind an auth sub-request, balanced), balancing policies, rate limits,
 //! deny/allow lists, per-IP connection caps, and SIGHUP reload under load.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashMap;
@@ -146,7 +147,6 @@ fn auth_cache_reuses_positive_answers_per_credential() {
     assert_eq!(get_as(&proxy, "/games/a", None).status, 401, "other credentials are asked again");
 }
 
-#[test]
 fn strip_prefix_and_longest_prefix() {
     let api = TestBackend::start(|req| ok(&format!("api saw {}", req.target)));
     let v2 = TestBackend::start(|req| ok(&format!("v2 saw {}", req.target)));
@@ -180,7 +180,6 @@ fn spread(balance: &str, n: usize, client_ip: Option<&str>) -> HashMap<String, u
     counts
 }
 
-#[test]
 fn each_balance_policy_spreads_as_it_promises() {
     let rr = spread("round_robin", 30, None);
     assert_eq!((rr["a"], rr["b"], rr["c"]), (10, 10, 10));
@@ -195,7 +194,6 @@ fn each_balance_policy_spreads_as_it_promises() {
     }
 }
 
-#[test]
 fn least_conn_avoids_the_busy_server() {
     let release = Arc::new(AtomicBool::new(false));
     let hold = release.clone();
@@ -219,7 +217,6 @@ fn least_conn_avoids_the_busy_server() {
     assert_eq!(blocked.join().unwrap().text(), "slow");
 }
 
-#[test]
 fn rate_limits_answer_429_and_recover() {
     let backend = TestBackend::named("ok");
     let ini = format!(
@@ -247,7 +244,6 @@ fn rate_limits_answer_429_and_recover() {
     assert_eq!(backend.requests(), 5);
 }
 
-#[test]
 fn deny_and_allow_lists_with_trusted_proxies() {
     let backend = TestBackend::named("ok");
     let cases = [
@@ -271,7 +267,6 @@ fn deny_and_allow_lists_with_trusted_proxies() {
     }
 }
 
-#[test]
 fn max_conn_per_ip_caps_concurrent_connections() {
     let backend = TestBackend::named("ok");
     let proxy = start_proxy(gateway_config(&format!("ip_server1 = {}\nmax_conn_per_ip = 2\n", backend.addr)));
@@ -346,7 +341,6 @@ fn sighup_swaps_routes_under_load_without_a_failed_request() {
     assert_eq!(failures.load(Ordering::SeqCst), 0, "no request failed across two reloads");
 }
 
-#[test]
 fn jwt_routes_accept_pibl_tokens_and_refuse_the_rest() {
     let secure = TestBackend::start(|req| ok(&format!("hello {}", req.header("x-auth-user").unwrap_or("?"))));
     let db = TempDb::new("jwt-route");
@@ -380,7 +374,6 @@ fn jwt_routes_accept_pibl_tokens_and_refuse_the_rest() {
     assert_eq!(secure.requests(), 2, "only the two valid requests reached the backend");
 }
 
-#[test]
 fn route_servers_are_health_checked_on_the_routes_health_path() {
     let healthy = Arc::new(AtomicBool::new(true));
     let flag = healthy.clone();
@@ -408,3 +401,14 @@ fn route_servers_are_health_checked_on_the_routes_health_path() {
     healthy.store(true, Ordering::SeqCst);
     wait_until("it comes back", || served().contains(&"flaky".to_string()));
 }
+
+both_engines!(
+    strip_prefix_and_longest_prefix,
+    each_balance_policy_spreads_as_it_promises,
+    least_conn_avoids_the_busy_server,
+    rate_limits_answer_429_and_recover,
+    deny_and_allow_lists_with_trusted_proxies,
+    max_conn_per_ip_caps_concurrent_connections,
+    jwt_routes_accept_pibl_tokens_and_refuse_the_rest,
+    route_servers_are_health_checked_on_the_routes_health_path,
+);

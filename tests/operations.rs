@@ -1,6 +1,7 @@
 //! Running pibl in production: `proxy --check-config`, the access log formats written to a file, and
 //! reopening that file on SIGUSR1 after logrotate moved it, all with the real binaries.
 
+#[macro_use]
 mod common;
 
 use std::fs;
@@ -126,7 +127,6 @@ fn parser_sets_database_and_access_log_file() {
     );
 }
 
-#[test]
 fn combined_and_json_lines_record_bytes_referer_and_user_agent() {
     let dir = TempDir::new("formats");
     let backend = TestBackend::start(|req| {
@@ -261,3 +261,5 @@ fn sigusr1_without_a_log_file_does_not_kill_the_proxy() {
     assert_eq!(res.status, 200);
     assert!(proxy.child.try_wait().expect("poll the proxy").is_none());
 }
+
+both_engines!(combined_and_json_lines_record_bytes_referer_and_user_agent,);

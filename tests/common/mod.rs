@@ -342,6 +342,11 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client on a connection the test opened itself.
+    pub fn from_stream(stream: TcpStream) -> Client {
+        Client { stream, buf: Vec::new() }
+    }
+
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).expect("connect to proxy");
         stream.set_read_timeout(Some(WAIT)).unwrap();

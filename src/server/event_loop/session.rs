@@ -41,10 +41,9 @@ use crate::server::event_loop::tunnel::{Pipe, Tunnel};
 use crate::server::shared::Shared;
 
 /// Longest time an error answer's connection is kept to discard what the client still sends, so
-/// it reads the answer instead of a reset (nginx's `lingering_time`).
+/// it reads the answer instead of a reset (nginx's `lingering_time`). Discarding costs a read and
+/// no memory, so time is the only bound.
 const LINGER_TIME: Duration = Duration::from_secs(5);
-/// Most bytes discarded while lingering.
-const LINGER_BYTES: u64 = 1 << 20;
 
 /// Whether the session stays open after a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +62,6 @@ enum State {
     Lingering {
         until: Instant,
         shut: bool,
-        discarded: u64,
     },
     /// The last answer is being written; then the connection closes.
     Closing,
@@ -182,16 +180,6 @@ impl Session {
 
     /// The session is being closed (by either side, a deadline, shutdown or a panic): records what
     /// it was doing.
-    pub fn state_name(&self) -> &'static str {
-        match &self.state {
-            State::ReadingHead => "head",
-            State::Exchange(_) => "exchange",
-            State::Tunnel(_) => "tunnel",
-            State::Lingering { .. } => "linger",
-            State::Closing => "closing",
-        }
-    }
-
     pub fn on_close(&mut self, env: &Env<'_>) {
         match &mut self.state {
             State::Exchange(ex) => ex.record(env),
@@ -255,7 +243,7 @@ impl Session {
     }
 
     fn linger_after_answer(&mut self, now: Instant) {
-        self.state = State::Lingering { until: now + LINGER_TIME, shut: false, discarded: 0 };
+        self.state = State::Lingering { until: now + LINGER_TIME, shut: false };
     }
 
     /// Writes the last answer, half-closes, and discards input until the client closes.
@@ -264,7 +252,7 @@ impl Session {
         if !self.client.cout.is_empty() {
             return Ok(wrote);
         }
-        let State::Lingering { shut, discarded, .. } = &mut self.state else { return Err(()) };
+        let State::Lingering { shut, .. } = &mut self.state else { return Err(()) };
         if !*shut {
             *shut = true;
             self.client.stream.shutdown(Shutdown::Write).map_err(drop)?;
@@ -273,12 +261,7 @@ impl Session {
         loop {
             match self.client.stream.read(&mut sink) {
                 Ok(0) => return Err(()),
-                Ok(n) => {
-                    *discarded += n as u64;
-                    if *discarded > LINGER_BYTES {
-                        return Err(());
-                    }
-                }
+                Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
                 Err(_) => return Err(()),
