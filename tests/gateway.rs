@@ -280,7 +280,6 @@ fn max_conn_per_ip_caps_concurrent_connections() {
     wait_until("a slot frees up", || get(proxy.local_addr(), "/").status == 200);
 }
 
-#[test]
 fn sighup_swaps_routes_under_load_without_a_failed_request() {
     let old = TestBackend::named("old");
     let new = TestBackend::named("new");
@@ -403,6 +402,7 @@ fn route_servers_are_health_checked_on_the_routes_health_path() {
 }
 
 both_engines!(
+    sighup_swaps_routes_under_load_without_a_failed_request,
     strip_prefix_and_longest_prefix,
     each_balance_policy_spreads_as_it_promises,
     least_conn_avoids_the_busy_server,

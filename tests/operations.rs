@@ -184,7 +184,6 @@ fn combined_and_json_lines_record_bytes_referer_and_user_agent() {
     assert!(line.ends_with(",\"backend\":null,\"user_agent\":\"\\\"quoted\\\" é\",\"referer\":null}"), "{line}");
 }
 
-#[test]
 fn access_log_file_is_reopened_on_sigusr1() {
     let dir = TempDir::new("rotate");
     let backend = TestBackend::named("b1");
@@ -250,7 +249,6 @@ fn access_log_file_is_reopened_on_sigusr1() {
     assert_eq!(backend.requests(), 5);
 }
 
-#[test]
 fn sigusr1_without_a_log_file_does_not_kill_the_proxy() {
     let dir = TempDir::new("usr1");
     let backend = TestBackend::named("b1");
@@ -262,4 +260,8 @@ fn sigusr1_without_a_log_file_does_not_kill_the_proxy() {
     assert!(proxy.child.try_wait().expect("poll the proxy").is_none());
 }
 
-both_engines!(combined_and_json_lines_record_bytes_referer_and_user_agent,);
+both_engines!(
+    combined_and_json_lines_record_bytes_referer_and_user_agent,
+    access_log_file_is_reopened_on_sigusr1,
+    sigusr1_without_a_log_file_does_not_kill_the_proxy,
+);

@@ -493,7 +493,8 @@ pub struct ProxyProcess {
 }
 
 impl ProxyProcess {
-    /// Writes a config for `backend` with `extra` keys and starts the proxy. The port is found free and
+    /// Writes a config for `backend` with `extra` keys (and the running test's engine) and starts
+    /// the proxy. The port is found free and
     /// then released, so another process may take it first: then the proxy exits and we try another.
     pub fn start(dir: &TempDir, backend: SocketAddr, extra: &str) -> ProxyProcess {
         for _ in 0..5 {
@@ -503,8 +504,9 @@ impl ProxyProcess {
                 "parser.ini",
                 &format!(
                     "[DEFAULT]\nbind = 127.0.0.1\nport = {port}\napi_port = {api_port}\ndatabase = {}\nthreads = 2\n\
-                     ip_server1 = {backend}\nshutdown_grace = 2\nlog_level = info\n{extra}",
-                    dir.0.join("pibl.db").display()
+                     engine = {}\nip_server1 = {backend}\nshutdown_grace = 2\nlog_level = info\n{extra}",
+                    dir.0.join("pibl.db").display(),
+                    engine().name()
                 ),
             );
             let stderr = fs::File::create(dir.0.join("proxy.stderr")).expect("create stderr file");
