@@ -390,7 +390,33 @@ fn connections_opened_and_dropped_at_random_harm_nobody() {
     wait_until("every dropped connection is released", || proxy.stats().open_connections == 0);
 }
 
+fn idle_keep_alive_connections_close_after_keepalive_timeout() {
+    let backend = TestBackend::named("b");
+    let mut config = test_config(&[backend.addr]);
+    config.keepalive_timeout = Duration::from_millis(300);
+    let proxy = start_proxy(config);
+    let mut client = Client::connect(proxy.local_addr());
+    assert_eq!(client.get("/").status, 200);
+    wait_until("the idle connection is closed", || proxy.stats().open_connections == 0);
+    assert!(client.is_closed());
+}
+
+#[test]
+fn an_idle_tunnel_closes_after_tunnel_timeout() {
+    let backend = WsBackend::start(None);
+    let mut config = loops_config(&[backend.addr]);
+    config.tunnel_timeout = Duration::from_millis(300);
+    let proxy = start_proxy(config);
+    let mut ws = ws_connect(proxy.local_addr());
+    ws.send(Message::text("ping")).unwrap();
+    assert_eq!(ws.read().unwrap().to_text().unwrap(), "ping");
+    wait_until("the idle tunnel is closed", || proxy.stats().open_connections == 0);
+    assert!(ws.read().is_err(), "the client sees the tunnel end");
+    assert_eq!(metric(&proxy, "tunnels"), 1);
+}
+
 both_engines!(
+    idle_keep_alive_connections_close_after_keepalive_timeout,
     a_client_that_stops_reading_holds_back_the_backend,
     a_client_that_stops_reading_is_closed_after_client_timeout,
     connections_opened_and_dropped_at_random_harm_nobody,
