@@ -1,7 +1,7 @@
 //! What the event-loop engine (`engine = loops`) adds or must hold on its own: back-pressure toward a
 //! client that stops reading, WebSocket tunnels against a real WebSocket server (echo, close
 //! handshake, a backend dying mid-tunnel, a thousand at once on two loops while plain requests are
-//! served), and configurations it refuses at start-up.
+//! served), timeouts, and connections dropped in every state.
 
 #[macro_use]
 mod common;
@@ -268,17 +268,6 @@ fn the_threaded_engine_does_not_switch_protocols() {
     // The Upgrade request field is hop-by-hop and dropped: the backend answers as plain HTTP.
     let refused = tungstenite::client(format!("ws://{}/ws", proxy.local_addr()), stream);
     assert!(refused.is_err());
-}
-
-#[test]
-fn configurations_the_loops_cannot_serve_yet_are_refused_at_start_up() {
-    let ini = "[DEFAULT]\nengine = loops\nip_server1 = 127.0.0.1:9\n\
-               [route.games]\nprefix = /games\nservers = 127.0.0.1:9\nauth = request\nauth_url = http://127.0.0.1:9/auth\n";
-    let config = Config::from_ini_str(ini, "test.ini").expect("a valid file");
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let refused = Server::start_on(listener, config).err().expect("refused");
-    let message = refused.to_string();
-    assert!(message.contains("auth = request") && message.contains("route.games"), "{message}");
 }
 
 #[test]

@@ -64,7 +64,6 @@ fn get_as(proxy: &Server, path: &str, auth: Option<&str>) -> Response {
     request(proxy.local_addr(), format!("GET {path} HTTP/1.1\r\nHost: wordle\r\n{auth}\r\n").as_bytes())
 }
 
-#[test]
 fn the_seed_scenario_users_open_games_authenticated_and_balanced() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let users = users_service(log.clone());
@@ -130,7 +129,6 @@ fn the_seed_scenario_users_open_games_authenticated_and_balanced() {
     assert_eq!(get_as(&proxy, "/games/1", Some(ALICE)).status, 503);
 }
 
-#[test]
 fn auth_cache_reuses_positive_answers_per_credential() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let users = users_service(log.clone());
@@ -402,6 +400,8 @@ fn route_servers_are_health_checked_on_the_routes_health_path() {
 }
 
 both_engines!(
+    auth_cache_reuses_positive_answers_per_credential,
+    the_seed_scenario_users_open_games_authenticated_and_balanced,
     sighup_swaps_routes_under_load_without_a_failed_request,
     strip_prefix_and_longest_prefix,
     each_balance_policy_spreads_as_it_promises,

@@ -72,8 +72,8 @@ pub(super) const LAYOUT: &[Entry] = &[
     Entry::Key(KeySpec {
         name: "engine",
         help: "How connections are served: threads = blocking worker threads (the default);\n\
-               loops = one event loop per thread owning its client and backend sockets (WebSockets;\n\
-               not yet with auth = request routes).",
+               loops = one event loop per thread owning its client and backend sockets\n\
+               (and WebSocket/Upgrade tunnels, which threads does not relay).",
         apply: |c, v| parse_engine(v).map(|x| c.engine = x),
         render: |c| c.engine.name().to_string(),
     }),

@@ -83,11 +83,6 @@ impl Server {
         clock: Clock,
     ) -> io::Result<Server> {
         let local_addr = listener.local_addr()?;
-        if config.engine == Engine::Loops {
-            if let Some(why) = event_loop::unsupported(&config) {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
-            }
-        }
         let limits = Limits {
             max_head_bytes: config.max_header_bytes,
             max_headers: config.max_headers,
@@ -211,12 +206,6 @@ impl Server {
     /// keep their old values, and the differences are logged.
     pub fn reload(&self, config: &Config) {
         let old = &self.shared.config;
-        if old.engine == Engine::Loops {
-            if let Some(why) = event_loop::unsupported(config) {
-                log::error!("reload refused, the old configuration stays: {why}");
-                return;
-            }
-        }
         let fixed = [
             ("engine", old.engine != config.engine),
             ("bind/port", (old.bind, old.port) != (config.bind, config.port)),

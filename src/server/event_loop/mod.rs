@@ -14,9 +14,10 @@
 //! Nothing here blocks: sockets are non-blocking, locks are only taken for counters, and the SQLite
 //! writer, the cache refresher and the health checker are other threads. A panic while serving
 //! one session is caught: that connection gets a 500 if nothing was answered yet and is closed, and
-//! the loop goes on. Features a loop cannot serve yet are refused at start-up ([`unsupported`]).
+//! the loop goes on.
 
 pub mod answers;
+pub mod auth;
 pub mod client;
 pub mod env;
 pub mod exchange;
@@ -37,7 +38,6 @@ use crossbeam_channel::Receiver;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Waker};
 
-use crate::config::{Config, RouteAuth};
 use crate::observe::metrics::{unix_secs, DEFAULT_ROUTE};
 use crate::server::shared::Shared;
 use env::{client_token, slot_of, Env, LISTENER, WAKER};
@@ -52,16 +52,6 @@ const EVENTS: usize = 1024;
 const ACCEPT_RETRY: Duration = Duration::from_millis(20);
 /// How often idle pooled backend connections are aged out.
 const POOL_PURGE: Duration = Duration::from_secs(1);
-
-/// Why a configuration cannot run on the loop engine yet, naming the feature; `None` when it can.
-pub fn unsupported(config: &Config) -> Option<String> {
-    config.routes.iter().find(|r| matches!(r.auth, RouteAuth::Request(_))).map(|route| {
-        format!(
-            "engine = loops does not support auth = request yet (route.{}); use engine = threads for this configuration",
-            route.name
-        )
-    })
-}
 
 /// The running loops of one server.
 pub struct Loops {

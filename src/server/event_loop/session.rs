@@ -24,6 +24,7 @@ use mio::net::TcpStream;
 use crate::cache::policy::Usability;
 use crate::cache::{Cache, Entry};
 use crate::config::RouteAuth;
+use crate::gateway::auth_request::AuthDecision;
 use crate::gateway::Refusal;
 use crate::http::request::{self, Request};
 use crate::observe::metrics::Rejection;
@@ -34,6 +35,7 @@ use crate::proxy::error::ForwardError;
 use crate::proxy::forward::build_upstream_head;
 use crate::server::conn::{ConnSlot, IpSlot};
 use crate::server::event_loop::answers::{entry_answer, error_answer, finish, Record};
+use crate::server::event_loop::auth::{AuthProbe, Probe};
 use crate::server::event_loop::client::{Client, Got};
 use crate::server::event_loop::env::Env;
 use crate::server::event_loop::exchange::{Advance, CacheParts, Exchange};
@@ -55,6 +57,8 @@ pub enum Verdict {
 enum State {
     /// Waiting for (the rest of) a request head, or idle between requests.
     ReadingHead,
+    /// Waiting for the route's auth server (`auth = request`).
+    Authorizing(Box<AuthProbe>),
     Exchange(Box<Exchange>),
     Tunnel(Box<Tunnel>),
     /// An answer that closes the connection is being written; then input is discarded until the
@@ -111,6 +115,7 @@ impl Session {
     pub fn can_answer(&self) -> bool {
         match &self.state {
             State::ReadingHead => self.client.cout.is_empty(),
+            State::Authorizing(_) => true,
             State::Exchange(ex) => !ex.answer_started,
             State::Tunnel(_) | State::Lingering { .. } | State::Closing => false,
         }
@@ -121,6 +126,13 @@ impl Session {
         loop {
             let step = match &mut self.state {
                 State::ReadingHead => self.read_head(env),
+                State::Authorizing(probe) => match probe.advance() {
+                    Probe::Waiting => Ok(false),
+                    Probe::Decided(decision) => {
+                        self.authorized(decision, env);
+                        Ok(true)
+                    }
+                },
                 State::Exchange(_) => self.exchange(env),
                 State::Tunnel(tunnel) => match tunnel.advance(&mut self.client, env) {
                     Pipe::Progress => Ok(true),
@@ -151,6 +163,7 @@ impl Session {
                 Some(start) => start + config.header_timeout,
                 None => self.idle_since + config.keepalive_timeout,
             },
+            State::Authorizing(probe) => probe.deadline(env),
             State::Exchange(ex) => ex.deadline(&self.client, env),
             State::Tunnel(tunnel) => tunnel.deadline(config.tunnel_timeout),
             State::Lingering { until, .. } => *until,
@@ -168,6 +181,11 @@ impl Session {
                 self.drive(env)
             }
             State::ReadingHead | State::Tunnel(_) | State::Lingering { .. } | State::Closing => Verdict::Close,
+            State::Authorizing(_) => {
+                let wait = env.shared.config.connect_timeout + env.shared.config.backend_timeout;
+                self.authorized(AuthDecision::Unavailable(format!("auth server did not answer within {wait:?}")), env);
+                self.drive(env)
+            }
             State::Exchange(ex) => {
                 let advance = ex.timed_out(&mut self.client, env);
                 match self.after_exchange(advance, env) {
@@ -183,6 +201,7 @@ impl Session {
     pub fn on_close(&mut self, env: &Env<'_>) {
         match &mut self.state {
             State::Exchange(ex) => ex.record(env),
+            State::Authorizing(probe) => finish(env.shared, &probe.rec, &probe.req, 499, 0, None),
             State::Tunnel(tunnel) => tunnel.record(env),
             State::ReadingHead | State::Lingering { .. } | State::Closing => {}
         }
@@ -337,25 +356,69 @@ impl Session {
             app: None,
             rejection: None,
         };
-        let may_keep = req.keep_alive && !shared.is_shutting_down();
-        if route.as_ref().is_some_and(|r| matches!(r.config.auth, RouteAuth::Request(_))) {
-            // Refused at start-up and reload; kept here so a route can never skip its check.
-            let error = "auth = request routes are not served by engine = loops";
-            return self.answer_now(env, &req, &rec, 503, error, b"", false);
-        }
-        let dispatch = match admit::admit(shared, &gateway, route.as_ref(), client_ip, &req) {
-            Ok(dispatch) => dispatch,
-            Err(refusal) => {
-                rec.rejection = Rejection::of(&refusal);
-                // A refused request's body was never read, so its connection cannot carry another.
-                let keep = refusal != Refusal::Forbidden && may_keep && !req.framing.has_body();
-                let error = ForwardError::Refused(refusal);
-                log::info!("{} {} {}: {error}", self.client.peer, req.method(), req.target());
-                let fields = error.answer_fields();
-                return self.answer_now(env, &req, &rec, error.status(), &error.to_string(), &fields, keep);
-            }
+        let dispatch = match admit::admit_before_auth_request(shared, &gateway, route.as_ref(), client_ip, &req) {
+            Ok(dispatch) => owned(dispatch),
+            Err(refusal) => return self.refuse(env, &req, &mut rec, refusal),
         };
         rec.app = dispatch.upstream.app().cloned();
+        let asks = route.filter(|r| matches!(r.config.auth, RouteAuth::Request(_)) && r.auth.is_some());
+        let Some(route) = asks else { return self.proceed(req, rec, dispatch, env) };
+        let cached = route.auth.as_ref().and_then(|checker| checker.cached(&req, shared.clock.now()));
+        if let Some(decision) = cached {
+            return self.apply_decision(req, rec, dispatch, decision, env);
+        }
+        match AuthProbe::start(req, rec, route, dispatch, self.slot, env) {
+            Ok(probe) => self.state = State::Authorizing(Box::new(probe)),
+            Err((parts, decision)) => {
+                let (req, rec, dispatch) = *parts;
+                self.apply_decision(req, rec, dispatch, decision, env)
+            }
+        }
+    }
+
+    /// The auth server decided (or could not be asked): go on with the request, or refuse it.
+    fn authorized(&mut self, decision: AuthDecision, env: &mut Env<'_>) {
+        let State::Authorizing(probe) = std::mem::replace(&mut self.state, State::ReadingHead) else { return };
+        let AuthProbe { req, rec, route, dispatch, .. } = *probe;
+        if let Some(checker) = route.auth.as_ref() {
+            checker.remember(&req, &decision, env.shared.clock.now());
+        }
+        self.apply_decision(req, rec, dispatch, decision, env)
+    }
+
+    fn apply_decision(
+        &mut self,
+        req: Request,
+        mut rec: Record,
+        mut dispatch: Dispatch<'static>,
+        decision: AuthDecision,
+        env: &mut Env<'_>,
+    ) {
+        match admit::auth_outcome(&req, decision) {
+            Ok(user) => {
+                dispatch.auth_user = user;
+                self.proceed(req, rec, dispatch, env)
+            }
+            Err(refusal) => self.refuse(env, &req, &mut rec, refusal),
+        }
+    }
+
+    /// Answers a request the gateway refused.
+    fn refuse(&mut self, env: &Env<'_>, req: &Request, rec: &mut Record, refusal: Refusal) {
+        let may_keep = req.keep_alive && !env.shared.is_shutting_down();
+        rec.rejection = Rejection::of(&refusal);
+        // A refused request's body was never read, so its connection cannot carry another.
+        let keep = refusal != Refusal::Forbidden && may_keep && !req.framing.has_body();
+        let error = ForwardError::Refused(refusal);
+        log::info!("{} {} {}: {error}", self.client.peer, req.method(), req.target());
+        let fields = error.answer_fields();
+        self.answer_now(env, req, rec, error.status(), &error.to_string(), &fields, keep);
+    }
+
+    /// An admitted request: answered from the cache, or forwarded.
+    fn proceed(&mut self, req: Request, rec: Record, dispatch: Dispatch<'static>, env: &mut Env<'_>) {
+        let shared = env.shared;
+        let may_keep = req.keep_alive && !shared.is_shutting_down();
 
         let mut cache_parts = None;
         if let Some(cache) = shared.cache.as_deref().filter(|_| matches!(req.method(), "GET" | "HEAD")) {
@@ -419,6 +482,12 @@ impl Session {
             self.request_done(keep, env.now);
         }
     }
+}
+
+/// The dispatch decision with its own copy of the target, so the request can move on without it.
+fn owned(dispatch: Dispatch<'_>) -> Dispatch<'static> {
+    let Dispatch { upstream, target, client, auth_user } = dispatch;
+    Dispatch { upstream, target: Cow::Owned(target.into_owned()), client, auth_user }
 }
 
 /// A request that asks to switch protocols (`Connection: upgrade` and an `Upgrade` field).
