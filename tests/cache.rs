@@ -395,8 +395,6 @@ fn ok_with(headers: &str, body: &str) -> Reply {
 
 // --- Coalescing, memory bound, purge ---------------------------------------------------------------
 
-/// Threaded engine only: a loop does not yet park a miss until another request's answer arrives.
-#[test]
 fn fifty_concurrent_cold_requests_reach_the_backend_once() {
     let backend = TestBackend::start(|_| {
         thread::sleep(Duration::from_millis(300));
@@ -528,6 +526,7 @@ fn urls_that_answered_uncacheable_are_not_coalesced() {
 }
 
 both_engines!(
+    fifty_concurrent_cold_requests_reach_the_backend_once,
     section_3_what_is_stored,
     section_3_only_get_is_stored_and_errors_need_explicit_freshness,
     head_is_answered_from_a_stored_get_and_hits_carry_age,

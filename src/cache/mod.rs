@@ -11,4 +11,4 @@ pub mod policy;
 mod shards;
 
 pub use entry::{response_facts, vary_names, Entry, VaryValues};
-pub use shards::{Cache, Flight, FlightGuard, Join, Limits, Stats, PASS_TIME};
+pub use shards::{Cache, Flight, FlightGuard, Join, Limits, Notify, OwnedFlightGuard, Stats, PASS_TIME};

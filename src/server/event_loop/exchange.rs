@@ -21,7 +21,7 @@ use mio::net::TcpStream;
 use mio::Interest;
 
 use crate::cache::policy::RequestDirectives;
-use crate::cache::{Cache, Entry};
+use crate::cache::{Cache, Entry, OwnedFlightGuard};
 use crate::http::body::{BodyError, Encoding};
 use crate::http::buffer::{ReadBuf, WriteBatch};
 use crate::http::framing::{encode_end, encode_piece, Decoder};
@@ -168,6 +168,8 @@ pub struct Exchange {
     recorded: bool,
     /// The response body has been read in full (and the backend connection pooled or closed).
     complete: bool,
+    /// Held while this request fetches its URL for others waiting on it; dropped with the exchange.
+    pub leader: Option<OwnedFlightGuard>,
 }
 
 impl Exchange {
@@ -217,6 +219,7 @@ impl Exchange {
             by: None,
             recorded: false,
             complete: false,
+            leader: None,
         })
     }
 

@@ -40,7 +40,7 @@ use mio::{Events, Interest, Poll, Waker};
 
 use crate::observe::metrics::{unix_secs, DEFAULT_ROUTE};
 use crate::server::shared::Shared;
-use env::{client_token, slot_of, Env, LISTENER, WAKER};
+use env::{client_token, slot_of, Env, Inbox, LISTENER, WAKER};
 use session::{Session, Verdict};
 use timers::{Owner, Timers};
 use upstream_pool::UpstreamPool;
@@ -72,8 +72,9 @@ impl Loops {
             let mut own = TcpListener::from_std(listener.try_clone()?);
             poll.registry().register(&mut own, LISTENER, Interest::READABLE)?;
             let (shared, done_tx) = (Arc::clone(shared), done_tx.clone());
+            let inbox = Arc::new(Inbox::new(Arc::clone(&waker)));
             let handle = thread::Builder::new().name(format!("pibl-loop-{i}")).spawn(move || {
-                EventLoop::new(poll, own, shared).run();
+                EventLoop::new(poll, own, shared, inbox).run();
                 let _ = done_tx.send(());
             })?;
             loops.wakers.push(waker);
@@ -135,10 +136,11 @@ struct EventLoop {
     pool: UpstreamPool,
     accept_paused: bool,
     last_purge: Instant,
+    inbox: Arc<Inbox>,
 }
 
 impl EventLoop {
-    fn new(poll: Poll, listener: TcpListener, shared: Arc<Shared>) -> EventLoop {
+    fn new(poll: Poll, listener: TcpListener, shared: Arc<Shared>, inbox: Arc<Inbox>) -> EventLoop {
         EventLoop {
             poll,
             listener: Some(listener),
@@ -151,6 +153,7 @@ impl EventLoop {
             pool: UpstreamPool::default(),
             accept_paused: false,
             last_purge: Instant::now(),
+            inbox,
         }
     }
 
@@ -181,7 +184,14 @@ impl EventLoop {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(),
-                    WAKER => {}
+                    WAKER => {
+                        for owner in self.inbox.take() {
+                            let current = self.sessions.get(owner.slot).and_then(Option::as_ref);
+                            if current.is_some_and(|e| e.generation == owner.generation) {
+                                self.serve(owner.slot, None);
+                            }
+                        }
+                    }
                     token => self.serve(slot_of(token), None),
                 }
             }
@@ -260,8 +270,9 @@ impl EventLoop {
                 continue;
             }
             let now = Instant::now();
-            let session = Session::new(stream, peer, slot, self.shared.conns.acquire(), ip_slot, now);
             self.generation += 1;
+            let owner = Owner { slot, generation: self.generation };
+            let session = Session::new(stream, peer, owner, self.shared.conns.acquire(), ip_slot, now);
             self.sessions[slot] = Some(Entry { session, generation: self.generation, parked: false });
             self.open += 1;
             // The registration reports the socket's readiness; until then the header timeout runs.
@@ -271,10 +282,10 @@ impl EventLoop {
 
     /// Runs a session after an event (`timer` is `None`) or when one of its timer entries is due.
     fn serve(&mut self, slot: usize, timer: Option<(Instant, u64)>) {
-        let EventLoop { poll, shared, sessions, pool, .. } = self;
+        let EventLoop { poll, shared, sessions, pool, inbox, .. } = self;
         let Some(Some(entry)) = sessions.get_mut(slot) else { return };
         let now = Instant::now();
-        let mut env = Env { shared, registry: poll.registry(), pool, now };
+        let mut env = Env { shared, registry: poll.registry(), pool, inbox, now };
         if let Some((at, generation)) = timer {
             // Only the entry the session armed counts; an earlier one it replaced is dropped.
             if generation != entry.generation || entry.session.armed != Some(at) {
@@ -307,9 +318,9 @@ impl EventLoop {
 
     /// After a step: arms the session's deadline and keeps the parked count right.
     fn settle(&mut self, slot: usize) {
-        let EventLoop { poll, shared, sessions, pool, timers, .. } = self;
+        let EventLoop { poll, shared, sessions, pool, timers, inbox, .. } = self;
         let Some(Some(entry)) = sessions.get_mut(slot) else { return };
-        let env = Env { shared, registry: poll.registry(), pool, now: Instant::now() };
+        let env = Env { shared, registry: poll.registry(), pool, inbox, now: Instant::now() };
         let deadline = entry.session.deadline(&env);
         timers.arm(Owner { slot, generation: entry.generation }, &mut entry.session.armed, deadline);
         let parked = entry.session.is_parked();
@@ -326,9 +337,9 @@ impl EventLoop {
     }
 
     fn close(&mut self, slot: usize) {
-        let EventLoop { poll, shared, sessions, pool, .. } = self;
+        let EventLoop { poll, shared, sessions, pool, inbox, .. } = self;
         let Some(mut entry) = sessions.get_mut(slot).and_then(Option::take) else { return };
-        let env = Env { shared, registry: poll.registry(), pool, now: Instant::now() };
+        let env = Env { shared, registry: poll.registry(), pool, inbox, now: Instant::now() };
         // Recording must not take the loop down either.
         let _ = panic::catch_unwind(AssertUnwindSafe(|| entry.session.on_close(&env)));
         if entry.parked {

@@ -3,6 +3,7 @@
 //! ```text
 //! ReadingHead ─► (admit, cache) ─► Exchange{backend, bodies both ways} ─► ReadingHead …
 //!      │                 │ hit: answered from storage        │ 101
+//!      │                 │ miss with a fetch under way: Coalescing until it ends (then again)
 //!      │ bad head        └────────────────────────────────►  └─► Tunnel ─► closed
 //!      └─► Lingering (answer flushed, half-closed, input discarded for a bounded time) ─► closed
 //! ```
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 
 use crate::cache::policy::Usability;
-use crate::cache::{Cache, Entry};
+use crate::cache::{Cache, Entry, Flight};
 use crate::config::RouteAuth;
 use crate::gateway::auth_request::AuthDecision;
 use crate::gateway::Refusal;
@@ -39,6 +40,7 @@ use crate::server::event_loop::auth::{AuthProbe, Probe};
 use crate::server::event_loop::client::{Client, Got};
 use crate::server::event_loop::env::Env;
 use crate::server::event_loop::exchange::{Advance, CacheParts, Exchange};
+use crate::server::event_loop::timers::Owner;
 use crate::server::event_loop::tunnel::{Pipe, Tunnel};
 use crate::server::shared::Shared;
 
@@ -59,6 +61,8 @@ enum State {
     ReadingHead,
     /// Waiting for the route's auth server (`auth = request`).
     Authorizing(Box<AuthProbe>),
+    /// Waiting for another request's fetch of the same URL to fill the cache.
+    Coalescing(Box<Coalescing>),
     Exchange(Box<Exchange>),
     Tunnel(Box<Tunnel>),
     /// An answer that closes the connection is being written; then input is discarded until the
@@ -71,6 +75,15 @@ enum State {
     Closing,
 }
 
+/// A cache miss parked until the request fetching the same URL finishes.
+struct Coalescing {
+    req: Request,
+    rec: Record,
+    dispatch: Dispatch<'static>,
+    flight: Arc<Flight>,
+    since: Instant,
+}
+
 /// One client connection and the request it is serving, if any.
 pub struct Session {
     pub client: Client,
@@ -81,6 +94,7 @@ pub struct Session {
     /// The deadline this session has armed in the loop's timers.
     pub armed: Option<Instant>,
     slot: usize,
+    generation: u64,
     _conn_slot: ConnSlot,
     _ip_slot: Option<IpSlot>,
 }
@@ -89,7 +103,7 @@ impl Session {
     pub fn new(
         stream: TcpStream,
         peer: SocketAddr,
-        slot: usize,
+        owner: Owner,
         conn_slot: ConnSlot,
         ip_slot: Option<IpSlot>,
         now: Instant,
@@ -100,7 +114,8 @@ impl Session {
             head_started: Some(now),
             idle_since: now,
             armed: None,
-            slot,
+            slot: owner.slot,
+            generation: owner.generation,
             _conn_slot: conn_slot,
             _ip_slot: ip_slot,
         }
@@ -115,7 +130,7 @@ impl Session {
     pub fn can_answer(&self) -> bool {
         match &self.state {
             State::ReadingHead => self.client.cout.is_empty(),
-            State::Authorizing(_) => true,
+            State::Authorizing(_) | State::Coalescing(_) => true,
             State::Exchange(ex) => !ex.answer_started,
             State::Tunnel(_) | State::Lingering { .. } | State::Closing => false,
         }
@@ -133,6 +148,11 @@ impl Session {
                         Ok(true)
                     }
                 },
+                State::Coalescing(wait) if !wait.flight.is_done() => Ok(false),
+                State::Coalescing(_) => {
+                    self.resume_after_flight(env);
+                    Ok(true)
+                }
                 State::Exchange(_) => self.exchange(env),
                 State::Tunnel(tunnel) => match tunnel.advance(&mut self.client, env) {
                     Pipe::Progress => Ok(true),
@@ -164,6 +184,8 @@ impl Session {
                 None => self.idle_since + config.keepalive_timeout,
             },
             State::Authorizing(probe) => probe.deadline(env),
+            // As the threaded engine's wait: a fetch slower than this no longer holds the others.
+            State::Coalescing(wait) => wait.since + config.backend_timeout,
             State::Exchange(ex) => ex.deadline(&self.client, env),
             State::Tunnel(tunnel) => tunnel.deadline(config.tunnel_timeout),
             State::Lingering { until, .. } => *until,
@@ -181,6 +203,10 @@ impl Session {
                 self.drive(env)
             }
             State::ReadingHead | State::Tunnel(_) | State::Lingering { .. } | State::Closing => Verdict::Close,
+            State::Coalescing(_) => {
+                self.resume_after_flight(env);
+                self.drive(env)
+            }
             State::Authorizing(_) => {
                 let wait = env.shared.config.connect_timeout + env.shared.config.backend_timeout;
                 self.authorized(AuthDecision::Unavailable(format!("auth server did not answer within {wait:?}")), env);
@@ -202,6 +228,7 @@ impl Session {
         match &mut self.state {
             State::Exchange(ex) => ex.record(env),
             State::Authorizing(probe) => finish(env.shared, &probe.rec, &probe.req, 499, 0, None),
+            State::Coalescing(wait) => finish(env.shared, &wait.rec, &wait.req, 499, 0, None),
             State::Tunnel(tunnel) => tunnel.record(env),
             State::ReadingHead | State::Lingering { .. } | State::Closing => {}
         }
@@ -362,7 +389,7 @@ impl Session {
         };
         rec.app = dispatch.upstream.app().cloned();
         let asks = route.filter(|r| matches!(r.config.auth, RouteAuth::Request(_)) && r.auth.is_some());
-        let Some(route) = asks else { return self.proceed(req, rec, dispatch, env) };
+        let Some(route) = asks else { return self.proceed(req, rec, dispatch, false, env) };
         let cached = route.auth.as_ref().and_then(|checker| checker.cached(&req, shared.clock.now()));
         if let Some(decision) = cached {
             return self.apply_decision(req, rec, dispatch, decision, env);
@@ -397,7 +424,7 @@ impl Session {
         match admit::auth_outcome(&req, decision) {
             Ok(user) => {
                 dispatch.auth_user = user;
-                self.proceed(req, rec, dispatch, env)
+                self.proceed(req, rec, dispatch, false, env)
             }
             Err(refusal) => self.refuse(env, &req, &mut rec, refusal),
         }
@@ -415,10 +442,19 @@ impl Session {
         self.answer_now(env, req, rec, error.status(), &error.to_string(), &fields, keep);
     }
 
-    /// An admitted request: answered from the cache, or forwarded.
-    fn proceed(&mut self, req: Request, rec: Record, dispatch: Dispatch<'static>, env: &mut Env<'_>) {
+    /// The fetch this request waited for finished (or took too long): look the cache up again.
+    fn resume_after_flight(&mut self, env: &mut Env<'_>) {
+        let State::Coalescing(wait) = std::mem::replace(&mut self.state, State::ReadingHead) else { return };
+        let Coalescing { req, rec, dispatch, .. } = *wait;
+        self.proceed(req, rec, dispatch, true, env);
+    }
+
+    /// An admitted request: answered from the cache, or forwarded. A miss of a GET waits for a
+    /// fetch of the same URL already under way (once: `waited`), or leads one others wait for.
+    fn proceed(&mut self, req: Request, rec: Record, dispatch: Dispatch<'static>, waited: bool, env: &mut Env<'_>) {
         let shared = env.shared;
         let may_keep = req.keep_alive && !shared.is_shutting_down();
+        let mut leader = None;
 
         let mut cache_parts = None;
         if let Some(cache) = shared.cache.as_deref().filter(|_| matches!(req.method(), "GET" | "HEAD")) {
@@ -433,7 +469,25 @@ impl Session {
                     let error = ForwardError::NotCached;
                     return self.answer_now(env, &req, &rec, error.status(), &error.to_string(), b"", may_keep);
                 }
-                Lookup::Forward(parts) => cache_parts = Some(parts),
+                Lookup::Forward(parts) => {
+                    let coalesce = parts.store && !waited && !cache.is_uncacheable(&parts.key, shared.clock.now());
+                    if let Some(cache) = shared.cache.as_ref().filter(|_| coalesce) {
+                        match cache.join_flight_owned(&parts.key) {
+                            Ok(guard) => leader = Some(guard),
+                            Err(flight) => {
+                                let inbox = Arc::clone(env.inbox);
+                                let owner = Owner { slot: self.slot, generation: self.generation };
+                                flight.on_done(Box::new(move || inbox.push(owner)));
+                                let since = env.now;
+                                self.state =
+                                    State::Coalescing(Box::new(Coalescing { req, rec, dispatch, flight, since }));
+                                return;
+                            }
+                        }
+                    }
+                    cache.stats.misses.fetch_add(1, Ordering::Relaxed);
+                    cache_parts = Some(parts);
+                }
             }
         }
 
@@ -453,7 +507,10 @@ impl Session {
             dispatch.upstream.pool().candidates(shared.clock.now(), dispatch.client).cloned().collect();
         let max_body = shared.config.max_body_bytes;
         match Exchange::new(self.slot, req, rec, head, candidates, cache_parts, upgrade, env.now, max_body) {
-            Ok(ex) => self.state = State::Exchange(Box::new(ex)),
+            Ok(mut ex) => {
+                ex.leader = leader;
+                self.state = State::Exchange(Box::new(ex));
+            }
             Err(_) => {
                 // Request::parse refuses a declared length over the limit; nothing else fails here.
                 self.linger_after_answer(env.now);
@@ -504,8 +561,8 @@ enum Lookup {
 
 /// Looks the request up: a fresh stored response answers it (a stale one while a background
 /// refresh runs, when `stale-while-revalidate` allows); otherwise it is forwarded, revalidating a
-/// stale entry that has validators. Concurrent misses of one URL each go to a backend: waiting for
-/// another request's answer is not yet done inside a loop.
+/// stale entry that has validators. Whether a miss waits for another request's fetch is the
+/// caller's decision ([`Session::proceed`]).
 fn lookup(shared: &Shared, cache: &Cache, req: &Request, dispatch: &Dispatch<'_>) -> Lookup {
     let directives = cache_step::request_directives(req);
     let mut parts = CacheParts {
@@ -539,7 +596,7 @@ fn lookup(shared: &Shared, cache: &Cache, req: &Request, dispatch: &Dispatch<'_>
             return Lookup::NotCached;
         }
     }
-    cache.stats.misses.fetch_add(1, Ordering::Relaxed);
+    // A miss that goes on is counted by the caller, once it is not waiting for another fetch.
     Lookup::Forward(parts)
 }
 
