@@ -62,7 +62,7 @@ impl Tee {
         Tee { data: Vec::new(), cap, overflowed: false }
     }
 
-    fn keep(&mut self, piece: &[u8]) {
+    pub fn keep(&mut self, piece: &[u8]) {
         if self.overflowed {
             return;
         }

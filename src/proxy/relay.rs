@@ -179,7 +179,7 @@ fn answer_from_filled_cache(
     }
 }
 
-fn write_response_head<W: Write>(
+pub fn write_response_head<W: Write>(
     dst: &mut WriteBatch<'_, W>,
     req: &Request,
     res: &Response,

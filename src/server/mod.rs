@@ -1,6 +1,7 @@
-//! The data-plane server: one acceptor thread, a fixed pool of worker threads fed by a bounded
-//! crossbeam queue, and the parker thread that holds connections waiting for bytes. Also owns
-//! graceful shutdown.
+//! The data-plane server, in one of two engines chosen by `engine`. `threads`: one acceptor
+//! thread, a fixed pool of worker threads fed by a bounded crossbeam queue, and the parker thread
+//! that holds connections waiting for bytes. `loops`: `threads` event loops ([`event_loop`]), each
+//! owning its client and backend sockets. Also owns graceful shutdown, for both.
 //!
 //! ```text
 //! acceptor ──► ready queue ──► N workers ──► backends
@@ -9,6 +10,7 @@
 //! ```
 
 pub mod conn;
+pub mod event_loop;
 pub mod parker;
 pub mod probe;
 pub mod shared;
@@ -27,7 +29,7 @@ use parking_lot::RwLock;
 
 use crate::cache::{Cache, Limits as CacheLimits};
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, Engine};
 use crate::gateway::Gateway;
 use crate::http::request::{self, Limits};
 use crate::observe::access_log::AccessLog;
@@ -53,6 +55,8 @@ pub struct Server {
     refresher: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
     worker_done: Receiver<()>,
+    /// The event loops, with `engine = loops` (then there is no acceptor, parker or worker).
+    loops: Option<event_loop::Loops>,
 }
 
 impl Server {
@@ -110,10 +114,35 @@ impl Server {
             conns: Arc::new(ConnLimit::default()),
             per_ip: Arc::new(PerIpLimit::default()),
             parker: Parker::new()?,
+            loop_parked: Default::default(),
             config,
         });
         let (done_tx, worker_done) = crossbeam_channel::unbounded();
         shared.metrics.prepare(&shared.config);
+        let refresher = match shared.cache.is_some() {
+            true => {
+                let shared = Arc::clone(&shared);
+                Some(thread::Builder::new().name("pibl-cache".into()).spawn(move || {
+                    if let Some(cache) = &shared.cache {
+                        refresh::run_refresher(&shared, cache, &refresh_rx);
+                    }
+                })?)
+            }
+            false => None,
+        };
+        if shared.config.engine == Engine::Loops {
+            let loops = event_loop::Loops::start(listener, &shared)?;
+            return Ok(Server {
+                shared,
+                local_addr,
+                acceptor: None,
+                parker: None,
+                refresher,
+                workers: Vec::new(),
+                worker_done,
+                loops: Some(loops),
+            });
+        }
 
         let mut workers = Vec::with_capacity(shared.config.threads);
         for i in 0..shared.config.threads {
@@ -130,17 +159,6 @@ impl Server {
                 .name("pibl-parker".into())
                 .spawn(move || shared.parker.run(&tx, &shared.shutdown, tick))?
         };
-        let refresher = match shared.cache.is_some() {
-            true => {
-                let shared = Arc::clone(&shared);
-                Some(thread::Builder::new().name("pibl-cache".into()).spawn(move || {
-                    if let Some(cache) = &shared.cache {
-                        refresh::run_refresher(&shared, cache, &refresh_rx);
-                    }
-                })?)
-            }
-            false => None,
-        };
         let acceptor = {
             let shared = Arc::clone(&shared);
             thread::Builder::new()
@@ -155,6 +173,7 @@ impl Server {
             refresher,
             workers,
             worker_done,
+            loops: None,
         })
     }
 
@@ -188,6 +207,7 @@ impl Server {
     pub fn reload(&self, config: &Config) {
         let old = &self.shared.config;
         let fixed = [
+            ("engine", old.engine != config.engine),
             ("bind/port", (old.bind, old.port) != (config.bind, config.port)),
             ("threads", old.threads != config.threads),
             ("max_conn", old.max_conn != config.max_conn),
@@ -240,6 +260,15 @@ impl Server {
     pub fn shutdown(mut self) -> bool {
         let deadline = Instant::now() + self.shared.config.shutdown_grace;
         self.shared.shutdown.store(true, Ordering::Release);
+        if let Some(loops) = self.loops.take() {
+            loops.wake_all();
+            if let Some(handle) = self.refresher.take() {
+                let _ = handle.join();
+            }
+            let clean = loops.finish(deadline);
+            self.shared.access_log.close();
+            return clean;
+        }
         self.shared.parker.wake();
         wake::wake_acceptor(self.local_addr);
         for handle in [self.acceptor.take(), self.parker.take(), self.refresher.take()].into_iter().flatten() {

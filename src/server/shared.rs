@@ -3,7 +3,7 @@
 //! acceptor, workers and parker keep. Built by [`crate::server::Server`]; read by the request
 //! pipeline (`proxy`) and, through a [`crate::server::probe::Probe`], by the status pages.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -48,6 +48,8 @@ pub struct Shared {
     pub(super) conns: Arc<ConnLimit>,
     pub(super) per_ip: Arc<PerIpLimit>,
     pub(super) parker: Parker,
+    /// Sessions of the loop engine waiting for a request (its counterpart of the parker's count).
+    pub(super) loop_parked: AtomicUsize,
 }
 
 /// Live figures about a server, for tests and status pages.
@@ -68,7 +70,10 @@ impl Shared {
     }
 
     pub fn stats(&self) -> Stats {
-        Stats { open_connections: self.conns.open(), parked_connections: self.parker.len() }
+        Stats {
+            open_connections: self.conns.open(),
+            parked_connections: self.parker.len() + self.loop_parked.load(Ordering::Relaxed),
+        }
     }
 
     /// Connections waiting for a worker.
