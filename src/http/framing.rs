@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::ops::Range;
 
-use super::body::{BodyError, Encoding};
+use super::body::{has_control_byte, BodyError, Encoding};
 use super::Framing;
 
 /// Longest chunk-size or trailer line accepted, as in the blocking reader.
@@ -95,6 +95,11 @@ impl Decoder {
             }
             State::Size => {
                 let Some(line) = line_len(input)? else { return none(0) };
+                // A bare CR or LF or another control byte (extensions included) means the sender
+                // ends lines differently from us, so the body's end is in doubt.
+                if has_control_byte(&input[..line - 2]) {
+                    return Err(BodyError::Malformed("control byte or bare CR/LF in a chunk size line"));
+                }
                 let size = match httparse::parse_chunk_size(&input[..line]) {
                     Ok(httparse::Status::Complete((used, size))) if used == line => size,
                     _ => return Err(BodyError::Malformed("bad chunk size")),
@@ -126,6 +131,10 @@ impl Decoder {
             },
             State::Trailers(seen) => {
                 let Some(line) = line_len(input)? else { return none(0) };
+                // Trailers are dropped, but one framed oddly puts the message's end in doubt.
+                if has_control_byte(&input[..line - 2]) {
+                    return Err(BodyError::Malformed("control byte or bare CR/LF in a trailer"));
+                }
                 if line == 2 {
                     self.state = State::Done;
                 } else if seen + line > MAX_TRAILERS {
@@ -223,8 +232,15 @@ mod tests {
 
     #[test]
     fn bad_framing_limits_and_truncation() {
-        let cases: [&[u8]; 4] =
-            [b"zz\r\nab\r\n0\r\n\r\n", b"2\r\nabc\r\n0\r\n\r\n", b"2\nab\r\n0\r\n\r\n", b"fffffffffffffffffff\r\n"];
+        let cases: [&[u8]; 7] = [
+            b"zz\r\nab\r\n0\r\n\r\n",
+            b"2\r\nabc\r\n0\r\n\r\n",
+            b"2\nab\r\n0\r\n\r\n",
+            b"fffffffffffffffffff\r\n",
+            b"2;a\nb\r\nab\r\n0\r\n\r\n",
+            b"2\r\nab\r\n0\r\nX: a\nb\r\n\r\n",
+            b"2\r\nab\r\n0\r\nX: a\rb\r\n\r\n",
+        ];
         for input in cases {
             let r = feed(input, Framing::Chunked, u64::MAX, 3);
             assert!(matches!(r, Err(BodyError::Malformed(_))), "{:?}: {r:?}", String::from_utf8_lossy(input));

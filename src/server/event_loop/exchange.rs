@@ -528,10 +528,11 @@ impl Exchange {
         }
         if let Some(body) = self.body.as_mut().filter(|b| !b.is_done()) {
             if self.to_backend.pending() < config.buffer_size {
-                // Decode what is buffered; read more only when it is used up or is an incomplete
-                // framing element (a chunk-size line cut in two).
+                // Decode all that is buffered before any of it is written, so a malformed element
+                // right after a chunk's data stops that data too (as the threaded engine's batch
+                // does); read more only when it is used up or ends in an incomplete element.
                 let mut starved = client.cin.is_empty();
-                if !starved {
+                while !starved && !body.is_done() && self.to_backend.pending() < config.buffer_size {
                     match body.step(client.cin.filled()) {
                         Ok(step) => {
                             encode_piece(
@@ -541,7 +542,7 @@ impl Exchange {
                             );
                             client.cin.consume(step.consumed);
                             progress |= step.consumed > 0;
-                            starved = step.consumed == 0;
+                            starved = step.consumed == 0 || client.cin.is_empty();
                             if body.is_done() {
                                 encode_end(&mut self.to_backend.data, self.body_encoding);
                             }
