@@ -410,6 +410,12 @@ impl Client {
     }
 
     /// True when the server has closed the connection (EOF or reset) and sent nothing more.
+    /// Drops what was read past the last whole response (a body cut short), so `is_closed` looks
+    /// at the connection alone.
+    pub fn discard_buffered(&mut self) {
+        self.buf.clear();
+    }
+
     pub fn is_closed(&mut self) -> bool {
         if !self.buf.is_empty() {
             return false;
