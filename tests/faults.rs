@@ -266,7 +266,9 @@ fn bytes_past_a_response_s_end_never_answer_the_next_request() {
 fn a_body_longer_than_its_content_length_is_not_stored() {
     // One write: the head says 2 bytes, 5 follow. pibl relays the 2, and stores nothing.
     let backend = TestBackend::start(|_| {
-        Reply::Raw(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\n\r\nheLLO".to_vec())
+        Reply::Raw(
+            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nETag: \"e\"\r\nContent-Length: 2\r\n\r\nheLLO".to_vec(),
+        )
     });
     let proxy = start_proxy(test_config(&[backend.addr]));
     for round in 0..2 {
@@ -279,6 +281,14 @@ fn a_body_longer_than_its_content_length_is_not_stored() {
     }
     assert_eq!(backend.requests(), 2, "the second request was answered from the cache");
     assert_eq!(backend.connections(), 2, "the connection with bytes past the body was reused");
+
+    // A conditional miss is read whole to answer from a copy: still its 304, still not stored.
+    for round in 0..2 {
+        let res = request(proxy.local_addr(), b"GET /cond HTTP/1.1\r\nHost: t\r\nIf-None-Match: \"e\"\r\n\r\n");
+        assert_eq!((res.status, res.header("x-cache")), (304, Some("MISS")), "conditional round {round}");
+    }
+    assert_eq!(backend.requests(), 4, "the conditional answer was not stored");
+    assert_eq!(backend.connections(), 4, "nor its connection reused");
     proxy.shutdown();
 }
 

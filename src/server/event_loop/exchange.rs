@@ -862,10 +862,12 @@ impl Exchange {
         }
         self.upstream = None;
         self.complete = true;
+        // Bytes past the body's end: the answer goes to this client alone, not stored.
         let entry = match (shared.cache.as_deref(), self.cache.as_mut(), self.pending.take(), self.res.as_ref()) {
-            (Some(cache), Some(parts), Some(pending), Some(res)) if !overran => {
-                parts.with_plan(cache, |plan| cache_step::store_answer(plan, res, pending))
-            }
+            (Some(cache), Some(parts), Some(pending), Some(res)) => parts.with_plan(cache, |plan| match overran {
+                true => cache_step::unstored_answer(plan, res, pending),
+                false => cache_step::store_answer(plan, res, pending),
+            }),
             _ => None,
         };
         let keep = self.may_keep_alive(env) && self.body_done();
