@@ -2,6 +2,7 @@
 //! stop half-way or answer garbage, clients that vanish mid-transfer, a flood of dropped
 //! connections, a proxy out of file descriptors, and the API's database on a full disk.
 
+#[macro_use]
 mod common;
 
 use std::fs;
@@ -26,7 +27,6 @@ fn open_fds(pid: u32) -> usize {
 // Backends that die
 // ------------------------------------------------------------------------------------------------
 
-#[test]
 fn a_backend_killed_under_load_fails_no_idempotent_request() {
     // Each backend is a process of its own (a `proxy` over an in-process server that takes a moment
     // per request, so requests are in flight on it when it dies).
@@ -94,7 +94,6 @@ fn a_backend_killed_under_load_fails_no_idempotent_request() {
     proxy.shutdown();
 }
 
-#[test]
 fn a_request_without_an_answer_goes_to_another_backend_only_if_idempotent() {
     // `dead` reads each request and closes without a byte of answer, as a backend dying would.
     let dead = TestBackend::start(|_| Reply::Close);
@@ -141,7 +140,6 @@ fn a_request_without_an_answer_goes_to_another_backend_only_if_idempotent() {
 // Backends that answer wrongly
 // ------------------------------------------------------------------------------------------------
 
-#[test]
 fn broken_backends_get_502_or_504_in_time_nothing_cached_and_others_unaffected() {
     let healed = Arc::new(AtomicBool::new(false));
     let fresh = b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 5\r\n\r\nfresh".to_vec();
@@ -187,6 +185,10 @@ fn broken_backends_get_502_or_504_in_time_nothing_cached_and_others_unaffected()
                 let mut client = Client::connect(addr);
                 client.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
                 let answer = client.read_response(false).map(|res| (res.status, res.text()));
+                // A cut body may leave what arrived of it unread (the loops relay it as it comes).
+                if answer.is_err() {
+                    client.discard_buffered();
+                }
                 (answer, started.elapsed(), client.is_closed())
             })
         })
@@ -227,7 +229,6 @@ fn broken_backends_get_502_or_504_in_time_nothing_cached_and_others_unaffected()
     proxy.shutdown();
 }
 
-#[test]
 fn bytes_past_a_response_s_end_never_answer_the_next_request() {
     // The backend says `Content-Length: 2`, and once pibl has pooled the connection, sends a whole
     // second response nobody asked for. Read as the answer to the next request, it would hand a
@@ -262,11 +263,12 @@ fn bytes_past_a_response_s_end_never_answer_the_next_request() {
     proxy.shutdown();
 }
 
-#[test]
 fn a_body_longer_than_its_content_length_is_not_stored() {
     // One write: the head says 2 bytes, 5 follow. pibl relays the 2, and stores nothing.
     let backend = TestBackend::start(|_| {
-        Reply::Raw(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\n\r\nheLLO".to_vec())
+        Reply::Raw(
+            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nETag: \"e\"\r\nContent-Length: 2\r\n\r\nheLLO".to_vec(),
+        )
     });
     let proxy = start_proxy(test_config(&[backend.addr]));
     for round in 0..2 {
@@ -279,6 +281,14 @@ fn a_body_longer_than_its_content_length_is_not_stored() {
     }
     assert_eq!(backend.requests(), 2, "the second request was answered from the cache");
     assert_eq!(backend.connections(), 2, "the connection with bytes past the body was reused");
+
+    // A conditional miss is read whole to answer from a copy: still its 304, still not stored.
+    for round in 0..2 {
+        let res = request(proxy.local_addr(), b"GET /cond HTTP/1.1\r\nHost: t\r\nIf-None-Match: \"e\"\r\n\r\n");
+        assert_eq!((res.status, res.header("x-cache")), (304, Some("MISS")), "conditional round {round}");
+    }
+    assert_eq!(backend.requests(), 4, "the conditional answer was not stored");
+    assert_eq!(backend.connections(), 4, "nor its connection reused");
     proxy.shutdown();
 }
 
@@ -286,7 +296,6 @@ fn a_body_longer_than_its_content_length_is_not_stored() {
 // Clients that go away
 // ------------------------------------------------------------------------------------------------
 
-#[test]
 fn a_client_gone_mid_upload_or_mid_download_frees_the_backend_connection() {
     // Upload: half a body, then the client is gone. The backend sees a request that never completes,
     // and its connection is closed rather than kept for the next request.
@@ -344,7 +353,6 @@ fn a_client_gone_mid_upload_or_mid_download_frees_the_backend_connection() {
     proxy.shutdown();
 }
 
-#[test]
 fn ten_thousand_connections_opened_and_dropped_leave_nothing_behind() {
     // A proxy process of its own, so its descriptors are counted apart from the other tests'.
     let backend = TestBackend::named("b");
@@ -382,7 +390,6 @@ fn ten_thousand_connections_opened_and_dropped_leave_nothing_behind() {
 // Out of file descriptors
 // ------------------------------------------------------------------------------------------------
 
-#[test]
 fn out_of_file_descriptors_pibl_answers_503_and_recovers() {
     let backend = TestBackend::named("b");
     let dir = TempDir::new("nofile");
@@ -519,3 +526,14 @@ fn a_full_disk_makes_api_writes_503_loses_nothing_acknowledged_and_the_data_plan
     }
     pibl.shutdown();
 }
+
+both_engines!(
+    a_backend_killed_under_load_fails_no_idempotent_request,
+    a_request_without_an_answer_goes_to_another_backend_only_if_idempotent,
+    broken_backends_get_502_or_504_in_time_nothing_cached_and_others_unaffected,
+    bytes_past_a_response_s_end_never_answer_the_next_request,
+    a_body_longer_than_its_content_length_is_not_stored,
+    a_client_gone_mid_upload_or_mid_download_frees_the_backend_connection,
+    ten_thousand_connections_opened_and_dropped_leave_nothing_behind,
+    out_of_file_descriptors_pibl_answers_503_and_recovers,
+);

@@ -2,6 +2,7 @@
 //! status class, cache hits, upstream timings, rate-limit rejections, a backend that went down,
 //! failed logins and a blocked account; and who may see what in the status.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -31,7 +32,6 @@ fn has_line(text: &str, line: &str) -> bool {
     text.lines().any(|l| l == line)
 }
 
-#[test]
 fn metrics_and_status_follow_real_traffic() {
     let alpha = cached_backend("alpha");
     let beta = TestBackend::named("beta");
@@ -160,7 +160,6 @@ fn dashboard_is_one_self_contained_page() {
     assert!(pibl.shutdown());
 }
 
-#[test]
 fn metrics_bind_moves_metrics_to_a_loopback_listener() {
     let db = TempDb::new("metrics-bind");
     let config = Config { metrics_bind: Some("127.0.0.1:0".parse().unwrap()), ..api_config(&[], &db) };
@@ -171,3 +170,5 @@ fn metrics_bind_moves_metrics_to_a_loopback_listener() {
     assert_eq!(get(pibl.api_addr(), "/metrics").status, 404, "and the API port no longer serves /metrics");
     assert!(pibl.shutdown());
 }
+
+both_engines!(metrics_and_status_follow_real_traffic, metrics_bind_moves_metrics_to_a_loopback_listener,);

@@ -1,6 +1,7 @@
 //! Running pibl in production: `proxy --check-config`, the access log formats written to a file, and
 //! reopening that file on SIGUSR1 after logrotate moved it, all with the real binaries.
 
+#[macro_use]
 mod common;
 
 use std::fs;
@@ -185,7 +186,6 @@ fn parser_sets_database_and_access_log_file() {
     );
 }
 
-#[test]
 fn combined_and_json_lines_record_bytes_referer_and_user_agent() {
     let dir = TempDir::new("formats");
     let backend = TestBackend::start(|req| {
@@ -243,7 +243,6 @@ fn combined_and_json_lines_record_bytes_referer_and_user_agent() {
     assert!(line.ends_with(",\"backend\":null,\"user_agent\":\"\\\"quoted\\\" é\",\"referer\":null}"), "{line}");
 }
 
-#[test]
 fn access_log_file_is_reopened_on_sigusr1() {
     let dir = TempDir::new("rotate");
     let backend = TestBackend::named("b1");
@@ -309,7 +308,6 @@ fn access_log_file_is_reopened_on_sigusr1() {
     assert_eq!(backend.requests(), 5);
 }
 
-#[test]
 fn sigusr1_without_a_log_file_does_not_kill_the_proxy() {
     let dir = TempDir::new("usr1");
     let backend = TestBackend::named("b1");
@@ -320,3 +318,9 @@ fn sigusr1_without_a_log_file_does_not_kill_the_proxy() {
     assert_eq!(res.status, 200);
     assert!(proxy.child.try_wait().expect("poll the proxy").is_none());
 }
+
+both_engines!(
+    combined_and_json_lines_record_bytes_referer_and_user_agent,
+    access_log_file_is_reopened_on_sigusr1,
+    sigusr1_without_a_log_file_does_not_kill_the_proxy,
+);

@@ -244,7 +244,7 @@ fn this_engine_refuses_https_backends_at_start_up() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let e = pibl::Server::start_on(listener, config).err().expect("refused");
     assert!(
-        e.to_string().starts_with("ip_server1 = https://127.0.0.1:9443: TLS to backends needs the event-loop"),
+        e.to_string().starts_with("ip_server1 = https://127.0.0.1:9443: TLS to backends is not in either engine yet"),
         "{e}"
     );
 }

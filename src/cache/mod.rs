@@ -15,4 +15,4 @@ pub use entry::{
     governing_cache_control, is_targeted_cache_control, response_facts, vary_names, Encoded, Entry, Origin, VaryValues,
     TARGETED_CACHE_CONTROL,
 };
-pub use shards::{Cache, Flight, FlightGuard, Join, Limits, Stats, PASS_TIME};
+pub use shards::{Cache, Flight, FlightGuard, Join, Limits, Notify, OwnedFlightGuard, Stats, PASS_TIME};

@@ -91,14 +91,53 @@ impl Shard {
     }
 }
 
+/// Called when a fetch finishes, for a waiter that cannot block (an event loop's session).
+pub type Notify = Box<dyn FnOnce() + Send>;
+
 /// A fetch of one URL that other requests for it wait on.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Flight {
     done: Mutex<bool>,
     finished: Condvar,
+    /// Waiters that asked to be told instead of blocking.
+    notify: Mutex<Vec<Notify>>,
+}
+
+impl std::fmt::Debug for Flight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flight").field("done", &*self.done.lock()).finish()
+    }
 }
 
 impl Flight {
+    /// Whether the leading request has finished.
+    pub fn is_done(&self) -> bool {
+        *self.done.lock()
+    }
+
+    /// Calls `notify` once the leading request has finished (at once if it already has).
+    pub fn on_done(&self, notify: Notify) {
+        let done = self.done.lock();
+        if *done {
+            drop(done);
+            return notify();
+        }
+        // Registered under the `done` lock, so finishing cannot slip in between.
+        self.notify.lock().push(notify);
+    }
+
+    fn finish(&self) {
+        let waiting = {
+            let mut done = self.done.lock();
+            *done = true;
+            std::mem::take(&mut *self.notify.lock())
+        };
+        self.finished.notify_all();
+        for notify in waiting {
+            notify();
+        }
+    }
+
     /// Waits until the leading request has finished, or `timeout`; true when it finished.
     pub fn wait(&self, timeout: Duration) -> bool {
         let mut done = self.done.lock();
@@ -119,8 +158,22 @@ pub struct FlightGuard<'a> {
 impl Drop for FlightGuard<'_> {
     fn drop(&mut self) {
         self.cache.shard(&self.key).lock().flights.remove(&self.key);
-        *self.flight.done.lock() = true;
-        self.flight.finished.notify_all();
+        self.flight.finish();
+    }
+}
+
+/// A [`FlightGuard`] that owns its handle on the cache, for a request whose fetch outlives any
+/// borrow (an event loop's session).
+pub struct OwnedFlightGuard {
+    cache: Arc<Cache>,
+    key: String,
+    flight: Arc<Flight>,
+}
+
+impl Drop for OwnedFlightGuard {
+    fn drop(&mut self) {
+        self.cache.shard(&self.key).lock().flights.remove(&self.key);
+        self.flight.finish();
     }
 }
 
@@ -336,6 +389,18 @@ impl Cache {
     /// Whether `key` recently answered with something that could not be stored.
     pub fn is_uncacheable(&self, key: &str, now: Instant) -> bool {
         self.shard(key).lock().passes.get(key).is_some_and(|until| now < *until)
+    }
+
+    /// [`Cache::join_flight`] for a caller that holds the cache by `Arc`: the leader's guard owns it.
+    pub fn join_flight_owned(self: &Arc<Self>, key: &str) -> Result<OwnedFlightGuard, Arc<Flight>> {
+        let mut shard = self.shard(key).lock();
+        if let Some(flight) = shard.flights.get(key) {
+            self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+            return Err(Arc::clone(flight));
+        }
+        let flight = Arc::new(Flight::default());
+        shard.flights.insert(key.to_string(), Arc::clone(&flight));
+        Ok(OwnedFlightGuard { cache: Arc::clone(self), key: key.to_string(), flight })
     }
 
     /// Joins the fetch of `key` in progress, or starts one.

@@ -4,7 +4,7 @@
 
 use super::access_log::{parse_access_log_file, parse_access_log_format, render_access_log_file};
 use super::routes::{parse_nets, parse_rate, render_nets, render_rate, RateLimit};
-use super::settings::Config;
+use super::settings::{Config, Engine};
 use super::settings::{LockoutScope, MetricsAuth};
 use super::tls::parse_names;
 use super::values::{
@@ -47,6 +47,14 @@ fn parse_app_prefix(v: &str) -> Result<String, String> {
         return Err(format!("{v:?} is not a path such as /apps/ (letters, digits, '-', '_', '.', '~')"));
     }
     Ok(if segments.is_empty() { String::new() } else { format!("/{}/", segments.join("/")) })
+}
+
+fn parse_engine(v: &str) -> Result<Engine, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "threads" => Ok(Engine::Threads),
+        "loops" => Ok(Engine::Loops),
+        _ => Err(format!("{v:?} is not an engine (threads, loops)")),
+    }
 }
 
 /// One key of `[DEFAULT]`: its name, its documentation, and how its text becomes a `Config` field and back.
@@ -100,9 +108,19 @@ pub(super) const LAYOUT: &[Entry] = &[
     }),
     Entry::Group("Workers and limits"),
     Entry::Key(KeySpec {
+        name: "engine",
+        help: "How connections are served: threads = blocking worker threads (the default);\n\
+               loops = one event loop per thread owning its client and backend sockets\n\
+               (and WebSocket/Upgrade tunnels, which threads does not relay).",
+        apply: |c, v| parse_engine(v).map(|x| c.engine = x),
+        render: |c| c.engine.name().to_string(),
+    }),
+    Entry::Key(KeySpec {
         name: "threads",
-        help: "Worker threads (1-1024). Each forwards one request at a time, so this is how many\n\
-               requests can wait on backends at once; idle keep-alive clients hold no thread.",
+        help: "Worker threads (1-1024). engine = threads: each forwards one request at a time, so this\n\
+               is how many requests can wait on backends at once; idle keep-alive clients hold no\n\
+               thread. engine = loops: the number of event loops, each serving any number of\n\
+               connections (the number of cores is enough).",
         apply: |c, v| parse_count(v, 1, 1024).map(|x| c.threads = x),
         render: |c| c.threads.to_string(),
     }),
@@ -177,6 +195,13 @@ pub(super) const LAYOUT: &[Entry] = &[
                past it the client gets 504.",
         apply: |c, v| parse_timeout(v).map(|x| c.backend_timeout = x),
         render: |c| render_duration(c.backend_timeout),
+    }),
+    Entry::Key(KeySpec {
+        name: "tunnel_timeout",
+        help: "engine = loops: idle time after which a WebSocket (or other upgraded)\n\
+               connection is closed.",
+        apply: |c, v| parse_timeout(v).map(|x| c.tunnel_timeout = x),
+        render: |c| render_duration(c.tunnel_timeout),
     }),
     Entry::Key(KeySpec {
         name: "shutdown_grace",

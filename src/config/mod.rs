@@ -30,7 +30,7 @@ mod values;
 pub use access_log::{AccessLogFormat, AccessLogTarget};
 pub use error::{ConfigError, ValueError};
 pub use routes::{AuthUrl, Balance, IpNet, RateLimit, RouteAuth, RouteConfig};
-pub use settings::{Config, LockoutScope, MetricsAuth, DEFAULT_ENDPOINT_ALLOW, LETS_ENCRYPT};
+pub use settings::{Config, Engine, LockoutScope, MetricsAuth, DEFAULT_ENDPOINT_ALLOW, LETS_ENCRYPT};
 pub use tls::{TlsSite, TLS_SITE_KEYS};
 pub use values::BackendAddr;
 
@@ -376,6 +376,7 @@ mod tests {
         let modified = Config {
             bind: IpAddr::V6(Ipv6Addr::LOCALHOST),
             port: 1,
+            engine: super::Engine::Loops,
             threads: 1024,
             max_conn: 1,
             buffer_size: 1024 * 1024,
@@ -394,6 +395,7 @@ mod tests {
             client_timeout: Duration::from_secs(3600),
             connect_timeout: Duration::from_millis(250),
             backend_timeout: Duration::from_secs(1),
+            tunnel_timeout: Duration::from_millis(90_500),
             backend_cooldown: Duration::ZERO,
             backend_pool_size: 0,
             shutdown_grace: Duration::from_secs(120),

@@ -17,7 +17,9 @@ pub struct Config {
     pub bind: IpAddr,
     /// `port`: data-plane port.
     pub port: u16,
-    /// `threads`: size of the worker pool.
+    /// `engine`: how the data plane runs its connections (`threads` or `loops`).
+    pub engine: Engine,
+    /// `threads`: size of the worker pool (`engine = threads`) or number of event loops (`engine = loops`).
     pub threads: usize,
     /// `max_conn`: most client connections held at once; past it new ones wait in the listen backlog.
     pub max_conn: usize,
@@ -58,6 +60,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// `backend_timeout`: per read/write on a backend connection; a backend silent this long gives 504.
     pub backend_timeout: Duration,
+    /// `tunnel_timeout`: idle time after which a WebSocket (or other upgraded) tunnel is closed.
+    pub tunnel_timeout: Duration,
     /// `backend_cooldown`: how long a backend that refused a connection stays out of rotation.
     pub backend_cooldown: Duration,
     /// `backend_pool_size`: idle keep-alive connections kept per backend.
@@ -214,6 +218,7 @@ impl Default for Config {
         Config {
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             port: 8080,
+            engine: Engine::Threads,
             threads: 64,
             max_conn: 10_000,
             buffer_size: 8192,
@@ -232,6 +237,7 @@ impl Default for Config {
             client_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(3),
             backend_timeout: Duration::from_secs(30),
+            tunnel_timeout: Duration::from_secs(3600),
             backend_cooldown: Duration::from_secs(10),
             backend_pool_size: 32,
             shutdown_grace: Duration::from_secs(10),
@@ -278,6 +284,25 @@ impl Default for Config {
             hsts: Duration::ZERO,
             backend_ca: PathBuf::new(),
             backend_tls_verify: true,
+        }
+    }
+}
+
+/// How the data plane runs its client connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// An acceptor, `threads` blocking workers and a parker thread holding idle connections.
+    #[default]
+    Threads,
+    /// `threads` event loops, each owning the client and backend sockets it serves.
+    Loops,
+}
+
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Threads => "threads",
+            Engine::Loops => "loops",
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::http::body::{self, Encoding, Source};
 use crate::http::buffer::{ReadBuf, WriteBatch};
 use crate::http::outbound::RequestHead;
 use crate::http::request::Request;
-use crate::http::response::{self, ReadHeadError};
+use crate::http::response::{self, ReadHeadError, Response};
 use crate::http::Framing;
 use crate::upstream::backend::Backend;
 
@@ -69,16 +69,25 @@ impl AuthChecker {
 
     /// Decides whether `req` from `client` may pass.
     pub fn check(&self, req: &Request, client: IpAddr, now: Instant) -> AuthDecision {
-        let credentials = self.cache_key(req);
-        if let Some(key) = &credentials {
-            if let Some((until, user)) = self.cache.lock().get(key) {
-                if now < *until {
-                    return AuthDecision::Allow(user.clone());
-                }
-            }
+        if let Some(decision) = self.cached(req, now) {
+            return decision;
         }
         let decision = self.ask(req, client);
-        if let (AuthDecision::Allow(user), Some(key)) = (&decision, credentials) {
+        self.remember(req, &decision, now);
+        decision
+    }
+
+    /// The remembered positive answer for `req`'s credentials, while it lasts.
+    pub fn cached(&self, req: &Request, now: Instant) -> Option<AuthDecision> {
+        let key = self.cache_key(req)?;
+        let cache = self.cache.lock();
+        let (until, user) = cache.get(&key)?;
+        (now < *until).then(|| AuthDecision::Allow(user.clone()))
+    }
+
+    /// Remembers a positive answer for `req`'s credentials (when `auth_cache_secs` is set).
+    pub fn remember(&self, req: &Request, decision: &AuthDecision, now: Instant) {
+        if let (AuthDecision::Allow(user), Some(key)) = (decision, self.cache_key(req)) {
             let mut cache = self.cache.lock();
             if cache.len() >= MAX_CACHED {
                 cache.retain(|_, (until, _)| now < *until);
@@ -88,21 +97,16 @@ impl AuthChecker {
             }
             cache.insert(key, (now + self.cache_for, user.clone()));
         }
-        decision
     }
 
-    /// The credentials a cached answer is keyed by; `None` when caching is off.
-    fn cache_key(&self, req: &Request) -> Option<Vec<u8>> {
-        if self.cache_for.is_zero() {
-            return None;
-        }
-        let mut key = req.header("authorization").unwrap_or_default().to_vec();
-        key.push(0);
-        key.extend_from_slice(req.header("cookie").unwrap_or_default());
-        Some(key)
+    /// The auth server, as a backend (its address and name).
+    pub fn server(&self) -> &Backend {
+        &self.server
     }
 
-    fn ask(&self, req: &Request, client: IpAddr) -> AuthDecision {
+    /// The sub-request asking about `req` from `client`: a GET of the auth URL with the client's
+    /// credentials and the original method and URI.
+    pub fn sub_request(&self, req: &Request, client: IpAddr) -> Vec<u8> {
         let mut head = Vec::with_capacity(512);
         let mut fields = RequestHead::start(&mut head, "GET", &self.url.path);
         fields.field("Host", self.url.host.as_bytes());
@@ -117,6 +121,22 @@ impl AuthChecker {
             .field("X-Forwarded-For", client.to_string().as_bytes())
             .framing(Framing::Length(0), "GET");
         fields.finish();
+        head
+    }
+
+    /// The credentials a cached answer is keyed by; `None` when caching is off.
+    fn cache_key(&self, req: &Request) -> Option<Vec<u8>> {
+        if self.cache_for.is_zero() {
+            return None;
+        }
+        let mut key = req.header("authorization").unwrap_or_default().to_vec();
+        key.push(0);
+        key.extend_from_slice(req.header("cookie").unwrap_or_default());
+        Some(key)
+    }
+
+    fn ask(&self, req: &Request, client: IpAddr) -> AuthDecision {
+        let head = self.sub_request(req, client);
         // A pooled connection may have been closed by the auth server: then ask once more on a new one.
         let now = Instant::now();
         if let Some(stream) = self.server.take_idle(now) {
@@ -153,13 +173,7 @@ impl AuthChecker {
             }
             Err(e) => return Ok(AuthDecision::Unavailable(format!("auth server {e}"))),
         };
-        let decision = match res.status {
-            200..=299 => AuthDecision::Allow(res.header("x-auth-user").map(<[u8]>::to_vec)),
-            401 | 403 => {
-                AuthDecision::Deny { status: res.status, challenge: res.header("www-authenticate").map(<[u8]>::to_vec) }
-            }
-            other => AuthDecision::Failed(format!("auth server answered {other}")),
-        };
+        let decision = decision_of(&res);
         // Drop the body so the connection can serve the next check.
         let (mut out, mut sink) = (Vec::new(), io::sink());
         let mut discard = WriteBatch::new(&mut out, &mut sink, 4096);
@@ -169,6 +183,18 @@ impl AuthChecker {
             self.server.put_idle(stream, Instant::now());
         }
         Ok(decision)
+    }
+}
+
+/// What an auth server's answer decides: 2xx lets the request through (with its `X-Auth-User`),
+/// 401/403 go back to the client with its challenge, anything else fails closed.
+pub fn decision_of(res: &Response) -> AuthDecision {
+    match res.status {
+        200..=299 => AuthDecision::Allow(res.header("x-auth-user").map(<[u8]>::to_vec)),
+        401 | 403 => {
+            AuthDecision::Deny { status: res.status, challenge: res.header("www-authenticate").map(<[u8]>::to_vec) }
+        }
+        other => AuthDecision::Failed(format!("auth server answered {other}")),
     }
 }
 

@@ -62,7 +62,7 @@ impl Tee {
         Tee { data: Vec::new(), cap, overflowed: false }
     }
 
-    fn keep(&mut self, piece: &[u8]) {
+    pub fn keep(&mut self, piece: &[u8]) {
         if self.overflowed {
             return;
         }
@@ -243,7 +243,7 @@ fn copy_chunked<R: Read, W: Write>(
 }
 
 /// A byte no line of a chunked body may hold: a control byte other than HTAB, or DEL.
-fn has_control_byte(line: &[u8]) -> bool {
+pub(super) fn has_control_byte(line: &[u8]) -> bool {
     line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
 }
 

@@ -22,6 +22,45 @@ pub fn admit<'r>(
     client: IpAddr,
     req: &'r Request,
 ) -> Result<Dispatch<'r>, Refusal> {
+    admit_with(shared, gateway, route, client, req, true)
+}
+
+/// [`admit`], except that an `auth = request` route's sub-request is left to the caller (an event
+/// loop asks without blocking, then applies [`auth_outcome`]); every other check runs.
+pub fn admit_before_auth_request<'r>(
+    shared: &Shared,
+    gateway: &Gateway,
+    route: Option<&Arc<Route>>,
+    client: IpAddr,
+    req: &'r Request,
+) -> Result<Dispatch<'r>, Refusal> {
+    admit_with(shared, gateway, route, client, req, false)
+}
+
+/// What an auth server's decision makes of a request: the user to pass on, or the refusal.
+pub fn auth_outcome(req: &Request, decision: AuthDecision) -> Result<Option<Vec<u8>>, Refusal> {
+    match decision {
+        AuthDecision::Allow(user) => Ok(user),
+        AuthDecision::Deny { status, challenge } => Err(Refusal::Unauthorized { status, challenge }),
+        AuthDecision::Failed(reason) => {
+            log::warn!("auth for {} {}: {reason}", req.method(), req.target());
+            Err(Refusal::AuthBroken { status: 500, reason })
+        }
+        AuthDecision::Unavailable(reason) => {
+            log::warn!("auth for {} {}: {reason}", req.method(), req.target());
+            Err(Refusal::AuthBroken { status: 503, reason })
+        }
+    }
+}
+
+fn admit_with<'r>(
+    shared: &Shared,
+    gateway: &Gateway,
+    route: Option<&Arc<Route>>,
+    client: IpAddr,
+    req: &'r Request,
+    ask_auth_server: bool,
+) -> Result<Dispatch<'r>, Refusal> {
     let now = shared.clock.now();
     gateway.admit(client, route.map(|r| &**r), now)?;
     let (upstream, target) = match route {
@@ -51,18 +90,8 @@ pub fn admit<'r>(
         None | Some((RouteAuth::None, _)) => None,
         Some((RouteAuth::Jwt, _)) => Some(verify_jwt(shared, req)?),
         Some((RouteAuth::Request(_), None)) => None,
-        Some((RouteAuth::Request(_), Some(checker))) => match checker.check(req, client, now) {
-            AuthDecision::Allow(user) => user,
-            AuthDecision::Deny { status, challenge } => return Err(Refusal::Unauthorized { status, challenge }),
-            AuthDecision::Failed(reason) => {
-                log::warn!("auth for {} {}: {reason}", req.method(), req.target());
-                return Err(Refusal::AuthBroken { status: 500, reason });
-            }
-            AuthDecision::Unavailable(reason) => {
-                log::warn!("auth for {} {}: {reason}", req.method(), req.target());
-                return Err(Refusal::AuthBroken { status: 503, reason });
-            }
-        },
+        Some((RouteAuth::Request(_), Some(_))) if !ask_auth_server => None,
+        Some((RouteAuth::Request(_), Some(checker))) => auth_outcome(req, checker.check(req, client, now))?,
     };
     let cache = route.is_none_or(|r| r.config.cache);
     let compress = route.and_then(|r| r.config.compress).unwrap_or(shared.config.compress);

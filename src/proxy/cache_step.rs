@@ -331,6 +331,17 @@ pub fn finish_storing(plan: &CachePlan<'_>, res: &Response, pending: Pending) {
 /// Stores a response whose body was read completely, and gives back the entry (stored, or built
 /// but too big to keep); `None` when the body outgrew `cache_max_object_bytes` on the way.
 pub fn store_answer(plan: &CachePlan<'_>, res: &Response, pending: Pending) -> Option<Arc<Entry>> {
+    let entry = answer_entry(plan, res, pending)?;
+    Some(plan.cache.store(&plan.key, entry).0)
+}
+
+/// The entry a response read whole makes, not stored: its body ran past its length, so it is not
+/// kept, but the client still gets it as the plan meant to answer (a 304, an encoding).
+pub fn unstored_answer(plan: &CachePlan<'_>, res: &Response, pending: Pending) -> Option<Arc<Entry>> {
+    answer_entry(plan, res, pending).map(Arc::new)
+}
+
+fn answer_entry(plan: &CachePlan<'_>, res: &Response, pending: Pending) -> Option<Entry> {
     if pending.tee.overflowed {
         return None;
     }
@@ -344,7 +355,7 @@ pub fn store_answer(plan: &CachePlan<'_>, res: &Response, pending: Pending) -> O
         Some(min) if compress::may_compress(&compress_candidate(res, len), min) => entry.with_encodings(),
         _ => entry,
     };
-    Some(plan.cache.store(&plan.key, entry).0)
+    Some(entry)
 }
 
 /// After a 200 to a forwarded HEAD: the stored GET response it could have been answered from is

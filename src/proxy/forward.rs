@@ -176,7 +176,7 @@ fn connect(shared: &Shared, backend: &Backend) -> Result<TcpStream, ConnectError
 
 /// Errors of `socket()`/`connect()` that mean this process or machine is out of a resource:
 /// EMFILE, ENFILE (descriptors), ENOBUFS, ENOMEM (socket memory) on Linux.
-fn is_local_exhaustion(e: &std::io::Error) -> bool {
+pub fn is_local_exhaustion(e: &std::io::Error) -> bool {
     const ENOMEM: i32 = 12;
     const ENFILE: i32 = 23;
     const EMFILE: i32 = 24;
@@ -317,7 +317,7 @@ pub fn send<'a>(
 }
 
 /// An interim answer as it goes to the client: its status line and end-to-end fields.
-fn interim_head(res: &Response) -> Vec<u8> {
+pub fn interim_head(res: &Response) -> Vec<u8> {
     let mut head = format!("HTTP/1.1 {} ", res.status).into_bytes();
     head.extend_from_slice(res.reason());
     head.extend_from_slice(b"\r\n");
@@ -348,24 +348,24 @@ fn read_whole_body(ctx: &mut RequestCtx<'_>) -> Result<Vec<u8>, Failure> {
 }
 
 /// What shapes the upstream head besides the request itself.
-struct UpstreamFields<'e> {
+pub struct UpstreamFields<'e> {
     /// The body's framing as sent upstream (a chunked GET body is re-framed by length).
-    framing: Framing,
+    pub framing: Framing,
     /// `underscores_in_headers`.
-    allow_underscores: bool,
-    peer: SocketAddr,
+    pub allow_underscores: bool,
+    pub peer: SocketAddr,
     /// A stored entry being revalidated: its validators replace the client's.
-    revalidating: Option<&'e Entry>,
+    pub revalidating: Option<&'e Entry>,
     /// The client's `If-None-Match` / `If-Modified-Since` stay behind.
-    drop_client_conditionals: bool,
+    pub drop_client_conditionals: bool,
     /// A HEAD goes as a GET.
-    head_as_get: bool,
+    pub head_as_get: bool,
 }
 
 /// Writes the head sent to every backend for this request: hop-by-hop fields removed, `Host` kept,
 /// `X-Forwarded-*` and `Via` added, framing written by pibl. When revalidating a stored entry, its
 /// validators replace the client's own conditional fields.
-fn build_upstream_head(req: &Request, dispatch: &Dispatch<'_>, fields: &UpstreamFields<'_>, out: &mut Vec<u8>) {
+pub fn build_upstream_head(req: &Request, dispatch: &Dispatch<'_>, fields: &UpstreamFields<'_>, out: &mut Vec<u8>) {
     let UpstreamFields { framing, allow_underscores, peer, revalidating, drop_client_conditionals, head_as_get } =
         *fields;
     let drop_conditionals = revalidating.is_some() || drop_client_conditionals;

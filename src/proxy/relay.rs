@@ -158,10 +158,16 @@ fn answer_from_filled_cache(
     let req = ctx.req;
     let entry = match read {
         Ok(_) => {
-            if res.reusable && ctx.scratch.upstream_buf.is_empty() {
+            // Bytes already past the body's end mean its length was wrong: the answer goes to this
+            // client alone, neither stored nor its connection used again.
+            let overran = !ctx.scratch.upstream_buf.is_empty();
+            if res.reusable && !overran {
                 backend.put_idle(stream, Instant::now());
             }
-            cache_step::store_answer(plan, res, pending)
+            match overran {
+                true => cache_step::unstored_answer(plan, res, pending),
+                false => cache_step::store_answer(plan, res, pending),
+            }
         }
         Err(e) => {
             log::warn!("{} {}: backend {} broke off the response body: {e}", req.method(), req.target(), backend.name);
@@ -179,7 +185,7 @@ fn answer_from_filled_cache(
     }
 }
 
-fn write_response_head<W: Write>(
+pub fn write_response_head<W: Write>(
     dst: &mut WriteBatch<'_, W>,
     req: &Request,
     res: &Response,

@@ -1,6 +1,7 @@
-//! The data-plane server: one acceptor thread, a fixed pool of worker threads fed by a bounded
-//! crossbeam queue, and the parker thread that holds connections waiting for bytes. Also owns
-//! graceful shutdown.
+//! The data-plane server, in one of two engines chosen by `engine`. `threads`: one acceptor
+//! thread, a fixed pool of worker threads fed by a bounded crossbeam queue, and the parker thread
+//! that holds connections waiting for bytes. `loops`: `threads` event loops ([`event_loop`]), each
+//! owning its client and backend sockets. Also owns graceful shutdown, for both.
 //!
 //! ```text
 //! acceptor ──► ready queue ──► N workers ──► backends
@@ -9,6 +10,7 @@
 //! ```
 
 pub mod conn;
+pub mod event_loop;
 pub mod parker;
 pub mod probe;
 pub mod shared;
@@ -27,7 +29,7 @@ use parking_lot::RwLock;
 
 use crate::cache::{Cache, Limits as CacheLimits};
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, Engine};
 use crate::gateway::Gateway;
 use crate::http::request::{self, Limits};
 use crate::observe::access_log::AccessLog;
@@ -55,6 +57,8 @@ pub struct Server {
     refresher: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
     worker_done: Receiver<()>,
+    /// The event loops, with `engine = loops` (then there is no acceptor, parker or worker).
+    loops: Option<event_loop::Loops>,
 }
 
 impl Server {
@@ -124,10 +128,35 @@ impl Server {
             per_ip: Arc::new(PerIpLimit::default()),
             parker: Parker::new()?,
             plain_port: PlainPort::from_config(&config, Arc::new(Challenges::default())),
+            loop_parked: Default::default(),
             config,
         });
         let (done_tx, worker_done) = crossbeam_channel::unbounded();
         shared.metrics.prepare(&shared.config);
+        let refresher = match shared.cache.is_some() {
+            true => {
+                let shared = Arc::clone(&shared);
+                Some(thread::Builder::new().name("pibl-cache".into()).spawn(move || {
+                    if let Some(cache) = &shared.cache {
+                        refresh::run_refresher(&shared, cache, &refresh_rx);
+                    }
+                })?)
+            }
+            false => None,
+        };
+        if shared.config.engine == Engine::Loops {
+            let loops = event_loop::Loops::start(listener, &shared)?;
+            return Ok(Server {
+                shared,
+                local_addr,
+                acceptor: None,
+                parker: None,
+                refresher,
+                workers: Vec::new(),
+                worker_done,
+                loops: Some(loops),
+            });
+        }
 
         let mut workers = Vec::with_capacity(shared.config.threads);
         for i in 0..shared.config.threads {
@@ -144,17 +173,6 @@ impl Server {
                 .name("pibl-parker".into())
                 .spawn(move || shared.parker.run(&tx, &shared.shutdown, tick))?
         };
-        let refresher = match shared.cache.is_some() {
-            true => {
-                let shared = Arc::clone(&shared);
-                Some(thread::Builder::new().name("pibl-cache".into()).spawn(move || {
-                    if let Some(cache) = &shared.cache {
-                        refresh::run_refresher(&shared, cache, &refresh_rx);
-                    }
-                })?)
-            }
-            false => None,
-        };
         let acceptor = {
             let shared = Arc::clone(&shared);
             thread::Builder::new()
@@ -169,6 +187,7 @@ impl Server {
             refresher,
             workers,
             worker_done,
+            loops: None,
         })
     }
 
@@ -202,6 +221,7 @@ impl Server {
     pub fn reload(&self, config: &Config) {
         let old = &self.shared.config;
         let fixed = [
+            ("engine", old.engine != config.engine),
             ("bind/port", (old.bind, old.port) != (config.bind, config.port)),
             ("threads", old.threads != config.threads),
             ("max_conn", old.max_conn != config.max_conn),
@@ -254,6 +274,15 @@ impl Server {
     pub fn shutdown(mut self) -> bool {
         let deadline = Instant::now() + self.shared.config.shutdown_grace;
         self.shared.shutdown.store(true, Ordering::Release);
+        if let Some(loops) = self.loops.take() {
+            loops.wake_all();
+            if let Some(handle) = self.refresher.take() {
+                let _ = handle.join();
+            }
+            let clean = loops.finish(deadline);
+            self.shared.access_log.close();
+            return clean;
+        }
         self.shared.parker.wake();
         wake::wake_acceptor(self.local_addr);
         for handle in [self.acceptor.take(), self.parker.take(), self.refresher.take()].into_iter().flatten() {
@@ -411,10 +440,18 @@ fn serve(shared: &Shared, scratch: &mut Scratch, mut conn: Conn) {
     }
 }
 
-/// This threaded engine has no TLS sessions: those live in the event-loop data plane. An `https://`
-/// backend is refused at start-up rather than spoken to in plain text; a `tls_port` only warns, as
-/// redirects and ACME challenges on the plain port already work.
+/// Neither engine has TLS sessions yet (they will live in the event loops). An `https://` backend is
+/// refused at start-up rather than spoken to in plain text; a `tls_port` only warns, as redirects
+/// and ACME challenges on the plain port work on the threaded engine. The loop engine does not
+/// answer those yet, so it refuses a config that relies on them.
 fn refuse_tls_for_now(config: &Config) -> io::Result<()> {
+    if config.engine == Engine::Loops && (config.https_redirect || !config.acme_domains.is_empty()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "https_redirect and acme_domains are answered on the plain port by engine = threads only so far; \
+             use engine = threads with them",
+        ));
+    }
     let backends = config.backends.iter().enumerate().map(|(i, b)| (format!("ip_server{}", i + 1), b));
     let routes =
         config.routes.iter().flat_map(|r| r.servers.iter().map(move |b| (format!("[route.{}] servers", r.name), b)));
@@ -422,16 +459,15 @@ fn refuse_tls_for_now(config: &Config) -> io::Result<()> {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
-                "{key} = {}: TLS to backends needs the event-loop data plane, which this build does not run yet; \
-                 use a plain http backend for now",
+                "{key} = {}: TLS to backends is not in either engine yet; use a plain http backend for now",
                 backend.written()
             ),
         ));
     }
     if config.tls_port != 0 {
         log::warn!(
-            "tls_port = {}: this engine has no HTTPS listener yet (it comes with the event-loop data plane); \
-             only ACME challenges and https_redirect are served, on port {}",
+            "tls_port = {}: no engine has an HTTPS listener yet (it comes with the event loops); only ACME \
+             challenges and https_redirect are served, on port {}",
             config.tls_port,
             config.port
         );

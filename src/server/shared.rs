@@ -3,7 +3,7 @@
 //! acceptor, workers and parker keep. Built by [`crate::server::Server`]; read by the request
 //! pipeline (`proxy`) and, through a [`crate::server::probe::Probe`], by the status pages.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -51,6 +51,8 @@ pub struct Shared {
     pub(super) parker: Parker,
     /// What the plain port answers by itself for HTTPS: ACME challenges and `https_redirect`.
     pub plain_port: PlainPort,
+    /// Sessions of the loop engine waiting for a request (its counterpart of the parker's count).
+    pub(super) loop_parked: AtomicUsize,
 }
 
 /// Live figures about a server, for tests and status pages.
@@ -71,7 +73,10 @@ impl Shared {
     }
 
     pub fn stats(&self) -> Stats {
-        Stats { open_connections: self.conns.open(), parked_connections: self.parker.len() }
+        Stats {
+            open_connections: self.conns.open(),
+            parked_connections: self.parker.len() + self.loop_parked.load(Ordering::Relaxed),
+        }
     }
 
     /// Connections waiting for a worker.

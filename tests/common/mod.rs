@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pibl::config::{BackendAddr, Config};
+use pibl::config::{BackendAddr, Config, Engine};
 use pibl::Server;
 
 /// Longest any helper waits for anything; tests poll conditions instead of sleeping.
@@ -259,9 +259,46 @@ fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
     }
 }
 
-/// A config for tests: loopback, the given backends, small timeouts, no access log.
+thread_local! {
+    /// The engine `test_config` asks for on this test's thread (see [`both_engines!`]).
+    static ENGINE: std::cell::Cell<Engine> = const { std::cell::Cell::new(Engine::Threads) };
+}
+
+/// The engine `test_config` chooses on this thread.
+pub fn engine() -> Engine {
+    ENGINE.with(|e| e.get())
+}
+
+/// Runs `test` with `test_config` choosing `engine`.
+pub fn on_engine(engine: Engine, test: fn()) {
+    ENGINE.with(|e| e.set(engine));
+    test();
+}
+
+/// Runs each named test function once per engine, as `threads::NAME` and `loops::NAME`.
+#[allow(unused_macros)]
+macro_rules! both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod threads {
+            $(#[test]
+            fn $name() {
+                crate::common::on_engine(pibl::config::Engine::Threads, super::$name)
+            })*
+        }
+        mod loops {
+            $(#[test]
+            fn $name() {
+                crate::common::on_engine(pibl::config::Engine::Loops, super::$name)
+            })*
+        }
+    };
+}
+
+/// A config for tests: loopback, the given backends, small timeouts, no access log, and the
+/// engine of the running test (threads unless run through [`both_engines!`]).
 pub fn test_config(backends: &[SocketAddr]) -> Config {
     Config {
+        engine: ENGINE.with(|e| e.get()),
         bind: [127, 0, 0, 1].into(),
         port: 0,
         threads: 4,
@@ -305,6 +342,11 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client on a connection the test opened itself.
+    pub fn from_stream(stream: TcpStream) -> Client {
+        Client { stream, buf: Vec::new() }
+    }
+
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).expect("connect to proxy");
         stream.set_read_timeout(Some(WAIT)).unwrap();
@@ -368,6 +410,12 @@ impl Client {
     }
 
     /// True when the server has closed the connection (EOF or reset) and sent nothing more.
+    /// Drops what was read past the last whole response (a body cut short), so `is_closed` looks
+    /// at the connection alone.
+    pub fn discard_buffered(&mut self) {
+        self.buf.clear();
+    }
+
     pub fn is_closed(&mut self) -> bool {
         if !self.buf.is_empty() {
             return false;
@@ -453,7 +501,8 @@ pub struct ProxyProcess {
 }
 
 impl ProxyProcess {
-    /// Writes a config for `backend` with `extra` keys and starts the proxy. The port is found free and
+    /// Writes a config for `backend` with `extra` keys (and the running test's engine) and starts
+    /// the proxy. The port is found free and
     /// then released, so another process may take it first: then the proxy exits and we try another.
     pub fn start(dir: &TempDir, backend: SocketAddr, extra: &str) -> ProxyProcess {
         ProxyProcess::start_limited(dir, backend, extra, None)
@@ -469,8 +518,9 @@ impl ProxyProcess {
                 "parser.ini",
                 &format!(
                     "[DEFAULT]\nbind = 127.0.0.1\nport = {port}\napi_port = {api_port}\ndatabase = {}\nthreads = 2\n\
-                     ip_server1 = {backend}\nshutdown_grace = 2\nlog_level = info\n{extra}",
-                    dir.0.join("pibl.db").display()
+                     engine = {}\nip_server1 = {backend}\nshutdown_grace = 2\nlog_level = info\n{extra}",
+                    dir.0.join("pibl.db").display(),
+                    engine().name()
                 ),
             );
             let stderr = fs::File::create(dir.0.join("proxy.stderr")).expect("create stderr file");

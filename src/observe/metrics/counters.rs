@@ -190,6 +190,12 @@ pub struct Metrics {
     upstream: RwLock<HashMap<String, Arc<BackendMetrics>>>,
     /// The ACME certificate's first name and days left on it, when ACME runs.
     certificate_days_left: RwLock<Option<(String, Arc<AtomicI64>)>>,
+    /// Upgraded connections (WebSockets) closed, and the bytes they carried each way.
+    pub tunnels: AtomicU64,
+    pub tunnel_bytes_up: AtomicU64,
+    pub tunnel_bytes_down: AtomicU64,
+    /// Panics caught while serving a request (a bug in pibl; the connection was closed).
+    pub panics: AtomicU64,
 }
 
 /// Timings of one backend (by name, so they outlive reloads that rebuild the pools).
@@ -242,6 +248,13 @@ impl Metrics {
                 None => 0,
             };
         });
+    }
+
+    /// Counts one closed tunnel and its bytes: from the client to the backend, and back.
+    pub fn count_tunnel(&self, up: u64, down: u64) {
+        self.tunnels.fetch_add(1, Ordering::Relaxed);
+        self.tunnel_bytes_up.fetch_add(up, Ordering::Relaxed);
+        self.tunnel_bytes_down.fetch_add(down, Ordering::Relaxed);
     }
 
     /// Time from sending a request to a backend until its response head arrived.

@@ -107,6 +107,15 @@ pub fn render(s: &Scrape<'_>) -> String {
     for (backend, m) in &upstreams {
         histogram(o, "pibl_upstream_connect_seconds", &format!("backend=\"{}\"", label(backend)), &m.connect);
     }
+    let m = s.metrics;
+    family(o, "pibl_tunnels_total", "counter", "Upgraded connections (WebSockets) closed.");
+    let _ = writeln!(o, "pibl_tunnels_total {}", m.tunnels.load(Ordering::Relaxed));
+    family(o, "pibl_tunnel_bytes_total", "counter", "Bytes carried by closed tunnels, by direction.");
+    let _ = writeln!(o, "pibl_tunnel_bytes_total{{direction=\"up\"}} {}", m.tunnel_bytes_up.load(Ordering::Relaxed));
+    let _ =
+        writeln!(o, "pibl_tunnel_bytes_total{{direction=\"down\"}} {}", m.tunnel_bytes_down.load(Ordering::Relaxed));
+    family(o, "pibl_panics_total", "counter", "Panics caught while serving a request; each closed its connection.");
+    let _ = writeln!(o, "pibl_panics_total {}", m.panics.load(Ordering::Relaxed));
     family(o, "pibl_backend_up", "gauge", "1 when the backend is in rotation (healthy, not cooling down).");
     for b in s.backends {
         let _ = writeln!(

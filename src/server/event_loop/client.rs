@@ -1,0 +1,124 @@
+//! A session's client side: the non-blocking socket, the bytes read from it and not yet used, and
+//! the bytes waiting to be written to it. Reads and writes never block; each returns whether it made
+//! progress, and a full output buffer is what stops a session from reading more from its backend
+//! (back-pressure).
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use mio::net::TcpStream;
+
+use crate::http::buffer::ReadBuf;
+
+/// Bytes to write to a socket, written as far as the socket takes them.
+#[derive(Debug, Default)]
+pub struct OutBuf {
+    pub data: Vec<u8>,
+    sent: usize,
+}
+
+impl OutBuf {
+    /// Bytes still to write.
+    pub fn pending(&self) -> usize {
+        self.data.len() - self.sent
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending() == 0
+    }
+
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.data.extend_from_slice(bytes);
+    }
+
+    /// Writes until the socket would block or nothing is left; `Ok(true)` when bytes went out.
+    pub fn write_to<W: Write>(&mut self, dst: &mut W) -> io::Result<bool> {
+        let mut wrote = false;
+        while self.sent < self.data.len() {
+            match dst.write(&self.data[self.sent..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.sent += n;
+                    wrote = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(wrote),
+                Err(e) => return Err(e),
+            }
+        }
+        self.data.clear();
+        self.sent = 0;
+        Ok(wrote)
+    }
+
+    /// Gives the allocation back while empty (an idle keep-alive session holds no buffer).
+    pub fn release(&mut self) {
+        if self.is_empty() {
+            self.data = Vec::new();
+            self.sent = 0;
+        }
+    }
+}
+
+/// What a non-blocking read came to.
+#[derive(Debug)]
+pub enum Got {
+    Bytes(usize),
+    Eof,
+    WouldBlock,
+    Failed(io::Error),
+}
+
+/// Reads once into `buf` (keeping at most `max` unconsumed bytes), retrying on `Interrupted`.
+pub fn read_into<R: Read>(buf: &mut ReadBuf, src: &mut R, step: usize, max: usize) -> Got {
+    loop {
+        match buf.fill_from(src, step, max) {
+            Ok(0) => return Got::Eof,
+            Ok(n) => return Got::Bytes(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Got::WouldBlock,
+            Err(e) => return Got::Failed(e),
+        }
+    }
+}
+
+/// The client connection of a session.
+#[derive(Debug)]
+pub struct Client {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    /// Bytes received and not yet used: a partial head, a body on its way, pipelined requests.
+    pub cin: ReadBuf,
+    /// Bytes on their way to the client.
+    pub cout: OutBuf,
+    /// The last time bytes moved on this connection, for `client_timeout`.
+    pub seen: Instant,
+}
+
+impl Client {
+    pub fn new(stream: TcpStream, peer: SocketAddr, now: Instant) -> Client {
+        Client { stream, peer, cin: ReadBuf::new(), cout: OutBuf::default(), seen: now }
+    }
+
+    /// Writes what is pending; `Err` means the client is gone.
+    pub fn flush(&mut self, now: Instant) -> io::Result<bool> {
+        let wrote = self.cout.write_to(&mut self.stream)?;
+        if wrote {
+            self.seen = now;
+        }
+        Ok(wrote)
+    }
+
+    /// Reads once into `cin`, keeping at most `max` unconsumed bytes.
+    pub fn read(&mut self, step: usize, max: usize, now: Instant) -> Got {
+        if self.cin.len() >= max {
+            return Got::WouldBlock;
+        }
+        let read = read_into(&mut self.cin, &mut self.stream, step, max);
+        if matches!(read, Got::Bytes(_)) {
+            self.seen = now;
+        }
+        read
+    }
+}

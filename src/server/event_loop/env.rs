@@ -1,0 +1,70 @@
+//! What every session step of one loop can reach: the server's shared state, the loop's poller
+//! registry (to register backend sockets) and its upstream pool, and the time of the wake-up. Also
+//! how poller tokens name a session's two sockets.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use mio::{Registry, Token, Waker};
+use parking_lot::Mutex;
+
+use crate::server::event_loop::timers::Owner;
+use crate::server::event_loop::upstream_pool::UpstreamPool;
+use crate::server::shared::Shared;
+
+/// The listener's token in every loop.
+pub const LISTENER: Token = Token(usize::MAX);
+/// The token of the waker that interrupts a loop (shutdown).
+pub const WAKER: Token = Token(usize::MAX - 1);
+
+/// A request target that makes a loop panic, in the library's own tests of panic containment.
+#[cfg(test)]
+pub const PANIC_TARGET: &str = "/__pibl_test_panic";
+
+/// The token of the client socket of the session in `slot`.
+pub fn client_token(slot: usize) -> Token {
+    Token(slot * 2)
+}
+
+/// The token of the backend socket of the session in `slot`.
+pub fn backend_token(slot: usize) -> Token {
+    Token(slot * 2 + 1)
+}
+
+/// The session slot a token belongs to.
+pub fn slot_of(token: Token) -> usize {
+    token.0 / 2
+}
+
+/// Sessions another thread asks a loop to run again (a cache fetch they waited for finished).
+pub struct Inbox {
+    ready: Mutex<Vec<Owner>>,
+    waker: Arc<Waker>,
+}
+
+impl Inbox {
+    pub fn new(waker: Arc<Waker>) -> Inbox {
+        Inbox { ready: Mutex::new(Vec::new()), waker }
+    }
+
+    /// Asks the loop to run `owner` again; callable from any thread.
+    pub fn push(&self, owner: Owner) {
+        self.ready.lock().push(owner);
+        let _ = self.waker.wake();
+    }
+
+    /// The sessions asked for since the last call.
+    pub fn take(&self) -> Vec<Owner> {
+        std::mem::take(&mut *self.ready.lock())
+    }
+}
+
+/// A loop's resources, lent to one session step.
+pub struct Env<'a> {
+    pub shared: &'a Shared,
+    pub registry: &'a Registry,
+    pub pool: &'a mut UpstreamPool,
+    pub inbox: &'a Arc<Inbox>,
+    /// Real time at the wake-up, for socket deadlines.
+    pub now: Instant,
+}

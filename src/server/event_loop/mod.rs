@@ -1,0 +1,427 @@
+//! The event-loop engine (`engine = loops`): `threads` loops, each a thread with its own `mio`
+//! poller that owns every socket it touches — the client connections it accepted and the backend
+//! connections serving them — so a request is read, answered or forwarded, and relayed on the
+//! thread that accepted it, with no queue and no other thread on its way.
+//!
+//! ```text
+//! listener (registered in every loop; whichever wakes first accepts)
+//!    │
+//!    ▼
+//! loop i: poll ─► sessions (slab of state machines) ⇄ backend sockets ─► upstream pool (per loop)
+//!           └──── timers (one heap: header, keep-alive, client, connect, backend, tunnel, linger)
+//! ```
+//!
+//! Nothing here blocks: sockets are non-blocking, locks are only taken for counters, and the SQLite
+//! writer, the cache refresher and the health checker are other threads. A panic while serving
+//! one session is caught: that connection gets a 500 if nothing was answered yet and is closed, and
+//! the loop goes on.
+
+pub mod answers;
+pub mod auth;
+pub mod client;
+pub mod env;
+pub mod exchange;
+pub mod session;
+pub mod timers;
+pub mod tunnel;
+pub mod upstream_pool;
+
+use std::io::{self, Write};
+use std::net::TcpListener as StdListener;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Waker};
+
+use crate::observe::metrics::{unix_secs, DEFAULT_ROUTE};
+use crate::server::shared::Shared;
+use env::{client_token, slot_of, Env, Inbox, LISTENER, WAKER};
+use session::{Session, Verdict};
+use timers::{Owner, Timers};
+use upstream_pool::UpstreamPool;
+
+/// Events taken from the poller per wake-up.
+const EVENTS: usize = 1024;
+/// How often a loop that stopped accepting at `max_conn` looks for a free slot (a slot freed by
+/// another loop wakes nobody here).
+const ACCEPT_RETRY: Duration = Duration::from_millis(20);
+/// How often idle pooled backend connections are aged out.
+const POOL_PURGE: Duration = Duration::from_secs(1);
+
+/// The running loops of one server.
+pub struct Loops {
+    wakers: Vec<Arc<Waker>>,
+    handles: Vec<JoinHandle<()>>,
+    done: Receiver<()>,
+}
+
+impl Loops {
+    /// Starts `shared.config.threads` loops, each accepting on its own handle of `listener`.
+    pub fn start(listener: StdListener, shared: &Arc<Shared>) -> io::Result<Loops> {
+        listener.set_nonblocking(true)?;
+        let (done_tx, done) = crossbeam_channel::unbounded();
+        let mut loops = Loops { wakers: Vec::new(), handles: Vec::new(), done };
+        for i in 0..shared.config.threads.max(1) {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            let mut own = TcpListener::from_std(listener.try_clone()?);
+            poll.registry().register(&mut own, LISTENER, Interest::READABLE)?;
+            let (shared, done_tx) = (Arc::clone(shared), done_tx.clone());
+            let inbox = Arc::new(Inbox::new(Arc::clone(&waker)));
+            let handle = thread::Builder::new().name(format!("pibl-loop-{i}")).spawn(move || {
+                EventLoop::new(poll, own, shared, inbox).run();
+                let _ = done_tx.send(());
+            })?;
+            loops.wakers.push(waker);
+            loops.handles.push(handle);
+        }
+        // Every loop holds its own handle; once they drop them at shutdown the port is closed.
+        drop(listener);
+        Ok(loops)
+    }
+
+    /// Interrupts every loop's wait (to see the shutdown flag).
+    pub fn wake_all(&self) {
+        for waker in &self.wakers {
+            let _ = waker.wake();
+        }
+    }
+
+    /// Waits until every loop has finished or `deadline` passes; joins them when all finished.
+    pub fn finish(mut self, deadline: Instant) -> bool {
+        let mut finished = 0;
+        while finished < self.handles.len() {
+            match self.done.recv_deadline(deadline) {
+                Ok(()) => finished += 1,
+                Err(_) => break,
+            }
+        }
+        let clean = finished == self.handles.len();
+        if clean {
+            for handle in self.handles.drain(..) {
+                let _ = handle.join();
+            }
+        } else {
+            log::warn!(
+                "shutdown: {} loop(s) still serving requests after the grace period",
+                self.handles.len() - finished
+            );
+        }
+        clean
+    }
+}
+
+/// A session in its slot, with the slot's generation (so timers of a closed session never fire on
+/// the next one).
+struct Entry {
+    session: Session,
+    generation: u64,
+    parked: bool,
+}
+
+struct EventLoop {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    shared: Arc<Shared>,
+    sessions: Vec<Option<Entry>>,
+    free: Vec<usize>,
+    open: usize,
+    generation: u64,
+    timers: Timers,
+    pool: UpstreamPool,
+    accept_paused: bool,
+    last_purge: Instant,
+    inbox: Arc<Inbox>,
+}
+
+impl EventLoop {
+    fn new(poll: Poll, listener: TcpListener, shared: Arc<Shared>, inbox: Arc<Inbox>) -> EventLoop {
+        EventLoop {
+            poll,
+            listener: Some(listener),
+            shared,
+            sessions: Vec::new(),
+            free: Vec::new(),
+            open: 0,
+            generation: 0,
+            timers: Timers::default(),
+            pool: UpstreamPool::default(),
+            accept_paused: false,
+            last_purge: Instant::now(),
+            inbox,
+        }
+    }
+
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(EVENTS);
+        loop {
+            if self.shared.is_shutting_down() {
+                self.begin_shutdown();
+                if self.open == 0 {
+                    return;
+                }
+            }
+            let now = Instant::now();
+            let mut wait = self.timers.wait(now).unwrap_or(POOL_PURGE).min(POOL_PURGE);
+            if self.accept_paused {
+                wait = wait.min(ACCEPT_RETRY);
+            }
+            if self.listener.is_none() {
+                wait = wait.min(Duration::from_millis(100));
+            }
+            if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("event loop: poll failed: {e}");
+                    return;
+                }
+                continue;
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {
+                        for owner in self.inbox.take() {
+                            let current = self.sessions.get(owner.slot).and_then(Option::as_ref);
+                            if current.is_some_and(|e| e.generation == owner.generation) {
+                                self.serve(owner.slot, None);
+                            }
+                        }
+                    }
+                    token => self.serve(slot_of(token), None),
+                }
+            }
+            if self.accept_paused {
+                self.accept();
+            }
+            let now = Instant::now();
+            while let Some((at, owner)) = self.timers.pop_due(now) {
+                self.serve(owner.slot, Some((at, owner.generation)));
+            }
+            if now.duration_since(self.last_purge) >= POOL_PURGE {
+                self.pool.purge(now);
+                self.last_purge = now;
+            }
+        }
+    }
+
+    /// Stops accepting (the loop's listener handle is closed) and closes parked connections;
+    /// requests in flight finish with `Connection: close`.
+    fn begin_shutdown(&mut self) {
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+            for slot in 0..self.sessions.len() {
+                if self.sessions[slot].as_ref().is_some_and(|e| e.session.is_parked()) {
+                    self.close(slot);
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        let shared = Arc::clone(&self.shared);
+        let config = &shared.config;
+        loop {
+            let Some(listener) = self.listener.as_ref() else { return };
+            if self.shared.conns.open() >= config.max_conn {
+                self.accept_paused = true;
+                return;
+            }
+            let (mut stream, peer) = match listener.accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.accept_paused = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of descriptors or a transient network error: try again on the next tick.
+                    log::warn!("accept failed: {e}");
+                    self.accept_paused = true;
+                    return;
+                }
+            };
+            let ip_slot = match config.max_conn_per_ip {
+                0 => None,
+                max => match self.shared.per_ip.acquire(peer.ip(), max) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        log::debug!("refusing {peer}: max_conn_per_ip ({max}) reached");
+                        let _ = stream.write(
+                            b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+                        );
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let slot = self.free.pop().unwrap_or_else(|| {
+                self.sessions.push(None);
+                self.sessions.len() - 1
+            });
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if let Err(e) = self.poll.registry().register(&mut stream, client_token(slot), interest) {
+                log::warn!("dropping connection from {peer}: {e}");
+                self.free.push(slot);
+                continue;
+            }
+            let now = Instant::now();
+            self.generation += 1;
+            let owner = Owner { slot, generation: self.generation };
+            let session = Session::new(stream, peer, owner, self.shared.conns.acquire(), ip_slot, now);
+            self.sessions[slot] = Some(Entry { session, generation: self.generation, parked: false });
+            self.open += 1;
+            // The registration reports the socket's readiness; until then the header timeout runs.
+            self.settle(slot);
+        }
+    }
+
+    /// Runs a session after an event (`timer` is `None`) or when one of its timer entries is due.
+    fn serve(&mut self, slot: usize, timer: Option<(Instant, u64)>) {
+        let EventLoop { poll, shared, sessions, pool, inbox, .. } = self;
+        let Some(Some(entry)) = sessions.get_mut(slot) else { return };
+        let now = Instant::now();
+        let mut env = Env { shared, registry: poll.registry(), pool, inbox, now };
+        if let Some((at, generation)) = timer {
+            // Only the entry the session armed counts; an earlier one it replaced is dropped.
+            if generation != entry.generation || entry.session.armed != Some(at) {
+                return;
+            }
+            entry.session.armed = None;
+            if now < entry.session.deadline(&env) {
+                self.settle(slot);
+                return;
+            }
+        }
+        let session = &mut entry.session;
+        let served = panic::catch_unwind(AssertUnwindSafe(|| match timer {
+            None => session.drive(&mut env),
+            Some(_) => session.timed_out(&mut env),
+        }));
+        match served {
+            Ok(Verdict::Open) => self.settle(slot),
+            Ok(Verdict::Close) => self.close(slot),
+            Err(_) => {
+                log::error!("internal error while serving {}; connection closed", entry.session.client.peer);
+                entry.session.answer_panic(&env);
+                let now_secs = unix_secs(shared.clock.wall());
+                shared.metrics.record(DEFAULT_ROUTE, 500, Duration::ZERO, None, now_secs);
+                shared.metrics.panics.fetch_add(1, Ordering::Relaxed);
+                self.close(slot);
+            }
+        }
+    }
+
+    /// After a step: arms the session's deadline and keeps the parked count right.
+    fn settle(&mut self, slot: usize) {
+        let EventLoop { poll, shared, sessions, pool, timers, inbox, .. } = self;
+        let Some(Some(entry)) = sessions.get_mut(slot) else { return };
+        let env = Env { shared, registry: poll.registry(), pool, inbox, now: Instant::now() };
+        let deadline = entry.session.deadline(&env);
+        timers.arm(Owner { slot, generation: entry.generation }, &mut entry.session.armed, deadline);
+        let parked = entry.session.is_parked();
+        if parked != entry.parked {
+            entry.parked = parked;
+            match parked {
+                true => shared.loop_parked.fetch_add(1, Ordering::Relaxed),
+                false => shared.loop_parked.fetch_sub(1, Ordering::Relaxed),
+            };
+        }
+        if parked && shared.is_shutting_down() {
+            self.close(slot);
+        }
+    }
+
+    fn close(&mut self, slot: usize) {
+        let EventLoop { poll, shared, sessions, pool, inbox, .. } = self;
+        let Some(mut entry) = sessions.get_mut(slot).and_then(Option::take) else { return };
+        let env = Env { shared, registry: poll.registry(), pool, inbox, now: Instant::now() };
+        // Recording must not take the loop down either.
+        let _ = panic::catch_unwind(AssertUnwindSafe(|| entry.session.on_close(&env)));
+        if entry.parked {
+            shared.loop_parked.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.free.push(slot);
+        self.open -= 1;
+        // Dropping the session closes its sockets, which also leaves the poller.
+        drop(entry);
+        if self.accept_paused {
+            self.accept();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::sync::atomic::Ordering;
+    use std::thread;
+    use std::time::Duration;
+
+    use crate::config::{BackendAddr, Config, Engine};
+    use crate::server::event_loop::env::PANIC_TARGET;
+    use crate::server::Server;
+
+    /// A backend that answers `ok` to every request on each connection it accepts.
+    fn backend() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    let mut seen = Vec::new();
+                    while let Ok(n @ 1..) = stream.read(&mut buf) {
+                        seen.extend_from_slice(&buf[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// One request on a new connection; returns the whole answer (the proxy closes after it).
+    fn ask(proxy: SocketAddr, target: &str) -> String {
+        let mut stream = TcpStream::connect(proxy).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(stream, "GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    }
+
+    #[test]
+    fn a_panic_in_one_request_answers_500_and_the_loop_serves_on() {
+        let addr = backend();
+        let config = Config {
+            engine: Engine::Loops,
+            threads: 1,
+            bind: [127, 0, 0, 1].into(),
+            port: 0,
+            access_log: false,
+            backends: vec![BackendAddr::plain(addr.to_string(), addr)],
+            ..Config::default()
+        };
+        let server = Server::start_on(TcpListener::bind("127.0.0.1:0").unwrap(), config).unwrap();
+        let proxy = server.local_addr();
+        assert!(ask(proxy, "/").starts_with("HTTP/1.1 200"));
+        let answer = ask(proxy, PANIC_TARGET);
+        assert!(answer.starts_with("HTTP/1.1 500"), "{answer}");
+        // The one loop survived and serves everyone else.
+        for _ in 0..3 {
+            assert!(ask(proxy, "/").starts_with("HTTP/1.1 200"));
+        }
+        let shared = server.probe().shared().unwrap();
+        assert_eq!(shared.metrics.panics.load(Ordering::Relaxed), 1);
+        assert!(server.shutdown());
+    }
+}
