@@ -82,8 +82,15 @@ impl Background {
 
     /// Asks the thread to stop and waits until it has finished. A thread that panicked has already
     /// had its panic reported, and there is nothing left to stop.
-    pub fn stop(mut self) {
+    pub fn stop(self) {
+        self.stop_waking(|| {});
+    }
+
+    /// Like [`Background::stop`] for a thread blocked where the signal cannot reach it (an
+    /// `accept()`): `wake` runs after the signal is raised and before the join, to unblock it.
+    pub fn stop_waking(mut self, wake: impl FnOnce()) {
         self.signal.raise();
+        wake();
         if let Some(handle) = self.handle.take() {
             let _ = handle.join();
         }

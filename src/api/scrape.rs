@@ -7,35 +7,34 @@ use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::Duration;
 
 use super::reply::ApiError;
 use super::state::ApiState;
 use super::status;
 use super::wire::{read_head, REQUEST_TIMEOUT};
+use crate::background::Background;
 use crate::http::buffer::ReadBuf;
 
 /// The running metrics listener.
 pub struct MetricsListener {
     local_addr: SocketAddr,
-    shutdown: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
+    thread: Background,
 }
 
 impl MetricsListener {
     /// Serves `/metrics` of `state` on an already bound listener.
     pub fn start(listener: TcpListener, state: Arc<ApiState>) -> io::Result<MetricsListener> {
         let local_addr = listener.local_addr()?;
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&shutdown);
-        let handle = thread::Builder::new().name("pibl-metrics".into()).spawn(move || {
+        let thread = Background::spawn("pibl-metrics", move |stop| {
+            let flag = stop.as_flag();
             for conn in listener.incoming() {
                 if flag.load(Ordering::Acquire) {
                     break;
                 }
                 match conn {
-                    Ok(stream) => serve(stream, &state, &flag),
+                    Ok(stream) => serve(stream, &state, flag),
                     Err(e) => {
                         log::warn!("metrics: accept failed: {e}");
                         thread::sleep(Duration::from_millis(10));
@@ -43,7 +42,7 @@ impl MetricsListener {
                 }
             }
         })?;
-        Ok(MetricsListener { local_addr, shutdown, handle: Some(handle) })
+        Ok(MetricsListener { local_addr, thread })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -51,12 +50,9 @@ impl MetricsListener {
     }
 
     /// Stops accepting and waits for the thread.
-    pub fn shutdown(mut self) {
-        self.shutdown.store(true, Ordering::Release);
-        crate::server::wake::wake_acceptor(self.local_addr);
-        if let Some(handle) = self.handle.take() {
-            let _ = handle.join();
-        }
+    pub fn shutdown(self) {
+        let local_addr = self.local_addr;
+        self.thread.stop_waking(|| crate::server::wake::wake_acceptor(local_addr));
     }
 }
 

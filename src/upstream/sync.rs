@@ -9,11 +9,12 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use ::postgres::fallible_iterator::FallibleIterator;
 
+use crate::background::Background;
 use crate::cache::Cache;
 use crate::store::postgres::{APPS_CHANGED, CACHE_PURGED, CHANNEL};
 use crate::store::{Store, StoreError};
@@ -30,8 +31,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The running listener thread.
 pub struct ChangeListener {
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
+    thread: Background,
 }
 
 impl ChangeListener {
@@ -41,20 +41,15 @@ impl ChangeListener {
         if !store.is_shared() {
             return Ok(None);
         }
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let handle = thread::Builder::new().name("pibl-db-listen".into()).spawn(move || {
+        let thread = Background::spawn("pibl-db-listen", move |stop| {
             let mut follower = Follower { store: &store, router: &router, cache: cache.as_deref(), last_purge: None };
-            follower.run(&flag)
+            follower.run(stop.as_flag())
         })?;
-        Ok(Some(ChangeListener { stop, handle: Some(handle) }))
+        Ok(Some(ChangeListener { thread }))
     }
 
-    pub fn shutdown(mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(handle) = self.handle.take() {
-            let _ = handle.join();
-        }
+    pub fn shutdown(self) {
+        self.thread.stop();
     }
 }
 
