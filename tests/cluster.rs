@@ -235,8 +235,11 @@ fn cache_purge_on_one_instance_reaches_the_others() {
     let origin = TestBackend::start(|_| {
         let body = "cacheable";
         Reply::Raw(
-            format!("HTTP/1.1 200 OK\r\nCache-Control: max-age=300\r\nContent-Length: {}\r\n\r\n{body}", body.len())
-                .into_bytes(),
+            format!(
+                "HTTP/1.1 200 OK\r\nCache-Control: max-age=300\r\nCache-Tag: pages\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
         )
     });
     let nodes = cluster(2, &pg.url, default.addr, "ttl = 300\n");
@@ -258,6 +261,19 @@ fn cache_purge_on_one_instance_reaches_the_others() {
         let _ = try_request(b.proxy, "GET", "/cached/page", None, None);
         origin.requests() > fetched
     });
+
+    // By tag, then by path prefix, through A: each time B's stored answer goes too.
+    for query in ["tag=pages", "prefix=/cached/"] {
+        let fetched = origin.requests();
+        let (status, _) = try_request(b.proxy, "GET", "/cached/page", None, None).expect("a cached answer");
+        assert_eq!((status, origin.requests()), (200, fetched), "B answers from its cache before ?{query}");
+        let res = api(a.api, "DELETE", &format!("/api/cache?{query}"), Some(&token), None);
+        assert_eq!(res.status, 200, "{query}: {}", res.text());
+        poll(&format!("B's entry is purged by ?{query}"), Duration::from_secs(10), || {
+            let _ = try_request(b.proxy, "GET", "/cached/page", None, None);
+            origin.requests() > fetched
+        });
+    }
 }
 
 #[test]

@@ -10,7 +10,6 @@ use super::input::{app_id, percent_decode};
 use super::json::FieldError;
 use super::reply::{ApiError, ApiResult, Reply};
 use super::state::ApiState;
-use crate::cache::Cache;
 use crate::http::request::Request;
 use crate::store::CachePurge;
 
@@ -72,12 +71,11 @@ pub fn purge_cache(state: &ApiState, req: &Request, query: &str) -> ApiResult<Re
     let url = match parameter {
         Some(("tag", tag)) => {
             // An owner's tag purge reaches only answers their own apps gave.
-            let own: Option<Vec<String>> =
+            let apps: Option<Vec<String>> =
                 if admin { None } else { Some(state.store.apps_of(user.id)?.into_iter().map(|a| a.name).collect()) };
-            let purged = cache.purge_where(|_, entry| {
-                entry.has_tag(&tag)
-                    && own.as_ref().is_none_or(|own| entry.origin().app.as_ref().is_some_and(|app| own.contains(app)))
-            });
+            let purge = CachePurge::Tag { tag: tag.clone(), apps };
+            let purged = purge.apply(cache);
+            announce_purge(state, &purge);
             return Ok(Reply::json(200, json!({ "purged": purged, "tag": tag })));
         }
         Some(("prefix", prefix)) => {
@@ -90,10 +88,9 @@ pub fn purge_cache(state: &ApiState, req: &Request, query: &str) -> ApiResult<Re
                 let first = prefix.trim_start_matches('/').split(['/', '?']).next().unwrap_or("");
                 Some(own_app(state, &user, app_id(first)?)?.name)
             };
-            let purged = cache.purge_where(|key, entry| {
-                Cache::key_target(key).starts_with(prefix.as_str())
-                    && app.as_ref().is_none_or(|app| entry.origin().app.as_ref() == Some(app))
-            });
+            let purge = CachePurge::Prefix { prefix: prefix.clone(), apps: app.map(|app| vec![app]) };
+            let purged = purge.apply(cache);
+            announce_purge(state, &purge);
             return Ok(Reply::json(200, json!({ "purged": purged, "prefix": prefix })));
         }
         Some((_, url)) => Some(url),

@@ -481,6 +481,9 @@ mod tests {
             CachePurge::All,
             CachePurge::Key { host: "h:1".into(), target: "/a".into() },
             CachePurge::Target("/b".into()),
+            CachePurge::Tag { tag: "images".into(), apps: Some(vec!["shop".into(), "blog".into()]) },
+            CachePurge::Tag { tag: "all".into(), apps: None },
+            CachePurge::Prefix { prefix: "/shop/img/".into(), apps: Some(vec!["shop".into()]) },
         ];
         for p in &purges {
             b.announce_cache_purge(p, 10).unwrap();

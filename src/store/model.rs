@@ -167,40 +167,74 @@ pub(super) fn ms(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// What one cache purge removed: everything, one host's entry of a URL, or a URL on every host.
+/// What one cache purge removed: everything, one host's entry of a URL, a URL on every host, every
+/// answer with a tag, or every URL under a path prefix. A tag or prefix purge by an app's owner names
+/// the apps whose answers it may reach (`apps`); an admin's reaches all (`None`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CachePurge {
     All,
     Key { host: String, target: String },
     Target(String),
+    Tag { tag: String, apps: Option<Vec<String>> },
+    Prefix { prefix: String, apps: Option<Vec<String>> },
+}
+
+/// One purge as a row of `cache_purges`: what kind, and its host, target and apps columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgeColumns {
+    pub kind: &'static str,
+    pub host: Option<String>,
+    pub target: Option<String>,
+    /// App names joined by commas (app ids hold none).
+    pub apps: Option<String>,
 }
 
 impl CachePurge {
     /// Removes the matching entries from `cache`; returns how many went.
     pub fn apply(&self, cache: &Cache) -> usize {
+        let within = |apps: &Option<Vec<String>>, entry: &crate::cache::Entry| {
+            apps.as_ref().is_none_or(|apps| entry.origin().app.as_ref().is_some_and(|app| apps.contains(app)))
+        };
         match self {
             CachePurge::All => cache.purge_all(),
             CachePurge::Key { host, target } => cache.invalidate(&Cache::key(Some(host), target)),
             CachePurge::Target(target) => {
                 cache.purge_matching(|key| key.split_once(' ').is_some_and(|(_, t)| t == target))
             }
+            CachePurge::Tag { tag, apps } => cache.purge_where(|_, entry| entry.has_tag(tag) && within(apps, entry)),
+            CachePurge::Prefix { prefix, apps } => cache
+                .purge_where(|key, entry| Cache::key_target(key).starts_with(prefix.as_str()) && within(apps, entry)),
         }
     }
 
-    /// (host, target) as the `cache_purges` table keeps them.
-    pub fn columns(&self) -> (Option<&str>, Option<&str>) {
+    /// The purge as the `cache_purges` table keeps it.
+    pub fn columns(&self) -> PurgeColumns {
+        let joined = |apps: &Option<Vec<String>>| apps.as_ref().map(|a| a.join(","));
+        let row = |kind, host: Option<&String>, target: Option<&String>, apps| PurgeColumns {
+            kind,
+            host: host.cloned(),
+            target: target.cloned(),
+            apps,
+        };
         match self {
-            CachePurge::All => (None, None),
-            CachePurge::Key { host, target } => (Some(host), Some(target)),
-            CachePurge::Target(target) => (None, Some(target)),
+            CachePurge::All => row("url", None, None, None),
+            CachePurge::Key { host, target } => row("url", Some(host), Some(target), None),
+            CachePurge::Target(target) => row("url", None, Some(target), None),
+            CachePurge::Tag { tag, apps } => row("tag", None, Some(tag), joined(apps)),
+            CachePurge::Prefix { prefix, apps } => row("prefix", None, Some(prefix), joined(apps)),
         }
     }
 
-    pub fn from_columns(host: Option<String>, target: Option<String>) -> CachePurge {
-        match (host, target) {
-            (Some(host), Some(target)) => CachePurge::Key { host, target },
-            (None, Some(target)) => CachePurge::Target(target),
-            (_, None) => CachePurge::All,
+    /// The purge a `cache_purges` row describes; a kind this pibl does not know (written by a newer
+    /// one) purges everything, which is never wrong for a cache, only slower.
+    pub fn from_columns(kind: &str, host: Option<String>, target: Option<String>, apps: Option<String>) -> CachePurge {
+        let apps = apps.map(|a| a.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect());
+        match (kind, host, target) {
+            ("url", Some(host), Some(target)) => CachePurge::Key { host, target },
+            ("url", None, Some(target)) => CachePurge::Target(target),
+            ("tag", _, Some(tag)) => CachePurge::Tag { tag, apps },
+            ("prefix", _, Some(prefix)) => CachePurge::Prefix { prefix, apps },
+            _ => CachePurge::All,
         }
     }
 }

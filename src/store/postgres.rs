@@ -117,6 +117,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
         FOR EACH STATEMENT EXECUTE FUNCTION pibl_apps_changed();
     CREATE TRIGGER cache_purged AFTER INSERT ON cache_purges
         FOR EACH STATEMENT EXECUTE FUNCTION pibl_cache_purged();",
+    // 3: purges by tag and by path prefix (`kind`), and the apps an owner's purge may reach.
+    "ALTER TABLE cache_purges ADD COLUMN kind TEXT NOT NULL DEFAULT 'url', ADD COLUMN apps TEXT;",
 ];
 
 /// The store over a PostgreSQL database; every `PgStore` of a process shares one pool.
@@ -594,12 +596,12 @@ impl PgStore {
 
     /// Records a purge (the trigger notifies every instance) and forgets those past keeping.
     pub fn announce_cache_purge(&self, purge: &CachePurge, now_ms: u64) -> Result<()> {
-        let (host, target) = purge.columns();
+        let row = purge.columns();
         self.with(|c| {
             let mut tx = c.transaction()?;
             tx.execute(
-                "INSERT INTO cache_purges (at_ms, host, target) VALUES ($1, $2, $3)",
-                &[&ms(now_ms), &host, &target],
+                "INSERT INTO cache_purges (at_ms, kind, host, target, apps) VALUES ($1, $2, $3, $4, $5)",
+                &[&ms(now_ms), &row.kind, &row.host, &row.target, &row.apps],
             )?;
             tx.execute("DELETE FROM cache_purges WHERE at_ms < $1", &[&ms(now_ms.saturating_sub(PURGE_RECORD_MS))])?;
             tx.commit()
@@ -609,9 +611,12 @@ impl PgStore {
     /// The purges recorded after `id`, oldest first.
     pub fn cache_purges_after(&self, id: i64) -> Result<Vec<(i64, CachePurge)>> {
         self.with(|c| {
-            c.query("SELECT id, host, target FROM cache_purges WHERE id > $1 ORDER BY id", &[&id])?
+            c.query("SELECT id, kind, host, target, apps FROM cache_purges WHERE id > $1 ORDER BY id", &[&id])?
                 .iter()
-                .map(|r| Ok((r.try_get(0)?, CachePurge::from_columns(r.try_get(1)?, r.try_get(2)?))))
+                .map(|r| {
+                    let kind: String = r.try_get(1)?;
+                    Ok((r.try_get(0)?, CachePurge::from_columns(&kind, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?)))
+                })
                 .collect()
         })
     }

@@ -77,6 +77,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
         host   TEXT,
         target TEXT
     );",
+    // 3: purges by tag and by path prefix (`kind`), and the apps an owner's purge may reach.
+    "ALTER TABLE cache_purges ADD COLUMN kind TEXT NOT NULL DEFAULT 'url';
+    ALTER TABLE cache_purges ADD COLUMN apps TEXT;",
 ];
 
 /// One connection to a SQLite file.
