@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use libfuzzer_sys::fuzz_target;
 use pibl::cache::policy::{
-    not_modified, parse_http_date, storable, CacheControl, Exchange, RequestDirectives, Usability,
+    not_modified, storable, CacheControl, Exchange, RequestDirectives, Usability,
 };
 use pibl::cache::response_facts;
 use pibl_fuzz::Cursor;
@@ -27,6 +27,12 @@ use pibl_fuzz::Cursor;
 const MAX_DELTA: u64 = 1 << 31;
 
 /// Directives written back as a `Cache-Control` value.
+/// An HTTP date from a field's bytes, as the cache policy reads `Date`, `Expires` and
+/// `Last-Modified`: trimmed, then `clock::parse_http_date`.
+fn parse_http_date(value: &[u8]) -> Option<std::time::SystemTime> {
+    std::str::from_utf8(value).ok().and_then(|text| pibl::clock::parse_http_date(text.trim()))
+}
+
 fn render(cc: &CacheControl) -> String {
     let mut parts: Vec<String> = Vec::new();
     let flags = [

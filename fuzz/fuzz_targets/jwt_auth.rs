@@ -66,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
             let with = cur.byte();
             let identity = String::from_utf8_lossy(cur.rest()).into_owned();
             let token = TOKENS.issue(&identity, now).expect("issuing");
-            let claims = Claims { identity: identity.clone(), iat: now, nbf: now, exp: now + TTL };
+            let claims = Claims { identity: identity.clone(), iat: now, nbf: now, exp: now + TTL, acct: None };
             assert_eq!(TOKENS.verify(&token, now).as_ref(), Ok(&claims));
             assert_eq!(TOKENS.verify(&token, now + TTL - 1).as_ref(), Ok(&claims));
             assert_eq!(TOKENS.verify(&token, now + TTL), Err(TokenError::Expired));
