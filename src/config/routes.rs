@@ -8,7 +8,7 @@ use std::time::Duration;
 use ini::Properties;
 
 use super::error::ConfigError;
-use super::scan::{key_line_in, section_line, ScannedLine};
+use super::scan::{section_error, ScannedLine};
 use super::values::{parse_backend, parse_bool, parse_duration, render_duration, BackendAddr};
 
 /// Documentation written after `[DEFAULT]` by `to_ini`, with a commented example route.
@@ -192,12 +192,7 @@ pub(super) fn parse_section(
     file: &str,
 ) -> Result<RouteConfig, ConfigError> {
     let name = section.trim_start_matches("route.").to_string();
-    let invalid = |key: &str, message: String| ConfigError::Invalid {
-        file: file.to_string(),
-        line: if key.is_empty() { section_line(lines, section) } else { key_line_in(lines, section, key) },
-        key: if key.is_empty() { format!("[{section}]") } else { format!("[{section}] {key}") },
-        message,
-    };
+    let invalid = section_error(file, lines, section);
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         return Err(invalid("", "a route name is letters, digits, - and _ (e.g. [route.games])".into()));
     }

@@ -134,3 +134,18 @@ pub(super) fn key_line_in(lines: &[ScannedLine], section: &str, key: &str) -> Op
 pub(super) fn section_line(lines: &[ScannedLine], name: &str) -> Option<usize> {
     lines.iter().find(|l| matches!(&l.kind, LineKind::Section(s) if s == name)).map(|l| l.number)
 }
+
+/// How a `[section]` reports a bad value: `file:line: [section] key: message`, on the key's line, or
+/// on the section's own line when `key` is empty (a missing key, a bad name).
+pub(super) fn section_error<'a>(
+    file: &'a str,
+    lines: &'a [ScannedLine],
+    section: &'a str,
+) -> impl Fn(&str, String) -> ConfigError + 'a {
+    move |key: &str, message: String| ConfigError::Invalid {
+        file: file.to_string(),
+        line: if key.is_empty() { section_line(lines, section) } else { key_line_in(lines, section, key) },
+        key: if key.is_empty() { format!("[{section}]") } else { format!("[{section}] {key}") },
+        message,
+    }
+}

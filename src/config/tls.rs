@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use ini::Properties;
 
 use super::error::ConfigError;
-use super::scan::{key_line_in, section_line, ScannedLine};
+use super::scan::{section_error, ScannedLine};
 use super::values::render_path;
 
 /// The keys a `[tls.NAME]` section may hold.
@@ -45,12 +45,7 @@ pub(super) fn parse_section(
     file: &str,
 ) -> Result<TlsSite, ConfigError> {
     let name = section.trim_start_matches("tls.").to_string();
-    let invalid = |key: &str, message: String| ConfigError::Invalid {
-        file: file.to_string(),
-        line: if key.is_empty() { section_line(lines, section) } else { key_line_in(lines, section, key) },
-        key: if key.is_empty() { format!("[{section}]") } else { format!("[{section}] {key}") },
-        message,
-    };
+    let invalid = section_error(file, lines, section);
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         return Err(invalid("", "a site name is letters, digits, - and _ (e.g. [tls.shop])".into()));
     }
