@@ -433,7 +433,9 @@ fn same_host_target<'a>(host: Option<&str>, uri: &'a str) -> Option<&'a str> {
     (host?.eq_ignore_ascii_case(authority) && !path.is_empty()).then_some(path)
 }
 
-fn schedule_refresh(shared: &Shared, key: &str, req: &Request, dispatch: &Dispatch<'_>, entry: &Arc<Entry>) {
+/// Queues a stale entry for the cache's background refresher, shared by both engines; when the queue
+/// is full (or there is no refresher) the entry's refresh claim is released for a later request.
+pub fn schedule_refresh(shared: &Shared, key: &str, req: &Request, dispatch: &Dispatch<'_>, entry: &Arc<Entry>) {
     let job = RefreshJob {
         key: key.to_string(),
         host: req.host().map(str::to_string),
@@ -447,10 +449,10 @@ fn schedule_refresh(shared: &Shared, key: &str, req: &Request, dispatch: &Dispat
         },
         entry: Arc::clone(entry),
     };
-    if let Some(tx) = &shared.refresh_tx {
-        if tx.try_send(job).is_err() {
-            // Queue full: a later request will try again.
-            entry.release_refresh();
-        }
+    match &shared.refresh_tx {
+        // Queue full: a later request will try again.
+        Some(tx) if tx.try_send(job).is_err() => entry.release_refresh(),
+        Some(_) => {}
+        None => entry.release_refresh(),
     }
 }

@@ -33,7 +33,7 @@ use crate::http::Framing;
 use crate::observe::metrics::Rejection;
 use crate::proxy::admit;
 use crate::proxy::cache_step;
-use crate::proxy::dispatch::{Dispatch, RefreshJob};
+use crate::proxy::dispatch::Dispatch;
 use crate::proxy::error::ForwardError;
 use crate::proxy::forward::{build_upstream_head, UpstreamFields};
 use crate::server::conn::{ConnSlot, IpSlot};
@@ -607,7 +607,7 @@ fn lookup(shared: &Shared, cache: &Cache, req: &Request, dispatch: &Dispatch<'_>
                     }
                     Usability::StaleWhileRevalidate => {
                         if entry.claim_refresh() {
-                            schedule_refresh(shared, &parts.key, req, dispatch, &entry);
+                            cache_step::schedule_refresh(shared, &parts.key, req, dispatch, &entry);
                         }
                         cache.stats.stale.fetch_add(1, Ordering::Relaxed);
                         return Lookup::Stored { entry, label: "STALE" };
@@ -627,27 +627,4 @@ fn lookup(shared: &Shared, cache: &Cache, req: &Request, dispatch: &Dispatch<'_>
     }
     // A miss that goes on is counted by the caller, once it is not waiting for another fetch.
     Lookup::Forward(Box::new(parts))
-}
-
-/// Queues a stale entry for the cache's background refresher (off the loop).
-fn schedule_refresh(shared: &Shared, key: &str, req: &Request, dispatch: &Dispatch<'_>, entry: &Arc<Entry>) {
-    let job = RefreshJob {
-        key: key.to_string(),
-        host: req.host().map(str::to_string),
-        dispatch: Dispatch {
-            upstream: dispatch.upstream.clone(),
-            target: Cow::Owned(dispatch.target.to_string()),
-            client: dispatch.client,
-            auth_user: None,
-            cache: dispatch.cache,
-            compress: dispatch.compress,
-        },
-        entry: Arc::clone(entry),
-    };
-    match &shared.refresh_tx {
-        // Queue full: a later request will try again.
-        Some(tx) if tx.try_send(job).is_err() => entry.release_refresh(),
-        Some(_) => {}
-        None => entry.release_refresh(),
-    }
 }
