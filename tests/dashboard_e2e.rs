@@ -10,11 +10,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -100,7 +100,8 @@ fn dashboard_shows_a_backend_going_down_in_chromium() {
         api(api_addr, "GET", "/api/blocked", Some(&admin), None).text().contains("mallory@pibl.test")
     });
 
-    let mut script = Command::new("node")
+    let mut command = Command::new("node");
+    command
         .arg(e2e.join("dashboard.mjs"))
         .args([
             &format!("http://{api_addr}/dashboard"),
@@ -111,22 +112,8 @@ fn dashboard_shows_a_backend_going_down_in_chromium() {
             "mallory@pibl.test",
         ])
         .arg(&out_dir)
-        .env("CHROMIUM", chromium())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start node");
-    let stdout = script.stdout.take().expect("script stdout");
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            println!("script: {line}");
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+        .env("CHROMIUM", chromium());
+    let (mut script, rx) = spawn_script(&mut command, "node");
     let deadline = Instant::now() + SCRIPT_TIMEOUT;
     let wait_for = |expected: &str| loop {
         let left = deadline.saturating_duration_since(Instant::now());

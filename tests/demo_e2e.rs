@@ -12,10 +12,9 @@
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -43,25 +42,9 @@ fn reloading_the_demo_in_chromium_shows_each_backend_in_turn() {
     let dir = TempDir::new("demo-e2e");
     let demo = DemoProcess::start(&dir);
     let proxy = demo.proxy_addr();
-    let mut script = Command::new("node")
-        .arg(e2e.join("demo.mjs"))
-        .arg(format!("http://localhost:{}/", proxy.port()))
-        .env("CHROMIUM", &browser)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start node (apt-get install nodejs npm)");
-    let stdout = script.stdout.take().expect("script stdout");
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            println!("script: {line}");
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut command = Command::new("node");
+    command.arg(e2e.join("demo.mjs")).arg(format!("http://localhost:{}/", proxy.port())).env("CHROMIUM", &browser);
+    let (mut script, rx) = spawn_script(&mut command, "node");
     let deadline = Instant::now() + SCRIPT_TIMEOUT;
     let next_page = || {
         let left = deadline.saturating_duration_since(Instant::now());

@@ -912,3 +912,27 @@ fn complete_request(buf: &[u8]) -> Option<usize> {
         }
     }
 }
+
+/// Starts a browser script (`node ...`) with piped stdin and stdout; each stdout line is echoed as
+/// `script: ...` and handed over on the returned channel, so a test waits for the script's lines with
+/// a deadline instead of sleeping.
+pub fn spawn_script(command: &mut Command, what: &str) -> (Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader};
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e} (apt-get install nodejs npm)"));
+    let stdout = child.stdout.take().expect("script stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("script: {line}");
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
