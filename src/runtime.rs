@@ -24,12 +24,13 @@ use crate::api::{ApiServer, ApiState};
 use crate::background::Background;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::server::Server;
+use crate::server::{Server, TlsPlane};
 use crate::store::applog::LogWriter;
 use crate::store::credentials::{self, Tokens};
 use crate::store::lockout::Lockout;
 use crate::store::private::{self, PrivateError};
 use crate::store::{Database, Durability, Store, StoreError};
+use crate::tls::challenge::Challenges;
 use crate::tls::https::{self, Https};
 use crate::upstream::apps::Router;
 use crate::upstream::health::{HealthChecker, Targets};
@@ -144,6 +145,9 @@ impl Pibl {
         // public data plane.
         let mut own_ports = vec![proxy.local_addr().map_err(io_err("proxy listener"))?.port()];
         own_ports.push(api.local_addr().map_err(io_err("API listener"))?.port());
+        if config.tls_port != 0 {
+            own_ports.push(config.tls_port);
+        }
         if let Some(listener) = &metrics_listener {
             own_ports.push(listener.local_addr().map_err(io_err("metrics listener"))?.port());
         }
@@ -179,14 +183,34 @@ impl Pibl {
         let reserved_app_ids =
             crate::api::apps::reserved_ids(&config.app_prefix, config.routes.iter().map(|r| r.prefix.as_str()));
         // Certificates are checked before anything serves, so a broken file stops the start-up.
-        let tls = https::is_configured(&config).then(|| config.clone());
-        let server =
-            Server::start_with_router(proxy, config, Arc::clone(&router), Some(Arc::clone(&tokens)), clock.clone())
-                .map_err(io_err("cannot start the proxy"))?;
-        let https = match tls {
-            Some(config) => Some(Https::start(&config, server.challenges(), clock.clone()).map_err(StartError::Tls)?),
+        let challenges = Arc::new(Challenges::default());
+        let https = match https::is_configured(&config) {
+            true => Some(Https::start(&config, Arc::clone(&challenges), clock.clone()).map_err(StartError::Tls)?),
+            false => None,
+        };
+        let stop_https = |https: Option<Https>| https.map(Https::stop);
+        let tls_listener = match https.as_ref().and_then(Https::server_config) {
+            Some(server_config) => match TcpListener::bind(SocketAddr::new(config.bind, config.tls_port)) {
+                Ok(listener) => Some((listener, server_config)),
+                Err(e) => {
+                    stop_https(https);
+                    return Err(io_err(&format!("cannot listen on {}:{} (tls_port)", config.bind, config.tls_port))(e));
+                }
+            },
             None => None,
         };
+        let plane =
+            TlsPlane { listener: tls_listener, backend: https.as_ref().and_then(Https::backend_config), challenges };
+        let tokens_for_proxy = Some(Arc::clone(&tokens));
+        let server =
+            match Server::start_with_router(proxy, config, Arc::clone(&router), tokens_for_proxy, clock.clone(), plane)
+            {
+                Ok(server) => server,
+                Err(e) => {
+                    stop_https(https);
+                    return Err(io_err("cannot start the proxy")(e));
+                }
+            };
         if let Some((name, days)) = https.as_ref().and_then(Https::days_left) {
             server.metrics().watch_certificate(name, days);
         }

@@ -8,10 +8,10 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use pibl::config::{Config, Engine};
@@ -21,23 +21,6 @@ use tungstenite::{Error as WsError, Message, WebSocket};
 /// A config for the loop engine.
 fn loops_config(backends: &[SocketAddr]) -> Config {
     Config { engine: Engine::Loops, ..test_config(backends) }
-}
-
-/// Waits until `counter` has not moved for a while: the writer behind it is blocked.
-fn wait_until_stalled(what: &str, counter: &AtomicU64) -> u64 {
-    let deadline = Instant::now() + WAIT;
-    let (mut last, mut still) = (counter.load(Ordering::SeqCst), 0);
-    while still < 25 {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        thread::sleep(Duration::from_millis(20));
-        let now = counter.load(Ordering::SeqCst);
-        if now == last {
-            still += 1;
-        } else {
-            (last, still) = (now, 0);
-        }
-    }
-    last
 }
 
 fn a_client_that_stops_reading_holds_back_the_backend() {
@@ -91,74 +74,6 @@ fn a_client_that_stops_reading_holds_back_the_backend() {
         rest.extend_from_slice(&buf[..n]);
     }
     assert!(rest[head_end..] == pattern(TOTAL)[..], "the body changed on the way");
-}
-
-/// A WebSocket echo server that also answers plain HTTP requests with `ok`; `die_after` closes
-/// each tunnel's socket without a close frame after that many echoes.
-struct WsBackend {
-    addr: SocketAddr,
-    tunnels: Arc<AtomicUsize>,
-}
-
-impl WsBackend {
-    fn start(die_after: Option<usize>) -> WsBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let tunnels = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&tunnels);
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let counter = Arc::clone(&counter);
-                thread::Builder::new()
-                    .stack_size(256 * 1024)
-                    .spawn(move || serve_ws(stream, die_after, &counter))
-                    .unwrap();
-            }
-        });
-        WsBackend { addr, tunnels }
-    }
-}
-
-fn serve_ws(mut stream: TcpStream, die_after: Option<usize>, tunnels: &AtomicUsize) {
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    // Peek at the head: an upgrade goes to tungstenite, anything else gets a plain answer.
-    let mut head = [0u8; 4096];
-    let head = loop {
-        let Ok(n) = stream.peek(&mut head) else { return };
-        if n == 0 {
-            return;
-        }
-        if head[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-            break String::from_utf8_lossy(&head[..n]).to_ascii_lowercase();
-        }
-        thread::sleep(Duration::from_millis(1));
-    };
-    if !head.contains("upgrade: websocket") {
-        let mut sink = [0u8; 4096];
-        let _ = stream.read(&mut sink);
-        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
-        return;
-    }
-    let Ok(mut ws) = tungstenite::accept(stream) else { return };
-    tunnels.fetch_add(1, Ordering::SeqCst);
-    let mut echoed = 0;
-    loop {
-        if die_after.is_some_and(|n| echoed >= n) {
-            // Dies: the socket goes without a close frame.
-            return;
-        }
-        match ws.read() {
-            Ok(msg @ (Message::Text(_) | Message::Binary(_))) => {
-                if ws.send(msg).is_err() {
-                    return;
-                }
-                echoed += 1;
-            }
-            Ok(_) => {}
-            Err(_) => return,
-        }
-    }
 }
 
 fn ws_connect(proxy: SocketAddr) -> WebSocket<TcpStream> {

@@ -1,8 +1,9 @@
-//! HTTPS parts that do not need the event-loop engine, through real rustls handshakes: PEM loading
-//! and its errors, the SNI certificate store and its reload, ALPN and protocol versions, the backend
-//! client configuration, `https://` backends in the config, and the plain port's redirects and ACME
-//! challenge answers on today's engine.
+//! HTTPS parts on their own, through real rustls handshakes: PEM loading and its errors, the SNI
+//! certificate store and its reload, ALPN and protocol versions, the backend client configuration,
+//! `https://` backends in the config, and the plain port's redirects and ACME challenge answers on
+//! both engines. The TLS listener of the data plane itself is tested in `tls_proxy.rs`.
 
+#[macro_use]
 mod common;
 mod tls_common;
 
@@ -219,8 +220,11 @@ fn tls_keys_and_sections_are_read_and_written_back() {
     assert_eq!(config.acme_directory, pibl::config::LETS_ENCRYPT);
     assert_eq!(config.tls_sites[0].hosts, ["shop.test", "*.shop.test"]);
     assert!(config.backends[0].tls && !config.backend_tls_verify);
+    assert_eq!(config.engine, pibl::config::Engine::Loops, "tls_port selects the engine that serves HTTPS");
     let again = Config::from_ini_str(&config.to_ini(), "again.ini").expect("written file loads");
     assert_eq!(again, config);
+    let e = Config::from_ini_str(&format!("engine = threads\n{text}"), "t.ini").unwrap_err().to_string();
+    assert!(e.contains("engine: threads has no HTTPS listener (tls_port is set); use engine = loops"), "{e}");
 
     for (bad, says) in [
         ("tls_cert = a.crt\n", "tls_cert: needs tls_key too"),
@@ -249,7 +253,8 @@ fn this_engine_refuses_https_backends_at_start_up() {
     );
 }
 
-#[test]
+both_engines!(https_redirect_answers_308_on_the_plain_port_except_acme_challenges);
+
 fn https_redirect_answers_308_on_the_plain_port_except_acme_challenges() {
     let backend = TestBackend::named("app");
     let mut config = test_config(&[backend.addr]);
@@ -306,7 +311,12 @@ fn pibl_refuses_to_start_with_a_broken_certificate() {
     assert!(e.to_string().contains("no certificate to serve"), "{e}");
 
     config.tls_key = dir.0.join("a.key");
-    config.tls_port = 8443;
+    config.tls_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let threads = pibl::Pibl::start_on(bind(), bind(), config.clone(), pibl::clock::Clock::system());
+    let e = threads.err().expect("the threaded engine has no TLS listener").to_string();
+    assert!(e.ends_with("HTTPS is served by the event-loop engine only; set engine = loops"), "{e}");
+    config.engine = pibl::config::Engine::Loops;
+    let tls_port = config.tls_port;
     let running =
         pibl::Pibl::start_on(bind(), bind(), config, pibl::clock::Clock::system()).expect("a good pair starts");
     let https = running.https().expect("HTTPS parts");
@@ -316,6 +326,11 @@ fn pibl_refuses_to_start_with_a_broken_certificate() {
     // What the event loops will serve with: a real handshake through it.
     let listener = TestListener::start(https.server_config().expect("tls_port is set"));
     let client = TlsClient::connect(listener.addr, ca.client(), "a.test").expect("handshake");
+    assert_eq!(client.leaf(), *served.leaf());
+    // And the data plane's own TLS listener on tls_port.
+    let tls_addr = running.server().tls_addr().expect("the TLS listener");
+    assert_eq!(tls_addr.port(), tls_port);
+    let client = TlsClient::connect(tls_addr, ca.client(), "a.test").expect("handshake on tls_port");
     assert_eq!(client.leaf(), *served.leaf());
     assert!(running.shutdown());
 }

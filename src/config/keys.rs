@@ -111,7 +111,8 @@ pub(super) const LAYOUT: &[Entry] = &[
         name: "engine",
         help: "How connections are served: threads = blocking worker threads (the default);\n\
                loops = one event loop per thread owning its client and backend sockets\n\
-               (and WebSocket/Upgrade tunnels, which threads does not relay).",
+               (and WebSocket/Upgrade tunnels and HTTPS, which threads does not serve).\n\
+               Without this line, tls_port selects loops.",
         apply: |c, v| parse_engine(v).map(|x| c.engine = x),
         render: |c| c.engine.name().to_string(),
     }),
@@ -490,7 +491,7 @@ pub(super) const LAYOUT: &[Entry] = &[
     Entry::Key(KeySpec {
         name: "tls_port",
         help: "Port of the HTTPS listener, beside `port` (e.g. 443); 0 = no HTTPS.\n\
-               The listener needs the event-loop data plane; until then only redirects and ACME work.",
+               HTTPS is served by engine = loops, which this selects unless engine says threads.",
         apply: |c, v| parse_tls_port(v).map(|x| c.tls_port = x),
         render: |c| c.tls_port.to_string(),
     }),
@@ -526,7 +527,7 @@ pub(super) const LAYOUT: &[Entry] = &[
     Entry::Key(KeySpec {
         name: "https_redirect",
         help: "on: plain-HTTP requests are answered 308 to the same URL on https (tls_port), except\n\
-               ACME challenges. Works on today's engine.",
+               ACME challenges.",
         apply: |c, v| parse_bool(v).map(|x| c.https_redirect = x),
         render: |c| if c.https_redirect { "on".into() } else { "off".into() },
     }),

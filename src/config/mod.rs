@@ -198,6 +198,19 @@ impl Config {
                 "needs tls_port: the redirects point at the HTTPS listener's port".to_string(),
             ));
         }
+        // HTTPS is served by the event loops alone: tls_port selects them unless the file insists.
+        if config.tls_port != 0 && config.engine == Engine::Threads {
+            if first_line.contains_key("engine") {
+                return Err(invalid(
+                    pair_line("engine"),
+                    "engine",
+                    "threads has no HTTPS listener (tls_port is set); use engine = loops, or remove this \
+                     line: tls_port selects the loops"
+                        .to_string(),
+                ));
+            }
+            config.engine = Engine::Loops;
+        }
         Ok(config)
     }
 

@@ -7,7 +7,7 @@ mod render;
 
 pub use counters::{
     quantile, BackendMetrics, Histogram, Metrics, Point, Rejection, RouteMetrics, Window, BUCKETS, DEFAULT_ROUTE,
-    SLOTS, SLOT_SECS,
+    SLOTS, SLOT_SECS, TLS_FAILURE_REASONS,
 };
 pub use render::{render, BackendState, Scrape};
 

@@ -265,6 +265,8 @@ pub fn send<'a>(
         revalidating,
         drop_client_conditionals: drop_conditionals,
         head_as_get,
+        // The threaded engine has no TLS listener.
+        https: false,
     };
     build_upstream_head(req, dispatch, &fields, &mut ctx.scratch.upstream_head);
     let Scratch { out, upstream_head, upstream_buf, .. } = &mut *ctx.scratch;
@@ -360,13 +362,15 @@ pub struct UpstreamFields<'e> {
     pub drop_client_conditionals: bool,
     /// A HEAD goes as a GET.
     pub head_as_get: bool,
+    /// The request came over TLS: `X-Forwarded-Proto: https`.
+    pub https: bool,
 }
 
 /// Writes the head sent to every backend for this request: hop-by-hop fields removed, `Host` kept,
 /// `X-Forwarded-*` and `Via` added, framing written by pibl. When revalidating a stored entry, its
 /// validators replace the client's own conditional fields.
 pub fn build_upstream_head(req: &Request, dispatch: &Dispatch<'_>, fields: &UpstreamFields<'_>, out: &mut Vec<u8>) {
-    let UpstreamFields { framing, allow_underscores, peer, revalidating, drop_client_conditionals, head_as_get } =
+    let UpstreamFields { framing, allow_underscores, peer, revalidating, drop_client_conditionals, head_as_get, https } =
         *fields;
     let drop_conditionals = revalidating.is_some() || drop_client_conditionals;
     let prefix = dispatch.upstream.app().map(|app| app.prefix.as_str());
@@ -403,7 +407,8 @@ pub fn build_upstream_head(req: &Request, dispatch: &Dispatch<'_>, fields: &Upst
         req.headers().filter(|(n, _)| is(n, "x-forwarded-for")).map(|(_, v)| v),
         peer.ip(),
     );
-    head.field("X-Forwarded-Proto", b"http");
+    // What the client sent is replaced: only pibl knows how the request reached it.
+    head.field("X-Forwarded-Proto", if https { b"https" } else { b"http" });
     if let Some(user) = &dispatch.auth_user {
         head.field("X-Auth-User", user);
     }

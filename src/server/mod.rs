@@ -1,7 +1,8 @@
 //! The data-plane server, in one of two engines chosen by `engine`. `threads`: one acceptor
 //! thread, a fixed pool of worker threads fed by a bounded crossbeam queue, and the parker thread
 //! that holds connections waiting for bytes. `loops`: `threads` event loops ([`event_loop`]), each
-//! owning its client and backend sockets. Also owns graceful shutdown, for both.
+//! owning its client and backend sockets, and the only one with HTTPS (a TLS listener on `tls_port`,
+//! `https://` backends). Also owns graceful shutdown, for both.
 //!
 //! ```text
 //! acceptor ──► ready queue ──► N workers ──► backends
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::RwLock;
+use rustls::{ClientConfig, ServerConfig};
 
 use crate::cache::{Cache, Limits as CacheLimits};
 use crate::clock::Clock;
@@ -48,10 +50,24 @@ use crate::tls::plain::PlainPort;
 use crate::upstream::apps::Router;
 use crate::upstream::backend::Backend;
 
+/// The HTTPS parts the data plane serves with, built by the runtime from
+/// [`crate::tls::https::Https`] (the default: none, and challenges nobody publishes).
+#[derive(Default)]
+pub struct TlsPlane {
+    /// The listener on `tls_port` and the rustls configuration of its handshakes (engine = loops).
+    pub listener: Option<(TcpListener, Arc<ServerConfig>)>,
+    /// How `https://` backends are spoken to.
+    pub backend: Option<Arc<ClientConfig>>,
+    /// The HTTP-01 answers the plain port gives, published by the ACME client.
+    pub challenges: Arc<Challenges>,
+}
+
 /// A running server. Dropping it does not stop it; call [`Server::shutdown`].
 pub struct Server {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
+    /// Where the TLS listener listens, when there is one.
+    tls_addr: Option<SocketAddr>,
     acceptor: Option<JoinHandle<()>>,
     parker: Option<JoinHandle<()>>,
     refresher: Option<JoinHandle<()>>,
@@ -73,7 +89,7 @@ impl Server {
     pub fn start_on(listener: TcpListener, config: Config) -> io::Result<Server> {
         let clock = Clock::system();
         let router = Arc::new(Router::new(config.backend_pool_size, clock.clone()));
-        Server::start_with_router(listener, config, router, None, clock)
+        Server::start_with_router(listener, config, router, None, clock, TlsPlane::default())
     }
 
     /// The counters `/metrics` shows.
@@ -87,15 +103,21 @@ impl Server {
     }
 
     /// Like [`Server::start_on`], routing `/<appid>/...` by `router`, which the management API updates.
+    /// `tls` is what it serves HTTPS with.
     pub fn start_with_router(
         listener: TcpListener,
         config: Config,
         router: Arc<Router>,
         tokens: Option<Arc<Tokens>>,
         clock: Clock,
+        tls: TlsPlane,
     ) -> io::Result<Server> {
-        refuse_tls_for_now(&config)?;
+        refuse_tls_for_now(&config, &tls)?;
         let local_addr = listener.local_addr()?;
+        let tls_addr = match &tls.listener {
+            Some((listener, _)) => Some(listener.local_addr()?),
+            None => None,
+        };
         let limits = Limits {
             max_head_bytes: config.max_header_bytes,
             max_headers: config.max_headers,
@@ -127,7 +149,8 @@ impl Server {
             conns: Arc::new(ConnLimit::default()),
             per_ip: Arc::new(PerIpLimit::default()),
             parker: Parker::new()?,
-            plain_port: PlainPort::from_config(&config, Arc::new(Challenges::default())),
+            plain_port: PlainPort::from_config(&config, tls.challenges),
+            backend_tls: tls.backend,
             loop_parked: Default::default(),
             config,
         });
@@ -145,10 +168,12 @@ impl Server {
             false => None,
         };
         if shared.config.engine == Engine::Loops {
-            let loops = event_loop::Loops::start(listener, &shared)?;
+            let tls = tls.listener.map(|(listener, config)| event_loop::TlsListener { listener, config });
+            let loops = event_loop::Loops::start(listener, tls, &shared)?;
             return Ok(Server {
                 shared,
                 local_addr,
+                tls_addr,
                 acceptor: None,
                 parker: None,
                 refresher,
@@ -182,6 +207,7 @@ impl Server {
         Ok(Server {
             shared,
             local_addr,
+            tls_addr,
             acceptor: Some(acceptor),
             parker: Some(parker),
             refresher,
@@ -193,6 +219,11 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where the TLS listener listens (`tls_port`), when it serves HTTPS.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// The clock the server reads; tests advance it to age cached responses.
@@ -440,16 +471,18 @@ fn serve(shared: &Shared, scratch: &mut Scratch, mut conn: Conn) {
     }
 }
 
-/// Neither engine has TLS sessions yet (they will live in the event loops). An `https://` backend is
-/// refused at start-up rather than spoken to in plain text; a `tls_port` only warns, as redirects
-/// and ACME challenges on the plain port work on the threaded engine. The loop engine does not
-/// answer those yet, so it refuses a config that relies on them.
-fn refuse_tls_for_now(config: &Config) -> io::Result<()> {
-    if config.engine == Engine::Loops && (config.https_redirect || !config.acme_domains.is_empty()) {
+/// What the engines cannot do yet is refused at start-up rather than done wrong: the threaded engine
+/// has no TLS at all (a configuration with `tls_port` selects the loops, see `config`), and neither
+/// engine speaks TLS to backends yet, so an `https://` backend is refused rather than spoken to in
+/// plain text.
+fn refuse_tls_for_now(config: &Config, tls: &TlsPlane) -> io::Result<()> {
+    if config.engine == Engine::Threads && tls.listener.is_some() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "https_redirect and acme_domains are answered on the plain port by engine = threads only so far; \
-             use engine = threads with them",
+            format!(
+                "tls_port = {}: HTTPS is served by the event-loop engine only; set engine = loops",
+                config.tls_port
+            ),
         ));
     }
     let backends = config.backends.iter().enumerate().map(|(i, b)| (format!("ip_server{}", i + 1), b));
@@ -464,10 +497,10 @@ fn refuse_tls_for_now(config: &Config) -> io::Result<()> {
             ),
         ));
     }
-    if config.tls_port != 0 {
+    if config.tls_port != 0 && tls.listener.is_none() {
         log::warn!(
-            "tls_port = {}: no engine has an HTTPS listener yet (it comes with the event loops); only ACME \
-             challenges and https_redirect are served, on port {}",
+            "tls_port = {}: this server was given no TLS listener; only ACME challenges and https_redirect \
+             are served, on port {}",
             config.tls_port,
             config.port
         );

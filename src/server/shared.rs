@@ -51,6 +51,8 @@ pub struct Shared {
     pub(super) parker: Parker,
     /// What the plain port answers by itself for HTTPS: ACME challenges and `https_redirect`.
     pub plain_port: PlainPort,
+    /// The rustls configuration for `https://` backends, when any is configured.
+    pub backend_tls: Option<Arc<rustls::ClientConfig>>,
     /// Sessions of the loop engine waiting for a request (its counterpart of the parker's count).
     pub(super) loop_parked: AtomicUsize,
 }

@@ -14,11 +14,11 @@
 //! - `acme`: getting, storing and renewing certificates from an ACME server;
 //! - `https`: the parts a running pibl holds (store, ACME thread), started and stopped as one.
 //!
-//! Wiring into the event loops: `Pibl::https()` gives [`https::Https::server_config`] for the TLS
-//! listener (a `rustls::ServerConnection` per connection, fed by the loop's reads and writes; set
-//! `X-Forwarded-Proto: https` and [`plain::hsts_header`] on its answers) and
-//! [`https::Https::backend_config`] with [`client::backend_server_name`] for `https://` backends
-//! (then drop `server::refuse_tls_for_now`). The plain port already calls [`plain::plain_answer`].
+//! Wiring: the runtime starts [`https::Https`] before the data plane and hands the server its
+//! listener's `ServerConfig`, the backend `ClientConfig` and the challenges
+//! (`crate::server::TlsPlane`); the event loops run one `rustls::ServerConnection` per TLS client
+//! (`server::event_loop::transport`), set `X-Forwarded-Proto` and [`plain::hsts_header`], and answer
+//! [`plain::plain_answer`] on the plain port, as the threaded engine does.
 
 pub mod acme;
 pub mod challenge;

@@ -7,7 +7,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -206,7 +206,7 @@ fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Received> {
     Some(req)
 }
 
-fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+fn fill<S: Read>(stream: &mut S, buf: &mut Vec<u8>) -> bool {
     let mut chunk = [0u8; 65536];
     match stream.read(&mut chunk) {
         Ok(0) | Err(_) => false,
@@ -218,7 +218,7 @@ fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
 }
 
 /// Decodes a chunked body from `buf`/`stream`, written independently of pibl's decoder.
-fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+fn read_chunked<S: Read>(stream: &mut S, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
     let mut body = Vec::new();
     loop {
         let line_end = loop {
@@ -366,47 +366,7 @@ impl Client {
 
     /// Reads one response; `head_only` for answers to HEAD.
     pub fn read_response(&mut self, head_only: bool) -> io::Result<Response> {
-        let (status, headers, head_len) = loop {
-            let mut slots = [httparse::EMPTY_HEADER; 128];
-            let mut parsed = httparse::Response::new(&mut slots);
-            match parsed.parse(&self.buf) {
-                Ok(httparse::Status::Complete(len)) => {
-                    let headers: Vec<(String, String)> = parsed
-                        .headers
-                        .iter()
-                        .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into()))
-                        .collect();
-                    break (parsed.code.unwrap_or(0), headers, len);
-                }
-                Ok(httparse::Status::Partial) => {}
-                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
-            }
-            if !fill(&mut self.stream, &mut self.buf) {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a response"));
-            }
-        };
-        self.buf.drain(..head_len);
-        let mut res = Response { status, headers, body: Vec::new() };
-        if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
-            return Ok(res);
-        }
-        if res.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-            res.body = read_chunked(&mut self.stream, &mut self.buf)
-                .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "chunked body cut short"))?;
-        } else if let Some(len) = res.header("content-length") {
-            let len: usize =
-                len.trim().parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad length"))?;
-            while self.buf.len() < len {
-                if !fill(&mut self.stream, &mut self.buf) {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body cut short"));
-                }
-            }
-            res.body = self.buf.drain(..len).collect();
-        } else {
-            while fill(&mut self.stream, &mut self.buf) {}
-            res.body = std::mem::take(&mut self.buf);
-        }
-        Ok(res)
+        read_response_from(&mut self.stream, &mut self.buf, head_only)
     }
 
     /// True when the server has closed the connection (EOF or reset) and sent nothing more.
@@ -427,6 +387,51 @@ impl Client {
     pub fn close_write(&self) {
         let _ = self.stream.shutdown(Shutdown::Write);
     }
+}
+
+/// Reads one response from `stream` (any byte stream: TCP, TLS), with `buf` holding what was read
+/// past the previous one; `head_only` for answers to HEAD.
+pub fn read_response_from<S: Read>(stream: &mut S, buf: &mut Vec<u8>, head_only: bool) -> io::Result<Response> {
+    let (status, headers, head_len) = loop {
+        let mut slots = [httparse::EMPTY_HEADER; 128];
+        let mut parsed = httparse::Response::new(&mut slots);
+        match parsed.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let headers: Vec<(String, String)> = parsed
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into()))
+                    .collect();
+                break (parsed.code.unwrap_or(0), headers, len);
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+        }
+        if !fill(stream, buf) {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a response"));
+        }
+    };
+    buf.drain(..head_len);
+    let mut res = Response { status, headers, body: Vec::new() };
+    if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
+        return Ok(res);
+    }
+    if res.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        res.body = read_chunked(stream, buf)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "chunked body cut short"))?;
+    } else if let Some(len) = res.header("content-length") {
+        let len: usize = len.trim().parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad length"))?;
+        while buf.len() < len {
+            if !fill(stream, buf) {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body cut short"));
+            }
+        }
+        res.body = buf.drain(..len).collect();
+    } else {
+        while fill(stream, buf) {}
+        res.body = std::mem::take(buf);
+    }
+    Ok(res)
 }
 
 /// Sends `bytes` on a new connection and reads one response.
@@ -935,4 +940,93 @@ pub fn spawn_script(command: &mut Command, what: &str) -> (Child, std::sync::mps
         }
     });
     (child, rx)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Streams that must stall, and a WebSocket backend (the loop engine's tunnels, over plain and TLS).
+// ---------------------------------------------------------------------------------------------------------
+
+/// Waits until `counter` has not moved for a while: the writer behind it is blocked.
+pub fn wait_until_stalled(what: &str, counter: &AtomicU64) -> u64 {
+    let deadline = Instant::now() + WAIT;
+    let (mut last, mut still) = (counter.load(Ordering::SeqCst), 0);
+    while still < 25 {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        thread::sleep(Duration::from_millis(20));
+        let now = counter.load(Ordering::SeqCst);
+        if now == last {
+            still += 1;
+        } else {
+            (last, still) = (now, 0);
+        }
+    }
+    last
+}
+
+/// A WebSocket echo server that also answers plain HTTP requests with `ok`; `die_after` closes
+/// each tunnel's socket without a close frame after that many echoes.
+pub struct WsBackend {
+    pub addr: SocketAddr,
+    pub tunnels: Arc<AtomicUsize>,
+}
+
+impl WsBackend {
+    pub fn start(die_after: Option<usize>) -> WsBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tunnels = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&tunnels);
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let counter = Arc::clone(&counter);
+                thread::Builder::new()
+                    .stack_size(256 * 1024)
+                    .spawn(move || serve_ws(stream, die_after, &counter))
+                    .unwrap();
+            }
+        });
+        WsBackend { addr, tunnels }
+    }
+}
+
+fn serve_ws(mut stream: TcpStream, die_after: Option<usize>, tunnels: &AtomicUsize) {
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    // Peek at the head: an upgrade goes to tungstenite, anything else gets a plain answer.
+    let mut head = [0u8; 4096];
+    let head = loop {
+        let Ok(n) = stream.peek(&mut head) else { return };
+        if n == 0 {
+            return;
+        }
+        if head[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+            break String::from_utf8_lossy(&head[..n]).to_ascii_lowercase();
+        }
+        thread::sleep(Duration::from_millis(1));
+    };
+    if !head.contains("upgrade: websocket") {
+        let mut sink = [0u8; 4096];
+        let _ = stream.read(&mut sink);
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        return;
+    }
+    let Ok(mut ws) = tungstenite::accept(stream) else { return };
+    tunnels.fetch_add(1, Ordering::SeqCst);
+    let mut echoed = 0;
+    loop {
+        if die_after.is_some_and(|n| echoed >= n) {
+            // Dies: the socket goes without a close frame.
+            return;
+        }
+        match ws.read() {
+            Ok(msg @ (tungstenite::Message::Text(_) | tungstenite::Message::Binary(_))) => {
+                if ws.send(msg).is_err() {
+                    return;
+                }
+                echoed += 1;
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
 }

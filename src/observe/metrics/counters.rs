@@ -196,7 +196,13 @@ pub struct Metrics {
     pub tunnel_bytes_down: AtomicU64,
     /// Panics caught while serving a request (a bug in pibl; the connection was closed).
     pub panics: AtomicU64,
+    /// TLS connections closed before their handshake finished, by [`TLS_FAILURE_REASONS`].
+    pub tls_handshake_failures: [AtomicU64; 3],
 }
+
+/// Why a TLS handshake did not finish: rustls refused it (not TLS, no common version or suite),
+/// its deadline (`header_timeout`) passed, or the client closed first.
+pub const TLS_FAILURE_REASONS: [&str; 3] = ["refused", "timeout", "closed"];
 
 /// Timings of one backend (by name, so they outlive reloads that rebuild the pools).
 #[derive(Debug, Default)]
@@ -248,6 +254,22 @@ impl Metrics {
                 None => 0,
             };
         });
+    }
+
+    /// Counts one TLS connection closed before its handshake finished; `reason` is one of
+    /// [`TLS_FAILURE_REASONS`].
+    pub fn count_tls_handshake_failure(&self, reason: &str) {
+        if let Some(i) = TLS_FAILURE_REASONS.iter().position(|r| *r == reason) {
+            self.tls_handshake_failures[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The TLS handshakes that failed for `reason`.
+    pub fn tls_handshake_failures(&self, reason: &str) -> u64 {
+        TLS_FAILURE_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.tls_handshake_failures[i].load(Ordering::Relaxed))
     }
 
     /// Counts one closed tunnel and its bytes: from the client to the backend, and back.

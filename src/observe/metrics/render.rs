@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
-use super::counters::{Histogram, Metrics, BOUNDS_LE, BUCKETS};
+use super::counters::{Histogram, Metrics, BOUNDS_LE, BUCKETS, TLS_FAILURE_REASONS};
 use crate::cache;
 
 /// One backend as status pages show it.
@@ -116,6 +116,19 @@ pub fn render(s: &Scrape<'_>) -> String {
         writeln!(o, "pibl_tunnel_bytes_total{{direction=\"down\"}} {}", m.tunnel_bytes_down.load(Ordering::Relaxed));
     family(o, "pibl_panics_total", "counter", "Panics caught while serving a request; each closed its connection.");
     let _ = writeln!(o, "pibl_panics_total {}", m.panics.load(Ordering::Relaxed));
+    family(
+        o,
+        "pibl_tls_handshake_failures_total",
+        "counter",
+        "TLS connections closed before their handshake finished.",
+    );
+    for reason in TLS_FAILURE_REASONS {
+        let _ = writeln!(
+            o,
+            "pibl_tls_handshake_failures_total{{reason=\"{reason}\"}} {}",
+            m.tls_handshake_failures(reason)
+        );
+    }
     family(o, "pibl_backend_up", "gauge", "1 when the backend is in rotation (healthy, not cooling down).");
     for b in s.backends {
         let _ = writeln!(

@@ -62,7 +62,8 @@ pub fn finish(shared: &Shared, rec: &Record, req: &Request, status: u16, body_by
     }
 }
 
-/// Appends an answer pibl writes itself (an error) to `out`; returns the body bytes it carries.
+/// Appends an answer pibl writes itself (an error) to `out`, with the error's own `extra` fields and
+/// the connection's (`conn`: HSTS over TLS); returns the body bytes it carries.
 pub fn error_answer(
     out: &mut Vec<u8>,
     status: u16,
@@ -70,6 +71,7 @@ pub fn error_answer(
     keep_alive: bool,
     head_only: bool,
     extra: &[u8],
+    conn: &[u8],
 ) -> u64 {
     let body = format!("{status} {}: {detail}\n", reason(status));
     let _ = write!(
@@ -80,6 +82,7 @@ pub fn error_answer(
         if keep_alive { "keep-alive" } else { "close" }
     );
     out.extend_from_slice(extra);
+    out.extend_from_slice(conn);
     out.extend_from_slice(b"\r\n");
     if head_only {
         return 0;
@@ -88,12 +91,14 @@ pub fn error_answer(
     body.len() as u64
 }
 
-/// Appends a stored response to `out`, or 304 when the client's own validators match it; returns
-/// the status and the body bytes sent.
+/// Appends a stored response to `out`, or 304 when the client's own validators match it, with the
+/// connection's fields (`conn`: HSTS over TLS, unless the stored head has its own); returns the
+/// status and the body bytes sent.
 pub fn entry_answer(
     out: &mut Vec<u8>,
     entry: &Entry,
     label: &str,
+    conn: &[u8],
     req: &Request,
     keep_alive: bool,
     now: Instant,
@@ -125,6 +130,9 @@ pub fn entry_answer(
         let _ = write!(out, "Content-Length: {}\r\n", body.len());
     }
     let _ = write!(out, "Age: {age}\r\nX-Cache: {label}\r\n");
+    if entry.header("strict-transport-security").is_none() {
+        out.extend_from_slice(conn);
+    }
     out.extend_from_slice(if keep_alive { b"\r\n" as &[u8] } else { b"Connection: close\r\n\r\n" });
     if not_modified {
         return (304, 0);

@@ -1,15 +1,15 @@
-//! A session's client side: the non-blocking socket, the bytes read from it and not yet used, and
-//! the bytes waiting to be written to it. Reads and writes never block; each returns whether it made
-//! progress, and a full output buffer is what stops a session from reading more from its backend
-//! (back-pressure).
+//! A session's client side: the non-blocking connection (plain or TLS), the bytes read from it and
+//! not yet used, and the bytes waiting to be written to it. Reads and writes never block; each
+//! returns whether it made progress, and a full output buffer is what stops a session from reading
+//! more from its backend (back-pressure).
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
-use mio::net::TcpStream;
-
 use crate::http::buffer::ReadBuf;
+use crate::server::event_loop::transport::Transport;
 
 /// Bytes to write to a socket, written as far as the socket takes them.
 #[derive(Debug, Default)]
@@ -84,9 +84,8 @@ pub fn read_into<R: Read>(buf: &mut ReadBuf, src: &mut R, step: usize, max: usiz
 }
 
 /// The client connection of a session.
-#[derive(Debug)]
 pub struct Client {
-    pub stream: TcpStream,
+    pub transport: Transport,
     pub peer: SocketAddr,
     /// Bytes received and not yet used: a partial head, a body on its way, pipelined requests.
     pub cin: ReadBuf,
@@ -94,16 +93,29 @@ pub struct Client {
     pub cout: OutBuf,
     /// The last time bytes moved on this connection, for `client_timeout`.
     pub seen: Instant,
+    /// Header fields every answer head on this connection carries (HSTS over TLS), each ending in CRLF.
+    pub answer_fields: Arc<[u8]>,
 }
 
 impl Client {
-    pub fn new(stream: TcpStream, peer: SocketAddr, now: Instant) -> Client {
-        Client { stream, peer, cin: ReadBuf::new(), cout: OutBuf::default(), seen: now }
+    pub fn new(transport: Transport, peer: SocketAddr, now: Instant, answer_fields: Arc<[u8]>) -> Client {
+        Client { transport, peer, cin: ReadBuf::new(), cout: OutBuf::default(), seen: now, answer_fields }
+    }
+
+    /// Over TLS: the connection came in on the TLS listener.
+    pub fn is_tls(&self) -> bool {
+        self.transport.is_tls()
+    }
+
+    /// Everything written has left for the socket (nothing in `cout`, nothing held by rustls).
+    pub fn output_done(&self) -> bool {
+        self.cout.is_empty() && !self.transport.pending_out()
     }
 
     /// Writes what is pending; `Err` means the client is gone.
     pub fn flush(&mut self, now: Instant) -> io::Result<bool> {
-        let wrote = self.cout.write_to(&mut self.stream)?;
+        let mut wrote = self.cout.write_to(&mut self.transport)?;
+        wrote |= self.transport.flush_out()?;
         if wrote {
             self.seen = now;
         }
@@ -115,7 +127,7 @@ impl Client {
         if self.cin.len() >= max {
             return Got::WouldBlock;
         }
-        let read = read_into(&mut self.cin, &mut self.stream, step, max);
+        let read = read_into(&mut self.cin, &mut self.transport, step, max);
         if matches!(read, Got::Bytes(_)) {
             self.seen = now;
         }

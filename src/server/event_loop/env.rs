@@ -16,6 +16,8 @@ use crate::server::shared::Shared;
 pub const LISTENER: Token = Token(usize::MAX);
 /// The token of the waker that interrupts a loop (shutdown).
 pub const WAKER: Token = Token(usize::MAX - 1);
+/// The TLS listener's token in every loop (`tls_port`).
+pub const TLS_LISTENER: Token = Token(usize::MAX - 2);
 
 /// A request target that makes a loop panic, in the library's own tests of panic containment.
 #[cfg(test)]

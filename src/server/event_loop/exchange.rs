@@ -681,8 +681,8 @@ impl Exchange {
                     self.pool_upstream(env);
                 }
                 self.upstream = None;
-                let (status, bytes) =
-                    entry_answer(&mut client.cout.data, &entry, label, &self.req, keep_alive, shared.clock.now());
+                let (out, conn) = (&mut client.cout.data, &client.answer_fields);
+                let (status, bytes) = entry_answer(out, &entry, label, conn, &self.req, keep_alive, shared.clock.now());
                 self.record_as(env, status, bytes, Some(&backend.name));
                 return Advance::Finished { keep: keep_alive };
             }
@@ -717,10 +717,10 @@ impl Exchange {
                 Encoding::Identity
             };
             let mut batch = Vec::new();
+            let fields = with_conn_fields(b"X-Cache: MISS\r\n", &res, client);
             let mut head = WriteBatch::new(&mut batch, &mut client.cout.data, usize::MAX);
-            let written =
-                write_response_head(&mut head, &self.req, &res, encoding, keep_alive, b"X-Cache: MISS\r\n", false)
-                    .and_then(|()| head.send());
+            let written = write_response_head(&mut head, &self.req, &res, encoding, keep_alive, &fields, false)
+                .and_then(|()| head.send());
             self.upstream = None;
             self.pending = None;
             self.record_as(env, res.status, 0, Some(&backend.name));
@@ -735,10 +735,11 @@ impl Exchange {
         };
         self.keep_client = keep_alive && length_known;
         let label: &[u8] = if self.cache.is_some() { b"X-Cache: MISS\r\n" } else { b"" };
+        let fields = with_conn_fields(label, &res, client);
         let mut batch = Vec::new();
         let mut head = WriteBatch::new(&mut batch, &mut client.cout.data, usize::MAX);
         let strip = shared.config.strip_targeted_cache_control;
-        let written = write_response_head(&mut head, &self.req, &res, encoding, self.keep_client, label, strip)
+        let written = write_response_head(&mut head, &self.req, &res, encoding, self.keep_client, &fields, strip)
             .and_then(|()| head.send());
         if written.is_err() {
             return Advance::Close; // writing to memory does not fail
@@ -875,8 +876,8 @@ impl Exchange {
         let keep = self.may_keep_alive(env) && self.body_done();
         match entry {
             Some(entry) => {
-                let (status, bytes) =
-                    entry_answer(&mut client.cout.data, &entry, "MISS", &self.req, keep, shared.clock.now());
+                let (out, conn) = (&mut client.cout.data, &client.answer_fields);
+                let (status, bytes) = entry_answer(out, &entry, "MISS", conn, &self.req, keep, shared.clock.now());
                 self.record_as(env, status, bytes, by.as_deref());
                 Advance::Finished { keep }
             }
@@ -887,7 +888,8 @@ impl Exchange {
     /// Nothing has gone to the client yet of an answer being read whole: it gets a proper 502.
     fn filled_badly(&mut self, client: &mut Client, env: &mut Env<'_>, detail: &str) -> Advance {
         let by = self.by.clone();
-        let bytes = error_answer(&mut client.cout.data, 502, detail, false, self.req.is_head(), b"");
+        let (out, conn) = (&mut client.cout.data, &client.answer_fields);
+        let bytes = error_answer(out, 502, detail, false, self.req.is_head(), b"", conn);
         self.record_as(env, 502, bytes, by.as_deref());
         Advance::Finished { keep: false }
     }
@@ -935,8 +937,9 @@ impl Exchange {
                     );
                     cache.stats.stale.fetch_add(1, Ordering::Relaxed);
                     let keep = self.may_keep_alive(env) && self.body_done();
-                    let (status, bytes) =
-                        entry_answer(&mut client.cout.data, &entry, "STALE", &self.req, keep, shared.clock.now());
+                    let (out, conn) = (&mut client.cout.data, &client.answer_fields);
+                    let now = shared.clock.now();
+                    let (status, bytes) = entry_answer(out, &entry, "STALE", conn, &self.req, keep, now);
                     self.record_as(env, status, bytes, by.as_deref());
                     return Advance::Finished { keep };
                 }
@@ -955,14 +958,9 @@ impl Exchange {
         // The connection carries another request only if this one was read in full.
         let keep = self.may_keep_alive(env) && error.is_backend_fault() && self.body_done();
         let status = error.status();
-        let bytes = error_answer(
-            &mut client.cout.data,
-            status,
-            &error.to_string(),
-            keep,
-            self.req.is_head(),
-            &error.answer_fields(),
-        );
+        let (out, conn) = (&mut client.cout.data, &client.answer_fields);
+        let bytes =
+            error_answer(out, status, &error.to_string(), keep, self.req.is_head(), &error.answer_fields(), conn);
         self.record_as(env, status, bytes, by.as_deref());
         Advance::Finished { keep }
     }
@@ -981,6 +979,16 @@ impl Exchange {
             finish(env.shared, &self.rec, &self.req, status, body_bytes, by);
         }
     }
+}
+
+/// The fields pibl adds to a relayed head: `label`, then the connection's own (HSTS over TLS) unless
+/// the backend sent its own `Strict-Transport-Security`.
+fn with_conn_fields(label: &[u8], res: &Response, client: &Client) -> Vec<u8> {
+    let mut fields = label.to_vec();
+    if res.header("strict-transport-security").is_none() {
+        fields.extend_from_slice(&client.answer_fields);
+    }
+    fields
 }
 
 /// True when an idle pooled connection has nothing to say: bytes there (sent past the end of the

@@ -4,7 +4,7 @@
 //! thread that accepted it, with no queue and no other thread on its way.
 //!
 //! ```text
-//! listener (registered in every loop; whichever wakes first accepts)
+//! listener, TLS listener (registered in every loop; whichever wakes first accepts)
 //!    │
 //!    ▼
 //! loop i: poll ─► sessions (slab of state machines) ⇄ backend sockets ─► upstream pool (per loop)
@@ -15,6 +15,10 @@
 //! writer, the cache refresher and the health checker are other threads. A panic while serving
 //! one session is caught: that connection gets a 500 if nothing was answered yet and is closed, and
 //! the loop goes on.
+//!
+//! A connection from the TLS listener (`tls_port`) is the same session over a
+//! [`transport::Transport`] that runs rustls: its handshake happens as the session reads its first
+//! request head, within `header_timeout`.
 
 pub mod answers;
 pub mod auth;
@@ -23,6 +27,7 @@ pub mod env;
 pub mod exchange;
 pub mod session;
 pub mod timers;
+pub mod transport;
 pub mod tunnel;
 pub mod upstream_pool;
 
@@ -35,14 +40,18 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use mio::net::TcpListener;
+use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Waker};
+use rustls::ServerConfig;
 
 use crate::observe::metrics::{unix_secs, DEFAULT_ROUTE};
 use crate::server::shared::Shared;
-use env::{client_token, slot_of, Env, Inbox, LISTENER, WAKER};
+use crate::tls::plain::hsts_header;
+use client::Client;
+use env::{client_token, slot_of, Env, Inbox, LISTENER, TLS_LISTENER, WAKER};
 use session::{Session, Verdict};
 use timers::{Owner, Timers};
+use transport::Transport;
 use upstream_pool::UpstreamPool;
 
 /// Events taken from the poller per wake-up.
@@ -52,7 +61,14 @@ const EVENTS: usize = 1024;
 const ACCEPT_RETRY: Duration = Duration::from_millis(20);
 /// How often idle pooled backend connections are aged out.
 const POOL_PURGE: Duration = Duration::from_secs(1);
+/// Least ciphertext rustls may hold for a socket (one TLS record), whatever `buffer_size` says.
+const TLS_RECORD: usize = 16 * 1024 + 256;
 
+/// The TLS listener (`tls_port`) and the rustls configuration its handshakes use.
+pub struct TlsListener {
+    pub listener: StdListener,
+    pub config: Arc<ServerConfig>,
+}
 /// The running loops of one server.
 pub struct Loops {
     wakers: Vec<Arc<Waker>>,
@@ -61,9 +77,13 @@ pub struct Loops {
 }
 
 impl Loops {
-    /// Starts `shared.config.threads` loops, each accepting on its own handle of `listener`.
-    pub fn start(listener: StdListener, shared: &Arc<Shared>) -> io::Result<Loops> {
+    /// Starts `shared.config.threads` loops, each accepting on its own handle of `listener` (and
+    /// of the TLS listener, when there is one).
+    pub fn start(listener: StdListener, tls: Option<TlsListener>, shared: &Arc<Shared>) -> io::Result<Loops> {
         listener.set_nonblocking(true)?;
+        if let Some(tls) = &tls {
+            tls.listener.set_nonblocking(true)?;
+        }
         let (done_tx, done) = crossbeam_channel::unbounded();
         let mut loops = Loops { wakers: Vec::new(), handles: Vec::new(), done };
         for i in 0..shared.config.threads.max(1) {
@@ -71,17 +91,25 @@ impl Loops {
             let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
             let mut own = TcpListener::from_std(listener.try_clone()?);
             poll.registry().register(&mut own, LISTENER, Interest::READABLE)?;
+            let own_tls = match &tls {
+                Some(tls) => {
+                    let mut own = TcpListener::from_std(tls.listener.try_clone()?);
+                    poll.registry().register(&mut own, TLS_LISTENER, Interest::READABLE)?;
+                    Some((own, Arc::clone(&tls.config)))
+                }
+                None => None,
+            };
             let (shared, done_tx) = (Arc::clone(shared), done_tx.clone());
             let inbox = Arc::new(Inbox::new(Arc::clone(&waker)));
             let handle = thread::Builder::new().name(format!("pibl-loop-{i}")).spawn(move || {
-                EventLoop::new(poll, own, shared, inbox).run();
+                EventLoop::new(poll, own, own_tls, shared, inbox).run();
                 let _ = done_tx.send(());
             })?;
             loops.wakers.push(waker);
             loops.handles.push(handle);
         }
-        // Every loop holds its own handle; once they drop them at shutdown the port is closed.
-        drop(listener);
+        // Every loop holds its own handles; once they drop them at shutdown the ports are closed.
+        drop((listener, tls));
         Ok(loops)
     }
 
@@ -127,6 +155,12 @@ struct Entry {
 struct EventLoop {
     poll: Poll,
     listener: Option<TcpListener>,
+    /// The TLS listener and its configuration.
+    tls: Option<(TcpListener, Arc<ServerConfig>)>,
+    /// What every answer over TLS carries (`Strict-Transport-Security` when `hsts` is set), and
+    /// over plain HTTP (nothing).
+    tls_fields: Arc<[u8]>,
+    plain_fields: Arc<[u8]>,
     shared: Arc<Shared>,
     sessions: Vec<Option<Entry>>,
     free: Vec<usize>,
@@ -140,10 +174,20 @@ struct EventLoop {
 }
 
 impl EventLoop {
-    fn new(poll: Poll, listener: TcpListener, shared: Arc<Shared>, inbox: Arc<Inbox>) -> EventLoop {
+    fn new(
+        poll: Poll,
+        listener: TcpListener,
+        tls: Option<(TcpListener, Arc<ServerConfig>)>,
+        shared: Arc<Shared>,
+        inbox: Arc<Inbox>,
+    ) -> EventLoop {
+        let hsts = hsts_header(shared.config.hsts).map(|v| format!("Strict-Transport-Security: {v}\r\n"));
         EventLoop {
             poll,
             listener: Some(listener),
+            tls,
+            tls_fields: hsts.unwrap_or_default().into_bytes().into(),
+            plain_fields: Vec::new().into(),
             shared,
             sessions: Vec::new(),
             free: Vec::new(),
@@ -183,7 +227,8 @@ impl EventLoop {
             }
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(),
+                    LISTENER => self.accept(false),
+                    TLS_LISTENER => self.accept(true),
                     WAKER => {
                         for owner in self.inbox.take() {
                             let current = self.sessions.get(owner.slot).and_then(Option::as_ref);
@@ -196,7 +241,7 @@ impl EventLoop {
                 }
             }
             if self.accept_paused {
-                self.accept();
+                self.accept_both();
             }
             let now = Instant::now();
             while let Some((at, owner)) = self.timers.pop_due(now) {
@@ -214,6 +259,9 @@ impl EventLoop {
     fn begin_shutdown(&mut self) {
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
+            if let Some((mut tls, _)) = self.tls.take() {
+                let _ = self.poll.registry().deregister(&mut tls);
+            }
             for slot in 0..self.sessions.len() {
                 if self.sessions[slot].as_ref().is_some_and(|e| e.session.is_parked()) {
                     self.close(slot);
@@ -222,11 +270,23 @@ impl EventLoop {
         }
     }
 
-    fn accept(&mut self) {
+    fn accept_both(&mut self) {
+        self.accept(false);
+        if self.tls.is_some() {
+            self.accept(true);
+        }
+    }
+
+    /// Accepts what is waiting on the plain listener, or on the TLS one (`tls`).
+    fn accept(&mut self, tls: bool) {
         let shared = Arc::clone(&self.shared);
         let config = &shared.config;
         loop {
-            let Some(listener) = self.listener.as_ref() else { return };
+            let listener = match tls {
+                false => self.listener.as_ref(),
+                true => self.tls.as_ref().map(|(listener, _)| listener),
+            };
+            let Some(listener) = listener else { return };
             if self.shared.conns.open() >= config.max_conn {
                 self.accept_paused = true;
                 return;
@@ -251,9 +311,12 @@ impl EventLoop {
                     Some(slot) => Some(slot),
                     None => {
                         log::debug!("refusing {peer}: max_conn_per_ip ({max}) reached");
-                        let _ = stream.write(
-                            b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
-                        );
+                        // A TLS client could not read a plain answer: it is just closed.
+                        if !tls {
+                            let _ = stream.write(
+                                b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+                            );
+                        }
                         continue;
                     }
                 },
@@ -269,14 +332,35 @@ impl EventLoop {
                 self.free.push(slot);
                 continue;
             }
+            let Some(client) = self.client(stream, peer, tls) else {
+                self.free.push(slot);
+                continue;
+            };
             let now = Instant::now();
             self.generation += 1;
             let owner = Owner { slot, generation: self.generation };
-            let session = Session::new(stream, peer, owner, self.shared.conns.acquire(), ip_slot, now);
+            let session = Session::new(client, owner, self.shared.conns.acquire(), ip_slot, now);
             self.sessions[slot] = Some(Entry { session, generation: self.generation, parked: false });
             self.open += 1;
             // The registration reports the socket's readiness; until then the header timeout runs.
             self.settle(slot);
+        }
+    }
+
+    /// The client side of a new session: plain, or TLS with a new rustls connection.
+    fn client(&self, stream: TcpStream, peer: std::net::SocketAddr, tls: bool) -> Option<Client> {
+        let now = Instant::now();
+        let Some((_, config)) = self.tls.as_ref().filter(|_| tls) else {
+            return Some(Client::new(Transport::Plain(stream), peer, now, Arc::clone(&self.plain_fields)));
+        };
+        // rustls holds at most this much ciphertext for the socket (back-pressure, as `buffer_size`).
+        let limit = self.shared.config.buffer_size.max(TLS_RECORD);
+        match Transport::tls_server(stream, Arc::clone(config), limit) {
+            Ok(transport) => Some(Client::new(transport, peer, now, Arc::clone(&self.tls_fields))),
+            Err(e) => {
+                log::warn!("dropping TLS connection from {peer}: {e}");
+                None
+            }
         }
     }
 
@@ -342,6 +426,7 @@ impl EventLoop {
         let env = Env { shared, registry: poll.registry(), pool, inbox, now: Instant::now() };
         // Recording must not take the loop down either.
         let _ = panic::catch_unwind(AssertUnwindSafe(|| entry.session.on_close(&env)));
+        entry.session.client.transport.close();
         if entry.parked {
             shared.loop_parked.fetch_sub(1, Ordering::Relaxed);
         }
@@ -350,7 +435,7 @@ impl EventLoop {
         // Dropping the session closes its sockets, which also leaves the poller.
         drop(entry);
         if self.accept_paused {
-            self.accept();
+            self.accept_both();
         }
     }
 }

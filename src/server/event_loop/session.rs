@@ -14,13 +14,10 @@
 //! (`proxy::admit`, the cache policy, `proxy::forward`'s upstream head); only the waiting differs.
 
 use std::borrow::Cow;
-use std::io::Read;
-use std::net::{Shutdown, SocketAddr};
+use std::io::{self, Read};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use mio::net::TcpStream;
 
 use crate::cache::policy::Usability;
 use crate::cache::{Cache, Entry, Flight};
@@ -43,8 +40,10 @@ use crate::server::event_loop::client::{Client, Got};
 use crate::server::event_loop::env::Env;
 use crate::server::event_loop::exchange::{Advance, CacheParts, Exchange};
 use crate::server::event_loop::timers::Owner;
+use crate::server::event_loop::transport::Handshake;
 use crate::server::event_loop::tunnel::{Pipe, Tunnel};
 use crate::server::shared::Shared;
+use crate::tls::plain::{plain_answer, PlainReply};
 
 /// Longest time an error answer's connection is kept to discard what the client still sends, so
 /// it reads the answer instead of a reset (nginx's `lingering_time`). Discarding costs a read and
@@ -97,27 +96,23 @@ pub struct Session {
     pub armed: Option<Instant>,
     slot: usize,
     generation: u64,
+    /// The session is closing because a deadline passed (a TLS handshake that never finished).
+    expired: bool,
     _conn_slot: ConnSlot,
     _ip_slot: Option<IpSlot>,
 }
 
 impl Session {
-    pub fn new(
-        stream: TcpStream,
-        peer: SocketAddr,
-        owner: Owner,
-        conn_slot: ConnSlot,
-        ip_slot: Option<IpSlot>,
-        now: Instant,
-    ) -> Session {
+    pub fn new(client: Client, owner: Owner, conn_slot: ConnSlot, ip_slot: Option<IpSlot>, now: Instant) -> Session {
         Session {
-            client: Client::new(stream, peer, now),
+            client,
             state: State::ReadingHead,
             head_started: Some(now),
             idle_since: now,
             armed: None,
             slot: owner.slot,
             generation: owner.generation,
+            expired: false,
             _conn_slot: conn_slot,
             _ip_slot: ip_slot,
         }
@@ -125,7 +120,7 @@ impl Session {
 
     /// Waiting for a request with nothing to write: what the status pages count as parked.
     pub fn is_parked(&self) -> bool {
-        matches!(self.state, State::ReadingHead) && self.client.cout.is_empty()
+        matches!(self.state, State::ReadingHead) && self.client.output_done()
     }
 
     /// Nothing of the current request has been answered yet, so a 500 can still be sent.
@@ -163,7 +158,7 @@ impl Session {
                 },
                 State::Lingering { .. } => self.linger(env),
                 State::Closing => match self.client.flush(env.now) {
-                    Ok(_) if self.client.cout.is_empty() => Err(()),
+                    Ok(_) if self.client.output_done() => Err(()),
                     Ok(wrote) => Ok(wrote),
                     Err(_) => Err(()),
                 },
@@ -180,7 +175,7 @@ impl Session {
     pub fn deadline(&self, env: &Env<'_>) -> Instant {
         let config = &env.shared.config;
         match &self.state {
-            State::ReadingHead if !self.client.cout.is_empty() => self.client.seen + config.client_timeout,
+            State::ReadingHead if !self.client.output_done() => self.client.seen + config.client_timeout,
             State::ReadingHead => match self.head_started {
                 Some(start) => start + config.header_timeout,
                 None => self.idle_since + config.keepalive_timeout,
@@ -197,10 +192,13 @@ impl Session {
 
     /// The deadline passed.
     pub fn timed_out(&mut self, env: &mut Env<'_>) -> Verdict {
+        self.expired = true;
         match &mut self.state {
             State::ReadingHead if self.client.cout.is_empty() && !self.client.cin.is_empty() => {
                 log::info!("{}: request head not complete in time", self.client.peer);
-                error_answer(&mut self.client.cout.data, 408, "request head not complete in time", false, false, b"");
+                let client = &mut self.client;
+                let detail = "request head not complete in time";
+                error_answer(&mut client.cout.data, 408, detail, false, false, b"", &client.answer_fields);
                 self.linger_after_answer(env.now);
                 self.drive(env)
             }
@@ -227,6 +225,7 @@ impl Session {
     /// The session is being closed (by either side, a deadline, shutdown or a panic): records what
     /// it was doing.
     pub fn on_close(&mut self, env: &Env<'_>) {
+        self.count_handshake(env);
         match &mut self.state {
             State::Exchange(ex) => ex.record(env),
             State::Authorizing(probe) => finish(env.shared, &probe.rec, &probe.req, 499, 0, None),
@@ -236,13 +235,31 @@ impl Session {
         }
     }
 
+    /// A TLS connection that closes without having finished its handshake is counted by why: rustls
+    /// refused it (not TLS, no common version...), its deadline passed, or the client went away.
+    fn count_handshake(&self, env: &Env<'_>) {
+        let Some(tls) = self.client.transport.tls() else { return };
+        let reason = match tls.handshake() {
+            Handshake::Done => return,
+            Handshake::Failed => "refused",
+            Handshake::Pending if self.expired => "timeout",
+            Handshake::Pending => "closed",
+        };
+        match &tls.error {
+            Some(e) => log::debug!("{}: TLS handshake failed: {e}", self.client.peer),
+            None => log::debug!("{}: TLS handshake not completed ({reason})", self.client.peer),
+        }
+        env.shared.metrics.count_tls_handshake_failure(reason);
+    }
+
     /// After a panic while serving: a 500 if nothing was answered yet, written as far as the socket
     /// takes it at once.
     pub fn answer_panic(&mut self, env: &Env<'_>) {
         if self.can_answer() {
-            self.client.cout = Default::default();
-            error_answer(&mut self.client.cout.data, 500, "internal error", false, false, b"");
-            let _ = self.client.flush(env.now);
+            let client = &mut self.client;
+            client.cout = Default::default();
+            error_answer(&mut client.cout.data, 500, "internal error", false, false, b"", &client.answer_fields);
+            let _ = client.flush(env.now);
         }
     }
 
@@ -268,7 +285,9 @@ impl Session {
                 Ok(None) => {}
                 Err(e) => {
                     log::info!("{}: {e}", self.client.peer);
-                    error_answer(&mut self.client.cout.data, e.status(), &e.to_string(), false, false, b"");
+                    let client = &mut self.client;
+                    let fields = &client.answer_fields;
+                    error_answer(&mut client.cout.data, e.status(), &e.to_string(), false, false, b"", fields);
                     self.linger_after_answer(env.now);
                     return Ok(true);
                 }
@@ -294,24 +313,28 @@ impl Session {
         self.state = State::Lingering { until: now + LINGER_TIME, shut: false };
     }
 
-    /// Writes the last answer, half-closes, and discards input until the client closes.
+    /// Writes the last answer, half-closes (after `close_notify` over TLS), and discards input until
+    /// the client closes.
     fn linger(&mut self, env: &mut Env<'_>) -> Result<bool, ()> {
         let wrote = self.client.flush(env.now).map_err(drop)?;
-        if !self.client.cout.is_empty() {
+        if !self.client.output_done() {
             return Ok(wrote);
         }
         let State::Lingering { shut, .. } = &mut self.state else { return Err(()) };
         if !*shut {
-            *shut = true;
-            self.client.stream.shutdown(Shutdown::Write).map_err(drop)?;
+            match self.client.transport.shutdown_write() {
+                Ok(()) => *shut = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(wrote),
+                Err(_) => return Err(()),
+            }
         }
         let mut sink = [0u8; 4096];
         loop {
-            match self.client.stream.read(&mut sink) {
+            match self.client.transport.read(&mut sink) {
                 Ok(0) => return Err(()),
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(_) => return Err(()),
             }
         }
@@ -374,6 +397,12 @@ impl Session {
         #[cfg(test)]
         if req.target() == crate::server::event_loop::env::PANIC_TARGET {
             panic!("test request asked for a panic");
+        }
+        // ACME challenges and `https_redirect` belong to the plain port alone.
+        if !self.client.is_tls() {
+            if let Some(reply) = plain_answer(&shared.plain_port, req.method(), req.target(), req.header("host")) {
+                return self.answer_plain_port(env, &req, &reply);
+            }
         }
         let gateway = shared.gateway();
         let client_ip = gateway.client_ip(self.client.peer.ip(), &req);
@@ -463,8 +492,9 @@ impl Session {
         if let Some(cache) = shared.cache.as_deref().filter(|_| cached_here) {
             match lookup(shared, cache, &req, &dispatch) {
                 Lookup::Stored { entry, label } => {
-                    let (status, bytes) =
-                        entry_answer(&mut self.client.cout.data, &entry, label, &req, may_keep, shared.clock.now());
+                    let client = &mut self.client;
+                    let (out, fields) = (&mut client.cout.data, &client.answer_fields);
+                    let (status, bytes) = entry_answer(out, &entry, label, fields, &req, may_keep, shared.clock.now());
                     finish(shared, &rec, &req, status, bytes, Some(cache_step::CACHE_LABEL));
                     return self.request_done(may_keep, env.now);
                 }
@@ -510,6 +540,7 @@ impl Session {
             revalidating,
             drop_client_conditionals: cache_parts.as_ref().is_some_and(CacheParts::fills_for_client_conditional),
             head_as_get: cache_parts.as_ref().is_some_and(|p| p.head_as_get),
+            https: self.client.is_tls(),
         };
         let mut head = Vec::with_capacity(512);
         build_upstream_head(&req, &dispatch, &fields, &mut head);
@@ -548,14 +579,32 @@ impl Session {
         fields: &[u8],
         keep: bool,
     ) {
-        let bytes = error_answer(&mut self.client.cout.data, status, detail, keep, req.is_head(), fields);
+        let client = &mut self.client;
+        let (out, own) = (&mut client.cout.data, &client.answer_fields);
+        let bytes = error_answer(out, status, detail, keep, req.is_head(), fields, own);
         finish(env.shared, rec, req, status, bytes, None);
+        self.answered_unread(req, keep, env.now);
+    }
+
+    /// The answer went out without the request's body being read: a connection that is not kept
+    /// lingers, as the client may still be sending it.
+    fn answered_unread(&mut self, req: &Request, keep: bool, now: Instant) {
         if !keep && req.framing.has_body() {
-            // The body was never read: the client may still be sending it.
-            self.linger_after_answer(env.now);
+            self.linger_after_answer(now);
         } else {
-            self.request_done(keep, env.now);
+            self.request_done(keep, now);
         }
+    }
+
+    /// The plain port's own answer (an ACME challenge, a redirect to https), recorded like any other.
+    fn answer_plain_port(&mut self, env: &Env<'_>, req: &Request, reply: &PlainReply) {
+        let keep = req.keep_alive && !req.framing.has_body() && !env.shared.is_shutting_down();
+        self.client.cout.extend(&reply.to_bytes(keep, req.is_head()));
+        let rec =
+            Record { started: Instant::now(), peer: self.client.peer.ip(), route: None, app: None, rejection: None };
+        let bytes = if req.is_head() { 0 } else { reply.body.len() as u64 };
+        finish(env.shared, &rec, req, reply.status, bytes, None);
+        self.answered_unread(req, keep, env.now);
     }
 }
 

@@ -77,6 +77,9 @@ impl Tunnel {
             out.extend_from_slice(protocol);
             out.extend_from_slice(b"\r\n");
         }
+        if res.header("strict-transport-security").is_none() {
+            out.extend_from_slice(&client.answer_fields);
+        }
         out.extend_from_slice(b"Connection: upgrade\r\n\r\n");
         let down_bytes = from_backend.len() as u64;
         out.extend_from_slice(from_backend.filled());
@@ -159,7 +162,7 @@ impl Tunnel {
                 Got::Failed(_) => return Pipe::Closed,
             }
         }
-        if self.backend_eof && client.cout.is_empty() {
+        if self.backend_eof && client.output_done() {
             return Pipe::Closed;
         }
         if progress {
