@@ -234,7 +234,8 @@ impl Pibl {
         // [pg] Other instances' changes reach this one's routes and cache through the database.
         let listener = ChangeListener::start(Arc::clone(&state.store), Arc::clone(&router), server.cache_handle())
             .map_err(io_err("cannot start the database listener"))?;
-        let targets = Targets { router, pools: Box::new(server.health_targets(default_path)) };
+        let targets =
+            Targets { router, pools: Box::new(server.health_targets(default_path)), tls: server.backend_tls() };
         let health =
             HealthChecker::start(targets, health_interval, clock).map_err(io_err("cannot start the health checker"))?;
         let api = ApiServer::start(api, Arc::clone(&state)).map_err(io_err("cannot start the API"))?;

@@ -242,15 +242,20 @@ fn tls_keys_and_sections_are_read_and_written_back() {
 }
 
 #[test]
-fn this_engine_refuses_https_backends_at_start_up() {
+fn the_threaded_engine_refuses_https_backends_at_start_up() {
     let mut config = test_config(&[]);
     config.backends = vec![pibl::config::BackendAddr::parse("https://127.0.0.1:9443").unwrap()];
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let e = pibl::Server::start_on(listener, config).err().expect("refused");
-    assert!(
-        e.to_string().starts_with("ip_server1 = https://127.0.0.1:9443: TLS to backends is not in either engine yet"),
-        "{e}"
+    assert_eq!(
+        e.to_string(),
+        "ip_server1 = https://127.0.0.1:9443: TLS to backends is spoken by the event-loop engine only; set engine = loops"
     );
+    // In a file, an https:// backend selects the loops by itself.
+    let config = Config::from_ini_str("ip_server1 = https://127.0.0.1:9443\n", "t.ini").unwrap();
+    assert_eq!(config.engine, pibl::config::Engine::Loops);
+    let e = Config::from_ini_str("engine = threads\nip_server1 = https://127.0.0.1:9443\n", "t.ini").unwrap_err();
+    assert!(e.to_string().contains("threads speaks no TLS to https:// backends; use engine = loops"), "{e}");
 }
 
 both_engines!(https_redirect_answers_308_on_the_plain_port_except_acme_challenges);

@@ -198,15 +198,22 @@ impl Config {
                 "needs tls_port: the redirects point at the HTTPS listener's port".to_string(),
             ));
         }
-        // HTTPS is served by the event loops alone: tls_port selects them unless the file insists.
-        if config.tls_port != 0 && config.engine == Engine::Threads {
+        // TLS is spoken by the event loops alone: tls_port or an https:// backend selects them unless
+        // the file insists.
+        let tls_backend = config.backends.iter().chain(config.routes.iter().flat_map(|r| &r.servers)).any(|b| b.tls);
+        if (config.tls_port != 0 || tls_backend) && config.engine == Engine::Threads {
             if first_line.contains_key("engine") {
+                let what = match config.tls_port {
+                    0 => "threads speaks no TLS to https:// backends",
+                    _ => "threads has no HTTPS listener (tls_port is set)",
+                };
                 return Err(invalid(
                     pair_line("engine"),
                     "engine",
-                    "threads has no HTTPS listener (tls_port is set); use engine = loops, or remove this \
-                     line: tls_port selects the loops"
-                        .to_string(),
+                    format!(
+                        "{what}; use engine = loops, or remove this line: tls_port and https:// backends \
+                         select the loops"
+                    ),
                 ));
             }
             config.engine = Engine::Loops;

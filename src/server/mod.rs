@@ -31,7 +31,7 @@ use rustls::{ClientConfig, ServerConfig};
 
 use crate::cache::{Cache, Limits as CacheLimits};
 use crate::clock::Clock;
-use crate::config::{Config, Engine};
+use crate::config::{BackendAddr, Config, Engine};
 use crate::gateway::Gateway;
 use crate::http::request::{self, Limits};
 use crate::observe::access_log::AccessLog;
@@ -46,6 +46,7 @@ use crate::server::probe::Probe;
 use crate::server::shared::{Shared, Stats};
 use crate::store::credentials::Tokens;
 use crate::tls::challenge::Challenges;
+use crate::tls::client::{backend_client_config, BackendTrust};
 use crate::tls::plain::PlainPort;
 use crate::upstream::apps::Router;
 use crate::upstream::backend::Backend;
@@ -112,7 +113,20 @@ impl Server {
         clock: Clock,
         tls: TlsPlane,
     ) -> io::Result<Server> {
-        refuse_tls_for_now(&config, &tls)?;
+        refuse_tls_on_threads(&config, &tls)?;
+        // A server started without the runtime's HTTPS parts (a library user, a test) still gets the
+        // backend TLS settings of its configuration.
+        let backend_tls = match tls.backend {
+            Some(backend) => Some(backend),
+            None if tls_backends(&config).next().is_some() => {
+                let trust = BackendTrust::from_keys(&config.backend_ca, config.backend_tls_verify);
+                Some(
+                    backend_client_config(trust)
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?,
+                )
+            }
+            None => None,
+        };
         let local_addr = listener.local_addr()?;
         let tls_addr = match &tls.listener {
             Some((listener, _)) => Some(listener.local_addr()?),
@@ -150,7 +164,7 @@ impl Server {
             per_ip: Arc::new(PerIpLimit::default()),
             parker: Parker::new()?,
             plain_port: PlainPort::from_config(&config, tls.challenges),
-            backend_tls: tls.backend,
+            backend_tls,
             loop_parked: Default::default(),
             config,
         });
@@ -221,6 +235,11 @@ impl Server {
         self.local_addr
     }
 
+    /// How `https://` backends are spoken to, when any is configured (the health checker uses it too).
+    pub fn backend_tls(&self) -> Option<Arc<ClientConfig>> {
+        self.shared.backend_tls.clone()
+    }
+
     /// Where the TLS listener listens (`tls_port`), when it serves HTTPS.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.tls_addr
@@ -261,6 +280,15 @@ impl Server {
         for (what, changed) in fixed {
             if changed {
                 log::warn!("reload: {what} changed in the file; it takes effect at the next restart");
+            }
+        }
+        if let Err(e) = refuse_tls_on_threads(config, &TlsPlane::default()) {
+            log::error!("reload refused, the running configuration stays: {e}");
+            return;
+        }
+        if self.shared.backend_tls.is_none() {
+            if let Some((key, _)) = tls_backends(config).next() {
+                log::warn!("reload: {key} is https:// but pibl started without TLS backends; restart to reach it");
             }
         }
         *self.shared.gateway.write() = Arc::new(Gateway::new(config));
@@ -471,12 +499,14 @@ fn serve(shared: &Shared, scratch: &mut Scratch, mut conn: Conn) {
     }
 }
 
-/// What the engines cannot do yet is refused at start-up rather than done wrong: the threaded engine
-/// has no TLS at all (a configuration with `tls_port` selects the loops, see `config`), and neither
-/// engine speaks TLS to backends yet, so an `https://` backend is refused rather than spoken to in
-/// plain text.
-fn refuse_tls_for_now(config: &Config, tls: &TlsPlane) -> io::Result<()> {
-    if config.engine == Engine::Threads && tls.listener.is_some() {
+/// The threaded engine has no TLS: a TLS listener or an `https://` backend given to it is refused
+/// at start-up (a configuration file with either selects the loops, see `config`) rather than
+/// served wrong, e.g. spoken to in plain text.
+fn refuse_tls_on_threads(config: &Config, tls: &TlsPlane) -> io::Result<()> {
+    if config.engine != Engine::Threads {
+        return Ok(());
+    }
+    if tls.listener.is_some() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
@@ -485,25 +515,30 @@ fn refuse_tls_for_now(config: &Config, tls: &TlsPlane) -> io::Result<()> {
             ),
         ));
     }
-    let backends = config.backends.iter().enumerate().map(|(i, b)| (format!("ip_server{}", i + 1), b));
-    let routes =
-        config.routes.iter().flat_map(|r| r.servers.iter().map(move |b| (format!("[route.{}] servers", r.name), b)));
-    if let Some((key, backend)) = backends.chain(routes).find(|(_, b)| b.tls) {
+    if let Some((key, backend)) = tls_backends(config).next() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
-                "{key} = {}: TLS to backends is not in either engine yet; use a plain http backend for now",
+                "{key} = {}: TLS to backends is spoken by the event-loop engine only; set engine = loops",
                 backend.written()
             ),
         ));
     }
-    if config.tls_port != 0 && tls.listener.is_none() {
+    if config.tls_port != 0 {
         log::warn!(
-            "tls_port = {}: this server was given no TLS listener; only ACME challenges and https_redirect \
+            "tls_port = {}: engine = threads has no HTTPS listener; only ACME challenges and https_redirect \
              are served, on port {}",
             config.tls_port,
             config.port
         );
     }
     Ok(())
+}
+
+/// The `https://` backends of a configuration, with the key that names each.
+fn tls_backends(config: &Config) -> impl Iterator<Item = (String, &BackendAddr)> {
+    let backends = config.backends.iter().enumerate().map(|(i, b)| (format!("ip_server{}", i + 1), b));
+    let routes =
+        config.routes.iter().flat_map(|r| r.servers.iter().map(move |b| (format!("[route.{}] servers", r.name), b)));
+    backends.chain(routes).filter(|(_, b)| b.tls)
 }

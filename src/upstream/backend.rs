@@ -34,6 +34,8 @@ fn to_ticks(t: Instant) -> u64 {
 pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
+    /// Written `https://`: the host name (or address) TLS asks for and checks the certificate against.
+    pub tls_host: Option<String>,
     /// Until when (ticks from the clock epoch) the backend is out of rotation; 0 when up.
     down_until: AtomicU64,
     idle: Mutex<Vec<(TcpStream, Instant)>>,
@@ -55,6 +57,7 @@ impl Backend {
         Backend {
             name: addr.name.clone(),
             addr: addr.addr,
+            tls_host: addr.tls.then(|| addr.host().to_string()),
             down_until: AtomicU64::new(0),
             idle: Mutex::new(Vec::new()),
             idle_limit,

@@ -2,10 +2,13 @@
 //! backend's `health_path` when one is set, each `health_interval`. Anything but a 200 within
 //! [`PROBE_TIMEOUT`] is a failure; [`FALL`] failures in a row take a backend out of rotation and
 //! [`RISE`] passes in a row bring it back, so one slow answer does not flap it. The state is an
-//! atomic on the backend, which `Pool::candidates` reads without a lock.
+//! atomic on the backend, which `Pool::candidates` reads without a lock. An `https://` backend is
+//! checked over TLS, with the same trust settings as the requests it serves.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -15,6 +18,7 @@ use crate::background::Background;
 use crate::clock::Clock;
 use crate::http::response;
 use crate::store::LogEntry;
+use crate::tls::client::backend_server_name;
 use crate::upstream::apps::Router;
 use crate::upstream::backend::Backend;
 
@@ -37,6 +41,8 @@ pub struct Targets {
     pub router: Arc<Router>,
     /// The `ip_serverN` backends (on `health_path`) and each route's servers (on its own path).
     pub pools: PoolTargets,
+    /// How `https://` backends are spoken to (the data plane's own configuration).
+    pub tls: Option<Arc<ClientConfig>>,
 }
 
 /// The running checker thread.
@@ -105,7 +111,11 @@ fn check_one(targets: &Targets, job: &Job<'_>, clock: &Clock) {
     let backend = job.backend;
     // An app endpoint's address is checked before each probe too (see `upstream::policy`).
     let result = match backend.permitted() {
-        Ok(()) => probe(backend.addr, &job.host, job.path, PROBE_TIMEOUT),
+        Ok(()) => match (&backend.tls_host, &targets.tls) {
+            (None, _) => probe(backend.addr, &job.host, job.path, PROBE_TIMEOUT),
+            (Some(name), Some(config)) => probe_tls(backend.addr, &job.host, job.path, PROBE_TIMEOUT, config, name),
+            (Some(_), None) => Err("https:// backend, but pibl has no TLS client configuration".into()),
+        },
         Err(e) => Err(e.to_string()),
     };
     let Some(healthy) = record(backend, &result, clock) else { return };
@@ -148,9 +158,33 @@ fn describe(healthy: bool, path: &str, result: &Result<u16, String>) -> String {
 
 /// GETs `path` from `addr` and returns the status code.
 pub fn probe(addr: SocketAddr, host: &str, path: &str, timeout: Duration) -> Result<u16, String> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    ask(connect(addr, timeout)?, host, path)
+}
+
+/// [`probe`] over TLS, asking for `name` (SNI unless it is an address) and checking the certificate
+/// as `config` says.
+pub fn probe_tls(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+    config: &Arc<ClientConfig>,
+    name: &str,
+) -> Result<u16, String> {
+    let name = backend_server_name(name).map_err(|e| e.to_string())?;
+    let conn = ClientConnection::new(Arc::clone(config), name).map_err(|e| format!("TLS: {e}"))?;
+    ask(StreamOwned::new(conn, connect(addr, timeout)?), host, path)
+}
+
+fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, String> {
+    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
     stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    Ok(stream)
+}
+
+/// Sends the status request on `stream` and reads the final answer's status.
+fn ask<S: Read + Write>(mut stream: S, host: &str, path: &str) -> Result<u16, String> {
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: pibl-health\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).map_err(|e| format!("send: {e}"))?;

@@ -165,3 +165,70 @@ impl TlsClient {
 pub fn first_der(pem: &str) -> CertificateDer<'static> {
     CertificateDer::pem_slice_iter(pem.as_bytes()).next().expect("a certificate").expect("PEM")
 }
+
+/// An HTTPS backend on loopback: every request on each TLS connection is answered `tls backend
+/// TARGET` (or, for `/big`, [`BIG`] bytes), with keep-alive. It records the name each client asked
+/// for (SNI) and counts connections.
+pub struct TlsBackend {
+    pub addr: SocketAddr,
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    pub names: Arc<std::sync::Mutex<Vec<Option<String>>>>,
+}
+
+/// The size of `/big`'s answer.
+pub const BIG: usize = 3 << 20;
+
+impl TlsBackend {
+    pub fn start(config: Arc<ServerConfig>) -> TlsBackend {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind TLS backend");
+        let addr = listener.local_addr().expect("addr");
+        let backend = TlsBackend { addr, connections: Arc::default(), names: Arc::default() };
+        let (connections, names) = (Arc::clone(&backend.connections), Arc::clone(&backend.names));
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (config, connections, names) = (Arc::clone(&config), Arc::clone(&connections), Arc::clone(&names));
+                thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(20)));
+                    let Ok(conn) = ServerConnection::new(config) else { return };
+                    let mut tls = StreamOwned::new(conn, stream);
+                    while tls.conn.is_handshaking() {
+                        if tls.conn.complete_io(&mut tls.sock).is_err() {
+                            return;
+                        }
+                    }
+                    connections.fetch_add(1, Ordering::SeqCst);
+                    names.lock().unwrap().push(tls.conn.server_name().map(str::to_string));
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                            buf.drain(..end + 4);
+                            let target = head.split(' ').nth(1).unwrap_or("").to_string();
+                            let body = if target == "/big" {
+                                big_body()
+                            } else {
+                                format!("tls backend {target}").into_bytes()
+                            };
+                            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                            if tls.write_all(head.as_bytes()).and_then(|()| tls.write_all(&body)).is_err() {
+                                return;
+                            }
+                        }
+                        match tls.read(&mut chunk) {
+                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return,
+                        }
+                    }
+                });
+            }
+        });
+        backend
+    }
+}
+
+/// `/big`'s answer: [`BIG`] bytes in a pattern that shows any byte lost or moved.
+pub fn big_body() -> Vec<u8> {
+    (0..BIG).map(|i| (i % 251) as u8).collect()
+}

@@ -23,6 +23,7 @@ use std::time::{Instant, SystemTime};
 
 use mio::net::TcpStream;
 use mio::Interest;
+use rustls::ClientConfig;
 
 use crate::cache::policy::RequestDirectives;
 use crate::cache::{Cache, Entry, Origin, OwnedFlightGuard};
@@ -39,6 +40,8 @@ use crate::proxy::relay::write_response_head;
 use crate::server::event_loop::answers::{entry_answer, error_answer, finish, Record};
 use crate::server::event_loop::client::{read_into, Client, Got, OutBuf};
 use crate::server::event_loop::env::{backend_token, Env};
+use crate::server::event_loop::transport::{buffer_limit, Transport};
+use crate::tls::client::backend_server_name;
 use crate::upstream::backend::Backend;
 
 /// Least bytes asked of a backend per read while its response head arrives.
@@ -90,9 +93,9 @@ impl Drop for Busy {
     }
 }
 
-/// A connection to a backend, owned by the session that uses it.
+/// A connection to a backend (plain, or TLS for an `https://` one), owned by the session that uses it.
 pub struct Upstream {
-    pub stream: TcpStream,
+    pub stream: Transport,
     pub backend: Arc<Backend>,
     /// Taken from the pool: if it turns out closed before any answer byte, the request goes again.
     reused: bool,
@@ -363,9 +366,9 @@ impl Exchange {
         loop {
             if let Some(up) = &mut self.upstream {
                 // mio's recipe for a non-blocking connect: an error, or a peer once connected.
-                let failed = match up.stream.take_error() {
+                let failed = match up.stream.sock().take_error() {
                     Ok(Some(e)) | Err(e) => Some(e),
-                    Ok(None) => match up.stream.peer_addr() {
+                    Ok(None) => match up.stream.sock().peer_addr() {
                         Ok(_) => None,
                         Err(e) if e.kind() == io::ErrorKind::NotConnected => return Advance::Waiting,
                         Err(e) => Some(e),
@@ -380,7 +383,7 @@ impl Exchange {
                 if let Some(since) = up.connecting_since.take() {
                     env.shared.metrics.observe_connect(&up.backend.name, since.elapsed());
                     up.backend.mark_up();
-                    let _ = up.stream.set_nodelay(true);
+                    let _ = up.stream.sock().set_nodelay(true);
                 }
                 self.start_sending(env.now);
                 return Advance::Progress;
@@ -401,8 +404,9 @@ impl Exchange {
             let token = backend_token(self.slot);
             // Only a request without a body may go on a pooled connection: it can be sent again.
             if !fresh_only && self.replayable() {
-                if let Some(mut stream) = env.pool.take(backend.addr, env.now).filter(is_quiet) {
-                    if env.registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE).is_ok() {
+                if let Some(mut stream) = env.pool.take(backend.addr, env.now).and_then(quiet) {
+                    let interest = Interest::READABLE | Interest::WRITABLE;
+                    if env.registry.register(stream.sock_mut(), token, interest).is_ok() {
                         let busy = Busy::enter(&backend);
                         self.upstream =
                             Some(Upstream { stream, backend, reused: true, connecting_since: None, _busy: busy });
@@ -419,6 +423,14 @@ impl Exchange {
                         connect_failed(env, &backend, &e);
                         continue;
                     }
+                    let limit = buffer_limit(env.shared.config.buffer_size);
+                    let stream = match over_tls(&backend, stream, env.shared.backend_tls.as_ref(), limit) {
+                        Ok(stream) => stream,
+                        Err(what) => {
+                            let error = ForwardError::Upstream(format!("backend {}: {what}", backend.name));
+                            return self.fail(client, env, error);
+                        }
+                    };
                     let busy = Busy::enter(&backend);
                     self.upstream =
                         Some(Upstream { stream, backend, reused: false, connecting_since: Some(env.now), _busy: busy });
@@ -897,7 +909,7 @@ impl Exchange {
     /// Keeps the backend connection in the loop's pool, out of the poller.
     fn pool_upstream(&mut self, env: &mut Env<'_>) {
         if let Some(mut up) = self.upstream.take() {
-            if env.registry.deregister(&mut up.stream).is_ok() {
+            if env.registry.deregister(up.stream.sock_mut()).is_ok() {
                 env.pool.put(up.backend.addr, up.stream, env.now, env.shared.config.backend_pool_size);
             }
         }
@@ -991,10 +1003,24 @@ fn with_conn_fields(label: &[u8], res: &Response, client: &Client) -> Vec<u8> {
     fields
 }
 
-/// True when an idle pooled connection has nothing to say: bytes there (sent past the end of the
+/// An idle pooled connection, if it has nothing to say: bytes there (sent past the end of the
 /// response they followed) or a pending close would be read as the next request's answer.
-fn is_quiet(stream: &TcpStream) -> bool {
-    matches!(stream.peek(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+fn quiet(mut stream: Transport) -> Option<Transport> {
+    stream.is_quiet().then_some(stream)
+}
+
+/// The connection as the backend speaks: plain, or TLS asking for its host name (sent as SNI
+/// unless it is an address) with the backend trust settings (`backend_ca`, `backend_tls_verify`).
+fn over_tls(
+    backend: &Backend,
+    stream: TcpStream,
+    config: Option<&Arc<ClientConfig>>,
+    limit: usize,
+) -> Result<Transport, String> {
+    let Some(host) = &backend.tls_host else { return Ok(Transport::Plain(stream)) };
+    let config = config.ok_or("is https:// but pibl has no TLS client configuration (added by a reload: restart)")?;
+    let name = backend_server_name(host).map_err(|e| e.to_string())?;
+    Transport::tls_client(stream, Arc::clone(config), name, limit).map_err(|e| format!("TLS: {e}"))
 }
 
 /// A backend refused or did not answer the connection: it sits out the cool-down.

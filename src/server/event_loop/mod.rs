@@ -61,8 +61,6 @@ const EVENTS: usize = 1024;
 const ACCEPT_RETRY: Duration = Duration::from_millis(20);
 /// How often idle pooled backend connections are aged out.
 const POOL_PURGE: Duration = Duration::from_secs(1);
-/// Least ciphertext rustls may hold for a socket (one TLS record), whatever `buffer_size` says.
-const TLS_RECORD: usize = 16 * 1024 + 256;
 
 /// The TLS listener (`tls_port`) and the rustls configuration its handshakes use.
 pub struct TlsListener {
@@ -353,8 +351,7 @@ impl EventLoop {
         let Some((_, config)) = self.tls.as_ref().filter(|_| tls) else {
             return Some(Client::new(Transport::Plain(stream), peer, now, Arc::clone(&self.plain_fields)));
         };
-        // rustls holds at most this much ciphertext for the socket (back-pressure, as `buffer_size`).
-        let limit = self.shared.config.buffer_size.max(TLS_RECORD);
+        let limit = transport::buffer_limit(self.shared.config.buffer_size);
         match Transport::tls_server(stream, Arc::clone(config), limit) {
             Ok(transport) => Some(Client::new(transport, peer, now, Arc::clone(&self.tls_fields))),
             Err(e) => {

@@ -16,6 +16,15 @@ use mio::net::TcpStream;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 
+/// Least ciphertext rustls may hold for a socket (one TLS record), whatever `buffer_size` says.
+const TLS_RECORD: usize = 16 * 1024 + 256;
+
+/// How much ciphertext rustls may hold for one socket: `buffer_size`, as the session's own output
+/// buffer, and at least one record.
+pub fn buffer_limit(buffer_size: usize) -> usize {
+    buffer_size.max(TLS_RECORD)
+}
+
 /// Where a TLS connection's handshake stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handshake {
@@ -117,6 +126,19 @@ impl Transport {
         match self {
             Transport::Plain(_) => Ok(false),
             Transport::Tls(tls) => tls.flush_tls(),
+        }
+    }
+
+    /// An idle connection has nothing to say: no bytes on the socket, and over TLS no plaintext
+    /// already decrypted (bytes past the last response would be read as the next one's answer).
+    pub fn is_quiet(&mut self) -> bool {
+        let idle = matches!(self.sock().peek(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        match self {
+            Transport::Plain(_) => idle,
+            Transport::Tls(tls) => {
+                idle && !tls.eof
+                    && tls.conn.process_new_packets().is_ok_and(|state| state.plaintext_bytes_to_read() == 0)
+            }
         }
     }
 

@@ -5,8 +5,7 @@
 //! passed on as a half-close, and the backend then has [`HALF_CLOSED_TIME`] to finish. The bytes
 //! moved are counted in the metrics and the access log.
 
-use std::io::Write;
-use std::net::Shutdown;
+use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
 use crate::http::buffer::ReadBuf;
@@ -136,9 +135,14 @@ impl Tunnel {
             }
         }
         if self.client_eof && self.to_backend.is_empty() && !self.backend_shut {
-            let _ = self.up.stream.shutdown(Shutdown::Write);
-            self.backend_shut = true;
-            progress = true;
+            // Over TLS a close_notify goes first; until it is out this is tried again.
+            match self.up.stream.shutdown_write() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                _ => {
+                    self.backend_shut = true;
+                    progress = true;
+                }
+            }
         }
 
         // Backend to client.

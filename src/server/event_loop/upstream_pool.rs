@@ -1,26 +1,27 @@
 //! One loop's idle keep-alive connections to backends, by backend address. The loop owns it, so
 //! taking and returning a connection takes no lock; a connection is used only by the loop that
 //! opened it. Idle connections are not registered with the poller (a backend that closes one is
-//! found out when it is next used, and the request is sent again on a fresh connection).
+//! found out when it is next used, and the request is sent again on a fresh connection). A TLS
+//! connection is kept with its session, so reusing it costs no handshake.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use mio::net::TcpStream;
+use crate::server::event_loop::transport::Transport;
 
 /// An idle connection older than this is not trusted: many servers close idle connections after
 /// 5 s, and one closed while the request travels costs a retry.
 pub const MAX_IDLE_AGE: Duration = Duration::from_secs(4);
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct UpstreamPool {
-    idle: HashMap<SocketAddr, Vec<(TcpStream, Instant)>>,
+    idle: HashMap<SocketAddr, Vec<(Transport, Instant)>>,
 }
 
 impl UpstreamPool {
     /// The most recently used young idle connection to `addr`.
-    pub fn take(&mut self, addr: SocketAddr, now: Instant) -> Option<TcpStream> {
+    pub fn take(&mut self, addr: SocketAddr, now: Instant) -> Option<Transport> {
         let list = self.idle.get_mut(&addr)?;
         while let Some((stream, since)) = list.pop() {
             if now.saturating_duration_since(since) < MAX_IDLE_AGE {
@@ -31,7 +32,7 @@ impl UpstreamPool {
     }
 
     /// Keeps a connection for reuse unless `limit` are already idle for `addr`.
-    pub fn put(&mut self, addr: SocketAddr, stream: TcpStream, now: Instant, limit: usize) {
+    pub fn put(&mut self, addr: SocketAddr, stream: Transport, now: Instant, limit: usize) {
         let list = self.idle.entry(addr).or_default();
         if list.len() < limit {
             list.push((stream, now));

@@ -1,0 +1,96 @@
+//! `https://` backends in the loop engine: TLS with SNI (none for an address), certificates checked
+//! against `backend_ca`, refused when they do not verify and accepted with `backend_tls_verify =
+//! off`, pooled TLS connections reused, a large answer relayed, and health checks over TLS.
+
+mod common;
+mod tls_common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use common::{get, start_proxy, test_config, Client, TempDir};
+use pibl::config::{BackendAddr, Config, Engine};
+use pibl::tls::client::{backend_client_config, BackendTrust};
+use pibl::tls::pem::load_pair;
+use pibl::tls::server::server_config;
+use pibl::tls::store::{CertSet, CertStore};
+use pibl::upstream::health::probe_tls;
+use tls_common::{big_body, TestCa, TlsBackend};
+
+/// A TLS backend whose certificate (from `ca`) names `backend.test` and 127.0.0.1.
+fn tls_backend(dir: &TempDir, ca: &TestCa) -> TlsBackend {
+    let (cert, key) = ca.leaf(&["backend.test", "127.0.0.1"]).write(&dir.0, "backend");
+    let mut set = CertSet::default();
+    set.insert(load_pair(&cert, &key, SystemTime::now()).expect("backend pair"), &[]);
+    TlsBackend::start(server_config(Arc::new(CertStore::new(set))).expect("server config"))
+}
+
+/// The loop engine with `backend` as its one `ip_server1`.
+fn loops_with(backend: BackendAddr, adjust: impl FnOnce(&mut Config)) -> pibl::Server {
+    let mut config = Config { engine: Engine::Loops, backends: vec![backend], ..test_config(&[]) };
+    adjust(&mut config);
+    start_proxy(config)
+}
+
+/// `https://backend.test:PORT`, reached at 127.0.0.1 (no resolver involved).
+fn by_name(backend: &TlsBackend) -> BackendAddr {
+    BackendAddr { name: format!("backend.test:{}", backend.addr.port()), addr: backend.addr, tls: true }
+}
+
+#[test]
+fn https_backends_are_reached_over_tls_with_sni_and_verified_against_backend_ca() {
+    let dir = TempDir::new("tls-backends");
+    let ca = TestCa::new("backend CA");
+    let backend = tls_backend(&dir, &ca);
+    let ca_file = dir.file("ca.pem", &ca.pem);
+    let proxy = loops_with(by_name(&backend), |c| c.backend_ca = ca_file.clone());
+
+    let mut client = Client::connect(proxy.local_addr());
+    for i in 0..4 {
+        let r = client.get(&format!("/r{i}"));
+        assert_eq!((r.status, r.text()), (200, format!("tls backend /r{i}")));
+    }
+    assert_eq!(*backend.names.lock().unwrap(), [Some("backend.test".to_string())], "SNI is the host name");
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 1, "the TLS connection is pooled and reused");
+    let r = client.get("/big");
+    assert_eq!(r.status, 200);
+    assert!(r.body == big_body(), "a large answer over TLS changed on the way");
+
+    // An address: no SNI, the certificate is checked against the IP address it names.
+    let by_ip = BackendAddr::parse(&format!("https://{}", backend.addr)).unwrap();
+    let proxy = loops_with(by_ip, |c| c.backend_ca = ca_file.clone());
+    assert_eq!(get(proxy.local_addr(), "/ip").text(), "tls backend /ip");
+    assert_eq!(backend.names.lock().unwrap().last(), Some(&None), "no SNI for an address");
+}
+
+#[test]
+fn a_backend_certificate_that_does_not_verify_is_a_502_unless_verification_is_off() {
+    let dir = TempDir::new("tls-backends-untrusted");
+    let backend = tls_backend(&dir, &TestCa::new("backend CA"));
+    let stranger = dir.file("stranger.pem", &TestCa::new("someone else").pem);
+    let proxy = loops_with(by_name(&backend), |c| c.backend_ca = stranger.clone());
+    let r = get(proxy.local_addr(), "/");
+    assert_eq!(r.status, 502);
+    assert!(r.text().contains("certificate"), "the answer says why: {}", r.text());
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 0, "no request went over the unverified connection");
+
+    let lab = loops_with(by_name(&backend), |c| c.backend_tls_verify = false);
+    assert_eq!(get(lab.local_addr(), "/lab").text(), "tls backend /lab");
+}
+
+#[test]
+fn health_checks_speak_tls_to_https_backends() {
+    let dir = TempDir::new("tls-backends-health");
+    let ca = TestCa::new("backend CA");
+    let backend = tls_backend(&dir, &ca);
+    let ca_file = dir.file("ca.pem", &ca.pem);
+    let trusted = backend_client_config(BackendTrust::File(&ca_file)).unwrap();
+    let t = Duration::from_secs(5);
+    assert_eq!(probe_tls(backend.addr, "backend.test", "/status", t, &trusted, "backend.test"), Ok(200));
+    let other = dir.file("other.pem", &TestCa::new("someone else").pem);
+    let untrusted = backend_client_config(BackendTrust::File(&other)).unwrap();
+    let e = probe_tls(backend.addr, "backend.test", "/status", t, &untrusted, "backend.test").unwrap_err();
+    assert!(e.contains("certificate"), "{e}");
+    assert!(pibl::upstream::health::probe(backend.addr, "backend.test", "/status", t).is_err(), "plain HTTP fails");
+}
