@@ -88,7 +88,8 @@ pub(super) const INI_HEADER: &str = "\
 /// The comment above the `ip_serverN` keys.
 pub(super) const BACKENDS_HELP: &str = "\
 Backend servers requests are spread over: ip_server1, ip_server2, ... = host or host:port
-(port 80 if left out; IPv6 as [::1]:8080). Host names are resolved at start-up.";
+(port 80 if left out; IPv6 as [::1]:8080). Host names are resolved at start-up.
+https://host[:port] speaks TLS to the backend (port 443; checked against backend_ca).";
 
 /// Every key of `[DEFAULT]` but `ip_serverN`, grouped as the written file shows them.
 pub(super) const LAYOUT: &[Entry] = &[
