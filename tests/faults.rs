@@ -18,11 +18,6 @@ use common::*;
 
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
-/// Open descriptors of process `pid`.
-fn open_fds(pid: u32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
-}
-
 // ------------------------------------------------------------------------------------------------
 // Backends that die
 // ------------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ use common::*;
 
 /// The resident set (`VmRSS`) and its peak (`VmHWM`) of process `pid`, in KiB.
 fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
+    let dir = proc_dir(pid).unwrap_or_else(|| panic!("process {pid} is not running"));
+    let status = fs::read_to_string(dir.join("status")).expect("read /proc/<pid>/status");
     let field = |name: &str| {
         status
             .lines()

@@ -59,8 +59,9 @@ fn started(out: &str) -> Vec<u32> {
 
 /// Gone, or a zombie left for the container's init to reap: not running either way.
 fn running(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+    common::proc_dir(pid)
+        .and_then(|dir| fs::read_to_string(dir.join("stat")).ok())
+        .is_some_and(|stat| stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
 }
 
 fn wait_stopped(pids: &[u32]) {

@@ -27,6 +27,37 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// `/proc/<pid>` of a process numbered as this test sees it (`Child::id()`, a shell's `$!`); `None`
+/// when no such process is running.
+///
+/// Some sandboxes (CI's among them) run the tests in a PID namespace of their own but leave the
+/// host's `/proc` mounted, where the same process has another number and `/proc/<pid>` is another
+/// process or none. There the entry is found by the process's `NSpid` line (its id in each
+/// namespace, innermost last) among the processes in this test's own PID namespace.
+pub fn proc_dir(pid: u32) -> Option<PathBuf> {
+    let own = std::process::id();
+    let proc_names_us = fs::read_link("/proc/self").is_ok_and(|link| link.to_str() == Some(own.to_string().as_str()));
+    if proc_names_us {
+        let dir = PathBuf::from(format!("/proc/{pid}"));
+        return dir.exists().then_some(dir);
+    }
+    let our_namespace = fs::read_link("/proc/self/ns/pid").ok()?;
+    fs::read_dir("/proc").ok()?.flatten().map(|entry| entry.path()).find(|dir| {
+        let innermost_id = fs::read_to_string(dir.join("status")).ok().and_then(|status| {
+            let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+            line.split_whitespace().last()?.parse::<u32>().ok()
+        });
+        innermost_id == Some(pid) && fs::read_link(dir.join("ns/pid")).is_ok_and(|ns| ns == our_namespace)
+    })
+}
+
+/// How many descriptors process `pid` (numbered as in [`proc_dir`]) holds open; panics when the
+/// process is not found, so a count can never pass by reading nothing.
+pub fn open_fds(pid: u32) -> usize {
+    let dir = proc_dir(pid).unwrap_or_else(|| panic!("process {pid} is not running (or not visible in /proc)"));
+    fs::read_dir(dir.join("fd")).map(|d| d.count()).unwrap_or_else(|e| panic!("read {}/fd: {e}", dir.display()))
+}
+
 /// A request as a test backend received it.
 #[derive(Debug, Clone, Default)]
 pub struct Received {

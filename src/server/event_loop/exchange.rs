@@ -35,7 +35,7 @@ use crate::http::response::{self, Response, MAX_RESPONSE_HEAD};
 use crate::http::Framing;
 use crate::proxy::cache_step::{self, CachePlan, Pending};
 use crate::proxy::error::ForwardError;
-use crate::proxy::forward::{interim_head, is_idempotent, is_local_exhaustion};
+use crate::proxy::forward::{interim_head, is_idempotent, is_local_exhaustion, upstream_read_step};
 use crate::proxy::relay::write_response_head;
 use crate::server::event_loop::answers::{entry_answer, error_answer, finish, Record};
 use crate::server::event_loop::client::{read_into, Client, Got, OutBuf};
@@ -784,7 +784,11 @@ impl Exchange {
             }
         }
         let Some(decoder) = self.res_body.as_mut() else { return Advance::Close };
-        if !decoder.is_done() && client.cout.pending() < config.buffer_size {
+        // As the threaded engine does, a backend is read up to 64 KiB at a time (a 64 KiB body
+        // takes one read and one write instead of eight of each); the client's buffer is bounded
+        // by the same window, so a slow client still holds at most that much.
+        let window = upstream_read_step(config);
+        if !decoder.is_done() && client.cout.pending() < window {
             let mut starved = self.from_backend.is_empty();
             if !starved {
                 match decoder.step(self.from_backend.filled()) {
@@ -806,8 +810,8 @@ impl Exchange {
             }
             if starved && !decoder.is_done() {
                 let Some(up) = self.upstream.as_mut() else { return Advance::Close };
-                let max = self.from_backend.len() + config.buffer_size;
-                match read_into(&mut self.from_backend, &mut up.stream, config.buffer_size, max) {
+                let max = self.from_backend.len() + window;
+                match read_into(&mut self.from_backend, &mut up.stream, window, max) {
                     Got::Bytes(_) => {
                         self.backend_seen = env.now;
                         progress = true;
