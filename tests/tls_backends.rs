@@ -1,6 +1,7 @@
 //! `https://` backends in the loop engine: TLS with SNI (none for an address), certificates checked
 //! against `backend_ca`, refused when they do not verify and accepted with `backend_tls_verify =
-//! off`, pooled TLS connections reused, a large answer relayed, and health checks over TLS.
+//! off`, pooled TLS connections reused, a large answer relayed, a WebSocket tunnel to a `wss`
+//! backend, and health checks over TLS.
 
 mod common;
 mod tls_common;
@@ -16,14 +17,19 @@ use pibl::tls::pem::load_pair;
 use pibl::tls::server::server_config;
 use pibl::tls::store::{CertSet, CertStore};
 use pibl::upstream::health::probe_tls;
-use tls_common::{big_body, TestCa, TlsBackend};
+use tls_common::{big_body, tls_ws_backend, TestCa, TlsBackend};
 
-/// A TLS backend whose certificate (from `ca`) names `backend.test` and 127.0.0.1.
-fn tls_backend(dir: &TempDir, ca: &TestCa) -> TlsBackend {
+/// The server configuration of a backend whose certificate (from `ca`) names `backend.test` and
+/// 127.0.0.1.
+fn backend_config(dir: &TempDir, ca: &TestCa) -> Arc<rustls::ServerConfig> {
     let (cert, key) = ca.leaf(&["backend.test", "127.0.0.1"]).write(&dir.0, "backend");
     let mut set = CertSet::default();
     set.insert(load_pair(&cert, &key, SystemTime::now()).expect("backend pair"), &[]);
-    TlsBackend::start(server_config(Arc::new(CertStore::new(set))).expect("server config"))
+    server_config(Arc::new(CertStore::new(set))).expect("server config")
+}
+
+fn tls_backend(dir: &TempDir, ca: &TestCa) -> TlsBackend {
+    TlsBackend::start(backend_config(dir, ca))
 }
 
 /// The loop engine with `backend` as its one `ip_server1`.
@@ -93,4 +99,27 @@ fn health_checks_speak_tls_to_https_backends() {
     let e = probe_tls(backend.addr, "backend.test", "/status", t, &untrusted, "backend.test").unwrap_err();
     assert!(e.contains("certificate"), "{e}");
     assert!(pibl::upstream::health::probe(backend.addr, "backend.test", "/status", t).is_err(), "plain HTTP fails");
+}
+
+#[test]
+fn a_websocket_reaches_a_wss_backend_through_the_tunnel() {
+    let dir = TempDir::new("tls-backends-ws");
+    let ca = TestCa::new("backend CA");
+    let addr = tls_ws_backend(backend_config(&dir, &ca));
+    let ca_file = dir.file("ca.pem", &ca.pem);
+    let backend = BackendAddr { name: format!("backend.test:{}", addr.port()), addr, tls: true };
+    let proxy = loops_with(backend, |c| c.backend_ca = ca_file.clone());
+    let stream = std::net::TcpStream::connect(proxy.local_addr()).unwrap();
+    stream.set_read_timeout(Some(common::WAIT)).unwrap();
+    let (mut ws, res) = tungstenite::client("ws://t/ws", stream).expect("upgrade through pibl to a wss backend");
+    assert_eq!(res.status().as_u16(), 101);
+    for i in 0..5 {
+        ws.send(tungstenite::Message::text(format!("m{i}"))).unwrap();
+        assert_eq!(ws.read().unwrap().to_text().unwrap(), format!("m{i}"));
+    }
+    let big = common::pattern(200_000);
+    ws.send(tungstenite::Message::binary(big.clone())).unwrap();
+    assert!(ws.read().unwrap().into_data()[..] == big[..], "a large message changed on the way");
+    ws.close(None).unwrap();
+    while ws.read().is_ok() {}
 }

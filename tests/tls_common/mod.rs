@@ -232,3 +232,25 @@ impl TlsBackend {
 pub fn big_body() -> Vec<u8> {
     (0..BIG).map(|i| (i % 251) as u8).collect()
 }
+
+/// A WebSocket echo server over TLS (`wss`) on loopback; runs until the test process ends.
+pub fn tls_ws_backend(config: Arc<ServerConfig>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind TLS WebSocket backend");
+    let addr = listener.local_addr().expect("addr");
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let config = Arc::clone(&config);
+            thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(20)));
+                let Ok(conn) = ServerConnection::new(config) else { return };
+                let Ok(mut ws) = tungstenite::accept(StreamOwned::new(conn, stream)) else { return };
+                while let Ok(msg) = ws.read() {
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
