@@ -407,10 +407,26 @@ fn out_of_file_descriptors_pibl_answers_503_and_recovers() {
     wait_until("the proxy reaches its descriptor limit", || open_fds(pid) >= LIMIT);
 
     // An accepted client asks for something: the backend connection needs a descriptor there is
-    // none of. A polite 503 with Retry-After, not a 502 that blames the backend.
-    held[0].send(b"GET /starved HTTP/1.1\r\nHost: t\r\n\r\n");
-    let res = held[0].read_response(false).expect("an answer at the limit");
-    assert_eq!(res.status, 503, "{}", res.text());
+    // none of. A polite 503 with Retry-After, not a 502 that blames the backend. A descriptor the
+    // proxy lets go of at that moment (a closed connection, before the acceptor takes the slot for
+    // a client waiting in the backlog) may serve a request normally, and its backend connection,
+    // closed after it, frees one again: so a few accepted clients ask in turn, each once the proxy
+    // is back at its limit, until one meets it; none may get anything but a 200 or that 503.
+    let mut starved = None;
+    for (i, client) in held.iter_mut().take(8).enumerate() {
+        wait_until("the proxy is at its descriptor limit", || open_fds(pid) >= LIMIT);
+        client.send(format!("GET /starved/{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        let res = client.read_response(false).expect("an answer at the limit");
+        match res.status {
+            503 => {
+                starved = Some(res);
+                break;
+            }
+            200 => eprintln!("request {i} at the limit found a descriptor free: 200"),
+            other => panic!("request {i} at the limit: {other} {}", res.text()),
+        }
+    }
+    let res = starved.expect("one of 8 requests at the descriptor limit is answered 503");
     assert_eq!(res.header("retry-after"), Some("1"));
     assert!(res.text().contains("out of resources"), "{}", res.text());
 
