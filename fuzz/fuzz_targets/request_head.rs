@@ -20,11 +20,11 @@
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use regex::Regex;
 use pibl::cache::Cache;
 use pibl::http::request::{parse, Limits, Request, RequestError, HEADER_CAPACITY};
 use pibl::http::{parse_content_length, tokens, Framing};
 use pibl_fuzz::{fields, serialise_request, Cursor};
+use regex::Regex;
 
 /// RFC 3986 `host [ ":" port ]`: an IP literal (`[IPv6]` or `[vX.…]`) or a reg-name
 /// (unreserved, `%XX`, sub-delims), then an optional port of digits (possibly none).
