@@ -256,3 +256,21 @@ for op in range(6):
     JWT.append(bytes([2]) + NOW + bytes([op, 7, 0, 65]) + b"your@email.com")
 for raw in JWT:
     put("jwt_auth", raw)
+
+
+def framing_params(mode=0, limit=1 << 20, length=0, cuts=()):
+    return struct.pack("<BQIB", mode, limit, length, len(cuts)) + b"".join(struct.pack("<H", c) for c in cuts)
+
+
+for i, raw in enumerate(CHUNKED):
+    cuts = [(1,), (2, 5, 9), (3, 4, 5, 6, 7, 8), (), (10, 20), (4094, 4096, 4098)][i % 6]
+    put("framing", framing_params(mode=0, cuts=cuts) + raw)
+put("framing", framing_params(mode=0, cuts=(3,)) + b"5;" + b"e" * 4092 + b"\r\nhello\r\n0\r\n\r\n")
+put("framing", framing_params(mode=0, cuts=(4096,)) + b"0\r\nX: " + b"t" * 4090 + b"\r\n\r\n")
+put("framing", framing_params(mode=0, limit=4, cuts=(1, 2)) + CHUNKED[1])
+put("framing", framing_params(mode=1, length=6, cuts=(2, 5)) + b"hello!extra")
+put("framing", framing_params(mode=1, length=10, limit=4) + b"too long for the limit")
+put("framing", framing_params(mode=1, length=10, cuts=(3,)) + b"abc")
+put("framing", framing_params(mode=2, cuts=(4, 8)) + b"until the peer closes")
+put("framing", framing_params(mode=2, limit=10, cuts=(9, 11)) + b"until the peer closes")
+put("framing", framing_params(mode=0, cuts=(8000,)) + b"0\r\n" + b"X-T: " + b"t" * 4000 + b"\r\n" + (b"X-T: " + b"t" * 4000 + b"\r\n") * 4 + b"\r\n")

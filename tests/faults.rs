@@ -1,6 +1,7 @@
 //! Faults with real processes and sockets: a backend process killed under load, backends that hang,
 //! stop half-way or answer garbage, clients that vanish mid-transfer, a flood of dropped
-//! connections, a proxy out of file descriptors, and the API's database on a full disk.
+//! connections, a proxy out of file descriptors, and the API's database on a full disk or a read-only
+//! file system.
 
 #[macro_use]
 mod common;
@@ -444,7 +445,7 @@ fn out_of_file_descriptors_pibl_answers_503_and_recovers() {
 }
 
 // ------------------------------------------------------------------------------------------------
-// The API's database on a full disk
+// The API's database on a full disk or a read-only file system
 // ------------------------------------------------------------------------------------------------
 
 /// A small tmpfs, unmounted on drop. Mounting needs root; `None` otherwise.
@@ -536,6 +537,83 @@ fn a_full_disk_makes_api_writes_503_loses_nothing_acknowledged_and_the_data_plan
         assert_eq!(res.status, 200, "user{i}, acknowledged before, logs in: {}", res.text());
     }
     pibl.shutdown();
+}
+
+#[test]
+fn a_read_only_database_starts_degraded_serves_and_logs_in_and_answers_writes_503() {
+    let Some(disk) = SmallDisk::mount("ro", "4m") else {
+        eprintln!(
+            "SKIPPED a_read_only_database_...: mounting a tmpfs needs root; run the tests as root to cover a \
+             read-only database"
+        );
+        return;
+    };
+    let backend = TestBackend::named("b");
+    let app_backend = TestBackend::named("app");
+    let db = TempDb(disk.0.join("pibl.db"));
+    let mut config = api_config(&[backend.addr], &db);
+    config.ttl = Duration::ZERO;
+    let creds = |who: &str| format!(r#"{{"email":"{who}@ro.test","password":"password1"}}"#);
+
+    // Acknowledged writes: a user, an app with an endpoint.
+    let pibl = start_pibl(config.clone(), pibl::clock::Clock::system());
+    let api_addr = pibl.api_addr();
+    assert_eq!(api(api_addr, "POST", "/api/users", None, Some(&creds("kept"))).status, 201);
+    let token = login(api_addr, "kept@ro.test", "password1");
+    let res = api(api_addr, "POST", "/api/apps/shop", Some(&token), Some(&endpoint_body(app_backend.addr, "/")));
+    assert!(res.status == 200 || res.status == 201, "{}", res.text());
+    assert!(pibl.shutdown());
+
+    let remount = |mode: &str| {
+        let ok = Command::new("mount").args(["-o", &format!("remount,{mode}")]).arg(&disk.0).status();
+        assert!(ok.is_ok_and(|s| s.success()), "mount -o remount,{mode} {}", disk.0.display());
+    };
+    remount("ro");
+    assert!(fs::write(disk.0.join("probe"), b"x").is_err(), "the file system is still writable");
+
+    // pibl starts on it, read-only, rather than taking the sites down.
+    let pibl = start_pibl(config, pibl::clock::Clock::system());
+    let (api_addr, proxy_addr) = (pibl.api_addr(), pibl.proxy_addr());
+    assert!(pibl.state().store.is_read_only(), "the store does not know it is read-only");
+    // The data plane serves, the app acknowledged before included.
+    let res = get(proxy_addr, "/");
+    assert_eq!((res.status, res.text().as_str()), (200, "b"));
+    let mut client = Client::connect(proxy_addr);
+    wait_until("the app stored before routes", || client.get("/shop/x").status == 200);
+    // Logins and reads work: nothing acknowledged is lost.
+    let token = login(api_addr, "kept@ro.test", "password1");
+    let res = api(api_addr, "GET", "/api/apps", Some(&token), None);
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert!(res.text().contains("shop"), "the app is missing: {}", res.text());
+    let res = api(api_addr, "POST", "/api/auth", None, Some(r#"{"email":"kept@ro.test","password":"wrong-one"}"#));
+    assert_eq!(res.status, 401, "a wrong password is still refused: {}", res.text());
+    // Writes fail with a 503 that names the cause, and change nothing.
+    for (method, path, body) in [
+        ("POST", "/api/users", Some(creds("new"))),
+        ("POST", "/api/apps/more", Some(endpoint_body(app_backend.addr, "/"))),
+        ("DELETE", "/api/apps/shop", None),
+    ] {
+        let res = api(api_addr, method, path, Some(&token), body.as_deref());
+        assert_eq!(res.status, 503, "{method} {path}: {}", res.text());
+        let error = res.json()["error"].as_str().unwrap_or_default().to_string();
+        assert!(error.contains("read-only"), "{method} {path}: the cause is not named: {error}");
+    }
+    let res = api(api_addr, "POST", "/api/auth", None, Some(&creds("new")));
+    assert_eq!(res.status, 401, "a refused registration left a user behind: {}", res.text());
+    assert_eq!(client.get("/shop/x").status, 200, "a refused delete removed the route");
+    assert!(pibl.shutdown());
+
+    // Writable again: a restart takes writes, and everything acknowledged is there.
+    remount("rw");
+    let mut config = api_config(&[backend.addr], &db);
+    config.ttl = Duration::ZERO;
+    let pibl = start_pibl(config, pibl::clock::Clock::system());
+    assert!(!pibl.state().store.is_read_only());
+    let api_addr = pibl.api_addr();
+    assert_eq!(api(api_addr, "POST", "/api/users", None, Some(&creds("new"))).status, 201);
+    let token = login(api_addr, "kept@ro.test", "password1");
+    assert!(api(api_addr, "GET", "/api/apps", Some(&token), None).text().contains("shop"));
+    assert!(pibl.shutdown());
 }
 
 both_engines!(

@@ -37,7 +37,6 @@ fn f1_status_line_with_obs_text_reason() {
 /// reads of at most 4 KiB; with pibl's default 8 KiB buffer a 5000-byte line that arrives in one
 /// read is accepted. The framing decision must not depend on how the bytes arrive.
 #[test]
-#[ignore = "F2: fix routed to the lead (src/http/body.rs MAX_LINE check)"]
 fn f2_chunk_line_limit_depends_on_read_size() {
     let mut input = b"5;".to_vec();
     input.extend(std::iter::repeat_n(b'e', 5000));
@@ -75,7 +74,6 @@ fn f3_status_code_below_100() {
 /// %x2C), but `If-None-Match` is split on every comma, so a client sending back the stored tag
 /// verbatim never gets its 304.
 #[test]
-#[ignore = "F4: fix routed to the lead (src/cache/policy.rs If-None-Match list)"]
 fn f4_entity_tag_with_comma() {
     let etag: &[u8] = b"\"a,b\"";
     assert!(not_modified(Some(etag), None, Some(etag), None));
@@ -85,7 +83,6 @@ fn f4_entity_tag_with_comma() {
 /// 1024-character path without it is stored as 1025 characters, and the API refuses the very value
 /// it returned (no round trip; the limit is passed by one).
 #[test]
-#[ignore = "F5: fix routed to the lead (src/api/json.rs normalize_statuspath)"]
 fn f5_statuspath_limit_checked_before_the_slash() {
     let body = format!(r#"{{"host":"h","port":1,"statuspath":"{}"}}"#, "a".repeat(1024));
     if let Ok(e) = new_endpoint(body.as_bytes()) {

@@ -11,14 +11,37 @@
 //! - the decision does not depend on how the bytes arrive: fed in pieces (1 to 16 bytes, as reads
 //!   deliver them), the first prefix that decides gives the same head length or the same refusal
 //!   status as the whole buffer, and no strict prefix of an accepted head is already accepted;
+//! - the host of an accepted request (its `Host`, and an absolute-form target's authority) is
+//!   `host[:port]` as RFC 3986 writes it (checked by an independent regular expression, the IPv6
+//!   literal by `std`, the port by range): no space, `@`, `/`, `\`, control byte or non-ASCII byte;
 //! - the cache key of an accepted request names it unambiguously.
 #![no_main]
+
+use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 use pibl::cache::Cache;
 use pibl::http::request::{parse, Limits, Request, RequestError, HEADER_CAPACITY};
 use pibl::http::{parse_content_length, tokens, Framing};
 use pibl_fuzz::{fields, serialise_request, Cursor};
+use regex::Regex;
+
+/// RFC 3986 `host [ ":" port ]`: an IP literal (`[IPv6]` or `[vX.…]`) or a reg-name
+/// (unreserved, `%XX`, sub-delims), then an optional port of digits (possibly none).
+static AUTHORITY: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|\[[vV][0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+\]|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)(?::(?P<port>[0-9]*))?$",
+    )
+    .unwrap()
+});
+
+/// Whether `value` is a valid `host[:port]` by the reference.
+fn valid_authority(value: &str) -> bool {
+    let Some(m) = AUTHORITY.captures(value) else { return false };
+    let v6_ok = m.name("v6").is_none_or(|v6| v6.as_str().parse::<std::net::Ipv6Addr>().is_ok());
+    let port_ok = m.name("port").is_none_or(|p| p.as_str().is_empty() || p.as_str().parse::<u16>().is_ok());
+    v6_ok && port_ok
+}
 
 type Parsed = Result<Option<(Request, usize)>, RequestError>;
 
@@ -78,6 +101,13 @@ fn check_accepted(req: &Request, len: usize, buf: &[u8], limits: &Limits) {
     assert!(hosts <= 1, "{hosts} Host fields accepted");
     if req.version == 1 {
         assert!(req.host().is_some(), "HTTP/1.1 without a host");
+    }
+    if let Some(host) = req.host() {
+        assert!(valid_authority(host), "accepted the host {host:?}");
+    }
+    if let Some(field) = req.header("host") {
+        let field = String::from_utf8_lossy(field);
+        assert!(valid_authority(field.trim_matches([' ', '\t'])), "accepted Host: {field:?}");
     }
     if req.expect_continue {
         assert!(req.framing.has_body());

@@ -264,8 +264,11 @@ fn check_host(host: &str) -> Result<(), String> {
 }
 
 fn normalize_statuspath(path: &str) -> Result<String, String> {
-    if path.len() > MAX_STATUSPATH {
-        return Err(format!("must be at most {MAX_STATUSPATH} characters"));
+    // The limit holds for the path as stored (with the `/` added when missing), so whatever the API
+    // returns it accepts again.
+    let stored_len = if path.starts_with('/') { path.len() } else { path.len() + 1 };
+    if stored_len > MAX_STATUSPATH {
+        return Err(format!("must be at most {MAX_STATUSPATH} bytes, the leading / included"));
     }
     if path.bytes().any(|b| b <= b' ' || b == 0x7f) {
         return Err("must be a path without spaces or control characters, e.g. /status".into());
@@ -360,6 +363,15 @@ mod tests {
         for bad in ["//evil.example/x", "\\\\evil/x"] {
             let body = format!(r#"{{"host":"h","port":1,"statuspath":{}}}"#, serde_json::to_string(bad).unwrap());
             assert_eq!(fields(new_endpoint(body.as_bytes())), ["statuspath"], "{bad}");
+        }
+        let longest = "a".repeat(MAX_STATUSPATH - 1);
+        for given in [longest.clone(), format!("/{longest}")] {
+            let body = format!(r#"{{"host":"h","port":1,"statuspath":"{given}"}}"#);
+            assert_eq!(new_endpoint(body.as_bytes()).map(|e| e.statuspath.len()), Ok(MAX_STATUSPATH));
+        }
+        for given in [format!("a{longest}"), format!("/a{longest}")] {
+            let body = format!(r#"{{"host":"h","port":1,"statuspath":"{given}"}}"#);
+            assert_eq!(fields(new_endpoint(body.as_bytes())), ["statuspath"], "{} characters", given.len());
         }
         for (given, kept) in [("[::1]", "::1"), ("::1", "::1"), ("0:0::1", "::1"), ("Example.COM", "example.com")] {
             let body = format!(r#"{{"host":"{given}","port":1,"statuspath":"/"}}"#);

@@ -193,12 +193,14 @@ impl From<StoreError> for ApiError {
             );
         }
         log::error!("api: {e}");
-        if e.cannot_write() {
+        if let Some(cause) = e.write_failure() {
             // A full disk or a read-only file: the change was not made; retrying later may work.
             return ApiError::Request(
                 503,
-                "the database cannot store changes now (disk full or read-only); nothing was changed, retry later"
-                    .into(),
+                format!(
+                    "{cause}: the database cannot store changes now; nothing was changed, the proxy keeps \
+                     routing, and reads and logins still work: retry once it is fixed"
+                ),
             );
         }
         ApiError::Internal

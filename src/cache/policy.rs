@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::clock;
-use crate::http::{tokens, trim};
+use crate::http::trim;
 
 /// Longest delta-seconds value honoured (RFC 9111 section 1.2.2 suggests 2^31).
 const MAX_DELTA: u64 = 1 << 31;
@@ -285,7 +285,7 @@ pub fn not_modified(
 ) -> bool {
     if let Some(inm) = if_none_match {
         let Some(etag) = etag else { return trim(inm) == b"*" };
-        return trim(inm) == b"*" || tokens(inm).any(|tag| weak_eq(tag, etag));
+        return trim(inm) == b"*" || entity_tags(inm).any(|tag| weak_eq(tag, etag));
     }
     match (if_modified_since.and_then(field_date), last_modified.and_then(field_date)) {
         (Some(since), Some(modified)) => modified <= since,
@@ -310,6 +310,37 @@ pub fn head_updates_stored(stored: Validators<'_>, head: Validators<'_>) -> bool
         && same(head.etag, stored.etag)
         && same(head.last_modified, stored.last_modified)
         && (head.content_length.is_none() || head.content_length == stored.content_length)
+}
+
+/// The elements of an entity-tag list (`If-None-Match`, RFC 9110 section 8.8.3): `[W/]"…"`, where
+/// the quoted part may itself hold commas, so the list cannot be split on them. An element that is
+/// not a well-formed entity-tag (an unquoted tag some clients send) runs to the next comma, as
+/// before, so it can still equal a stored tag of the same malformed shape.
+fn entity_tags(list: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = list;
+    std::iter::from_fn(move || {
+        // Empty elements and the whitespace around elements are allowed (RFC 9110 section 5.6.1).
+        while let [b' ' | b'\t' | b',', tail @ ..] = rest {
+            rest = tail;
+        }
+        if rest.is_empty() {
+            return None;
+        }
+        let opaque_at = if rest.starts_with(b"W/") { 2 } else { 0 };
+        let quoted_len = match rest.get(opaque_at) {
+            Some(b'"') => rest[opaque_at + 1..].iter().position(|&b| b == b'"').map(|end| opaque_at + end + 2),
+            _ => None,
+        };
+        let after = |len: usize| trim(&rest[len..]).first().is_none_or(|&b| b == b',');
+        let len = match quoted_len {
+            // A well-formed tag is followed by the next element or nothing.
+            Some(len) if after(len) => len,
+            _ => rest.iter().position(|&b| b == b',').unwrap_or(rest.len()),
+        };
+        let (tag, tail) = rest.split_at(len);
+        rest = tail;
+        Some(trim(tag))
+    })
 }
 
 /// Weak comparison of entity tags: equal opaque tags, whatever their `W/` prefix.
@@ -446,6 +477,22 @@ mod tests {
         strict.never_stale = true;
         assert_eq!(strict.usability(s(70), &max_stale), Usability::Revalidate);
         assert!(!strict.usable_on_error(s(70)));
+    }
+
+    #[test]
+    fn entity_tag_lists_keep_commas_inside_tags() {
+        let list = |v: &'static [u8]| entity_tags(v).collect::<Vec<_>>();
+        assert_eq!(list(b"\"a,b\""), [&b"\"a,b\""[..]]);
+        assert_eq!(list(b" W/\"a, b\" ,, \"c\","), [&b"W/\"a, b\""[..], b"\"c\""]);
+        assert_eq!(list(b"\"x\",W/\"\""), [&b"\"x\""[..], b"W/\"\""]);
+        // Not entity-tags: each runs to the next comma, as a plain token.
+        assert_eq!(list(b"abc, \"d"), [&b"abc"[..], b"\"d"]);
+        assert_eq!(list(b"\"a\"b, \"c\""), [&b"\"a\"b"[..], b"\"c\""]);
+        assert!(list(b" , ").is_empty());
+        let etag: &[u8] = b"W/\"a,b\"";
+        assert!(not_modified(Some(b"\"x\", \"a,b\""), None, Some(etag), None));
+        assert!(!not_modified(Some(b"\"a\", \"b\""), None, Some(b"\"a,b\""), None));
+        assert!(!not_modified(Some(b"\"a,b\""), None, Some(b"\"a\""), None));
     }
 
     #[test]

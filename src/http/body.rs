@@ -7,10 +7,11 @@ use std::io::{self, Read, Write};
 use super::Framing;
 use crate::http::buffer::{ReadBuf, WriteBatch};
 
-/// Longest chunk-size line (with extensions) or trailer line accepted.
-const MAX_LINE: usize = 4096;
+/// Longest chunk-size line (with extensions) or trailer line accepted, its CRLF included; the event
+/// loops' [`super::framing`] holds lines to the same bound.
+pub(super) const MAX_LINE: usize = 4096;
 /// Most trailer bytes accepted after the last chunk; trailers are read and dropped.
-const MAX_TRAILERS: usize = 16 * 1024;
+pub(super) const MAX_TRAILERS: usize = 16 * 1024;
 
 /// Why a body transfer stopped; the side at fault decides the status code.
 #[derive(Debug)]
@@ -103,10 +104,15 @@ impl<R: Read> Source<'_, R> {
         self.fill(self.step.max(1))
     }
 
-    /// Returns the length of the next line including its CRLF, reading as needed.
+    /// Returns the length of the next line including its CRLF, reading as needed. A line longer than
+    /// `MAX_LINE` (CRLF included) is refused however it arrives: only the first `MAX_LINE` buffered
+    /// bytes are searched, so one large read that brings a longer line whole decides as a trickle
+    /// of small reads does.
     fn line(&mut self) -> Result<usize, BodyError> {
         loop {
-            if let Some(pos) = self.buf.filled().windows(2).position(|w| w == b"\r\n") {
+            let filled = self.buf.filled();
+            let window = &filled[..filled.len().min(MAX_LINE)];
+            if let Some(pos) = window.windows(2).position(|w| w == b"\r\n") {
                 return Ok(pos + 2);
             }
             if self.buf.len() >= MAX_LINE {
@@ -344,6 +350,38 @@ mod tests {
         for input in cases {
             let (r, _, _) = run(input, Framing::Chunked, Encoding::Identity, u64::MAX);
             assert!(matches!(r, Err(BodyError::Malformed(_))), "{:?}: {r:?}", String::from_utf8_lossy(input));
+        }
+    }
+
+    /// A chunk-size line of `len` bytes (CRLF included), then a 5-byte chunk and the end.
+    fn body_with_size_line(len: usize) -> Vec<u8> {
+        let mut input = b"5;".to_vec();
+        input.resize(len - 2, b'e');
+        input.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
+        input
+    }
+
+    #[test]
+    fn line_limit_holds_for_any_read_size() {
+        for step in [1, 3, 4095, 4096, 4097, 8192, 32 * 1024] {
+            let decode = |input: &[u8]| {
+                let mut buf = ReadBuf::new();
+                let mut sock = input;
+                let (mut out, mut sink) = (Vec::new(), Vec::new());
+                let mut src = Source { buf: &mut buf, sock: &mut sock, step };
+                let mut dst = WriteBatch::new(&mut out, &mut sink, 64);
+                transfer(&mut src, Framing::Chunked, &mut dst, Encoding::Identity, u64::MAX)
+            };
+            assert_eq!(decode(&body_with_size_line(MAX_LINE)).unwrap(), 5, "read size {step}");
+            for len in [MAX_LINE + 1, MAX_LINE + 2, 5000] {
+                let r = decode(&body_with_size_line(len));
+                assert!(matches!(r, Err(BodyError::Malformed("line too long"))), "{len} at read size {step}: {r:?}");
+            }
+            let mut trailer = b"0\r\nX: ".to_vec();
+            trailer.resize(3 + MAX_LINE - 1, b't');
+            trailer.extend_from_slice(b"\r\n\r\n");
+            let r = decode(&trailer);
+            assert!(matches!(r, Err(BodyError::Malformed("line too long"))), "trailer at read size {step}: {r:?}");
         }
     }
 

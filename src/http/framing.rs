@@ -7,13 +7,8 @@
 use std::io::Write;
 use std::ops::Range;
 
-use super::body::{has_control_byte, BodyError, Encoding};
+use super::body::{has_control_byte, BodyError, Encoding, MAX_LINE, MAX_TRAILERS};
 use super::Framing;
-
-/// Longest chunk-size or trailer line accepted, as in the blocking reader.
-const MAX_LINE: usize = 4096;
-/// Most trailer bytes accepted after the last chunk; trailers are read and dropped.
-const MAX_TRAILERS: usize = 16 * 1024;
 
 /// Where a body's decoding stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +155,8 @@ impl Decoder {
 }
 
 /// The length of the line at the start of `input` including its CRLF, `None` if it is not complete.
+/// Only the first `MAX_LINE` bytes are searched, so a longer line is refused whether it comes in one
+/// piece or many.
 fn line_len(input: &[u8]) -> Result<Option<usize>, BodyError> {
     let window = &input[..input.len().min(MAX_LINE)];
     match window.windows(2).position(|w| w == b"\r\n") {
@@ -249,6 +246,24 @@ mod tests {
         assert!(matches!(Decoder::new(Framing::Length(5), 4), Err(BodyError::TooLarge)));
         assert!(matches!(feed(b"abc", Framing::Length(10), 100, 2), Err(BodyError::Truncated)));
         assert!(matches!(feed(&[b'a'; 5000], Framing::Chunked, 100, 5000), Err(BodyError::Malformed(_))));
+    }
+
+    #[test]
+    fn line_limit_holds_for_any_piece_size() {
+        let line = |len: usize| {
+            let mut input = b"5;".to_vec();
+            input.resize(len - 2, b'e');
+            input.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
+            input
+        };
+        for piece in [1, 3, 4095, 4096, 4097, 8192] {
+            let (body, _) = feed(&line(MAX_LINE), Framing::Chunked, 100, piece).unwrap();
+            assert_eq!(body, b"hello", "{piece}");
+            for len in [MAX_LINE + 1, MAX_LINE + 2, 5000] {
+                let r = feed(&line(len), Framing::Chunked, 100, piece);
+                assert!(matches!(r, Err(BodyError::Malformed("line too long"))), "{len} in pieces of {piece}: {r:?}");
+            }
+        }
     }
 
     #[test]

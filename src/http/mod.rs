@@ -1,12 +1,14 @@
 //! HTTP/1.x message handling shared by both sides of the proxy: request heads from clients
 //! (`request`), response heads from backends (`response`), request heads pibl sends upstream
-//! (`outbound`), body framing and streaming (`body`, and `framing` for the event loops), and what both kinds of head share: their
-//! field list (`headers`), hop-by-hop fields, token lists.
+//! (`outbound`), body framing and streaming (`body`, and `framing` for the event loops), the syntax of
+//! a request's authority (`host`), and what both kinds of head share: their field list (`headers`),
+//! hop-by-hop fields, token lists.
 
 pub mod body;
 pub mod buffer;
 pub mod framing;
 pub mod headers;
+pub mod host;
 pub mod outbound;
 pub mod request;
 pub mod response;

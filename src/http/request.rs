@@ -200,21 +200,20 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, Re
     if version == 1 && hosts == 0 {
         return Err(RequestError::Malformed("HTTP/1.1 request without Host".into()));
     }
+    // RFC 9112 section 3.2: a Host that is not `host[:port]` is a 400, even when an absolute-form
+    // target's authority is the one used: a backend may read either. The value is not echoed back.
+    if let Some(value) = host_header {
+        super::host::check(super::trim(value))
+            .map_err(|why| RequestError::Malformed(format!("invalid Host: {why}")))?;
+    }
     let framing = match content_length {
         _ if chunked => Framing::Chunked,
         Some(0) | None => Framing::None,
         Some(len) if len > limits.max_body_bytes => return Err(RequestError::BodyTooLarge),
         Some(len) => Framing::Length(len),
     };
-    let host = match target_host {
-        Some(h) => Some(h),
-        None => match host_header {
-            Some(v) => {
-                Some(String::from_utf8(v.to_vec()).map_err(|_| RequestError::Malformed("Host is not text".into()))?)
-            }
-            None => None,
-        },
-    };
+    // Checked above: ASCII only.
+    let host = target_host.or_else(|| host_header.map(|v| String::from_utf8_lossy(super::trim(v)).into_owned()));
     let keep_alive = if version == 1 { !connection.close } else { connection.keep_alive && !connection.close };
 
     Ok(Some((
@@ -256,6 +255,8 @@ fn origin_form(method: &str, target: &str) -> Result<(String, Option<String>), R
     if authority.is_empty() || authority.contains('@') {
         return Err(RequestError::Malformed("absolute URI without a usable host".into()));
     }
+    super::host::check(authority.as_bytes())
+        .map_err(|why| RequestError::Malformed(format!("invalid host in the request target: {why}")))?;
     let path = if path.is_empty() {
         "/".to_string()
     } else if path.starts_with('?') {
@@ -326,6 +327,12 @@ mod tests {
             ("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1,1\r\n\r\n", 400),
             ("GET / HTTP/1.1\r\n\r\n", 400),
             ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a/b@c\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: h:99999\r\n\r\n", 400),
+            ("GET / HTTP/1.0\r\nHost: h\\x\r\n\r\n", 400),
+            ("GET http://a\\b/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            ("GET http://a/ HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
             ("GET nopath HTTP/1.1\r\nHost: x\r\n\r\n", 400),
             ("GET / HTTP/1.1\r\nBad Name: x\r\n\r\n", 400),
             ("POST / HTTP/1.1\r\nHost: x\r\nContent_Length: 5\r\n\r\n", 400),
@@ -338,6 +345,19 @@ mod tests {
         for (raw, status) in cases {
             let err = parse_str(raw).expect_err(raw);
             assert_eq!(err.status(), *status, "{raw:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn valid_hosts_are_kept_trimmed() {
+        for (raw, host) in [
+            ("GET / HTTP/1.1\r\nHost: example.com:8080 \r\n\r\n", "example.com:8080"),
+            ("GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n", "[::1]:80"),
+            ("GET / HTTP/1.1\r\nHost: h:\r\n\r\n", "h:"),
+            ("GET / HTTP/1.1\r\nHost:\r\n\r\n", ""),
+        ] {
+            let (req, _) = parse_str(raw).unwrap().unwrap();
+            assert_eq!(req.host(), Some(host), "{raw:?}");
         }
     }
 

@@ -64,6 +64,9 @@ fn run(store: &Store, rx: &Receiver<LogEntry>, stop: &StopSignal) {
     }
     // Stopping: whatever is still queued goes in too.
     batch.extend(rx.try_iter());
+    if store.is_read_only() {
+        return;
+    }
     for chunk in batch.chunks(BATCH) {
         if let Err(e) = store.insert_logs(chunk) {
             log::error!("execution log: {} entries lost: {e}", chunk.len());
@@ -72,6 +75,12 @@ fn run(store: &Store, rx: &Receiver<LogEntry>, stop: &StopSignal) {
 }
 
 fn write(store: &Store, batch: &mut Vec<LogEntry>) {
+    // A database opened read-only (said once, with a warning, when it was opened) cannot keep them:
+    // dropped quietly rather than with an error line per batch for as long as it stays so.
+    if store.is_read_only() {
+        batch.clear();
+        return;
+    }
     match store.insert_logs(batch) {
         Ok(()) => batch.clear(),
         // [pg] A shared database out of reach: hold the entries (the newest HELD) and try again

@@ -102,6 +102,15 @@ impl Store {
         }
     }
 
+    /// Whether the database was opened read-only because its file cannot be written (SQLite only:
+    /// see [`SqliteStore::open`]); every write then fails with a 503 for API clients.
+    pub fn is_read_only(&self) -> bool {
+        match &self.backend {
+            Backend::Sqlite(s) => s.is_read_only(),
+            Backend::Postgres(_) => false,
+        }
+    }
+
     /// Whether the database answered last time it was asked (always true for a SQLite file).
     pub fn is_up(&self) -> bool {
         match &self.backend {

@@ -22,6 +22,12 @@ pub enum StoreError {
         found: i64,
         known: i64,
     },
+    /// The file cannot be written and is at an older schema version, which only a write can
+    /// migrate.
+    ReadOnlyOutdated {
+        found: i64,
+        known: i64,
+    },
 }
 
 impl fmt::Display for StoreError {
@@ -38,6 +44,11 @@ impl fmt::Display for StoreError {
                 f,
                 "the database has schema version {found}, newer than this pibl knows ({known}); use a newer pibl"
             ),
+            StoreError::ReadOnlyOutdated { found, known } => write!(
+                f,
+                "the database is read-only and has schema version {found}; this pibl needs version {known}, \
+                 and migrating it needs a write: make the file writable for one start"
+            ),
         }
     }
 }
@@ -53,12 +64,20 @@ impl StoreError {
     /// The database cannot take writes now (its disk is full, its file read-only, or I/O fails):
     /// nothing is wrong with the request, and it may work later.
     pub fn cannot_write(&self) -> bool {
+        self.write_failure().is_some()
+    }
+
+    /// Why the database cannot take writes now, in words for an API client; `None` for any other
+    /// error.
+    pub fn write_failure(&self) -> Option<&'static str> {
         use rusqlite::ErrorCode::{CannotOpen, DiskFull, ReadOnly, SystemIoFailure};
-        matches!(
-            self,
-            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
-                if matches!(e.code, DiskFull | ReadOnly | CannotOpen | SystemIoFailure)
-        )
+        let StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) = self else { return None };
+        match e.code {
+            DiskFull => Some("the disk holding the database is full"),
+            ReadOnly => Some("the database is read-only (its file or its file system cannot be written)"),
+            CannotOpen | SystemIoFailure => Some("the database file cannot be written (an I/O error)"),
+            _ => None,
+        }
     }
 }
 

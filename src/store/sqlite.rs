@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::model::{ms, AddEndpoint, App, Durability, Endpoint, LogEntry, Removal, Result, StoreError, User};
 use super::private;
@@ -87,6 +87,9 @@ pub struct SqliteStore {
     conn: Mutex<Connection>,
     path: PathBuf,
     log_retention: usize,
+    /// Opened read-only because the file or its file system cannot be written: reads work, every
+    /// write fails with `SQLITE_READONLY` (a 503 for an API client).
+    read_only: bool,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -101,7 +104,23 @@ impl fmt::Debug for SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) and migrates the database at `path`; `log_retention` is how many
     /// execution-log entries each app keeps.
+    ///
+    /// A file that exists but cannot be written (a file system mounted read-only, or a file this
+    /// user may not write) is opened read-only, with a warning, rather than refused: the proxy then
+    /// routes the apps the file holds, logins work, and the API answers changes with 503 until the
+    /// file is writable again (and pibl restarted). A management database that cannot take writes
+    /// must not take the sites behind pibl down.
     pub fn open(path: &Path, durability: Durability, log_retention: usize) -> Result<SqliteStore> {
+        if let Some(why) = not_writable(path) {
+            let store = SqliteStore::open_read_only(path, log_retention)?;
+            log::warn!(
+                "database {}: {why}; opened READ-ONLY: the proxy routes the apps it holds and logins work, but \
+                 API changes (registrations, apps, endpoints), execution logs and lock-out records fail \
+                 (503 for API clients) until it is writable again and pibl is restarted",
+                path.display()
+            );
+            return Ok(store);
+        }
         // Created `0600` (SQLite gives its side files the same mode); one that other users can read is
         // refused, since it holds password hashes and may hold the signing secret.
         private::create(path).map_err(StoreError::Private)?;
@@ -121,11 +140,69 @@ impl SqliteStore {
         migrate(&mut conn)?;
         // The side files exist now; made by an older pibl or another tool, they may not be private.
         private::check_database(path).map_err(StoreError::Private)?;
-        Ok(SqliteStore { conn: Mutex::new(conn), path: path.to_path_buf(), log_retention: log_retention.max(1) })
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+            log_retention: log_retention.max(1),
+            read_only: false,
+        })
     }
 
-    /// Another connection to the same file (for a thread that writes on its own).
+    /// Opens the existing file at `path` for reading only. A WAL database reads through its `-shm`
+    /// file, which a read-only file system cannot give it unless an unclean stop left one there; so
+    /// when a plain read-only open cannot read, the file is opened as immutable (no locks, no
+    /// `-shm`), which is sound while nothing can write it.
+    fn open_read_only(path: &Path, log_retention: usize) -> Result<SqliteStore> {
+        private::check_database(path).map_err(StoreError::Private)?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let plain = Connection::open_with_flags(path, flags)
+            .map_err(StoreError::from)
+            .and_then(|conn| schema_version_of(&conn).map(|version| (conn, version)));
+        let (conn, version) = match plain {
+            Ok(opened) => opened,
+            Err(_) => {
+                let wal = private::side_file(path, "-wal");
+                if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+                    log::warn!(
+                        "database {}: {} holds changes not yet copied into the database, which cannot be \
+                         replayed on a read-only file system; they are kept, and shown again once it is writable",
+                        path.display(),
+                        wal.display()
+                    );
+                }
+                let conn = Connection::open_with_flags(format!("file:{}?immutable=1", uri_path(path)), flags)?;
+                let version = schema_version_of(&conn)?;
+                (conn, version)
+            }
+        };
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::TooNew { found: version, known });
+        }
+        if version < known {
+            return Err(StoreError::ReadOnlyOutdated { found: version, known });
+        }
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+            log_retention: log_retention.max(1),
+            read_only: true,
+        })
+    }
+
+    /// Whether the file was opened read-only (see [`SqliteStore::open`]).
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Another connection to the same file (for a thread that writes on its own); read-only again,
+    /// without a second warning, when this one is.
     pub fn another(&self, durability: Durability) -> Result<SqliteStore> {
+        if self.read_only {
+            return SqliteStore::open_read_only(&self.path, self.log_retention);
+        }
         SqliteStore::open(&self.path, durability, self.log_retention)
     }
 
@@ -431,6 +508,37 @@ impl SqliteStore {
         conn.execute("DELETE FROM login_failures WHERE email = ?1", [&email])?;
         Ok(n > 0)
     }
+}
+
+/// Why the existing file at `path` cannot be written, if it cannot; `None` when it can, or when it
+/// does not exist yet (creating it reports its own error).
+fn not_writable(path: &Path) -> Option<&'static str> {
+    match std::fs::OpenOptions::new().write(true).open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem => Some("its file system is mounted read-only"),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && path.exists() => {
+            Some("the file is not writable by this user")
+        }
+        _ => None,
+    }
+}
+
+/// `path` as the path part of an SQLite `file:` URI: `%`, `?` and `#` escaped.
+fn uri_path(path: &Path) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '?' => out.push_str("%3f"),
+            '#' => out.push_str("%23"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The schema version of an open file, by reading only.
+fn schema_version_of(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |r| r.get(0))?)
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
