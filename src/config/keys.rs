@@ -122,7 +122,7 @@ pub(super) const LAYOUT: &[Entry] = &[
         help: "Worker threads (1-1024). engine = threads: each forwards one request at a time, so this\n\
                is how many requests can wait on backends at once; idle keep-alive clients hold no\n\
                thread. engine = loops: the number of event loops, each serving any number of\n\
-               connections (the number of cores is enough).",
+               connections; without this line, the number of cores.",
         apply: |c, v| parse_count(v, 1, 1024).map(|x| c.threads = x),
         render: |c| c.threads.to_string(),
     }),

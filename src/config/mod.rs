@@ -218,6 +218,11 @@ impl Config {
             }
             config.engine = Engine::Loops;
         }
+        // `threads` counts event loops under engine = loops, where one per core is what they need;
+        // the default of 64 is sized for blocking workers.
+        if config.engine == Engine::Loops && !first_line.contains_key("threads") {
+            config.threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        }
         Ok(config)
     }
 
