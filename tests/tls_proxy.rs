@@ -386,3 +386,37 @@ fn openssl_is_refused_tls_1_1_and_served_tls_1_2() {
         common::wait_until("the TLS 1.1 attempt is counted", || https.handshake_failures("refused") >= 1);
     });
 }
+
+#[test]
+fn curl_with_cacert_gets_the_page_over_https_and_the_hsts_header() {
+    loops(|| {
+        if std::process::Command::new("curl").arg("--version").output().is_err() {
+            panic!("curl is not installed (apt-get install curl): .ci/run installs it");
+        }
+        let backend = echo_backend();
+        let https = Https::start("tls-proxy-curl", backend.addr, "hsts = 1h\n");
+        let ca = https.dir.file("ca.pem", &https.ca.pem);
+        let port = https.tls.port();
+        let curl = |name: &str| {
+            std::process::Command::new("curl")
+                .args(["-sS", "-i", "--max-time", "10", "--cacert"])
+                .arg(&ca)
+                .args(["--resolve", &format!("{name}:{port}:127.0.0.1"), &format!("https://{name}:{port}/page")])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .expect("curl runs")
+        };
+        // SNI picks each name's certificate, which curl checks against the CA and the name.
+        for name in ["default.test", "shop.test"] {
+            let out = curl(name);
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(out.status.success(), "curl {name}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+            assert!(text.contains("you asked for /page"), "{text}");
+            assert!(text.to_ascii_lowercase().contains("strict-transport-security: max-age=3600"), "{text}");
+        }
+        // A name no certificate is for: the default certificate, which curl refuses for that name.
+        let out = curl("other.test");
+        assert!(!out.status.success(), "curl accepted a certificate for another name");
+    });
+}
