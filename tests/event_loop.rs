@@ -8,8 +8,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::Duration;
 
@@ -25,21 +24,7 @@ fn loops_config(backends: &[SocketAddr]) -> Config {
 
 fn a_client_that_stops_reading_holds_back_the_backend() {
     const TOTAL: usize = 32 << 20;
-    let written = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&written);
-    let backend = TestBackend::start(move |_| {
-        let counter = Arc::clone(&counter);
-        Reply::With(Box::new(move |stream: &mut TcpStream| {
-            let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {TOTAL}\r\n\r\n");
-            let body = pattern(TOTAL);
-            for piece in body.chunks(64 * 1024) {
-                if stream.write_all(piece).is_err() {
-                    return;
-                }
-                counter.fetch_add(piece.len() as u64, Ordering::SeqCst);
-            }
-        }))
-    });
+    let (backend, written) = counting_backend(TOTAL);
     let proxy = start_proxy(test_config(&[backend.addr]));
     let mut client = TcpStream::connect(proxy.local_addr()).unwrap();
     client.set_read_timeout(Some(WAIT)).unwrap();
@@ -57,23 +42,8 @@ fn a_client_that_stops_reading_holds_back_the_backend() {
     );
 
     // Reading again, the client gets every byte, in order.
-    let mut rest = Vec::with_capacity(TOTAL + 1024);
-    rest.extend_from_slice(&first);
-    let mut buf = vec![0u8; 256 * 1024];
-    let head_end = loop {
-        let n = client.read(&mut buf).unwrap();
-        assert!(n > 0, "connection closed mid-response");
-        rest.extend_from_slice(&buf[..n]);
-        if let Some(pos) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
-            break pos + 4;
-        }
-    };
-    while rest.len() - head_end < TOTAL {
-        let n = client.read(&mut buf).unwrap();
-        assert!(n > 0, "connection closed mid-body after {} bytes", rest.len() - head_end);
-        rest.extend_from_slice(&buf[..n]);
-    }
-    assert!(rest[head_end..] == pattern(TOTAL)[..], "the body changed on the way");
+    let body = read_body_after(&mut client, &first, TOTAL);
+    assert!(body == pattern(TOTAL), "the body changed on the way");
 }
 
 fn ws_connect(proxy: SocketAddr) -> WebSocket<TcpStream> {

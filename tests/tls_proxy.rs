@@ -10,7 +10,7 @@ mod tls_common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use common::{ok, on_engine, pattern, read_response_from, Reply, Response, TempDir, TestBackend, WAIT};
@@ -179,20 +179,7 @@ fn keep_alive_and_pipelining_over_tls() {
 fn a_large_response_streams_over_tls_and_a_client_that_stops_reading_holds_back_the_backend() {
     loops(|| {
         const TOTAL: usize = 32 << 20;
-        let written = Arc::new(AtomicU64::new(0));
-        let counter = Arc::clone(&written);
-        let backend = TestBackend::start(move |_| {
-            let counter = Arc::clone(&counter);
-            Reply::With(Box::new(move |stream: &mut TcpStream| {
-                let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {TOTAL}\r\n\r\n");
-                for piece in pattern(TOTAL).chunks(64 * 1024) {
-                    if stream.write_all(piece).is_err() {
-                        return;
-                    }
-                    counter.fetch_add(piece.len() as u64, Ordering::SeqCst);
-                }
-            }))
-        });
+        let (backend, written) = common::counting_backend(TOTAL);
         let https = Https::start("tls-proxy-large", backend.addr, "");
         let mut client = https.connect("default.test");
         client.send(b"GET /big HTTP/1.1\r\nHost: default.test\r\n\r\n");
@@ -208,22 +195,8 @@ fn a_large_response_streams_over_tls_and_a_client_that_stops_reading_holds_back_
             "the backend wrote {stalled} of {TOTAL} bytes to a client reading nothing"
         );
 
-        let mut rest = first.to_vec();
-        let mut buf = vec![0u8; 256 * 1024];
-        let head_end = loop {
-            let n = client.tls.read(&mut buf).unwrap();
-            assert!(n > 0, "closed mid-head");
-            rest.extend_from_slice(&buf[..n]);
-            if let Some(pos) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
-                break pos + 4;
-            }
-        };
-        while rest.len() - head_end < TOTAL {
-            let n = client.tls.read(&mut buf).unwrap();
-            assert!(n > 0, "closed mid-body after {} bytes", rest.len() - head_end);
-            rest.extend_from_slice(&buf[..n]);
-        }
-        assert!(rest[head_end..] == pattern(TOTAL)[..], "the body changed on the way");
+        let body = common::read_body_after(&mut client.tls, &first, TOTAL);
+        assert!(body == pattern(TOTAL), "the body changed on the way");
         // The connection is still good for another request.
         assert_eq!(client.get("/again", "default.test").status, 200);
     });

@@ -977,6 +977,48 @@ pub fn spawn_script(command: &mut Command, what: &str) -> (Child, std::sync::mps
 // Streams that must stall, and a WebSocket backend (the loop engine's tunnels, over plain and TLS).
 // ---------------------------------------------------------------------------------------------------------
 
+/// A backend that answers every request with `total` bytes of [`pattern`] and counts in the
+/// returned counter the bytes its socket took, so a test sees when the proxy stops reading it.
+pub fn counting_backend(total: usize) -> (TestBackend, Arc<AtomicU64>) {
+    let written = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&written);
+    let backend = TestBackend::start(move |_| {
+        let counter = Arc::clone(&counter);
+        Reply::With(Box::new(move |stream: &mut TcpStream| {
+            let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n");
+            for piece in pattern(total).chunks(64 * 1024) {
+                if stream.write_all(piece).is_err() {
+                    return;
+                }
+                counter.fetch_add(piece.len() as u64, Ordering::SeqCst);
+            }
+        }))
+    });
+    (backend, written)
+}
+
+/// The body of a `total`-byte answer whose first bytes, `first`, were read already: reads the
+/// rest of the head and then exactly `total` body bytes from `src`.
+pub fn read_body_after(src: &mut impl Read, first: &[u8], total: usize) -> Vec<u8> {
+    let mut rest = Vec::with_capacity(total + 1024);
+    rest.extend_from_slice(first);
+    let mut buf = vec![0u8; 256 * 1024];
+    let head_end = loop {
+        if let Some(pos) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos + 4;
+        }
+        let n = src.read(&mut buf).expect("read the head");
+        assert!(n > 0, "connection closed mid-head");
+        rest.extend_from_slice(&buf[..n]);
+    };
+    while rest.len() - head_end < total {
+        let n = src.read(&mut buf).expect("read the body");
+        assert!(n > 0, "connection closed mid-body after {} bytes", rest.len() - head_end);
+        rest.extend_from_slice(&buf[..n]);
+    }
+    rest.split_off(head_end)
+}
+
 /// Waits until `counter` has not moved for a while: the writer behind it is blocked.
 pub fn wait_until_stalled(what: &str, counter: &AtomicU64) -> u64 {
     let deadline = Instant::now() + WAIT;

@@ -92,28 +92,38 @@ pub struct TestListener {
 
 impl TestListener {
     pub fn start(config: Arc<ServerConfig>) -> TestListener {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind TLS listener");
-        let addr = listener.local_addr().expect("addr");
-        thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let config = Arc::clone(&config);
-                thread::spawn(move || {
-                    let _ = stream.set_read_timeout(Some(Duration::from_secs(20)));
-                    let Ok(conn) = ServerConnection::new(config) else { return };
-                    let mut tls = BufReader::new(StreamOwned::new(conn, stream));
-                    let mut line = String::new();
-                    while matches!(tls.read_line(&mut line), Ok(n) if n > 0) {
-                        let reply = format!("echo: {line}");
-                        if tls.get_mut().write_all(reply.as_bytes()).and_then(|()| tls.get_mut().flush()).is_err() {
-                            return;
-                        }
-                        line.clear();
-                    }
-                });
+        let addr = serve_tls(config, |tls| {
+            let mut tls = BufReader::new(tls);
+            let mut line = String::new();
+            while matches!(tls.read_line(&mut line), Ok(n) if n > 0) {
+                let reply = format!("echo: {line}");
+                if tls.get_mut().write_all(reply.as_bytes()).and_then(|()| tls.get_mut().flush()).is_err() {
+                    return;
+                }
+                line.clear();
             }
         });
         TestListener { addr }
     }
+}
+
+/// A TLS server on a loopback port: each connection on a thread of its own, handed to `serve` as
+/// a rustls stream (the handshake completes on its first read or write). Runs until the test
+/// process ends.
+fn serve_tls(config: Arc<ServerConfig>, serve: fn(StreamOwned<ServerConnection, TcpStream>)) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a TLS listener");
+    let addr = listener.local_addr().expect("addr");
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let config = Arc::clone(&config);
+            thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(20)));
+                let Ok(conn) = ServerConnection::new(config) else { return };
+                serve(StreamOwned::new(conn, stream));
+            });
+        }
+    });
+    addr
 }
 
 /// A client connection to a TLS listener.
@@ -235,22 +245,12 @@ pub fn big_body() -> Vec<u8> {
 
 /// A WebSocket echo server over TLS (`wss`) on loopback; runs until the test process ends.
 pub fn tls_ws_backend(config: Arc<ServerConfig>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind TLS WebSocket backend");
-    let addr = listener.local_addr().expect("addr");
-    thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let config = Arc::clone(&config);
-            thread::spawn(move || {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(20)));
-                let Ok(conn) = ServerConnection::new(config) else { return };
-                let Ok(mut ws) = tungstenite::accept(StreamOwned::new(conn, stream)) else { return };
-                while let Ok(msg) = ws.read() {
-                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).is_err() {
-                        return;
-                    }
-                }
-            });
+    serve_tls(config, |tls| {
+        let Ok(mut ws) = tungstenite::accept(tls) else { return };
+        while let Ok(msg) = ws.read() {
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).is_err() {
+                return;
+            }
         }
-    });
-    addr
+    })
 }
