@@ -477,15 +477,19 @@ fn tls_to_the_database_is_verified() {
     let node = Instance::spawn("tls", &url, default.addr, true, "").ready();
     register_and_login(node.api, "tls@x.io");
     let mut admin = postgres::Client::connect(&pg.url, postgres::NoTls).expect("connect");
-    let encrypted: i64 = admin
-        .query_one(
-            "SELECT COUNT(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
-             WHERE a.application_name = 'pibl' AND s.ssl",
-            &[],
-        )
-        .expect("pg_stat_ssl")
-        .get(0);
-    assert!(encrypted >= 2, "pibl's pool and listener use TLS ({encrypted} connections)");
+    let mut connections = |ssl: bool| -> i64 {
+        admin
+            .query_one(
+                "SELECT COUNT(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+                 WHERE a.application_name = 'pibl' AND s.ssl = $1",
+                &[&ssl],
+            )
+            .expect("pg_stat_ssl")
+            .get(0)
+    };
+    // The change listener connects on its own thread, maybe after the API answered: wait for it.
+    wait_until("pibl's pool and change listener are connected over TLS", || connections(true) >= 2);
+    assert_eq!(connections(false), 0, "a connection of pibl's without TLS");
     // Without the CA the self-made certificate is not trusted: no connection.
     let untrusted = pibl::store::Database::parse(&format!("{}?sslmode=require", pg.url)).expect("a URL");
     let refused = pibl::store::Store::connect(&untrusted, pibl::store::Durability::Full, 10).expect_err("refused");

@@ -211,7 +211,8 @@ impl Router {
                     backend,
                 });
             }
-            let pool = Pool::from_backends(endpoints.iter().filter_map(|e| e.backend.clone()).collect());
+            let pool = Pool::from_backends(endpoints.iter().filter_map(|e| e.backend.clone()).collect())
+                .continuing(old.apps.get(&app.name).filter(|o| o.pk == app.pk).map(|o| &o.pool));
             let route = AppRoute {
                 name: app.name.clone(),
                 pk: app.pk,
@@ -321,5 +322,23 @@ mod tests {
         // Re-created under a new pk: fresh backends.
         router.rebuild(&[app(7, "a", &[(1, 9)])]);
         assert!(router.snapshot().endpoint_health("a", 1).0);
+    }
+
+    #[test]
+    fn a_rebuild_goes_on_with_the_rotation_where_it_was() {
+        let router = Router::new(1, Clock::system());
+        let apps = [app(1, "a", &[(1, 9), (2, 10)])];
+        router.rebuild(&apps);
+        let first = |router: &Router| {
+            let table = router.snapshot();
+            let pool = &table.app("a").unwrap().pool;
+            let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+            pool.candidates(std::time::Instant::now(), ip).next().unwrap().addr.port()
+        };
+        assert_eq!(first(&router), 9);
+        // The same apps read again (a change notified back): the next request goes to the other one.
+        router.rebuild(&apps);
+        assert_eq!(first(&router), 10);
+        assert_eq!(first(&router), 9);
     }
 }

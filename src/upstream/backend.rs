@@ -210,6 +210,16 @@ impl Pool {
         Pool { backends, next: AtomicUsize::new(0), balance: Balance::RoundRobin }
     }
 
+    /// Takes over `previous`'s place in the rotation: a rebuild of the same app (another
+    /// instance's change, or this one's own notified back) then goes on where it was instead of
+    /// starting every app at its first endpoint again.
+    pub fn continuing(self, previous: Option<&Pool>) -> Self {
+        if let Some(previous) = previous {
+            self.next.store(previous.next.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        self
+    }
+
     pub fn backends(&self) -> &[Arc<Backend>] {
         &self.backends
     }
