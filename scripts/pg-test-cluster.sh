@@ -84,12 +84,25 @@ start() {
   if [ -f "$dir/server.pem" ]; then
     tls_opts="-c ssl=on -c ssl_cert_file=$dir/server.pem -c ssl_key_file=$dir/server.key"
   fi
-  if [ -f "$dir/port" ]; then port=$(cat "$dir/port"); else port=$(free_port); fi
-  as_owner sh -c "echo $port > '$dir/port'"
-  # Throwaway data: no fsync. Sockets in the folder, TCP on loopback only.
-  as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=300 $tls_opts" \
-    start >/dev/null || die "the server did not start; see $dir/server.log"
+  # A cluster started before keeps its port (its URL is known); a new one takes a free port, and
+  # another if a server started at the same moment took that one first.
+  local kept_port=0 attempt
+  if [ -f "$dir/port" ]; then port=$(cat "$dir/port"); kept_port=1; else port=$(free_port); fi
+  for attempt in 1 2 3; do
+    as_owner sh -c "echo $port > '$dir/port'"
+    # Throwaway data: no fsync. Sockets in the folder, TCP on loopback only.
+    if as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+      -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=300 $tls_opts" \
+      start >/dev/null; then
+      break
+    fi
+    if [ "$kept_port" = 1 ] || [ "$attempt" = 3 ]; then
+      tail -5 "$dir/server.log" >&2 || true
+      die "the server did not start; see $dir/server.log"
+    fi
+    echo "pg-test-cluster: port $port did not work, trying another" >&2
+    port=$(free_port)
+  done
   echo "export PIBL_TEST_PG_URL=postgres://pibl@127.0.0.1:$port/postgres"
   echo "export PIBL_TEST_PG_DIR=$dir"
   if [ -f "$dir/ca.pem" ]; then echo "export PIBL_TEST_PG_CA=$dir/ca.pem"; fi
