@@ -24,7 +24,8 @@ dir=$(mktemp -d /tmp/pibl-testssl-XXXX)
 proxy_pid=""
 backend_pid=""
 cleanup() {
-  for p in $proxy_pid $backend_pid; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
+  # (`wait` reports the SIGTERM as 143: not this script's result)
+  for p in $proxy_pid $backend_pid; do { kill "$p" && wait "$p"; } 2>/dev/null || true; done
   if [ "${keep:-0}" = 0 ]; then rm -rf "$dir"; fi
 }
 trap cleanup EXIT
