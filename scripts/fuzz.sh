@@ -38,6 +38,23 @@ host="$(rustc +nightly -vV | sed -n 's/^host: //p')"
 bin_dir="$fuzz_dir/target/$host/release"
 mapfile -t targets < <(cargo +nightly fuzz list)
 
+# LeakSanitizer reads /proc/<its pid>/task when a run ends. In a PID namespace whose /proc belongs
+# to another namespace (CI's sandbox can be one) that is some other process, and every run ends in
+# "LeakSanitizer has encountered a fatal error". There each fuzzer runs in a PID namespace with a
+# /proc of its own (unshare, as root); where that is impossible, leaks go unchecked, loudly.
+wrap=()
+leak_flags=()
+proc_pid=$(sh -c 'read -r pid _ < /proc/self/stat; [ "$pid" = "$$" ] && echo same || echo other')
+if [ "$proc_pid" != same ]; then
+  if unshare --pid --fork --mount-proc true 2>/dev/null; then
+    wrap=(unshare --pid --fork --mount-proc)
+    echo "== /proc is another PID namespace's: each fuzzer runs under unshare --pid --mount-proc"
+  else
+    leak_flags=(-detect_leaks=0)
+    echo "!!! /proc is another PID namespace's and unshare is not allowed: leak detection is OFF"
+  fi
+fi
+
 failed=0
 summary=()
 for target in "${targets[@]}"; do
@@ -45,7 +62,7 @@ for target in "${targets[@]}"; do
   mkdir -p "$dir/corpus" "$dir/artifacts"
   echo "== $target: ${seconds}s (log: $dir/fuzz-0.log)"
   # -jobs=1 runs the fuzzer in one child process whose output goes to fuzz-0.log in the cwd.
-  (cd "$dir" && nice -n "$nice_level" "$bin_dir/$target" \
+  (cd "$dir" && nice -n "$nice_level" "${wrap[@]}" "$bin_dir/$target" "${leak_flags[@]}" \
     -max_total_time="$seconds" -jobs=1 -workers=1 -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
     -artifact_prefix="$dir/artifacts/" "$dir/corpus" "$fuzz_dir/corpus/$target") >"$dir/driver.log" 2>&1 || true
   log="$dir/fuzz-0.log"
