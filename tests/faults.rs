@@ -16,6 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
+use pibl::config::Engine;
 
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
@@ -389,59 +390,75 @@ fn ten_thousand_connections_opened_and_dropped_leave_nothing_behind() {
 fn out_of_file_descriptors_pibl_answers_503_and_recovers() {
     let backend = TestBackend::named("b");
     let dir = TempDir::new("nofile");
-    const LIMIT: usize = 64;
-    let proxy = ProxyProcess::start_limited(
-        &dir,
-        backend.addr,
-        "ttl = 0\naccess_log = off\nbackend_pool_size = 0\n",
-        Some(LIMIT as u64),
-    );
-    let pid = proxy.child.id();
-    let res = get(proxy.addr, "/before");
-    assert_eq!(res.status, 200);
-    let baseline = open_fds(pid);
-    assert!(baseline < LIMIT - 8, "the proxy already holds {baseline} descriptors");
-
-    // More connections than the proxy has descriptors for: the first ones are accepted (in order),
-    // the rest wait in the listen backlog.
-    let mut held: Vec<Client> = (0..LIMIT + 16).map(|_| Client::connect(proxy.addr)).collect();
-    wait_until("the proxy reaches its descriptor limit", || open_fds(pid) >= LIMIT);
-
-    // An accepted client asks for something: the backend connection needs a descriptor there is
-    // none of. A polite 503 with Retry-After, not a 502 that blames the backend. A descriptor the
-    // proxy lets go of at that moment (a closed connection, before the acceptor takes the slot for
-    // a client waiting in the backlog) may serve a request normally, and its backend connection,
-    // closed after it, frees one again: so a few accepted clients ask in turn, each once the proxy
-    // is back at its limit, until one meets it; none may get anything but a 200 or that 503.
-    let mut starved = None;
-    for (i, client) in held.iter_mut().take(8).enumerate() {
-        wait_until("the proxy is at its descriptor limit", || open_fds(pid) >= LIMIT);
-        client.send(format!("GET /starved/{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
-        let res = client.read_response(false).expect("an answer at the limit");
-        match res.status {
-            503 => {
-                starved = Some(res);
-                break;
-            }
-            200 => eprintln!("request {i} at the limit found a descriptor free: 200"),
-            other => panic!("request {i} at the limit: {other} {}", res.text()),
+    let mut proxy = ProxyProcess::start(&dir, backend.addr, "ttl = 0\naccess_log = off\nbackend_pool_size = 0\n");
+    let alive = |proxy: &mut ProxyProcess| {
+        if let Ok(Some(status)) = proxy.child.try_wait() {
+            panic!("the proxy exited ({status}) at the descriptor limit:\n{}", proxy.stderr(&dir));
         }
-    }
-    let res = starved.expect("one of 8 requests at the descriptor limit is answered 503");
-    assert_eq!(res.header("retry-after"), Some("1"));
-    assert!(res.text().contains("out of resources"), "{}", res.text());
+    };
 
-    // Recovers as soon as descriptors are free again, the backend still in rotation.
-    held.clear();
-    wait_until("the held connections are closed", || open_fds(pid) <= baseline + 2);
+    // Clients the proxy has accepted and answered once: their connections are in, descriptors held.
+    let mut held: Vec<Client> = (0..4)
+        .map(|i| {
+            let mut client = Client::connect(proxy.addr);
+            assert_eq!(client.get(&format!("/in/{i}")).status, 200);
+            client
+        })
+        .collect();
+    let served_before = backend.requests();
+
+    // Out of descriptors: the soft limit below every descriptor number in use (0-2 are the standard
+    // streams), so every new socket or file fails with EMFILE, whatever the proxy closes meanwhile.
+    // (Lowering the limit of the running process, rather than filling it up with connections, makes
+    // the moment exact: a descriptor freed by a closing connection cannot serve the next request.)
+    proxy.set_open_file_limit(3);
+
+    // New clients wait in the listen backlog: the acceptor cannot take them, says so, and keeps going.
+    // Except, on the threaded engine, the first one: its acceptor waits in a blocking accept(), and
+    // the kernel reserves the descriptor for the next connection when that call starts, before the
+    // limit fell; that client is let in and answered 503 like any other at the limit (or 200, if the
+    // acceptor had not yet gone back into accept() when the limit fell).
+    let mut first = Client::connect(proxy.addr);
+    first.send(b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut waiting = Client::connect(proxy.addr);
+    waiting.send(b"GET /waiting HTTP/1.1\r\nHost: t\r\n\r\n");
+    wait_until("the acceptor meets the limit", || proxy.stderr(&dir).contains("accept failed"));
+
+    // Accepted clients ask for something: the backend connection needs a descriptor there is none of.
+    // A polite 503 with Retry-After, not a 502 that blames the backend; the backend sees nothing.
+    for (i, client) in held.iter_mut().enumerate().take(2) {
+        client.send(format!("GET /starved/{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        let res = client.read_response(false).unwrap_or_else(|e| {
+            alive(&mut proxy);
+            panic!("request {i} at the limit: no answer ({e})")
+        });
+        assert_eq!(res.status, 503, "request {i} at the limit: {}", res.text());
+        assert_eq!(res.header("retry-after"), Some("1"));
+        assert!(res.text().contains("out of resources"), "{}", res.text());
+    }
+    assert_eq!(backend.requests(), served_before, "no request reached the backend at the limit");
+    alive(&mut proxy);
+
+    // Recovers as soon as descriptors can be had again: the client from the backlog is accepted and
+    // answered, and so are the clients that were in all along, the backend still in rotation.
+    proxy.set_open_file_limit(1024);
+    let res = first.read_response(false).expect("the first client after the limit is answered");
+    let expected: &[u16] = match engine() {
+        Engine::Threads => &[503, 200],
+        Engine::Loops => &[200],
+    };
+    assert!(expected.contains(&res.status), "the first client after the limit: {} {}", res.status, res.text());
+    let res = waiting.read_response(false).expect("the client from the backlog is answered");
+    assert_eq!((res.status, res.text().as_str()), (200, "b"), "the client from the backlog");
+    for (i, client) in held.iter_mut().enumerate().skip(2) {
+        let res = client.get(&format!("/after/{i}"));
+        assert_eq!((res.status, res.text().as_str()), (200, "b"), "a held client after the limit");
+    }
     let res = get(proxy.addr, "/after");
-    assert_eq!((res.status, res.text().as_str()), (200, "b"), "after the limit");
-    assert!(proxy.child.id() == pid && open_fds(pid) > 0, "the proxy is still running");
-    let log = fs::read_to_string(dir.0.join("proxy.stderr")).unwrap_or_default();
-    eprintln!(
-        "descriptor limit {LIMIT}: baseline {baseline} open; {} \"accept failed\" line(s) logged at the limit",
-        log.matches("accept failed").count()
-    );
+    assert_eq!((res.status, res.text().as_str()), (200, "b"), "a new client after the limit");
+    alive(&mut proxy);
+    let log = proxy.stderr(&dir);
+    eprintln!("at the limit: {} \"accept failed\" line(s) logged", log.matches("accept failed").count());
 }
 
 // ------------------------------------------------------------------------------------------------

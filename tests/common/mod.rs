@@ -541,12 +541,6 @@ impl ProxyProcess {
     /// the proxy. The port is found free and
     /// then released, so another process may take it first: then the proxy exits and we try another.
     pub fn start(dir: &TempDir, backend: SocketAddr, extra: &str) -> ProxyProcess {
-        ProxyProcess::start_limited(dir, backend, extra, None)
-    }
-
-    /// [`ProxyProcess::start`] with the process's open-file limit (`RLIMIT_NOFILE`) lowered to
-    /// `nofile`, through `prlimit`, which runs the proxy in its own process.
-    pub fn start_limited(dir: &TempDir, backend: SocketAddr, extra: &str, nofile: Option<u64>) -> ProxyProcess {
         for _ in 0..5 {
             let free = || TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
             let (port, api_port) = (free(), free());
@@ -560,15 +554,7 @@ impl ProxyProcess {
                 ),
             );
             let stderr = fs::File::create(dir.0.join("proxy.stderr")).expect("create stderr file");
-            let mut command = match nofile {
-                Some(n) => {
-                    let mut c = Command::new("prlimit");
-                    c.arg(format!("--nofile={n}:{n}")).arg("--").arg(env!("CARGO_BIN_EXE_proxy"));
-                    c
-                }
-                None => Command::new(env!("CARGO_BIN_EXE_proxy")),
-            };
-            let mut child = command
+            let mut child = Command::new(env!("CARGO_BIN_EXE_proxy"))
                 .arg("--config")
                 .arg(&config)
                 .stdin(Stdio::null())
@@ -594,6 +580,29 @@ impl ProxyProcess {
             }
         }
         panic!("the proxy did not start: {}", fs::read_to_string(dir.0.join("proxy.stderr")).unwrap_or_default());
+    }
+
+    /// Sets the running proxy's soft open-file limit (`RLIMIT_NOFILE`) with `prlimit --pid`, and
+    /// reads it back from `/proc/<pid>/limits`.
+    pub fn set_open_file_limit(&self, soft: u64) {
+        let pid = self.child.id();
+        let status = Command::new("prlimit")
+            .arg("--pid")
+            .arg(pid.to_string())
+            .arg(format!("--nofile={soft}:"))
+            .status()
+            .expect("run prlimit (util-linux)");
+        assert!(status.success(), "prlimit --pid {pid} --nofile={soft}: failed");
+        let dir = proc_dir(pid).unwrap_or_else(|| panic!("the proxy (pid {pid}) is not running"));
+        let limits = fs::read_to_string(dir.join("limits")).expect("read /proc/<pid>/limits");
+        let open_files = limits.lines().find(|l| l.starts_with("Max open files")).unwrap_or_default();
+        let now = open_files.split_whitespace().nth(3);
+        assert_eq!(now, Some(soft.to_string().as_str()), "the proxy's limit after prlimit: {open_files}");
+    }
+
+    /// What the proxy wrote to its standard error so far.
+    pub fn stderr(&self, dir: &TempDir) -> String {
+        fs::read_to_string(dir.0.join("proxy.stderr")).unwrap_or_default()
     }
 
     pub fn signal(&self, name: &str) {
