@@ -461,6 +461,32 @@ fn out_of_file_descriptors_pibl_answers_503_and_recovers() {
     eprintln!("at the limit: {} \"accept failed\" line(s) logged", log.matches("accept failed").count());
 }
 
+/// The health checker's probes fail too while pibl is out of descriptors: that says nothing of the
+/// backend, which must stay in rotation (two failed checks in a row would otherwise empty the pool).
+#[test]
+fn health_checks_that_find_pibl_out_of_descriptors_keep_the_backend_in_rotation() {
+    let backend = TestBackend::named("b");
+    let dir = TempDir::new("nofile-health");
+    let extra = "ttl = 0\naccess_log = off\nhealth_path = /health\nhealth_interval = 100ms\n";
+    let proxy = ProxyProcess::start(&dir, backend.addr, extra);
+    let mut client = Client::connect(proxy.addr);
+    assert_eq!(client.get("/in").status, 200);
+
+    proxy.set_open_file_limit(3);
+    // More rounds than the failures in a row that take a backend out (`FALL`).
+    wait_until("three health rounds meet the limit", || {
+        let log = proxy.stderr(&dir);
+        log.matches("health check skipped").count() >= 3 || log.contains("out of rotation")
+    });
+    proxy.set_open_file_limit(1024);
+
+    let log = proxy.stderr(&dir);
+    assert!(!log.contains("out of rotation"), "a check pibl could not make failed the backend:\n{log}");
+    assert!(log.contains("pibl is out of resources"), "{log}");
+    let res = client.get("/after");
+    assert_eq!((res.status, res.text().as_str()), (200, "b"), "the backend after the limit:\n{log}");
+}
+
 // ------------------------------------------------------------------------------------------------
 // The API's database on a full disk or a read-only file system
 // ------------------------------------------------------------------------------------------------

@@ -97,7 +97,7 @@ fn health_checks_speak_tls_to_https_backends() {
     let other = dir.file("other.pem", &TestCa::new("someone else").pem);
     let untrusted = backend_client_config(BackendTrust::File(&other)).unwrap();
     let e = probe_tls(backend.addr, "backend.test", "/status", t, &untrusted, "backend.test").unwrap_err();
-    assert!(e.contains("certificate"), "{e}");
+    assert!(e.to_string().contains("certificate"), "{e}");
     assert!(pibl::upstream::health::probe(backend.addr, "backend.test", "/status", t).is_err(), "plain HTTP fails");
 }
 

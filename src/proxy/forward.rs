@@ -22,7 +22,7 @@ use crate::proxy::context::{RequestCtx, Scratch};
 use crate::proxy::dispatch::Dispatch;
 use crate::proxy::error::{is_timeout, Failure, ForwardError};
 use crate::server::shared::Shared;
-use crate::upstream::backend::{Backend, InFlight, Pool};
+use crate::upstream::backend::{is_local_exhaustion, Backend, InFlight, Pool};
 
 /// Least bytes asked of a backend per read. The buffer belongs to the worker, not to a connection,
 /// so it can be larger than `buffer_size`: a 64 KiB body then takes one read instead of eight.
@@ -172,16 +172,6 @@ fn connect(shared: &Shared, backend: &Backend) -> Result<TcpStream, ConnectError
             Err(ConnectError::BackendDown)
         }
     }
-}
-
-/// Errors of `socket()`/`connect()` that mean this process or machine is out of a resource:
-/// EMFILE, ENFILE (descriptors), ENOBUFS, ENOMEM (socket memory) on Linux.
-pub fn is_local_exhaustion(e: &std::io::Error) -> bool {
-    const ENOMEM: i32 = 12;
-    const ENFILE: i32 = 23;
-    const EMFILE: i32 = 24;
-    const ENOBUFS: i32 = 105;
-    matches!(e.raw_os_error(), Some(ENOMEM | ENFILE | EMFILE | ENOBUFS))
 }
 
 /// Sends the request on `stream` and reads the final response head into `buf`.

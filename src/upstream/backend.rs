@@ -305,6 +305,16 @@ fn random_below(n: usize) -> usize {
     })
 }
 
+/// Errors of `socket()`/`connect()` that mean this process or machine is out of a resource:
+/// EMFILE, ENFILE (descriptors), ENOBUFS, ENOMEM (socket memory) on Linux.
+pub fn is_local_exhaustion(e: &std::io::Error) -> bool {
+    const ENOMEM: i32 = 12;
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    const ENOBUFS: i32 = 105;
+    matches!(e.raw_os_error(), Some(ENOMEM | ENFILE | EMFILE | ENOBUFS))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@
 //! atomic on the backend, which `Pool::candidates` reads without a lock. An `https://` backend is
 //! checked over TLS, with the same trust settings as the requests it serves.
 
+use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
@@ -20,7 +21,7 @@ use crate::http::response;
 use crate::store::LogEntry;
 use crate::tls::client::backend_server_name;
 use crate::upstream::apps::Router;
-use crate::upstream::backend::Backend;
+use crate::upstream::backend::{is_local_exhaustion, Backend};
 
 /// Failures in a row that take a healthy backend out of rotation.
 pub const FALL: u32 = 2;
@@ -64,6 +65,25 @@ impl HealthChecker {
     /// Stops after the round in progress, if any.
     pub fn shutdown(self) {
         self.thread.stop();
+    }
+}
+
+/// Why a probe has no status to report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeError {
+    /// The backend refused, timed out, closed, answered garbage or is not allowed: counts against it.
+    Backend(String),
+    /// pibl had no descriptor or memory for the probe: says nothing of the backend, so it neither
+    /// passes nor fails the check (a proxy out of descriptors must not empty its own pools).
+    Local(String),
+}
+
+impl fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProbeError::Backend(why) => f.write_str(why),
+            ProbeError::Local(why) => write!(f, "pibl is out of resources ({why})"),
+        }
     }
 }
 
@@ -114,10 +134,16 @@ fn check_one(targets: &Targets, job: &Job<'_>, clock: &Clock) {
         Ok(()) => match (&backend.tls_host, &targets.tls) {
             (None, _) => probe(backend.addr, &job.host, job.path, PROBE_TIMEOUT),
             (Some(name), Some(config)) => probe_tls(backend.addr, &job.host, job.path, PROBE_TIMEOUT, config, name),
-            (Some(_), None) => Err("https:// backend, but pibl has no TLS client configuration".into()),
+            (Some(_), None) => {
+                Err(ProbeError::Backend("https:// backend, but pibl has no TLS client configuration".into()))
+            }
         },
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(ProbeError::Backend(e.to_string())),
     };
+    if let Err(e @ ProbeError::Local(_)) = &result {
+        log::warn!("backend {}: health check skipped: {e}", backend.name);
+        return;
+    }
     let Some(healthy) = record(backend, &result, clock) else { return };
     let detail = describe(healthy, job.path, &result);
     match job.app {
@@ -140,11 +166,11 @@ fn check_one(targets: &Targets, job: &Job<'_>, clock: &Clock) {
     }
 }
 
-fn record(backend: &Backend, result: &Result<u16, String>, clock: &Clock) -> Option<bool> {
+fn record(backend: &Backend, result: &Result<u16, ProbeError>, clock: &Clock) -> Option<bool> {
     backend.record_check(matches!(result, Ok(200)), clock.now_ms(), FALL, RISE)
 }
 
-fn describe(healthy: bool, path: &str, result: &Result<u16, String>) -> String {
+fn describe(healthy: bool, path: &str, result: &Result<u16, ProbeError>) -> String {
     let what = match result {
         Ok(status) => format!("GET {path} answered {status}"),
         Err(e) => format!("GET {path} failed: {e}"),
@@ -157,8 +183,8 @@ fn describe(healthy: bool, path: &str, result: &Result<u16, String>) -> String {
 }
 
 /// GETs `path` from `addr` and returns the status code.
-pub fn probe(addr: SocketAddr, host: &str, path: &str, timeout: Duration) -> Result<u16, String> {
-    ask(connect(addr, timeout)?, host, path)
+pub fn probe(addr: SocketAddr, host: &str, path: &str, timeout: Duration) -> Result<u16, ProbeError> {
+    ask(connect(addr, timeout)?, host, path).map_err(ProbeError::Backend)
 }
 
 /// [`probe`] over TLS, asking for `name` (SNI unless it is an address) and checking the certificate
@@ -170,16 +196,20 @@ pub fn probe_tls(
     timeout: Duration,
     config: &Arc<ClientConfig>,
     name: &str,
-) -> Result<u16, String> {
-    let name = backend_server_name(name).map_err(|e| e.to_string())?;
-    let conn = ClientConnection::new(Arc::clone(config), name).map_err(|e| format!("TLS: {e}"))?;
-    ask(StreamOwned::new(conn, connect(addr, timeout)?), host, path)
+) -> Result<u16, ProbeError> {
+    let name = backend_server_name(name).map_err(|e| ProbeError::Backend(e.to_string()))?;
+    let conn = ClientConnection::new(Arc::clone(config), name).map_err(|e| ProbeError::Backend(format!("TLS: {e}")))?;
+    ask(StreamOwned::new(conn, connect(addr, timeout)?), host, path).map_err(ProbeError::Backend)
 }
 
-fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, String> {
-    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
-    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProbeError> {
+    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| match is_local_exhaustion(&e) {
+        true => ProbeError::Local(e.to_string()),
+        false => ProbeError::Backend(format!("connect: {e}")),
+    })?;
+    let set = |e: io::Error| ProbeError::Backend(e.to_string());
+    stream.set_read_timeout(Some(timeout)).map_err(set)?;
+    stream.set_write_timeout(Some(timeout)).map_err(set)?;
     Ok(stream)
 }
 
@@ -241,6 +271,6 @@ mod tests {
         assert_eq!(probe(ok, "h", "/status", t), Ok(200));
         assert_eq!(probe(answering(b"HTTP/1.0 503 Busy\r\n\r\n"), "h", "/", t), Ok(503));
         assert!(probe(answering(b"garbage\r\n\r\n"), "h", "/", t).is_err());
-        assert!(probe(answering(b""), "h", "/", t).unwrap_err().contains("closed"));
+        assert!(probe(answering(b""), "h", "/", t).unwrap_err().to_string().contains("closed"));
     }
 }

@@ -35,14 +35,14 @@ use crate::http::response::{self, Response, MAX_RESPONSE_HEAD};
 use crate::http::Framing;
 use crate::proxy::cache_step::{self, CachePlan, Pending};
 use crate::proxy::error::ForwardError;
-use crate::proxy::forward::{interim_head, is_idempotent, is_local_exhaustion, upstream_read_step};
+use crate::proxy::forward::{interim_head, is_idempotent, upstream_read_step};
 use crate::proxy::relay::write_response_head;
 use crate::server::event_loop::answers::{entry_answer, error_answer, finish, Record};
 use crate::server::event_loop::client::{read_into, Client, Got, OutBuf};
 use crate::server::event_loop::env::{backend_token, Env};
 use crate::server::event_loop::transport::{buffer_limit, Transport};
 use crate::tls::client::backend_server_name;
-use crate::upstream::backend::Backend;
+use crate::upstream::backend::{is_local_exhaustion, Backend};
 
 /// Least bytes asked of a backend per read while its response head arrives.
 const HEAD_READ_STEP: usize = 16 * 1024;
