@@ -169,6 +169,9 @@ struct EventLoop {
     accept_paused: bool,
     last_purge: Instant,
     inbox: Arc<Inbox>,
+    /// Sessions whose turn ended while they were still moving ([`Verdict::Yield`]): driven again
+    /// after the next poll, which then does not wait.
+    again: Vec<Owner>,
 }
 
 impl EventLoop {
@@ -196,6 +199,7 @@ impl EventLoop {
             accept_paused: false,
             last_purge: Instant::now(),
             inbox,
+            again: Vec::new(),
         }
     }
 
@@ -216,6 +220,9 @@ impl EventLoop {
             if self.listener.is_none() {
                 wait = wait.min(Duration::from_millis(100));
             }
+            if !self.again.is_empty() {
+                wait = Duration::ZERO;
+            }
             if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("event loop: poll failed: {e}");
@@ -229,8 +236,7 @@ impl EventLoop {
                     TLS_LISTENER => self.accept(true),
                     WAKER => {
                         for owner in self.inbox.take() {
-                            let current = self.sessions.get(owner.slot).and_then(Option::as_ref);
-                            if current.is_some_and(|e| e.generation == owner.generation) {
+                            if self.owns(owner) {
                                 self.serve(owner.slot, None);
                             }
                         }
@@ -240,6 +246,11 @@ impl EventLoop {
             }
             if self.accept_paused {
                 self.accept_both();
+            }
+            for owner in std::mem::take(&mut self.again) {
+                if self.owns(owner) {
+                    self.serve(owner.slot, None);
+                }
             }
             let now = Instant::now();
             while let Some((at, owner)) = self.timers.pop_due(now) {
@@ -385,6 +396,10 @@ impl EventLoop {
         }));
         match served {
             Ok(Verdict::Open) => self.settle(slot),
+            Ok(Verdict::Yield) => {
+                self.again.push(Owner { slot, generation: entry.generation });
+                self.settle(slot);
+            }
             Ok(Verdict::Close) => self.close(slot),
             Err(_) => {
                 log::error!("internal error while serving {}; connection closed", entry.session.client.peer);
@@ -395,6 +410,12 @@ impl EventLoop {
                 self.close(slot);
             }
         }
+    }
+
+    /// Whether `owner` is still the session in its slot (not closed, the slot not reused since).
+    fn owns(&self, owner: Owner) -> bool {
+        let current = self.sessions.get(owner.slot).and_then(Option::as_ref);
+        current.is_some_and(|e| e.generation == owner.generation)
     }
 
     /// After a step: arms the session's deadline and keeps the parked count right.

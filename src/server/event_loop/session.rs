@@ -50,10 +50,18 @@ use crate::tls::plain::{plain_answer, PlainReply};
 /// no memory, so time is the only bound.
 const LINGER_TIME: Duration = Duration::from_secs(5);
 
+/// Steps one session may take in one turn of its loop. A session whose sockets never run dry (a
+/// WebSocket echoing faster than the loop comes round, a large body on a fast backend) would
+/// otherwise hold the loop, and every other connection on it, for as long as it keeps moving.
+pub const STEPS_PER_TURN: usize = 32;
+
 /// Whether the session stays open after a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
+    /// Waiting for its sockets or a timer.
     Open,
+    /// Still moving when its turn ended: to be driven again once the loop has served the others.
+    Yield,
     Close,
 }
 
@@ -133,9 +141,9 @@ impl Session {
         }
     }
 
-    /// Moves the session as far as its sockets allow.
+    /// Moves the session as far as its sockets allow, for at most [`STEPS_PER_TURN`] steps.
     pub fn drive(&mut self, env: &mut Env<'_>) -> Verdict {
-        loop {
+        for _ in 0..STEPS_PER_TURN {
             let step = match &mut self.state {
                 State::ReadingHead => self.read_head(env),
                 State::Authorizing(probe) => match probe.advance() {
@@ -169,6 +177,7 @@ impl Session {
                 Err(()) => return Verdict::Close,
             }
         }
+        Verdict::Yield
     }
 
     /// When the session must next hear from someone.
