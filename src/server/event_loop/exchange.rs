@@ -406,7 +406,8 @@ impl Exchange {
             if !fresh_only && self.replayable() {
                 if let Some(mut stream) = env.pool.take(backend.addr, env.now).and_then(quiet) {
                     let interest = Interest::READABLE | Interest::WRITABLE;
-                    if env.registry.register(stream.sock_mut(), token, interest).is_ok() {
+                    // Still registered from its last use (see `pool_upstream`): only its token changes.
+                    if env.registry.reregister(stream.sock_mut(), token, interest).is_ok() {
                         let busy = Busy::enter(&backend);
                         self.upstream =
                             Some(Upstream { stream, backend, reused: true, connecting_since: None, _busy: busy });
@@ -776,13 +777,6 @@ impl Exchange {
     fn relay(&mut self, client: &mut Client, env: &mut Env<'_>) -> Advance {
         let config = &env.shared.config;
         let mut progress = false;
-        match client.flush(env.now) {
-            Ok(wrote) => progress |= wrote,
-            Err(_) => {
-                self.record(env);
-                return Advance::Close;
-            }
-        }
         let Some(decoder) = self.res_body.as_mut() else { return Advance::Close };
         // As the threaded engine does, a backend is read up to 64 KiB at a time (a 64 KiB body
         // takes one read and one write instead of eight of each); the client's buffer is bounded
@@ -840,6 +834,15 @@ impl Exchange {
             // What is left in the client's buffer is written before the next request is read.
             self.record(env);
             return Advance::Finished { keep: self.keep_client };
+        }
+        // Written after the body bytes at hand joined the head: a small answer whose body came in
+        // the same read as its head goes out in one write, not two.
+        match client.flush(env.now) {
+            Ok(wrote) => progress |= wrote,
+            Err(_) => {
+                self.record(env);
+                return Advance::Close;
+            }
         }
         if progress {
             Advance::Progress
@@ -910,12 +913,14 @@ impl Exchange {
         Advance::Finished { keep: false }
     }
 
-    /// Keeps the backend connection in the loop's pool, out of the poller.
+    /// Keeps the backend connection in the loop's pool. It stays registered with the poller, under
+    /// this session's token until the next session to take it changes that: a deregistration here
+    /// and a registration there cost two system calls per request, a token change one. An event on
+    /// it while idle (the backend closing it) only wakes a session that then finds nothing to do;
+    /// closing it removes it from the poller.
     fn pool_upstream(&mut self, env: &mut Env<'_>) {
-        if let Some(mut up) = self.upstream.take() {
-            if env.registry.deregister(up.stream.sock_mut()).is_ok() {
-                env.pool.put(up.backend.addr, up.stream, env.now, env.shared.config.backend_pool_size);
-            }
+        if let Some(up) = self.upstream.take() {
+            env.pool.put(up.backend.addr, up.stream, env.now, env.shared.config.backend_pool_size);
         }
     }
 

@@ -1,7 +1,8 @@
 //! One loop's idle keep-alive connections to backends, by backend address. The loop owns it, so
 //! taking and returning a connection takes no lock; a connection is used only by the loop that
-//! opened it. Idle connections are not registered with the poller (a backend that closes one is
-//! found out when it is next used, and the request is sent again on a fresh connection). A TLS
+//! opened it. Idle connections stay registered with the poller under their last user's token (a
+//! backend that closes one is found out when it is next used, and the request is sent again on a
+//! fresh connection). A TLS
 //! connection is kept with its session, so reusing it costs no handshake.
 
 use std::collections::HashMap;
