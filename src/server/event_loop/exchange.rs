@@ -777,6 +777,18 @@ impl Exchange {
     fn relay(&mut self, client: &mut Client, env: &mut Env<'_>) -> Advance {
         let config = &env.shared.config;
         let mut progress = false;
+        // What the client has not taken yet goes first, so the buffer holds one window at most;
+        // except when body bytes are already at hand (they came in the read that brought the head):
+        // they join the head first, and a small answer goes out in one write instead of two.
+        if self.from_backend.is_empty() {
+            match client.flush(env.now) {
+                Ok(wrote) => progress |= wrote,
+                Err(_) => {
+                    self.record(env);
+                    return Advance::Close;
+                }
+            }
+        }
         let Some(decoder) = self.res_body.as_mut() else { return Advance::Close };
         // As the threaded engine does, a backend is read up to 64 KiB at a time (a 64 KiB body
         // takes one read and one write instead of eight of each); the client's buffer is bounded
@@ -835,8 +847,6 @@ impl Exchange {
             self.record(env);
             return Advance::Finished { keep: self.keep_client };
         }
-        // Written after the body bytes at hand joined the head: a small answer whose body came in
-        // the same read as its head goes out in one write, not two.
         match client.flush(env.now) {
             Ok(wrote) => progress |= wrote,
             Err(_) => {
