@@ -71,6 +71,24 @@ fn https_backends_are_reached_over_tls_with_sni_and_verified_against_backend_ca(
 }
 
 #[test]
+fn a_backend_tls_connection_pibl_is_done_with_ends_with_close_notify() {
+    let dir = TempDir::new("tls-backends-close-notify");
+    let ca = TestCa::new("backend CA");
+    let backend = tls_backend(&dir, &ca);
+    let ca_file = dir.file("ca.pem", &ca.pem);
+    // No pool: each backend connection is dropped once its answer is relayed.
+    let proxy = loops_with(by_name(&backend), |c| {
+        c.backend_ca = ca_file.clone();
+        c.backend_pool_size = 0;
+    });
+    for i in 0..3 {
+        assert_eq!(get(proxy.local_addr(), &format!("/n{i}")).text(), format!("tls backend /n{i}"));
+    }
+    common::wait_until("the backend has seen its three connections end", || backend.endings.lock().unwrap().len() == 3);
+    assert_eq!(*backend.endings.lock().unwrap(), ["close_notify"; 3], "each end was meant, not a truncation");
+}
+
+#[test]
 fn a_backend_certificate_that_does_not_verify_is_a_502_unless_verification_is_off() {
     let dir = TempDir::new("tls-backends-untrusted");
     let backend = tls_backend(&dir, &TestCa::new("backend CA"));

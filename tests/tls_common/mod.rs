@@ -183,6 +183,9 @@ pub struct TlsBackend {
     pub addr: SocketAddr,
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
     pub names: Arc<std::sync::Mutex<Vec<Option<String>>>>,
+    /// How each connection ended, as the backend read it: "close_notify" (the peer said so before
+    /// closing), "truncated" (closed without it), or "error".
+    pub endings: Arc<std::sync::Mutex<Vec<&'static str>>>,
 }
 
 /// The size of `/big`'s answer.
@@ -193,11 +196,13 @@ impl TlsBackend {
         use std::sync::atomic::Ordering;
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind TLS backend");
         let addr = listener.local_addr().expect("addr");
-        let backend = TlsBackend { addr, connections: Arc::default(), names: Arc::default() };
+        let backend = TlsBackend { addr, connections: Arc::default(), names: Arc::default(), endings: Arc::default() };
         let (connections, names) = (Arc::clone(&backend.connections), Arc::clone(&backend.names));
+        let endings = Arc::clone(&backend.endings);
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let (config, connections, names) = (Arc::clone(&config), Arc::clone(&connections), Arc::clone(&names));
+                let endings = Arc::clone(&endings);
                 thread::spawn(move || {
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(20)));
                     let Ok(conn) = ServerConnection::new(config) else { return };
@@ -226,10 +231,18 @@ impl TlsBackend {
                                 return;
                             }
                         }
-                        match tls.read(&mut chunk) {
-                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                            _ => return,
-                        }
+                        let ending = match tls.read(&mut chunk) {
+                            Ok(n) if n > 0 => {
+                                buf.extend_from_slice(&chunk[..n]);
+                                continue;
+                            }
+                            // rustls reads the end of the stream as 0 only after a close_notify.
+                            Ok(_) => "close_notify",
+                            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => "truncated",
+                            Err(_) => "error",
+                        };
+                        endings.lock().unwrap().push(ending);
+                        return;
                     }
                 });
             }

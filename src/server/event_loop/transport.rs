@@ -166,6 +166,18 @@ impl Transport {
     }
 }
 
+impl Drop for Tls {
+    /// A connection dropped without [`Transport::close`] (a backend connection done with or broken
+    /// off, a pooled one past its age) still says `close_notify` as far as the socket takes it, so
+    /// the backend can tell a meant end from a truncation.
+    fn drop(&mut self) {
+        if self.handshake == Handshake::Done {
+            self.notify_close();
+            let _ = self.flush_tls();
+        }
+    }
+}
+
 impl Tls {
     pub fn handshake(&self) -> Handshake {
         self.handshake
