@@ -88,6 +88,48 @@ fn a_backend_tls_connection_pibl_is_done_with_ends_with_close_notify() {
     assert_eq!(*backend.endings.lock().unwrap(), ["close_notify"; 3], "each end was meant, not a truncation");
 }
 
+/// A loop proxy whose route `/games/` asks `auth_url` first, with `backend_ca` as its trust roots.
+fn gateway_with_auth(app: std::net::SocketAddr, auth_url: &str, ca: &std::path::Path) -> pibl::Server {
+    let ini = format!(
+        "[DEFAULT]\nengine = loops\nip_server1 = {app}\nbackend_ca = {}\n\n\
+         [route.games]\nprefix = /games/\nservers = {app}\nauth = request\nauth_url = {auth_url}\n",
+        ca.display()
+    );
+    let base = test_config(&[]);
+    let mut config = Config::from_ini_str(&ini, "tls-auth.ini").expect("valid config");
+    (config.bind, config.port, config.access_log, config.ttl) = (base.bind, 0, false, Duration::ZERO);
+    start_proxy(config)
+}
+
+#[test]
+fn an_https_auth_url_is_asked_over_tls_with_its_certificate_checked() {
+    let dir = TempDir::new("tls-auth-url");
+    let ca = TestCa::new("auth CA");
+    let auth = tls_backend(&dir, &ca);
+    let app = common::TestBackend::named("app");
+    let auth_url = format!("https://{}/auth", auth.addr);
+
+    let trusted = dir.file("ca.pem", &ca.pem);
+    let proxy = gateway_with_auth(app.addr, &auth_url, &trusted);
+    let res = get(proxy.local_addr(), "/games/1");
+    assert_eq!((res.status, res.text().as_str()), (200, "app"), "the auth server's 200 over TLS lets it through");
+    assert_eq!(auth.connections.load(Ordering::SeqCst), 1, "one TLS connection to the auth server");
+    assert_eq!(*auth.names.lock().unwrap(), [None], "no SNI for an address");
+
+    // A certificate that does not verify: the auth server cannot be asked, so nothing goes through.
+    let stranger = dir.file("stranger.pem", &TestCa::new("someone else").pem);
+    let proxy = gateway_with_auth(app.addr, &auth_url, &stranger);
+    let res = get(proxy.local_addr(), "/games/2");
+    assert_eq!(res.status, 503, "{}", res.text());
+    assert_eq!(app.requests(), 1, "nothing reached the app without a decision");
+    assert_eq!(auth.connections.load(Ordering::SeqCst), 1, "no request went over the unverified connection");
+
+    // TLS is the loops' alone: the threaded engine refuses the file, naming the key.
+    let ini = format!("[DEFAULT]\nengine = threads\n\n[route.games]\nprefix = /games/\nservers = {}\nauth = request\nauth_url = {auth_url}\n", app.addr);
+    let refused = Config::from_ini_str(&ini, "threads.ini").expect_err("https auth_url on threads").to_string();
+    assert!(refused.contains("engine") && refused.contains("loops"), "{refused}");
+}
+
 #[test]
 fn a_backend_certificate_that_does_not_verify_is_a_502_unless_verification_is_off() {
     let dir = TempDir::new("tls-backends-untrusted");

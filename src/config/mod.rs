@@ -200,7 +200,7 @@ impl Config {
         }
         // TLS is spoken by the event loops alone: tls_port or an https:// backend selects them unless
         // the file insists.
-        let tls_backend = config.backends.iter().chain(config.routes.iter().flat_map(|r| &r.servers)).any(|b| b.tls);
+        let tls_backend = config.tls_upstreams().next().is_some();
         if (config.tls_port != 0 || tls_backend) && config.engine == Engine::Threads {
             if first_line.contains_key("engine") {
                 let what = match config.tls_port {
@@ -321,6 +321,21 @@ pub const DATABASE_URL_ENV: &str = "PIBL_DATABASE_URL";
 pub const JWT_SECRET_ENV: &str = "PIBL_JWT_SECRET";
 
 impl Config {
+    /// Every upstream spoken to over TLS (`https://` in `ip_serverN`, a route's `servers` or its
+    /// `auth_url`), with the key that names it: what selects the event loops and loads the trust roots.
+    pub fn tls_upstreams(&self) -> impl Iterator<Item = (String, &BackendAddr)> {
+        let backends = self.backends.iter().enumerate().map(|(i, b)| (format!("ip_server{}", i + 1), b));
+        let routes = self.routes.iter().flat_map(|r| {
+            let servers = r.servers.iter().map(move |b| (format!("[route.{}] servers", r.name), b));
+            let auth = match &r.auth {
+                RouteAuth::Request(url) => Some((format!("[route.{}] auth_url", r.name), &url.server)),
+                _ => None,
+            };
+            servers.chain(auth)
+        });
+        backends.chain(routes).filter(|(_, b)| b.tls)
+    }
+
     /// Applies overrides from the environment (`PIBL_PURGE_INTERVAL`, a duration such as `30` or `2m`;
     /// `PIBL_DATABASE_URL`, a `database` value; `PIBL_JWT_SECRET`, the signing secret). The binary
     /// calls it after loading the file; tests leave it out.

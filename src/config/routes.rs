@@ -2,7 +2,7 @@
 //! their balancing, authentication and rate limits, and the CIDR lists of `deny`/`allow`.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use ini::Properties;
@@ -22,7 +22,8 @@ pub(super) const ROUTES_HELP: &str = "
 #   strip_prefix = false                  true: drop the prefix before forwarding
 #   auth = none                           or request (auth_request-style sub-request), jwt
 #   auth_url = http://127.0.0.1:5100/auth with auth = request: 2xx lets the request through,
-#                                         401/403 go back to the client (with WWW-Authenticate)
+#                                         401/403 go back to the client (with WWW-Authenticate);
+#                                         https:// is asked over TLS as https:// backends are
 #   auth_cache_secs = 0                   cache positive auth answers per credential this long
 #   rate_limit = 50/s                     per client IP on this route; rate_burst = 100
 #   health_path = /status                 checked on each server
@@ -128,7 +129,9 @@ impl Balance {
 pub struct AuthUrl {
     /// As written, for rendering.
     pub url: String,
-    pub addr: SocketAddr,
+    /// Where the sub-requests go: `http://` or `https://` (then TLS, checked as for `https://`
+    /// backends).
+    pub server: BackendAddr,
     /// `Host` of the sub-request.
     pub host: String,
     /// Path and query of the sub-request.
@@ -290,24 +293,18 @@ pub(super) fn parse_section(
 }
 
 fn parse_auth_url(url: &str) -> Result<AuthUrl, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url:?} must be an http:// URL (e.g. http://127.0.0.1:5100/auth)"))?;
+    let bad_scheme = || format!("{url:?} must be an http:// or https:// URL (e.g. http://127.0.0.1:5100/auth)");
+    let (scheme, rest) = url.split_once("://").ok_or_else(bad_scheme)?;
+    if !matches!(scheme, "http" | "https") {
+        return Err(bad_scheme());
+    }
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit())) {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
-    let addr = with_port
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {authority:?}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("cannot resolve {authority:?}"))?;
-    Ok(AuthUrl { url: url.to_string(), addr, host: authority.to_string(), path: path.to_string() })
+    // Read as an ip_serverN value is: port 80 or 443 when left out, a host name resolved now.
+    let server = BackendAddr::parse(&format!("{scheme}://{authority}")).map_err(|e| e.to_string())?;
+    Ok(AuthUrl { url: url.to_string(), server, host: authority.to_string(), path: path.to_string() })
 }
 
 /// `N/s` or `N/m` (N may be fractional); `off` or empty is no limit.
@@ -429,8 +426,13 @@ mod tests {
         let games = &config.routes[1];
         assert_eq!((games.name.as_str(), games.prefix.as_str(), games.servers.len()), ("games", "/games/", 3));
         let RouteAuth::Request(url) = &games.auth else { panic!("auth = request") };
-        assert_eq!((url.addr.port(), url.path.as_str(), url.host.as_str()), (5100, "/auth", "127.0.0.1:5100"));
+        assert_eq!((url.server.addr.port(), url.path.as_str(), url.host.as_str()), (5100, "/auth", "127.0.0.1:5100"));
+        assert!(!url.server.tls);
         assert_eq!(Config::from_ini_str(&config.to_ini(), "again.ini").unwrap(), config);
+        // https://: TLS, port 443 unless written; other schemes are refused.
+        let https = parse_auth_url("https://127.0.0.1/check?x=1").unwrap();
+        assert_eq!((https.server.tls, https.server.addr.port(), https.path.as_str()), (true, 443, "/check?x=1"));
+        assert!(parse_auth_url("ftp://127.0.0.1/auth").unwrap_err().contains("http:// or https://"));
     }
 
     #[test]

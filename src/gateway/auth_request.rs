@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::config::{AuthUrl, BackendAddr};
+use crate::config::AuthUrl;
 use crate::http::body::{self, Encoding, Source};
 use crate::http::buffer::{ReadBuf, WriteBatch};
 use crate::http::outbound::RequestHead;
@@ -52,7 +52,7 @@ pub struct AuthChecker {
 
 impl AuthChecker {
     pub fn new(url: &AuthUrl, cache_for: Duration, connect_timeout: Duration, io_timeout: Duration) -> AuthChecker {
-        let server = Backend::new(&BackendAddr::plain(url.url.clone(), url.addr), 32);
+        let server = Backend::new(&url.server, 32);
         AuthChecker {
             url: url.clone(),
             server,

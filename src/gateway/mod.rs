@@ -76,7 +76,7 @@ impl Gateway {
         routes.sort_by_key(|r| std::cmp::Reverse(r.config.prefix.len()));
         let auth_endpoints = routes
             .iter()
-            .filter_map(|r| r.auth.as_ref().map(|a| (a.url().addr, path_only(&a.url().path).to_string())))
+            .filter_map(|r| r.auth.as_ref().map(|a| (a.url().server.addr, path_only(&a.url().path).to_string())))
             .collect();
         Gateway {
             routes,

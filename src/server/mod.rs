@@ -31,7 +31,7 @@ use rustls::{ClientConfig, ServerConfig};
 
 use crate::cache::{Cache, Limits as CacheLimits};
 use crate::clock::Clock;
-use crate::config::{BackendAddr, Config, Engine};
+use crate::config::{Config, Engine};
 use crate::gateway::Gateway;
 use crate::http::request::{self, Limits};
 use crate::observe::access_log::AccessLog;
@@ -118,7 +118,7 @@ impl Server {
         // backend TLS settings of its configuration.
         let backend_tls = match tls.backend {
             Some(backend) => Some(backend),
-            None if tls_backends(&config).next().is_some() => {
+            None if config.tls_upstreams().next().is_some() => {
                 let trust = BackendTrust::from_keys(&config.backend_ca, config.backend_tls_verify);
                 Some(
                     backend_client_config(trust)
@@ -287,7 +287,7 @@ impl Server {
             return;
         }
         if self.shared.backend_tls.is_none() {
-            if let Some((key, _)) = tls_backends(config).next() {
+            if let Some((key, _)) = config.tls_upstreams().next() {
                 log::warn!("reload: {key} is https:// but pibl started without TLS backends; restart to reach it");
             }
         }
@@ -515,7 +515,7 @@ fn refuse_tls_on_threads(config: &Config, tls: &TlsPlane) -> io::Result<()> {
             ),
         ));
     }
-    if let Some((key, backend)) = tls_backends(config).next() {
+    if let Some((key, backend)) = config.tls_upstreams().next() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
@@ -533,12 +533,4 @@ fn refuse_tls_on_threads(config: &Config, tls: &TlsPlane) -> io::Result<()> {
         );
     }
     Ok(())
-}
-
-/// The `https://` backends of a configuration, with the key that names each.
-fn tls_backends(config: &Config) -> impl Iterator<Item = (String, &BackendAddr)> {
-    let backends = config.backends.iter().enumerate().map(|(i, b)| (format!("ip_server{}", i + 1), b));
-    let routes =
-        config.routes.iter().flat_map(|r| r.servers.iter().map(move |b| (format!("[route.{}] servers", r.name), b)));
-    backends.chain(routes).filter(|(_, b)| b.tls)
 }

@@ -59,7 +59,7 @@ impl Https {
         let store = Arc::new(CertStore::new(set));
         // The system roots are read only when some backend speaks TLS: a host without the
         // ca-certificates package can still serve HTTPS itself.
-        let tls_backends = config.backends.iter().chain(config.routes.iter().flat_map(|r| &r.servers)).any(|b| b.tls);
+        let tls_backends = config.tls_upstreams().next().is_some();
         let backend = if tls_backends || !config.backend_ca.as_os_str().is_empty() || !config.backend_tls_verify {
             let trust = BackendTrust::from_keys(&config.backend_ca, config.backend_tls_verify);
             Some(backend_client_config(trust).map_err(|e: CertError| e.to_string())?)

@@ -1,5 +1,6 @@
 //! `auth = request` inside a loop: the sub-request to a route's auth server is one more
-//! non-blocking exchange of the session (connect, write the head, read the answer's head), whose
+//! non-blocking exchange of the session (connect, TLS for an `https://` auth_url as for an
+//! `https://` backend, write the head, read the answer's head), whose
 //! answer the route's [`AuthChecker`] turns into a decision, exactly as the threaded engine's
 //! blocking check does. Each check opens its own connection (positive answers are cached per
 //! credential by the checker when `auth_cache_secs` is set).
@@ -20,6 +21,8 @@ use crate::proxy::dispatch::Dispatch;
 use crate::server::event_loop::answers::Record;
 use crate::server::event_loop::client::{read_into, Got, OutBuf};
 use crate::server::event_loop::env::{backend_token, Env};
+use crate::server::event_loop::exchange::over_tls;
+use crate::server::event_loop::transport::{buffer_limit, Transport};
 
 /// A request whose check ended before it began (no route checker, or no connection), with the
 /// decision that stands for the auth server's.
@@ -37,7 +40,7 @@ pub struct AuthProbe {
     pub rec: Record,
     pub route: Arc<Route>,
     pub dispatch: Dispatch<'static>,
-    stream: TcpStream,
+    stream: Transport,
     connected: bool,
     out: OutBuf,
     buf: ReadBuf,
@@ -58,16 +61,21 @@ impl AuthProbe {
             return Err((Box::new((req, rec, dispatch)), AuthDecision::Allow(None)));
         };
         let head = checker.sub_request(&req, dispatch.client);
-        let addr = checker.server().addr;
-        let unreachable = |e: io::Error| AuthDecision::Unavailable(format!("cannot reach {}: {e}", checker.url().url));
-        let mut stream = match TcpStream::connect(addr) {
+        let server = checker.server();
+        let unreachable = |e: String| AuthDecision::Unavailable(format!("cannot reach {}: {e}", checker.url().url));
+        let mut stream = match TcpStream::connect(server.addr) {
             Ok(stream) => stream,
-            Err(e) => return Err((Box::new((req, rec, dispatch)), unreachable(e))),
+            Err(e) => return Err((Box::new((req, rec, dispatch)), unreachable(e.to_string()))),
         };
         let interest = Interest::READABLE | Interest::WRITABLE;
         if let Err(e) = env.registry.register(&mut stream, backend_token(slot), interest) {
-            return Err((Box::new((req, rec, dispatch)), unreachable(e)));
+            return Err((Box::new((req, rec, dispatch)), unreachable(e.to_string())));
         }
+        let limit = buffer_limit(env.shared.config.buffer_size);
+        let stream = match over_tls(server, stream, env.shared.backend_tls.as_ref(), limit) {
+            Ok(stream) => stream,
+            Err(what) => return Err((Box::new((req, rec, dispatch)), unreachable(what))),
+        };
         let mut out = OutBuf::default();
         out.extend(&head);
         Ok(AuthProbe {
@@ -87,9 +95,9 @@ impl AuthProbe {
     pub fn advance(&mut self) -> Probe {
         let url = self.route.auth.as_ref().map_or("", |c| c.url().url.as_str());
         if !self.connected {
-            let failed = match self.stream.take_error() {
+            let failed = match self.stream.sock().take_error() {
                 Ok(Some(e)) | Err(e) => Some(e),
-                Ok(None) => match self.stream.peer_addr() {
+                Ok(None) => match self.stream.sock().peer_addr() {
                     Ok(_) => None,
                     Err(e) if e.kind() == io::ErrorKind::NotConnected => return Probe::Waiting,
                     Err(e) => Some(e),
@@ -100,10 +108,12 @@ impl AuthProbe {
             }
             self.connected = true;
         }
-        if let Err(e) = self.out.write_to(&mut self.stream) {
+        // Over TLS the handshake moves as the head is written, and what rustls still holds goes out.
+        let sent = self.out.write_to(&mut self.stream).and_then(|_| self.stream.flush_out());
+        if let Err(e) = sent {
             return Probe::Decided(AuthDecision::Unavailable(format!("auth server: sending failed: {e}")));
         }
-        if !self.out.is_empty() {
+        if !self.out.is_empty() || self.stream.pending_out() {
             return Probe::Waiting;
         }
         loop {

@@ -1030,7 +1030,7 @@ fn quiet(mut stream: Transport) -> Option<Transport> {
 
 /// The connection as the backend speaks: plain, or TLS asking for its host name (sent as SNI
 /// unless it is an address) with the backend trust settings (`backend_ca`, `backend_tls_verify`).
-fn over_tls(
+pub fn over_tls(
     backend: &Backend,
     stream: TcpStream,
     config: Option<&Arc<ClientConfig>>,
