@@ -60,6 +60,12 @@ impl ReadBuf {
     /// end of stream). Call only when `len() < max`.
     pub fn fill_from<R: Read + ?Sized>(&mut self, src: &mut R, step: usize, max: usize) -> io::Result<usize> {
         debug_assert!(self.len() < max);
+        if self.start == self.end && self.data.len() < step.min(max) {
+            // Empty but smaller than a step (a spare lent from a shorter read): one step's room,
+            // so a large body is still read a whole step at a time.
+            (self.start, self.end) = (0, 0);
+            self.data.resize(step.min(max), 0);
+        }
         if self.end == self.data.len() {
             if self.start > 0 {
                 self.data.copy_within(self.start..self.end, 0);
@@ -75,6 +81,42 @@ impl ReadBuf {
         let n = src.read(&mut self.data[self.end..self.end + room])?;
         self.end += n;
         Ok(n)
+    }
+}
+
+/// Read buffers given back empty, kept by one event loop for its next reads: a request then reuses
+/// an allocation whose bytes are already initialised instead of allocating and zeroing a fresh
+/// one, while an idle connection still holds no buffer. Bounded in count and in size.
+#[derive(Debug, Default)]
+pub struct SpareBuffers {
+    bufs: Vec<Vec<u8>>,
+}
+
+impl SpareBuffers {
+    /// Buffers kept at most.
+    const KEEP: usize = 32;
+    /// Larger buffers (grown for a large body) are freed, not kept.
+    const LARGEST: usize = 64 * 1024;
+
+    /// Gives `buf` a kept allocation if it has none.
+    pub fn lend(&mut self, buf: &mut ReadBuf) {
+        if buf.data.is_empty() {
+            if let Some(data) = self.bufs.pop() {
+                *buf = ReadBuf { data, start: 0, end: 0 };
+            }
+        }
+    }
+
+    /// Takes `buf`'s allocation back while `buf` is empty (freeing it when enough are kept).
+    pub fn keep(&mut self, buf: &mut ReadBuf) {
+        if !buf.is_empty() || buf.data.is_empty() {
+            return;
+        }
+        let data = std::mem::take(&mut buf.data);
+        *buf = ReadBuf::default();
+        if self.bufs.len() < Self::KEEP && data.len() <= Self::LARGEST {
+            self.bufs.push(data);
+        }
     }
 }
 
@@ -132,6 +174,36 @@ impl<W: Write> Write for WriteBatch<'_, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spare_buffers_are_lent_whole_kept_only_empty_and_bounded() {
+        let mut spare = SpareBuffers::default();
+        let mut buf = ReadBuf::new();
+        let mut src: &[u8] = b"0123456789";
+        buf.fill_from(&mut src, 4, 64).unwrap();
+        spare.keep(&mut buf);
+        assert_eq!(spare.bufs.len(), 0, "a buffer with unread bytes stays with its owner");
+        buf.consume(buf.len());
+        spare.keep(&mut buf);
+        assert_eq!((spare.bufs.len(), buf.data.len()), (1, 0), "an empty one is taken, its owner holds nothing");
+
+        // Lent to a read whose step is larger: it grows to one step, so large reads stay large.
+        let mut other = ReadBuf::new();
+        spare.lend(&mut other);
+        assert_eq!((spare.bufs.len(), other.data.len()), (0, 4));
+        let mut src: &[u8] = &[7u8; 100];
+        assert_eq!(other.fill_from(&mut src, 32, 1024).unwrap(), 32);
+
+        // A buffer grown past the largest kept size is freed, and no more than KEEP are kept.
+        let mut big = ReadBuf { data: vec![0; SpareBuffers::LARGEST + 1], start: 0, end: 0 };
+        spare.keep(&mut big);
+        assert!(spare.bufs.is_empty());
+        for _ in 0..SpareBuffers::KEEP + 3 {
+            let mut small = ReadBuf { data: vec![0; 16], start: 0, end: 0 };
+            spare.keep(&mut small);
+        }
+        assert_eq!(spare.bufs.len(), SpareBuffers::KEEP);
+    }
 
     #[test]
     fn fill_grows_to_ceiling_and_compacts() {

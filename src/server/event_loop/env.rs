@@ -8,6 +8,7 @@ use std::time::Instant;
 use mio::{Registry, Token, Waker};
 use parking_lot::Mutex;
 
+use crate::http::buffer::SpareBuffers;
 use crate::server::event_loop::timers::Owner;
 use crate::server::event_loop::upstream_pool::UpstreamPool;
 use crate::server::shared::Shared;
@@ -66,6 +67,8 @@ pub struct Env<'a> {
     pub shared: &'a Shared,
     pub registry: &'a Registry,
     pub pool: &'a mut UpstreamPool,
+    /// The loop's emptied read buffers, lent to the next reads.
+    pub spare: &'a mut SpareBuffers,
     pub inbox: &'a Arc<Inbox>,
     /// Real time at the wake-up, for socket deadlines.
     pub now: Instant,

@@ -294,6 +294,7 @@ impl Exchange {
 
     /// Moves the exchange as far as the sockets allow.
     pub fn advance(&mut self, client: &mut Client, env: &mut Env<'_>) -> Advance {
+        env.spare.lend(&mut self.from_backend);
         match self.phase {
             Phase::Collect => self.collect(client, env),
             Phase::Connect => self.connect(client, env),

@@ -44,6 +44,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Waker};
 use rustls::ServerConfig;
 
+use crate::http::buffer::SpareBuffers;
 use crate::observe::metrics::{unix_secs, DEFAULT_ROUTE};
 use crate::server::shared::Shared;
 use crate::tls::plain::hsts_header;
@@ -169,6 +170,8 @@ struct EventLoop {
     accept_paused: bool,
     last_purge: Instant,
     inbox: Arc<Inbox>,
+    /// Read buffers given back by this loop's sessions, lent to the next reads.
+    spare: SpareBuffers,
     /// Sessions whose turn ended while they were still moving ([`Verdict::Yield`]): driven again
     /// after the next poll, which then does not wait.
     again: Vec<Owner>,
@@ -199,6 +202,7 @@ impl EventLoop {
             accept_paused: false,
             last_purge: Instant::now(),
             inbox,
+            spare: SpareBuffers::default(),
             again: Vec::new(),
         }
     }
@@ -374,10 +378,10 @@ impl EventLoop {
 
     /// Runs a session after an event (`timer` is `None`) or when one of its timer entries is due.
     fn serve(&mut self, slot: usize, timer: Option<(Instant, u64)>) {
-        let EventLoop { poll, shared, sessions, pool, inbox, .. } = self;
+        let EventLoop { poll, shared, sessions, pool, inbox, spare, .. } = self;
         let Some(Some(entry)) = sessions.get_mut(slot) else { return };
         let now = Instant::now();
-        let mut env = Env { shared, registry: poll.registry(), pool, inbox, now };
+        let mut env = Env { shared, registry: poll.registry(), pool, spare, inbox, now };
         if let Some((at, generation)) = timer {
             // Only the entry the session armed counts; an earlier one it replaced is dropped.
             if generation != entry.generation || entry.session.armed != Some(at) {
@@ -420,9 +424,9 @@ impl EventLoop {
 
     /// After a step: arms the session's deadline and keeps the parked count right.
     fn settle(&mut self, slot: usize) {
-        let EventLoop { poll, shared, sessions, pool, timers, inbox, .. } = self;
+        let EventLoop { poll, shared, sessions, pool, timers, inbox, spare, .. } = self;
         let Some(Some(entry)) = sessions.get_mut(slot) else { return };
-        let env = Env { shared, registry: poll.registry(), pool, inbox, now: Instant::now() };
+        let env = Env { shared, registry: poll.registry(), pool, spare, inbox, now: Instant::now() };
         let deadline = entry.session.deadline(&env);
         timers.arm(Owner { slot, generation: entry.generation }, &mut entry.session.armed, deadline);
         let parked = entry.session.is_parked();
@@ -439,9 +443,9 @@ impl EventLoop {
     }
 
     fn close(&mut self, slot: usize) {
-        let EventLoop { poll, shared, sessions, pool, inbox, .. } = self;
+        let EventLoop { poll, shared, sessions, pool, inbox, spare, .. } = self;
         let Some(mut entry) = sessions.get_mut(slot).and_then(Option::take) else { return };
-        let env = Env { shared, registry: poll.registry(), pool, inbox, now: Instant::now() };
+        let env = Env { shared, registry: poll.registry(), pool, spare, inbox, now: Instant::now() };
         // Recording must not take the loop down either.
         let _ = panic::catch_unwind(AssertUnwindSafe(|| entry.session.on_close(&env)));
         entry.session.client.transport.close();

@@ -305,13 +305,15 @@ impl Session {
         if shared.is_shutting_down() {
             return Err(());
         }
+        env.spare.lend(&mut self.client.cin);
         match self.client.read(config.buffer_size, config.max_header_bytes, env.now) {
             Got::Bytes(_) => {
                 self.head_started.get_or_insert(env.now);
                 Ok(true)
             }
             Got::WouldBlock => {
-                self.client.cin.release();
+                // An idle keep-alive connection holds no buffer; the loop keeps it for the next read.
+                env.spare.keep(&mut self.client.cin);
                 Ok(false)
             }
             Got::Eof | Got::Failed(_) => Err(()),
@@ -362,8 +364,11 @@ impl Session {
             Advance::Close => Err(()),
             Advance::Finished { keep } => {
                 // Only a client that may still be sending (an unread body) needs the lingering close.
-                let unread = match &self.state {
-                    State::Exchange(ex) => ex.input_pending(),
+                let unread = match &mut self.state {
+                    State::Exchange(ex) => {
+                        env.spare.keep(&mut ex.from_backend);
+                        ex.input_pending()
+                    }
                     _ => false,
                 };
                 if !keep && (unread || !self.client.cin.is_empty()) {
