@@ -69,6 +69,14 @@ impl Decoder {
         self.total
     }
 
+    /// Bytes of a `Content-Length` body still to come; `None` for other framings.
+    pub fn known_remaining(&self) -> Option<u64> {
+        match self.state {
+            State::Length(left) => Some(left),
+            _ => None,
+        }
+    }
+
     /// Decodes from the start of `input` as far as one framing element goes.
     pub fn step(&mut self, input: &[u8]) -> Result<Step, BodyError> {
         let none = |consumed| Ok(Step { consumed, data: 0..0 });

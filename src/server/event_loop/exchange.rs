@@ -211,6 +211,8 @@ pub struct Exchange {
     unanswered: Option<ForwardError>,
     /// The answer is read whole, stored, and served from the stored copy.
     fill: bool,
+    /// The client's buffer waits for the short rest of a body before it is written (see `relay`).
+    hold_for_tail: bool,
 }
 
 impl Exchange {
@@ -267,6 +269,7 @@ impl Exchange {
             retried_elsewhere: false,
             unanswered: None,
             fill: false,
+            hold_for_tail: false,
         })
     }
 
@@ -781,7 +784,7 @@ impl Exchange {
         // What the client has not taken yet goes first, so the buffer holds one window at most;
         // except when body bytes are already at hand (they came in the read that brought the head):
         // they join the head first, and a small answer goes out in one write instead of two.
-        if self.from_backend.is_empty() {
+        if self.from_backend.is_empty() && !self.hold_for_tail {
             match client.flush(env.now) {
                 Ok(wrote) => progress |= wrote,
                 Err(_) => {
@@ -811,6 +814,14 @@ impl Exchange {
                         self.from_backend.consume(step.consumed);
                         progress |= step.consumed > 0;
                         starved = step.consumed == 0;
+                        // What is left of a known length, when it is at most one more read, is read
+                        // before the buffer goes out: a body one window long (64 KiB, whose head
+                        // pushed its last bytes into a second read) then leaves in one write, so
+                        // the client is woken once. Bounded: two windows in the client's buffer.
+                        let unread =
+                            decoder.known_remaining().map(|left| left.saturating_sub(self.from_backend.len() as u64));
+                        self.hold_for_tail = matches!(unread, Some(left) if left > 0 && left <= window as u64)
+                            && client.cout.pending() < window;
                     }
                     Err(e) => return self.broke_off(client, env, e),
                 }
@@ -823,7 +834,8 @@ impl Exchange {
                         self.backend_seen = env.now;
                         progress = true;
                     }
-                    Got::WouldBlock => {}
+                    // Nothing more yet: what is at hand goes out now.
+                    Got::WouldBlock => self.hold_for_tail = false,
                     Got::Eof => {
                         if let Err(e) = decoder.finish_at_eof() {
                             return self.broke_off(client, env, e);
@@ -848,6 +860,11 @@ impl Exchange {
             self.record(env);
             return Advance::Finished { keep: self.keep_client };
         }
+        if self.hold_for_tail && progress {
+            // Called again at once for the rest (a call that moves nothing always writes).
+            return Advance::Progress;
+        }
+        self.hold_for_tail = false;
         match client.flush(env.now) {
             Ok(wrote) => progress |= wrote,
             Err(_) => {

@@ -175,6 +175,8 @@ struct EventLoop {
     /// Sessions whose turn ended while they were still moving ([`Verdict::Yield`]): driven again
     /// after the next poll, which then does not wait.
     again: Vec<Owner>,
+    /// The slots one poll found ready, each served once however many of its sockets had events.
+    ready: Vec<usize>,
 }
 
 impl EventLoop {
@@ -204,6 +206,7 @@ impl EventLoop {
             inbox,
             spare: SpareBuffers::default(),
             again: Vec::new(),
+            ready: Vec::new(),
         }
     }
 
@@ -234,20 +237,27 @@ impl EventLoop {
                 }
                 continue;
             }
+            // A session is driven until it waits, so one turn per poll serves both of its sockets;
+            // driving it again for its second event would only repeat reads that find nothing.
+            let mut ready = std::mem::take(&mut self.ready);
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(false),
                     TLS_LISTENER => self.accept(true),
                     WAKER => {
-                        for owner in self.inbox.take() {
-                            if self.owns(owner) {
-                                self.serve(owner.slot, None);
-                            }
-                        }
+                        let woken = self.inbox.take();
+                        ready.extend(woken.into_iter().filter(|&owner| self.owns(owner)).map(|owner| owner.slot));
                     }
-                    token => self.serve(slot_of(token), None),
+                    token => ready.push(slot_of(token)),
                 }
             }
+            ready.sort_unstable();
+            ready.dedup();
+            for &slot in &ready {
+                self.serve(slot, None);
+            }
+            ready.clear();
+            self.ready = ready;
             if self.accept_paused {
                 self.accept_both();
             }
