@@ -35,6 +35,7 @@ use crate::config::{Config, Engine};
 use crate::gateway::Gateway;
 use crate::http::request::{self, Limits};
 use crate::observe::access_log::AccessLog;
+use crate::observe::logging::Throttled;
 use crate::observe::metrics::Metrics;
 use crate::proxy;
 use crate::proxy::context::{Outcome, Scratch};
@@ -376,6 +377,7 @@ fn parker_tick(config: &Config) -> Duration {
 
 fn accept_loop(listener: &TcpListener, shared: &Shared, ready: &Sender<Conn>) {
     let config = &shared.config;
+    let mut failures = Throttled::new(event_loop::ACCEPT_FAILURE_LOG_EVERY);
     while !shared.is_shutting_down() {
         if !shared.conns.wait_below(config.max_conn, Duration::from_millis(100)) {
             continue;
@@ -385,7 +387,7 @@ fn accept_loop(listener: &TcpListener, shared: &Shared, ready: &Sender<Conn>) {
             Err(e) => {
                 if !shared.is_shutting_down() {
                     // Out of descriptors or a transient network error: back off instead of spinning.
-                    log::warn!("accept failed: {e}");
+                    failures.warn(Instant::now(), format_args!("accept failed: {e}"));
                     thread::sleep(Duration::from_millis(10));
                 }
                 continue;

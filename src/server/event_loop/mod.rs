@@ -45,6 +45,7 @@ use mio::{Events, Interest, Poll, Waker};
 use rustls::ServerConfig;
 
 use crate::http::buffer::SpareBuffers;
+use crate::observe::logging::Throttled;
 use crate::observe::metrics::{unix_secs, DEFAULT_ROUTE};
 use crate::server::shared::Shared;
 use crate::tls::plain::hsts_header;
@@ -62,6 +63,8 @@ const EVENTS: usize = 1024;
 const ACCEPT_RETRY: Duration = Duration::from_millis(20);
 /// How often idle pooled backend connections are aged out.
 const POOL_PURGE: Duration = Duration::from_secs(1);
+/// At most one "accept failed" line per loop in this time while the failure lasts.
+pub const ACCEPT_FAILURE_LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// The TLS listener (`tls_port`) and the rustls configuration its handshakes use.
 pub struct TlsListener {
@@ -177,6 +180,8 @@ struct EventLoop {
     again: Vec<Owner>,
     /// The slots one poll found ready, each served once however many of its sockets had events.
     ready: Vec<usize>,
+    /// "accept failed" once per interval while it lasts (it is retried every tick).
+    accept_failures: Throttled,
 }
 
 impl EventLoop {
@@ -207,6 +212,7 @@ impl EventLoop {
             spare: SpareBuffers::default(),
             again: Vec::new(),
             ready: Vec::new(),
+            accept_failures: Throttled::new(ACCEPT_FAILURE_LOG_EVERY),
         }
     }
 
@@ -323,7 +329,7 @@ impl EventLoop {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // Out of descriptors or a transient network error: try again on the next tick.
-                    log::warn!("accept failed: {e}");
+                    self.accept_failures.warn(Instant::now(), format_args!("accept failed: {e}"));
                     self.accept_paused = true;
                     return;
                 }
@@ -458,7 +464,6 @@ impl EventLoop {
         let env = Env { shared, registry: poll.registry(), pool, spare, inbox, now: Instant::now() };
         // Recording must not take the loop down either.
         let _ = panic::catch_unwind(AssertUnwindSafe(|| entry.session.on_close(&env)));
-        entry.session.client.transport.close();
         if entry.parked {
             shared.loop_parked.fetch_sub(1, Ordering::Relaxed);
         }

@@ -153,23 +153,12 @@ impl Transport {
         }
         self.sock().shutdown(Shutdown::Write)
     }
-
-    /// Before the connection is dropped: an established TLS connection says `close_notify`, as far
-    /// as the socket takes it at once (the peer learns the end was meant, not a truncation).
-    pub fn close(&mut self) {
-        if let Transport::Tls(tls) = self {
-            if tls.handshake == Handshake::Done {
-                tls.notify_close();
-                let _ = tls.flush_tls();
-            }
-        }
-    }
 }
 
 impl Drop for Tls {
-    /// A connection dropped without [`Transport::close`] (a backend connection done with or broken
-    /// off, a pooled one past its age) still says `close_notify` as far as the socket takes it, so
-    /// the backend can tell a meant end from a truncation.
+    /// A connection pibl is done with (a client session closed, a backend connection done with or
+    /// broken off, a pooled one past its age) says `close_notify` as far as the socket takes it at
+    /// once, so the peer can tell a meant end from a truncation.
     fn drop(&mut self) {
         if self.handshake == Handshake::Done {
             self.notify_close();
