@@ -52,7 +52,7 @@ fn check_config_accepts_a_valid_file_and_creates_nothing() {
         text(&out.stdout),
         format!(
             "configuration file {path_arg} is valid\n\
-             listen 127.0.0.1:8081, 2 backends, 4 threads, access log json to {}\n",
+             listen 127.0.0.1:8081, 2 backends, 4 event loops, access log json to {}\n",
             log.display()
         )
     );
@@ -63,12 +63,19 @@ fn check_config_accepts_a_valid_file_and_creates_nothing() {
     let minimal = dir.file("minimal.ini", "[DEFAULT]\nip_server1 = 127.0.0.1:9001\n");
     let out = proxy(&["-t", "-c", minimal.to_str().expect("UTF-8")]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // The event loops, one per core unless `threads` says; the threaded engine only when asked for.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let loops = if cores == 1 { "1 event loop".to_string() } else { format!("{cores} event loops") };
     assert!(
         text(&out.stdout)
-            .ends_with("\nlisten 0.0.0.0:8080, 1 backend, 64 threads, access log seed to the log (stderr)\n"),
+            .ends_with(&format!("\nlisten 0.0.0.0:8080, 1 backend, {loops}, access log seed to the log (stderr)\n")),
         "{}",
         text(&out.stdout)
     );
+    let threaded = dir.file("threaded.ini", "[DEFAULT]\nengine = threads\nip_server1 = 127.0.0.1:9001\n");
+    let out = proxy(&["-t", "-c", threaded.to_str().expect("UTF-8")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(", 1 backend, 64 worker threads (engine = threads), "), "{}", text(&out.stdout));
 }
 
 #[test]
@@ -115,7 +122,7 @@ fn check_config_rejects_bad_files_with_status_2() {
     let bad_arg = bad.to_str().expect("UTF-8");
     let out = proxy(&["--check-config", "--config", bad_arg]);
     assert_eq!(out.status.code(), Some(2));
-    assert_eq!(text(&out.stderr), format!("{bad_arg}:3: threads: \"many\" is not a whole number (1-1024)\n"));
+    assert_eq!(text(&out.stderr), format!("{bad_arg}:3: threads: \"many\" is not a whole number (1-1024), or auto\n"));
     assert!(out.stdout.is_empty());
 
     let nowhere = dir.0.join("no-such-dir");

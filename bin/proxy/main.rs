@@ -17,7 +17,7 @@ use signal_hook::consts::{SIGHUP, SIGTERM, SIGUSR1};
 use demo::DemoBackend;
 use pibl::api::json::check_email;
 use pibl::clock::Clock;
-use pibl::config::{BackendAddr, Config};
+use pibl::config::{BackendAddr, Config, Engine};
 use pibl::store::admins::{self, Added};
 use pibl::store::Database;
 use pibl::store::{Durability, Store};
@@ -494,11 +494,11 @@ fn check_config(path: &Path, config: &Config) -> ExitCode {
     }
     println!("configuration file {} is valid", path.display());
     println!(
-        "listen {}, {} backend{}, {} threads, access log {}",
+        "listen {}, {} backend{}, {}, access log {}",
         SocketAddr::new(config.bind, config.port),
         config.backends.len(),
         if config.backends.len() == 1 { "" } else { "s" },
-        config.threads,
+        describe_workers(config),
         if config.access_log {
             format!("{} to {}", config.access_log_format.name(), config.access_log_file.describe())
         } else {
@@ -515,13 +515,25 @@ fn file_advice(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path).map(|text| pibl::config::advice(&text, &label)).unwrap_or_default()
 }
 
+/// "2 event loops" or "64 worker threads (engine = threads)".
+fn describe_workers(config: &Config) -> String {
+    let count = config.thread_count();
+    let plural = if count == 1 { "" } else { "s" };
+    match config.engine {
+        Engine::Loops => format!("{count} event loop{plural}"),
+        Engine::Threads => format!("{count} worker thread{plural} (engine = threads)"),
+    }
+}
+
 fn startup_summary(config: &Config) -> Vec<String> {
     let backends: Vec<&str> = config.backends.iter().map(|b| b.name.as_str()).collect();
     vec![
         format!("backends (round-robin): {}", backends.join(", ")),
         format!(
-            "workers: {} threads, max_conn {}, buffer_size {} B, header_timeout {:?}, keepalive_timeout {:?}, backend_timeout {:?}",
-            config.threads, config.max_conn, config.buffer_size, config.header_timeout, config.keepalive_timeout, config.backend_timeout
+            "workers: {}, max_conn {}, buffer_size {} B, header_timeout {:?}, keepalive_timeout {:?}, backend_timeout {:?}",
+            describe_workers(config),
+            config.max_conn,
+            config.buffer_size, config.header_timeout, config.keepalive_timeout, config.backend_timeout
         ),
         if config.ttl.is_zero() {
             "cache: off (ttl = 0)".to_string()

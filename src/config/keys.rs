@@ -4,7 +4,7 @@
 
 use super::access_log::{parse_access_log_file, parse_access_log_format, render_access_log_file};
 use super::routes::{parse_nets, parse_rate, render_nets, render_rate, RateLimit};
-use super::settings::{Config, Engine};
+use super::settings::{Config, Engine, THREADS_AUTO};
 use super::settings::{LockoutScope, MetricsAuth};
 use super::tls::parse_names;
 use super::values::{
@@ -47,6 +47,14 @@ fn parse_app_prefix(v: &str) -> Result<String, String> {
         return Err(format!("{v:?} is not a path such as /apps/ (letters, digits, '-', '_', '.', '~')"));
     }
     Ok(if segments.is_empty() { String::new() } else { format!("/{}/", segments.join("/")) })
+}
+
+/// `threads`: a count, or `auto` for the engine's own default.
+fn parse_threads(v: &str) -> Result<usize, String> {
+    match v.trim() {
+        "auto" => Ok(THREADS_AUTO),
+        _ => parse_count(v, 1, 1024).map_err(|e| format!("{e}, or auto")),
+    }
 }
 
 fn parse_engine(v: &str) -> Result<Engine, String> {
@@ -110,21 +118,24 @@ pub(super) const LAYOUT: &[Entry] = &[
     Entry::Group("Workers and limits"),
     Entry::Key(KeySpec {
         name: "engine",
-        help: "How connections are served: threads = blocking worker threads (the default);\n\
-               loops = one event loop per thread owning its client and backend sockets\n\
-               (and WebSocket/Upgrade tunnels and HTTPS, which threads does not serve).\n\
-               Without this line, tls_port selects loops.",
+        help: "How connections are served: loops = one event loop per thread owning its client and\n\
+               backend sockets, with WebSocket/Upgrade tunnels and HTTPS (the default); threads =\n\
+               blocking worker threads, the engine before loops: no HTTPS, no WebSocket, more CPU\n\
+               per proxied request. Files written by earlier versions of parser say threads.",
         apply: |c, v| parse_engine(v).map(|x| c.engine = x),
         render: |c| c.engine.name().to_string(),
     }),
     Entry::Key(KeySpec {
         name: "threads",
-        help: "Worker threads (1-1024). engine = threads: each forwards one request at a time, so this\n\
-               is how many requests can wait on backends at once; idle keep-alive clients hold no\n\
-               thread. engine = loops: the number of event loops, each serving any number of\n\
-               connections; without this line, the number of cores.",
-        apply: |c, v| parse_count(v, 1, 1024).map(|x| c.threads = x),
-        render: |c| c.threads.to_string(),
+        help: "Threads serving connections (1-1024, or auto). engine = loops: the number of event\n\
+               loops, each serving any number of connections; auto = one per core, which is what\n\
+               they need (more only add switching). engine = threads: blocking workers, each\n\
+               forwarding one request at a time; auto = 64.",
+        apply: |c, v| parse_threads(v).map(|x| c.threads = x),
+        render: |c| match c.threads {
+            THREADS_AUTO => "auto".to_string(),
+            count => count.to_string(),
+        },
     }),
     Entry::Key(KeySpec {
         name: "max_conn",

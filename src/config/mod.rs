@@ -30,7 +30,7 @@ mod values;
 pub use access_log::{AccessLogFormat, AccessLogTarget};
 pub use error::{ConfigError, ValueError};
 pub use routes::{AuthUrl, Balance, IpNet, RateLimit, RouteAuth, RouteConfig};
-pub use settings::{Config, Engine, LockoutScope, MetricsAuth, DEFAULT_ENDPOINT_ALLOW, LETS_ENCRYPT};
+pub use settings::{Config, Engine, LockoutScope, MetricsAuth, DEFAULT_ENDPOINT_ALLOW, LETS_ENCRYPT, THREADS_AUTO};
 pub use tls::{TlsSite, TLS_SITE_KEYS};
 pub use values::BackendAddr;
 
@@ -198,30 +198,18 @@ impl Config {
                 "needs tls_port: the redirects point at the HTTPS listener's port".to_string(),
             ));
         }
-        // TLS is spoken by the event loops alone: tls_port or an https:// backend selects them unless
-        // the file insists.
+        // TLS is spoken by the event loops alone; the threaded engine is only had by asking for it.
         let tls_backend = config.tls_upstreams().next().is_some();
         if (config.tls_port != 0 || tls_backend) && config.engine == Engine::Threads {
-            if first_line.contains_key("engine") {
-                let what = match config.tls_port {
-                    0 => "threads speaks no TLS to https:// backends",
-                    _ => "threads has no HTTPS listener (tls_port is set)",
-                };
-                return Err(invalid(
-                    pair_line("engine"),
-                    "engine",
-                    format!(
-                        "{what}; use engine = loops, or remove this line: tls_port and https:// backends \
-                         select the loops"
-                    ),
-                ));
-            }
-            config.engine = Engine::Loops;
-        }
-        // `threads` counts event loops under engine = loops, where one per core is what they need;
-        // the default of 64 is sized for blocking workers.
-        if config.engine == Engine::Loops && !first_line.contains_key("threads") {
-            config.threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let what = match config.tls_port {
+                0 => "threads speaks no TLS to https:// backends",
+                _ => "threads has no HTTPS listener (tls_port is set)",
+            };
+            return Err(invalid(
+                pair_line("engine"),
+                "engine",
+                format!("{what}; use engine = loops, or remove this line (loops is the default)"),
+            ));
         }
         Ok(config)
     }
@@ -406,6 +394,29 @@ mod tests {
             Ok(config) => panic!("expected an error, got {config:?}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn the_event_loops_are_the_default_and_threads_auto_sizes_each_engine() {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let load = |text: &str| Config::from_ini_str(&format!("[DEFAULT]\n{text}"), "x");
+        // No engine line (every file written before there was one): the loops, one per core.
+        let plain = load("port = 8080\n").unwrap();
+        assert_eq!((plain.engine, plain.threads, plain.thread_count()), (super::Engine::Loops, THREADS_AUTO, cores));
+        // A file that asks for the threaded engine keeps it, with its 64 workers unless it says.
+        let threads = load("engine = threads\n").unwrap();
+        assert_eq!((threads.engine, threads.thread_count()), (super::Engine::Threads, 64));
+        let counted = load("engine = threads\nthreads = 16\n").unwrap();
+        assert_eq!(counted.thread_count(), 16);
+        // A count is taken as written under either engine (an old `threads = 64` starts 64 loops).
+        assert_eq!(load("threads = 64\n").unwrap().thread_count(), 64);
+        assert_eq!(load("threads = auto\nengine = loops\n").unwrap().thread_count(), cores);
+        let zero = err("[DEFAULT]\nthreads = 0\n");
+        assert!(zero.contains("out of range (1-1024), or auto"), "{zero}");
+        // The threaded engine has no TLS: asking for both is refused, naming the way out.
+        let refused = err("[DEFAULT]\nengine = threads\ntls_port = 8443\ntls_cert = c.pem\ntls_key = k.pem\n");
+        assert!(refused.contains("engine: threads has no HTTPS listener"), "{refused}");
+        assert!(refused.contains("loops is the default"), "{refused}");
     }
 
     #[test]

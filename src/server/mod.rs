@@ -198,8 +198,8 @@ impl Server {
             });
         }
 
-        let mut workers = Vec::with_capacity(shared.config.threads);
-        for i in 0..shared.config.threads {
+        let mut workers = Vec::with_capacity(shared.config.thread_count());
+        for i in 0..shared.config.thread_count() {
             let (shared, rx, done) = (Arc::clone(&shared), ready_rx.clone(), done_tx.clone());
             workers.push(thread::Builder::new().name(format!("pibl-worker-{i}")).spawn(move || {
                 worker_loop(&shared, &rx);

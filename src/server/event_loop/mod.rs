@@ -79,16 +79,25 @@ pub struct Loops {
 }
 
 impl Loops {
-    /// Starts `shared.config.threads` loops, each accepting on its own handle of `listener` (and
+    /// Starts `shared.config.thread_count()` loops, each accepting on its own handle of `listener` (and
     /// of the TLS listener, when there is one).
     pub fn start(listener: StdListener, tls: Option<TlsListener>, shared: &Arc<Shared>) -> io::Result<Loops> {
         listener.set_nonblocking(true)?;
         if let Some(tls) = &tls {
             tls.listener.set_nonblocking(true)?;
         }
+        let cores = thread::available_parallelism().map_or(1, |n| n.get());
+        let count = shared.config.thread_count().max(1);
+        if count > 4 * cores {
+            // A file written for the threaded engine (threads = 64) still starts, but says so.
+            log::warn!(
+                "threads = {count} starts {count} event loops on {cores} core(s); each serves any number of \
+                 connections, so one per core is enough (threads = auto)"
+            );
+        }
         let (done_tx, done) = crossbeam_channel::unbounded();
         let mut loops = Loops { wakers: Vec::new(), handles: Vec::new(), done };
-        for i in 0..shared.config.threads.max(1) {
+        for i in 0..count {
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
             let mut own = TcpListener::from_std(listener.try_clone()?);
