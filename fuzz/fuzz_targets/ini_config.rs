@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
+use pibl::config::THREADS_AUTO;
 use pibl::http::request::HEADER_CAPACITY;
 use pibl::Config;
 
@@ -22,7 +23,9 @@ pibl_fuzz::no_dns!();
 const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 
 fn check_bounds(c: &Config) {
-    assert!((1..=1024).contains(&c.threads), "threads {}", c.threads);
+    // `threads = auto` is kept as such (and written back as `auto`); what starts is a count.
+    assert!(c.threads == THREADS_AUTO || (1..=1024).contains(&c.threads), "threads {}", c.threads);
+    assert!(c.thread_count() >= 1, "{} threads start", c.thread_count());
     assert!((1..=1_000_000).contains(&c.max_conn));
     assert!((1024..=1 << 20).contains(&c.buffer_size));
     assert!((1024..=1 << 20).contains(&c.max_header_bytes));
