@@ -98,13 +98,20 @@ impl SpareBuffers {
     /// Larger buffers (grown for a large body) are freed, not kept.
     const LARGEST: usize = 64 * 1024;
 
-    /// Gives `buf` a kept allocation if it has none.
-    pub fn lend(&mut self, buf: &mut ReadBuf) {
-        if buf.data.is_empty() {
-            if let Some(data) = self.bufs.pop() {
-                *buf = ReadBuf { data, start: 0, end: 0 };
-            }
+    /// Gives `buf` a kept allocation if it has none: the smallest of at least `step` bytes (what
+    /// its next read asks for), else the largest. A smaller one would be grown, reallocated and
+    /// zero-filled on the read, which is what keeping it was meant to spare (an 8 KiB client
+    /// buffer lent for a 16 KiB backend read was, on every request); the larger ones stay for the
+    /// reads that need them.
+    pub fn lend(&mut self, buf: &mut ReadBuf, step: usize) {
+        if !buf.data.is_empty() {
+            return;
         }
+        let sizes = self.bufs.iter().map(Vec::len).enumerate();
+        let fits = sizes.clone().filter(|&(_, len)| len >= step).min_by_key(|&(_, len)| len);
+        let Some((pick, _)) = fits.or_else(|| sizes.max_by_key(|&(_, len)| len)) else { return };
+        let data = self.bufs.swap_remove(pick);
+        *buf = ReadBuf { data, start: 0, end: 0 };
     }
 
     /// Takes `buf`'s allocation back while `buf` is empty (freeing it when enough are kept).
@@ -189,7 +196,7 @@ mod tests {
 
         // Lent to a read whose step is larger: it grows to one step, so large reads stay large.
         let mut other = ReadBuf::new();
-        spare.lend(&mut other);
+        spare.lend(&mut other, 32);
         assert_eq!((spare.bufs.len(), other.data.len()), (0, 4));
         let mut src: &[u8] = &[7u8; 100];
         assert_eq!(other.fill_from(&mut src, 32, 1024).unwrap(), 32);
@@ -203,6 +210,31 @@ mod tests {
             spare.keep(&mut small);
         }
         assert_eq!(spare.bufs.len(), SpareBuffers::KEEP);
+    }
+
+    #[test]
+    fn a_read_is_lent_a_buffer_as_large_as_its_step_when_one_is_kept() {
+        let mut spare = SpareBuffers::default();
+        for size in [8, 64, 16, 32] {
+            spare.keep(&mut ReadBuf { data: vec![0; size], start: 0, end: 0 });
+        }
+        let lent = |spare: &mut SpareBuffers, step| {
+            let mut buf = ReadBuf::new();
+            spare.lend(&mut buf, step);
+            buf.data.len()
+        };
+        // The smallest that fits, so the larger ones stay for the reads that need them.
+        assert_eq!(lent(&mut spare, 16), 16);
+        assert_eq!(lent(&mut spare, 16), 32);
+        // None fits: the largest, grown by the read as before.
+        assert_eq!(lent(&mut spare, 100), 64);
+        assert_eq!(lent(&mut spare, 1), 8);
+        assert_eq!(lent(&mut spare, 1), 0, "none left: the read allocates its own");
+        // A buffer that has one keeps it.
+        spare.keep(&mut ReadBuf { data: vec![0; 64], start: 0, end: 0 });
+        let mut own = ReadBuf { data: vec![0; 4], start: 0, end: 0 };
+        spare.lend(&mut own, 64);
+        assert_eq!((own.data.len(), spare.bufs.len()), (4, 1));
     }
 
     #[test]

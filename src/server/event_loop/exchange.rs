@@ -297,7 +297,8 @@ impl Exchange {
 
     /// Moves the exchange as far as the sockets allow.
     pub fn advance(&mut self, client: &mut Client, env: &mut Env<'_>) -> Advance {
-        env.spare.lend(&mut self.from_backend);
+        // A whole window if one is kept: a large body then needs no growing, a small one fits anyway.
+        env.spare.lend(&mut self.from_backend, upstream_read_step(&env.shared.config));
         match self.phase {
             Phase::Collect => self.collect(client, env),
             Phase::Connect => self.connect(client, env),

@@ -305,7 +305,7 @@ impl Session {
         if shared.is_shutting_down() {
             return Err(());
         }
-        env.spare.lend(&mut self.client.cin);
+        env.spare.lend(&mut self.client.cin, config.buffer_size.min(config.max_header_bytes));
         match self.client.read(config.buffer_size, config.max_header_bytes, env.now) {
             Got::Bytes(_) => {
                 self.head_started.get_or_insert(env.now);
