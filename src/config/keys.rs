@@ -227,8 +227,10 @@ pub(super) const LAYOUT: &[Entry] = &[
     Entry::Backends,
     Entry::Key(KeySpec {
         name: "backend_pool_size",
-        help: "Idle keep-alive connections kept open to each backend for reuse (0-10000;\n\
-               0 = a new connection for every request).",
+        help: "Idle keep-alive connections kept open to each backend for reuse, by each event loop\n\
+               (0-10000; 0 = a new connection for every request). Only connections that many\n\
+               requests needed at once are kept, for 4 s at most: a lower cap makes a busy proxy\n\
+               close connections just to open new ones.",
         apply: |c, v| parse_count(v, 0, 10_000).map(|x| c.backend_pool_size = x),
         render: |c| c.backend_pool_size.to_string(),
     }),

@@ -240,7 +240,7 @@ impl Default for Config {
             backend_timeout: Duration::from_secs(30),
             tunnel_timeout: Duration::from_secs(3600),
             backend_cooldown: Duration::from_secs(10),
-            backend_pool_size: 32,
+            backend_pool_size: 256,
             shutdown_grace: Duration::from_secs(10),
             access_log: true,
             access_log_format: AccessLogFormat::Seed,
