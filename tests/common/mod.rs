@@ -987,6 +987,24 @@ pub fn spawn_script(command: &mut Command, what: &str) -> (Child, std::sync::mps
 // ---------------------------------------------------------------------------------------------------------
 
 /// A backend that answers every request with `total` bytes of [`pattern`] and counts in the
+/// The most the kernel can hold on a proxied download's way (client and backend connections each
+/// with a receive and a send buffer, from `net.ipv4.tcp_rmem`/`tcp_wmem`'s maxima, which loopback
+/// autotuning reaches): what a backend writes beyond this toward a client that reads nothing is
+/// what the proxy itself buffered.
+pub fn kernel_buffer_ceiling() -> usize {
+    let max_of = |name: &str, fallback: usize| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(2).and_then(|v| v.parse().ok()))
+            .unwrap_or(fallback)
+    };
+    2 * max_of("tcp_rmem", 6 << 20) + 2 * max_of("tcp_wmem", 4 << 20)
+}
+
+/// What a proxy may hold of a download on its own beyond the kernel's buffers: a few windows, far
+/// less than the body a test sends past [`kernel_buffer_ceiling`].
+pub const PROXY_HOLDS_AT_MOST: usize = 8 << 20;
+
 /// returned counter the bytes its socket took, so a test sees when the proxy stops reading it.
 pub fn counting_backend(total: usize) -> (TestBackend, Arc<AtomicU64>) {
     let written = Arc::new(AtomicU64::new(0));
