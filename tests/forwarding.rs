@@ -224,6 +224,39 @@ fn a_backend_closing_pooled_connections_costs_no_request() {
     assert_eq!(backend.requests(), 10);
 }
 
+fn bytes_on_an_idle_pooled_connection_keep_it_from_reuse() {
+    // The first connection answers, then (once the client has its answer, so the connection sits
+    // idle in the pool) says more than its response: those bytes would be read as the next
+    // request's answer. Later connections answer normally.
+    let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(1);
+    let (said_tx, said_rx) = crossbeam_channel::bounded::<()>(1);
+    let (end_tx, end_rx) = crossbeam_channel::bounded::<()>(1);
+    let first = std::sync::atomic::AtomicBool::new(true);
+    let backend = TestBackend::start(move |_| {
+        if !first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return ok("fresh");
+        }
+        let (go_rx, said_tx, end_rx) = (go_rx.clone(), said_tx.clone(), end_rx.clone());
+        Reply::With(Box::new(move |stream| {
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst");
+            let _ = go_rx.recv_timeout(Duration::from_secs(10));
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale");
+            let _ = said_tx.send(());
+            // Kept open: a proxy that reused it would read "stale" as its next answer.
+            let _ = end_rx.recv_timeout(Duration::from_secs(10));
+        }))
+    });
+    let proxy = start_proxy(test_config(&[backend.addr]));
+    let mut client = Client::connect(proxy.local_addr());
+    assert_eq!(client.get("/").text(), "first");
+    go_tx.send(()).unwrap();
+    said_rx.recv_timeout(Duration::from_secs(10)).expect("the backend wrote its extra bytes");
+    let res = client.get("/");
+    assert_eq!((res.status, res.text().as_str()), (200, "fresh"));
+    assert_eq!(backend.connections(), 2, "the stirred connection must not be reused");
+    let _ = end_tx.send(());
+}
+
 fn a_backend_killed_mid_run_costs_no_request() {
     let (a, b) = (TestBackend::named("a"), TestBackend::named("b"));
     let proxy = start_proxy(test_config(&[a.addr, b.addr]));
@@ -294,6 +327,7 @@ both_engines!(
     expect_100_continue_is_answered_before_the_body,
     backend_connections_are_pooled_and_reused,
     a_backend_closing_pooled_connections_costs_no_request,
+    bytes_on_an_idle_pooled_connection_keep_it_from_reuse,
     a_backend_killed_mid_run_costs_no_request,
     all_backends_down_is_502_and_silent_backend_is_504,
     a_backend_dying_mid_body_closes_the_client_connection,

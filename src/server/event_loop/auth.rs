@@ -20,9 +20,10 @@ use crate::http::response::{self, MAX_RESPONSE_HEAD};
 use crate::proxy::dispatch::Dispatch;
 use crate::server::event_loop::answers::Record;
 use crate::server::event_loop::client::{read_into, Got, OutBuf};
-use crate::server::event_loop::env::{backend_token, Env};
+use crate::server::event_loop::env::Env;
 use crate::server::event_loop::exchange::over_tls;
 use crate::server::event_loop::transport::{buffer_limit, Transport};
+use crate::server::event_loop::upstream_pool::backend_token;
 
 /// A request whose check ended before it began (no route checker, or no connection), with the
 /// decision that stands for the auth server's.
@@ -55,7 +56,7 @@ impl AuthProbe {
         route: Arc<Route>,
         dispatch: Dispatch<'static>,
         slot: usize,
-        env: &Env<'_>,
+        env: &mut Env<'_>,
     ) -> Result<AuthProbe, NotStarted> {
         let Some(checker) = route.auth.as_ref() else {
             return Err((Box::new((req, rec, dispatch)), AuthDecision::Allow(None)));
@@ -68,9 +69,11 @@ impl AuthProbe {
             Err(e) => return Err((Box::new((req, rec, dispatch)), unreachable(e.to_string()))),
         };
         let interest = Interest::READABLE | Interest::WRITABLE;
-        if let Err(e) = env.registry.register(&mut stream, backend_token(slot), interest) {
+        let token = backend_token(&stream);
+        if let Err(e) = env.registry.register(&mut stream, token, interest) {
             return Err((Box::new((req, rec, dispatch)), unreachable(e.to_string())));
         }
+        env.pool.hold_new(&stream, slot);
         let limit = buffer_limit(env.shared.config.buffer_size);
         let stream = match over_tls(server, stream, env.shared.backend_tls.as_ref(), limit) {
             Ok(stream) => stream,

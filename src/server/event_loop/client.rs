@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::http::buffer::ReadBuf;
-use crate::server::event_loop::transport::Transport;
+use crate::server::event_loop::transport::{HintedRead, Input, Transport};
 
 /// Bytes to write to a socket, written as far as the socket takes them.
 #[derive(Debug, Default)]
@@ -95,11 +95,21 @@ pub struct Client {
     pub seen: Instant,
     /// Header fields every answer head on this connection carries (HSTS over TLS), each ending in CRLF.
     pub answer_fields: Arc<[u8]>,
+    /// What the loop knows of the socket's input (see [`HintedRead`]); events update it.
+    pub input: Input,
 }
 
 impl Client {
     pub fn new(transport: Transport, peer: SocketAddr, now: Instant, answer_fields: Arc<[u8]>) -> Client {
-        Client { transport, peer, cin: ReadBuf::new(), cout: OutBuf::default(), seen: now, answer_fields }
+        Client {
+            transport,
+            peer,
+            cin: ReadBuf::new(),
+            cout: OutBuf::default(),
+            seen: now,
+            answer_fields,
+            input: Input::Unknown,
+        }
     }
 
     /// Over TLS: the connection came in on the TLS listener.
@@ -127,7 +137,8 @@ impl Client {
         if self.cin.len() >= max {
             return Got::WouldBlock;
         }
-        let read = read_into(&mut self.cin, &mut self.transport, step, max);
+        let mut src = HintedRead { transport: &mut self.transport, input: &mut self.input };
+        let read = read_into(&mut self.cin, &mut src, step, max);
         if matches!(read, Got::Bytes(_)) {
             self.seen = now;
         }

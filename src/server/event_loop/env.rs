@@ -1,6 +1,6 @@
 //! What every session step of one loop can reach: the server's shared state, the loop's poller
 //! registry (to register backend sockets) and its upstream pool, and the time of the wake-up. Also
-//! how poller tokens name a session's two sockets.
+//! how poller tokens name client sockets.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,17 +24,13 @@ pub const TLS_LISTENER: Token = Token(usize::MAX - 2);
 #[cfg(test)]
 pub const PANIC_TARGET: &str = "/__pibl_test_panic";
 
-/// The token of the client socket of the session in `slot`.
+/// The token of the client socket of the session in `slot`: even (a backend socket's token is odd,
+/// see [`backend_token`](crate::server::event_loop::upstream_pool::backend_token)).
 pub fn client_token(slot: usize) -> Token {
     Token(slot * 2)
 }
 
-/// The token of the backend socket of the session in `slot`.
-pub fn backend_token(slot: usize) -> Token {
-    Token(slot * 2 + 1)
-}
-
-/// The session slot a token belongs to.
+/// The session slot a client socket's token names.
 pub fn slot_of(token: Token) -> usize {
     token.0 / 2
 }

@@ -39,8 +39,9 @@ use crate::proxy::forward::{interim_head, is_idempotent, upstream_read_step};
 use crate::proxy::relay::write_response_head;
 use crate::server::event_loop::answers::{entry_answer, error_answer, finish, Record};
 use crate::server::event_loop::client::{read_into, Client, Got, OutBuf};
-use crate::server::event_loop::env::{backend_token, Env};
-use crate::server::event_loop::transport::{buffer_limit, Transport};
+use crate::server::event_loop::env::Env;
+use crate::server::event_loop::transport::{buffer_limit, HintedRead, Transport};
+use crate::server::event_loop::upstream_pool::backend_token;
 use crate::tls::client::backend_server_name;
 use crate::upstream::backend::{is_local_exhaustion, Backend};
 
@@ -406,29 +407,27 @@ impl Exchange {
                     }
                 },
             };
-            let token = backend_token(self.slot);
             // Only a request without a body may go on a pooled connection: it can be sent again.
             if !fresh_only && self.replayable() {
-                if let Some(mut stream) = env.pool.take(backend.addr, env.now).and_then(quiet) {
-                    let interest = Interest::READABLE | Interest::WRITABLE;
-                    // Still registered from its last use (see `pool_upstream`): only its token changes.
-                    if env.registry.reregister(stream.sock_mut(), token, interest).is_ok() {
-                        let busy = Busy::enter(&backend);
-                        self.upstream =
-                            Some(Upstream { stream, backend, reused: true, connecting_since: None, _busy: busy });
-                        self.start_sending(env.now);
-                        return Advance::Progress;
-                    }
+                // Still registered from its opening (see `pool_upstream`): only its holder changes.
+                if let Some(stream) = env.pool.take(backend.addr, env.now, self.slot) {
+                    let busy = Busy::enter(&backend);
+                    self.upstream =
+                        Some(Upstream { stream, backend, reused: true, connecting_since: None, _busy: busy });
+                    self.start_sending(env.now);
+                    return Advance::Progress;
                 }
             }
             // An app endpoint's address is checked against the endpoint policy before every connection,
             // as the threaded engine's `Backend::connect` does.
             match backend.permitted().and_then(|()| TcpStream::connect(backend.addr)) {
                 Ok(mut stream) => {
+                    let token = backend_token(&stream);
                     if let Err(e) = env.registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE) {
                         connect_failed(env, &backend, &e);
                         continue;
                     }
+                    env.pool.hold_new(&stream, self.slot);
                     let limit = buffer_limit(env.shared.config.buffer_size);
                     let stream = match over_tls(&backend, stream, env.shared.backend_tls.as_ref(), limit) {
                         Ok(stream) => stream,
@@ -620,7 +619,9 @@ impl Exchange {
             let Some(up) = self.upstream.as_mut() else { return self.retry_fresh() };
             let before_any_byte = self.from_backend.is_empty();
             let step = env.shared.config.buffer_size.max(HEAD_READ_STEP);
-            let what = match read_into(&mut self.from_backend, &mut up.stream, step, MAX_RESPONSE_HEAD) {
+            let input = env.pool.input(up.stream.sock());
+            let mut src = HintedRead { transport: &mut up.stream, input };
+            let what = match read_into(&mut self.from_backend, &mut src, step, MAX_RESPONSE_HEAD) {
                 Got::Bytes(_) => {
                     self.backend_seen = env.now;
                     continue;
@@ -830,7 +831,9 @@ impl Exchange {
             if starved && !decoder.is_done() {
                 let Some(up) = self.upstream.as_mut() else { return Advance::Close };
                 let max = self.from_backend.len() + window;
-                match read_into(&mut self.from_backend, &mut up.stream, window, max) {
+                let input = env.pool.input(up.stream.sock());
+                let mut src = HintedRead { transport: &mut up.stream, input };
+                match read_into(&mut self.from_backend, &mut src, window, max) {
                     Got::Bytes(_) => {
                         self.backend_seen = env.now;
                         progress = true;
@@ -942,11 +945,10 @@ impl Exchange {
         Advance::Finished { keep: false }
     }
 
-    /// Keeps the backend connection in the loop's pool. It stays registered with the poller, under
-    /// this session's token until the next session to take it changes that: a deregistration here
-    /// and a registration there cost two system calls per request, a token change one. An event on
-    /// it while idle (the backend closing it) only wakes a session that then finds nothing to do;
-    /// closing it removes it from the poller.
+    /// Keeps the backend connection in the loop's pool. It stays registered with the poller under
+    /// its own token (see [`upstream_pool`](crate::server::event_loop::upstream_pool)): a
+    /// deregistration here and a registration at the next use would cost two system calls per
+    /// request. Closing it removes it from the poller.
     fn pool_upstream(&mut self, env: &mut Env<'_>) {
         if let Some(up) = self.upstream.take() {
             env.pool.put(up.backend.addr, up.stream, env.now, env.shared.config.backend_pool_size);
@@ -1039,12 +1041,6 @@ fn with_conn_fields(label: &[u8], res: &Response, client: &Client) -> Vec<u8> {
         fields.extend_from_slice(&client.answer_fields);
     }
     fields
-}
-
-/// An idle pooled connection, if it has nothing to say: bytes there (sent past the end of the
-/// response they followed) or a pending close would be read as the next request's answer.
-fn quiet(mut stream: Transport) -> Option<Transport> {
-    stream.is_quiet().then_some(stream)
 }
 
 /// The connection as the backend speaks: plain, or TLS asking for its host name (sent as SNI

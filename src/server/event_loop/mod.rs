@@ -54,7 +54,7 @@ use env::{client_token, slot_of, Env, Inbox, LISTENER, TLS_LISTENER, WAKER};
 use session::{Session, Verdict};
 use timers::{Owner, Timers};
 use transport::Transport;
-use upstream_pool::UpstreamPool;
+use upstream_pool::{backend_of, UpstreamPool};
 
 /// Events taken from the poller per wake-up.
 const EVENTS: usize = 1024;
@@ -263,7 +263,21 @@ impl EventLoop {
                         let woken = self.inbox.take();
                         ready.extend(woken.into_iter().filter(|&owner| self.owns(owner)).map(|owner| owner.slot));
                     }
-                    token => ready.push(slot_of(token)),
+                    token => {
+                        let closed = event.is_read_closed() || event.is_error();
+                        match backend_of(token) {
+                            None => {
+                                let slot = slot_of(token);
+                                if let Some(Some(entry)) = self.sessions.get_mut(slot) {
+                                    entry.session.client.input.on_event(event.is_readable(), closed);
+                                }
+                                ready.push(slot);
+                            }
+                            // An idle pooled connection has no session to run; input or a close on
+                            // it is remembered for when it is next taken.
+                            Some(fd) => ready.extend(self.pool.on_event(fd, event.is_readable(), closed)),
+                        }
+                    }
                 }
             }
             ready.sort_unstable();

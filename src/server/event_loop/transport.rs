@@ -133,11 +133,16 @@ impl Transport {
     /// already decrypted (bytes past the last response would be read as the next one's answer).
     pub fn is_quiet(&mut self) -> bool {
         let idle = matches!(self.sock().peek(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        idle && self.holds_no_input()
+    }
+
+    /// Whether nothing already taken off the socket waits to be read (always so for a plain
+    /// socket; over TLS, no decrypted bytes and no `close_notify`). No system call.
+    pub fn holds_no_input(&mut self) -> bool {
         match self {
-            Transport::Plain(_) => idle,
+            Transport::Plain(_) => true,
             Transport::Tls(tls) => {
-                idle && !tls.eof
-                    && tls.conn.process_new_packets().is_ok_and(|state| state.plaintext_bytes_to_read() == 0)
+                !tls.eof && tls.conn.process_new_packets().is_ok_and(|state| state.plaintext_bytes_to_read() == 0)
             }
         }
     }
@@ -226,6 +231,58 @@ impl Tls {
         }
         self.flush_tls()?;
         Ok(!self.eof)
+    }
+}
+
+/// What a loop knows of a plain socket's input, from its reads and the poller's events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// A read found it empty (it would block, or filled less than it was offered); only an input
+    /// event makes it worth reading again.
+    Drained,
+    /// Bytes may be there.
+    Unknown,
+    /// The poller reported the peer's close (or an error): reads go on until they say so, however
+    /// short the reads before.
+    Ending,
+}
+
+impl Input {
+    /// After an event on the socket: `closed` when the poller reported the peer's close or an
+    /// error, `readable` when it reported input.
+    pub fn on_event(&mut self, readable: bool, closed: bool) {
+        if closed {
+            *self = Input::Ending;
+        } else if readable && *self == Input::Drained {
+            *self = Input::Unknown;
+        }
+    }
+}
+
+/// A read of `transport` through what the loop knows of its input, so a read that could only find
+/// nothing is not tried (the request just sent to a backend, the client after its answer): an
+/// edge-triggered poller reports every arrival after the read that found the socket drained. A
+/// TLS connection is always read: rustls may hold decrypted bytes no event announces.
+pub struct HintedRead<'a> {
+    pub transport: &'a mut Transport,
+    pub input: &'a mut Input,
+}
+
+impl Read for HintedRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Transport::Plain(sock) = &mut *self.transport else { return self.transport.read(buf) };
+        if *self.input == Input::Drained {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let read = sock.read(buf);
+        let drained = match &read {
+            Ok(n) => *n > 0 && *n < buf.len(),
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+        };
+        if drained && *self.input == Input::Unknown {
+            *self.input = Input::Drained;
+        }
+        read
     }
 }
 
