@@ -204,13 +204,13 @@ impl Tls {
         Ok(wrote)
     }
 
-    /// Takes what the socket has into rustls and processes it (answering the handshake); `false`
-    /// when the socket had nothing or has ended.
-    fn receive(&mut self) -> io::Result<bool> {
+    /// Takes what the socket has into rustls (unless `input` knows it drained) and processes it
+    /// (answering the handshake); `false` when the socket had nothing or has ended.
+    fn receive(&mut self, input: &mut Input) -> io::Result<bool> {
         if self.eof {
             return Ok(false);
         }
-        match self.conn.read_tls(&mut self.sock) {
+        match self.conn.read_tls(&mut HintedSocket { sock: &mut self.sock, input }) {
             Ok(0) => self.eof = true,
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(true),
@@ -259,10 +259,11 @@ impl Input {
     }
 }
 
-/// A read of `transport` through what the loop knows of its input, so a read that could only find
-/// nothing is not tried (the request just sent to a backend, the client after its answer): an
-/// edge-triggered poller reports every arrival after the read that found the socket drained. A
-/// TLS connection is always read: rustls may hold decrypted bytes no event announces.
+/// A read of `transport` through what the loop knows of its socket's input, so a read that could
+/// only find nothing is not tried (the request just sent to a backend, the client after its
+/// answer): an edge-triggered poller reports every arrival after the read that found the socket
+/// drained. Over TLS, plaintext rustls already holds is read first; only the socket read is
+/// skipped.
 pub struct HintedRead<'a> {
     pub transport: &'a mut Transport,
     pub input: &'a mut Input,
@@ -270,11 +271,25 @@ pub struct HintedRead<'a> {
 
 impl Read for HintedRead<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Transport::Plain(sock) = &mut *self.transport else { return self.transport.read(buf) };
+        match &mut *self.transport {
+            Transport::Plain(sock) => HintedSocket { sock, input: self.input }.read(buf),
+            Transport::Tls(tls) => tls.read_plaintext(buf, self.input),
+        }
+    }
+}
+
+/// A socket read that skips a socket known [`Input::Drained`] and finds out when it is.
+struct HintedSocket<'a> {
+    sock: &'a mut TcpStream,
+    input: &'a mut Input,
+}
+
+impl Read for HintedSocket<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if *self.input == Input::Drained {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        let read = sock.read(buf);
+        let read = self.sock.read(buf);
         let drained = match &read {
             Ok(n) => *n > 0 && *n < buf.len(),
             Err(e) => e.kind() == io::ErrorKind::WouldBlock,
@@ -286,26 +301,32 @@ impl Read for HintedRead<'_> {
     }
 }
 
-impl Read for Transport {
-    /// Plaintext; `Ok(0)` at the end of the stream, with or without the peer's `close_notify` (HTTP
-    /// framing finds a truncated message itself).
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let tls = match self {
-            Transport::Plain(sock) => return sock.read(buf),
-            Transport::Tls(tls) => tls,
-        };
+impl Tls {
+    /// Plaintext, reading the socket (through `input`) only when rustls holds none.
+    fn read_plaintext(&mut self, buf: &mut [u8], input: &mut Input) -> io::Result<usize> {
         loop {
-            match tls.conn.reader().read(buf) {
+            match self.conn.reader().read(buf) {
                 Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
             // No plaintext: what waits to go out goes first (a handshake answer), then more records.
-            tls.flush_tls()?;
-            if !tls.receive()? && !tls.eof {
+            self.flush_tls()?;
+            if !self.receive(input)? && !self.eof {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
+        }
+    }
+}
+
+impl Read for Transport {
+    /// Plaintext; `Ok(0)` at the end of the stream, with or without the peer's `close_notify` (HTTP
+    /// framing finds a truncated message itself). The socket is always read when it is needed.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(sock) => sock.read(buf),
+            Transport::Tls(tls) => tls.read_plaintext(buf, &mut Input::Unknown),
         }
     }
 }
@@ -317,7 +338,7 @@ impl Write for Transport {
             Transport::Tls(tls) => tls,
         };
         // A backend connection writes before it reads: its handshake moves here.
-        while tls.conn.is_handshaking() && tls.receive()? {}
+        while tls.conn.is_handshaking() && tls.receive(&mut Input::Unknown)? {}
         tls.flush_tls()?;
         if tls.conn.wants_write() {
             return Err(io::ErrorKind::WouldBlock.into());
