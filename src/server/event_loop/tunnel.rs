@@ -15,6 +15,7 @@ use crate::server::event_loop::answers::{finish, Record};
 use crate::server::event_loop::client::{read_into, Client, Got, OutBuf};
 use crate::server::event_loop::env::Env;
 use crate::server::event_loop::exchange::Upstream;
+use crate::server::event_loop::transport::HintedRead;
 
 /// How long a backend may go on sending after the client closed its side.
 pub const HALF_CLOSED_TIME: Duration = Duration::from_secs(5);
@@ -104,7 +105,7 @@ impl Tunnel {
     }
 
     /// Copies what the sockets allow, both ways.
-    pub fn advance(&mut self, client: &mut Client, env: &Env<'_>) -> Pipe {
+    pub fn advance(&mut self, client: &mut Client, env: &mut Env<'_>) -> Pipe {
         let step = env.shared.config.buffer_size;
         let mut progress = false;
 
@@ -151,7 +152,9 @@ impl Tunnel {
             Err(_) => return Pipe::Closed,
         }
         if !self.backend_eof && client.cout.pending() < step {
-            match read_into(&mut self.from_backend, &mut self.up.stream, step, step) {
+            let input = env.pool.input(self.up.stream.sock());
+            let mut src = HintedRead { transport: &mut self.up.stream, input };
+            match read_into(&mut self.from_backend, &mut src, step, step) {
                 Got::Bytes(n) => {
                     client.cout.extend(self.from_backend.filled());
                     self.from_backend.clear();
