@@ -5,8 +5,9 @@
 //! not block on them.
 //!
 //! The body decides how it notices the signal: a periodic job sleeps in [`StopSignal::wait`], which
-//! returns early when the signal is raised; a queue consumer looks at [`StopSignal::is_raised`]
-//! between reads; a thread stopped by other means (a message on its own queue, a flag it shares with
+//! returns early when the signal is raised; a queue consumer waits on its queue and on
+//! [`StopSignal::stopped`] at once (`crossbeam_channel::select!`), so it sleeps until either has
+//! something; a thread stopped by other means (a message on its own queue, a flag it shares with
 //! other threads) ignores it and is only joined.
 
 use std::io;
@@ -15,15 +16,32 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 
 /// The request to stop, shared by a [`Background`] and its thread. Raised once, never lowered.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StopSignal {
     raised: AtomicBool,
     /// Only for sleeping in [`StopSignal::wait`]; the flag itself is read without it.
     lock: Mutex<()>,
     wake: Condvar,
+    /// Dropped when the signal is raised, which disconnects `stopped`.
+    raiser: Mutex<Option<Sender<()>>>,
+    stopped: Receiver<()>,
+}
+
+impl Default for StopSignal {
+    fn default() -> StopSignal {
+        let (raiser, stopped) = crossbeam_channel::bounded(0);
+        StopSignal {
+            raised: AtomicBool::new(false),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+            raiser: Mutex::new(Some(raiser)),
+            stopped,
+        }
+    }
 }
 
 impl StopSignal {
@@ -50,6 +68,13 @@ impl StopSignal {
         self.is_raised()
     }
 
+    /// A channel that never carries a message and is disconnected once the signal is raised: a queue
+    /// consumer selects on it beside its queue and sleeps until one of them has something, instead
+    /// of waking on a timer to look at the flag.
+    pub fn stopped(&self) -> &Receiver<()> {
+        &self.stopped
+    }
+
     /// The signal as a plain flag, for code that polls an `&AtomicBool` between blocking reads.
     pub fn as_flag(&self) -> &AtomicBool {
         &self.raised
@@ -61,6 +86,7 @@ impl StopSignal {
         // notification cannot fall in that gap and be lost.
         let _guard = self.lock.lock();
         self.wake.notify_all();
+        drop(self.raiser.lock().take());
     }
 }
 
@@ -134,6 +160,31 @@ mod tests {
         thread.stop();
         assert_eq!(rounds.load(Ordering::Relaxed), 100, "the body finished before stop returned");
         assert!(started.elapsed() < Duration::from_secs(60), "stop did not wait out the hour");
+    }
+
+    #[test]
+    fn a_queue_consumer_sleeps_until_a_message_or_the_stop() {
+        let (tx, rx) = crossbeam_channel::unbounded::<u32>();
+        let (seen_tx, seen_rx) = crossbeam_channel::unbounded();
+        let thread = Background::spawn("pibl-test-consumer", move |stop| loop {
+            crossbeam_channel::select! {
+                recv(rx) -> msg => match msg {
+                    Ok(n) => seen_tx.send(n).unwrap(),
+                    Err(_) => return,
+                },
+                recv(stop.stopped()) -> _ => {
+                    seen_tx.send(u32::MAX).unwrap();
+                    return;
+                }
+            }
+        })
+        .unwrap();
+        tx.send(7).unwrap();
+        assert_eq!(seen_rx.recv_timeout(Duration::from_secs(10)), Ok(7));
+        // The queue stays open: only the stop can end the wait.
+        thread.stop();
+        assert_eq!(seen_rx.recv_timeout(Duration::from_secs(10)), Ok(u32::MAX));
+        drop(tx);
     }
 
     #[test]

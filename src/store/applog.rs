@@ -7,7 +7,7 @@
 use std::io;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::background::{Background, StopSignal};
 use crate::store::{LogEntry, Store};
@@ -15,8 +15,6 @@ use crate::upstream::apps::LOG_QUEUE;
 
 /// Most entries written in one transaction.
 const BATCH: usize = 1024;
-/// How often the writer looks at the stop flag while the queue is empty.
-const POLL: Duration = Duration::from_millis(100);
 /// Entries held while the database is unavailable, and the pause between two tries.
 const HELD: usize = 4 * BATCH;
 const RETRY: Duration = Duration::from_millis(500);
@@ -49,10 +47,12 @@ impl LogWriter {
 fn run(store: &Store, rx: &Receiver<LogEntry>, stop: &StopSignal) {
     let mut batch = Vec::with_capacity(BATCH);
     loop {
-        match rx.recv_timeout(POLL) {
-            Ok(entry) => batch.push(entry),
-            Err(RecvTimeoutError::Timeout) if !stop.is_raised() => continue,
-            Err(_) => break,
+        crossbeam_channel::select! {
+            recv(rx) -> entry => match entry {
+                Ok(entry) => batch.push(entry),
+                Err(_) => break,
+            },
+            recv(stop.stopped()) -> _ => break,
         }
         while batch.len() < BATCH {
             match rx.try_recv() {

@@ -8,7 +8,7 @@
 use std::io;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::background::{Background, StopSignal};
 use crate::clock::{rfc3339, Clock};
@@ -18,7 +18,6 @@ use crate::store::Store;
 pub const MAX_FAILURES: u32 = 5;
 /// Events waiting for the consumer; past it the producer waits (it never drops a failure).
 const QUEUE: usize = 4096;
-const POLL: Duration = Duration::from_millis(100);
 
 /// The outcome of one login attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,10 +54,12 @@ impl Lockout {
 
 fn run(store: &Store, rx: &Receiver<LoginEvent>, stop: &StopSignal, lock_ms: u64, clock: &Clock) {
     loop {
-        match rx.recv_timeout(POLL) {
-            Ok(event) => apply(store, event, lock_ms, clock),
-            Err(RecvTimeoutError::Timeout) if !stop.is_raised() => {}
-            Err(_) => break,
+        crossbeam_channel::select! {
+            recv(rx) -> event => match event {
+                Ok(event) => apply(store, event, lock_ms, clock),
+                Err(_) => break,
+            },
+            recv(stop.stopped()) -> _ => break,
         }
     }
     for event in rx.try_iter() {
