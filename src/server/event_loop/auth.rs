@@ -22,8 +22,8 @@ use crate::server::event_loop::answers::Record;
 use crate::server::event_loop::client::{read_into, Got, OutBuf};
 use crate::server::event_loop::env::Env;
 use crate::server::event_loop::exchange::over_tls;
+use crate::server::event_loop::tokens::backend_token;
 use crate::server::event_loop::transport::{buffer_limit, Transport};
-use crate::server::event_loop::upstream_pool::backend_token;
 
 /// A request whose check ended before it began (no route checker, or no connection), with the
 /// decision that stands for the auth server's.

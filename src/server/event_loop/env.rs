@@ -1,11 +1,10 @@
 //! What every session step of one loop can reach: the server's shared state, the loop's poller
-//! registry (to register backend sockets) and its upstream pool, and the time of the wake-up. Also
-//! how poller tokens name client sockets.
+//! registry (to register backend sockets) and its upstream pool, and the time of the wake-up.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use mio::{Registry, Token, Waker};
+use mio::{Registry, Waker};
 use parking_lot::Mutex;
 
 use crate::http::buffer::SpareBuffers;
@@ -13,27 +12,9 @@ use crate::server::event_loop::timers::Owner;
 use crate::server::event_loop::upstream_pool::UpstreamPool;
 use crate::server::shared::Shared;
 
-/// The listener's token in every loop.
-pub const LISTENER: Token = Token(usize::MAX);
-/// The token of the waker that interrupts a loop (shutdown).
-pub const WAKER: Token = Token(usize::MAX - 1);
-/// The TLS listener's token in every loop (`tls_port`).
-pub const TLS_LISTENER: Token = Token(usize::MAX - 2);
-
 /// A request target that makes a loop panic, in the library's own tests of panic containment.
 #[cfg(test)]
 pub const PANIC_TARGET: &str = "/__pibl_test_panic";
-
-/// The token of the client socket of the session in `slot`: even (a backend socket's token is odd,
-/// see [`backend_token`](crate::server::event_loop::upstream_pool::backend_token)).
-pub fn client_token(slot: usize) -> Token {
-    Token(slot * 2)
-}
-
-/// The session slot a client socket's token names.
-pub fn slot_of(token: Token) -> usize {
-    token.0 / 2
-}
 
 /// Sessions another thread asks a loop to run again (a cache fetch they waited for finished).
 pub struct Inbox {

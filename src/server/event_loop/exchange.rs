@@ -40,8 +40,8 @@ use crate::proxy::relay::write_response_head;
 use crate::server::event_loop::answers::{entry_answer, error_answer, finish, Record};
 use crate::server::event_loop::client::{read_into, Client, Got, OutBuf};
 use crate::server::event_loop::env::Env;
+use crate::server::event_loop::tokens::backend_token;
 use crate::server::event_loop::transport::{buffer_limit, HintedRead, Transport};
-use crate::server::event_loop::upstream_pool::backend_token;
 use crate::tls::client::backend_server_name;
 use crate::upstream::backend::{is_local_exhaustion, Backend};
 

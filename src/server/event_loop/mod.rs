@@ -27,6 +27,7 @@ pub mod env;
 pub mod exchange;
 pub mod session;
 pub mod timers;
+pub mod tokens;
 pub mod transport;
 pub mod tunnel;
 pub mod upstream_pool;
@@ -50,11 +51,12 @@ use crate::observe::metrics::{unix_secs, DEFAULT_ROUTE};
 use crate::server::shared::Shared;
 use crate::tls::plain::hsts_header;
 use client::Client;
-use env::{client_token, slot_of, Env, Inbox, LISTENER, TLS_LISTENER, WAKER};
+use env::{Env, Inbox};
 use session::{Session, Verdict};
 use timers::{Owner, Timers};
+use tokens::{backend_of, client_token, slot_of, LISTENER, TLS_LISTENER, WAKER};
 use transport::Transport;
-use upstream_pool::{backend_of, UpstreamPool};
+use upstream_pool::UpstreamPool;
 
 /// Events taken from the poller per wake-up.
 const EVENTS: usize = 1024;

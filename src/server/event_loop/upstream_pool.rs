@@ -4,45 +4,24 @@
 //! session, so reusing it costs no handshake.
 //!
 //! A backend socket is registered with the poller once, under a token made of its descriptor (see
-//! [`backend_token`]), and stays registered until it is closed: moving it from a session to the
-//! pool and on to the next session changes only the holder recorded here, with no system call.
-//! While it sits idle, an event saying it became readable or closed marks it, and only a marked
-//! connection is peeked at before reuse (the rest go out at once; a backend that closed one in the
-//! instant between the poll and the request costs a retry on a fresh connection, as it would
-//! after a peek).
+//! [`backend_token`](crate::server::event_loop::tokens::backend_token)), and stays registered until it
+//! is closed: moving it from a session to the pool and on to the next session changes only the
+//! holder recorded here, with no system call. While it sits idle, an event saying it became
+//! readable or closed marks it, and only a marked connection is peeked at before reuse (the rest
+//! go out at once; a backend that closed one in the instant between the poll and the request costs
+//! a retry on a fresh connection, as it would after a peek).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use mio::Token;
-
+use crate::server::event_loop::tokens::descriptor_of;
 use crate::server::event_loop::transport::{Input, Transport};
 
 /// An idle connection older than this is not trusted: many servers close idle connections after
 /// 5 s, and one closed while the request travels costs a retry.
 pub const MAX_IDLE_AGE: Duration = Duration::from_secs(4);
-
-/// The holder of a descriptor in the pool, with nothing reported on it since.
-const IDLE: usize = usize::MAX;
-/// The holder of a descriptor in the pool after the poller reported input or a close on it.
-const STIRRED: usize = usize::MAX - 1;
-
-/// The poller token of a backend socket: odd, and its descriptor, which no other open socket of
-/// the process has. (Client sockets have even tokens, from their session slot.)
-pub fn backend_token(stream: &impl AsRawFd) -> Token {
-    Token(descriptor_index(stream.as_raw_fd()) * 2 + 1)
-}
-
-/// The descriptor an odd token names, `None` for a client's (even) token.
-pub fn backend_of(token: Token) -> Option<usize> {
-    (token.0 % 2 == 1).then_some(token.0 / 2)
-}
-
-fn descriptor_index(fd: RawFd) -> usize {
-    usize::try_from(fd).unwrap_or_default()
-}
 
 #[derive(Default)]
 pub struct UpstreamPool {
@@ -55,28 +34,40 @@ pub struct UpstreamPool {
 /// What the loop knows of one backend socket.
 #[derive(Clone, Copy)]
 struct Socket {
-    /// The slot of the session using it, [`IDLE`] or [`STIRRED`] while it is pooled.
-    holder: usize,
-    /// What the loop knows of its input (see [`HintedRead`](crate::server::event_loop::transport::HintedRead)).
+    holder: Holder,
+    /// What the loop knows of its input (see
+    /// [`HintedRead`](crate::server::event_loop::transport::HintedRead)).
     input: Input,
+}
+
+/// Who has a backend socket.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    /// The session in this slot.
+    Session(usize),
+    /// The pool, with nothing reported on it since it was put there.
+    Idle,
+    /// The pool, after the poller reported input or a close on it.
+    Stirred,
 }
 
 impl UpstreamPool {
     /// Records that the session in `slot` uses the backend socket `stream`, just registered.
     pub fn hold_new(&mut self, stream: &impl AsRawFd, slot: usize) {
-        *self.socket(descriptor_index(stream.as_raw_fd())) = Socket { holder: slot, input: Input::Unknown };
+        *self.socket(descriptor_of(stream)) = Socket { holder: Holder::Session(slot), input: Input::Unknown };
     }
 
     fn socket(&mut self, fd: usize) -> &mut Socket {
         if self.sockets.len() <= fd {
-            self.sockets.resize(fd + 1, Socket { holder: IDLE, input: Input::Unknown });
+            self.sockets.resize(fd + 1, Socket { holder: Holder::Idle, input: Input::Unknown });
         }
         &mut self.sockets[fd]
     }
 
-    /// What the loop knows of backend socket `stream`'s input, for a [`HintedRead`](crate::server::event_loop::transport::HintedRead).
+    /// What the loop knows of backend socket `stream`'s input, for a
+    /// [`HintedRead`](crate::server::event_loop::transport::HintedRead).
     pub fn input(&mut self, stream: &impl AsRawFd) -> &mut Input {
-        &mut self.socket(descriptor_index(stream.as_raw_fd())).input
+        &mut self.socket(descriptor_of(stream)).input
     }
 
     /// The session to run for an event on backend descriptor `fd` (`readable`: the poller reported
@@ -87,12 +78,12 @@ impl UpstreamPool {
         socket.input.on_event(readable, closed);
         let stirred = readable || closed;
         match socket.holder {
-            IDLE if stirred => {
-                socket.holder = STIRRED;
+            Holder::Session(slot) => Some(slot),
+            Holder::Idle if stirred => {
+                socket.holder = Holder::Stirred;
                 None
             }
-            IDLE | STIRRED => None,
-            slot => Some(slot),
+            Holder::Idle | Holder::Stirred => None,
         }
     }
 
@@ -104,16 +95,16 @@ impl UpstreamPool {
             if now.saturating_duration_since(since) >= MAX_IDLE_AGE {
                 continue;
             }
-            let fd = descriptor_index(stream.sock().as_raw_fd());
+            let fd = descriptor_of(stream.sock());
             // Bytes past the end of the response it carried, or a close, would be read as the next
             // request's answer: a connection the poller reported anything on is looked at first.
-            let stirred = self.sockets.get(fd).is_some_and(|s| s.holder == STIRRED);
+            let stirred = self.sockets.get(fd).is_some_and(|s| s.holder == Holder::Stirred);
             let quiet = match stirred {
                 true => stream.is_quiet(),
                 false => stream.holds_no_input(),
             };
             if quiet {
-                self.socket(fd).holder = slot;
+                self.socket(fd).holder = Holder::Session(slot);
                 return Some(stream);
             }
         }
@@ -124,9 +115,9 @@ impl UpstreamPool {
     pub fn put(&mut self, addr: SocketAddr, stream: Transport, now: Instant, limit: usize) {
         let list = self.idle.entry(addr).or_default();
         if list.len() < limit {
-            let fd = descriptor_index(stream.sock().as_raw_fd());
+            let fd = descriptor_of(stream.sock());
             list.push((stream, now));
-            self.socket(fd).holder = IDLE;
+            self.socket(fd).holder = Holder::Idle;
         }
     }
 
