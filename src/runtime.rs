@@ -227,6 +227,8 @@ impl Pibl {
             reserved_app_ids,
             lockout_per_ip: lockout_scope == crate::config::LockoutScope::AccountIp,
             cache: server.cache_handle(),
+            certificates: https.as_ref().map(Https::store),
+            acme: https.as_ref().and_then(Https::acme_control),
             observe: Default::default(),
         });
         state.observe.attach(server.probe());

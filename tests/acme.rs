@@ -4,7 +4,7 @@
 //! port. Issue, serve (the certificate lands in the store and a TLS handshake verifies it against
 //! Pebble's root), renew, revoke-and-reissue, restart from the stored files, and a running pibl
 //! whose background thread gets its certificate, serves it on its TLS listener and shows the days
-//! left in `/metrics`. The plain port is the event-loop engine's (the one that serves HTTPS). Without Pebble installed the Pebble tests say so loudly and pass without running.
+//! left in `/metrics`, then replaces and revokes it when an admin asks through `POST /api/tls/revoke`. The plain port is the event-loop engine's (the one that serves HTTPS). Without Pebble installed the Pebble tests say so loudly and pass without running.
 
 mod common;
 mod tls_common;
@@ -241,6 +241,7 @@ fn issue_serve_renew_revoke_and_restart_against_pebble() {
 
     // Revoke and reissue: a new certificate is served first, then the old one is revoked at Pebble.
     client.revoke_and_reissue(now).expect("revoked and reissued");
+    assert_eq!(client.unrevoked(), None, "the revocation went through");
     let third = client.current().unwrap().clone();
     assert_ne!(third.serial, renewed.serial);
     let status = pebble.status_of(&renewed.serial);
@@ -293,6 +294,49 @@ fn a_running_pibl_gets_its_certificate_in_the_background_and_shows_days_left() {
         .unwrap_or_else(|| panic!("no days-left gauge in {metrics}"));
     let days: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(days > 30, "{line}");
+
+    // An operator revokes through the API: only an admin may; the answer comes at once (202) and
+    // the work is done by the ACME thread, which serves a new certificate, then revokes the old one.
+    let first = store.current().lookup(Some("pibl-test.example.com")).unwrap().serial.clone();
+    let user = common::register_and_login(pibl.api_addr(), "user@pibl.test");
+    for path in ["/api/tls", "/api/tls/revoke"] {
+        let method = if path == "/api/tls" { "GET" } else { "POST" };
+        let res = common::api(pibl.api_addr(), method, path, Some(&user), None);
+        assert_eq!(res.status, 403, "{method} {path} by a user: {}", res.text());
+    }
+    let admin = common::admin_login(&pibl);
+    let shown = common::api(pibl.api_addr(), "GET", "/api/tls", Some(&admin), None).json();
+    assert_eq!(shown["acme"]["serial"], first.as_str(), "{shown}");
+    assert_eq!(shown["certificates"][0]["serial"], first.as_str(), "{shown}");
+    assert!(shown["acme"]["last_error"].is_null() && shown["acme"]["unrevoked"].is_null(), "{shown}");
+    let res = common::api(pibl.api_addr(), "POST", "/api/tls/revoke", Some(&admin), None);
+    assert_eq!(res.status, 202, "{}", res.text());
+    assert_eq!(res.json()["serial"], first.as_str());
+    let mut report = serde_json::Value::Null;
+    wait_for("the ACME thread replaced and revoked the certificate", Duration::from_secs(60), || {
+        report = common::api(pibl.api_addr(), "GET", "/api/tls", Some(&admin), None).json();
+        report["acme"]["revoke_requested_by"].is_null() && report["acme"]["serial"] != first.as_str()
+    });
+    let second = report["acme"]["serial"].as_str().expect("a serial").to_string();
+    assert!(report["acme"]["last_error"].is_null() && report["acme"]["unrevoked"].is_null(), "{report}");
+    assert!(pebble.status_of(&first).contains("Revoked"), "Pebble on the old one: {}", pebble.status_of(&first));
+    assert!(pebble.status_of(&second).contains("Valid"));
+    let served = TlsClient::connect(tls_addr, client_trusting(root.as_bytes()), "pibl-test.example.com").unwrap();
+    assert_eq!(served.leaf(), *store.current().lookup(None).unwrap().leaf());
+    assert_eq!(store.current().lookup(None).unwrap().serial, second, "the new one is served");
+    assert!(pibl.shutdown());
+}
+
+#[test]
+fn revoking_without_acme_is_refused_and_says_why() {
+    let db = TempDb::new("tls-api-no-acme");
+    let pibl = common::start_pibl(api_config(&[], &db), Clock::system());
+    let admin = common::admin_login(&pibl);
+    let res = common::api(pibl.api_addr(), "POST", "/api/tls/revoke", Some(&admin), None);
+    assert_eq!(res.status, 409, "{}", res.text());
+    assert!(res.json()["error"].as_str().unwrap().starts_with("ACME is off"), "{}", res.text());
+    let shown = common::api(pibl.api_addr(), "GET", "/api/tls", Some(&admin), None).json();
+    assert_eq!(shown, serde_json::json!({"certificates": [], "acme": null}));
     assert!(pibl.shutdown());
 }
 

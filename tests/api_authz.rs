@@ -92,6 +92,9 @@ fn every_endpoint_answers_each_kind_of_caller_as_written_down() {
         ("DELETE", "/api/blocked/nobody%40x.io", None, vec![(Other, 403), (Owner, 403), (Admin, 404)]),
         ("DELETE", "/api/cache?url=/alpha/page", None, vec![(Other, 403), (Owner, 200), (Admin, 200)]),
         ("DELETE", "/api/cache", None, vec![(Other, 403), (Owner, 403), (Admin, 200)]),
+        ("GET", "/api/tls", None, vec![(Other, 403), (Owner, 403), (Admin, 200)]),
+        // This pibl has no ACME: an admin's request is refused as a conflict, not done.
+        ("POST", "/api/tls/revoke", None, vec![(Other, 403), (Owner, 403), (Admin, 409)]),
         ("GET", "/api/status", None, vec![(Other, 200), (Owner, 200), (Admin, 200)]),
         ("GET", "/metrics", None, vec![(Other, 403), (Owner, 403), (Admin, 200)]),
     ];

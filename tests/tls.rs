@@ -71,6 +71,28 @@ fn sni_chooses_the_certificate_and_clients_without_sni_get_the_default() {
 }
 
 #[test]
+fn a_renewed_default_certificate_is_served_to_clients_without_sni_too() {
+    let dir = TempDir::new("tls-renew-default");
+    let ca = TestCa::new("pibl test CA");
+    let config = three_sites(&dir, &ca);
+    let store = Arc::new(CertStore::new(load_configured(&config, SystemTime::now()).expect("certificates load")));
+    let addr = listener_for(&store);
+    let (cert, key) = ca.leaf(&["default.test"]).write(&dir.0, "default-renewed");
+    let renewed = load_pair(&cert, &key, SystemTime::now()).unwrap();
+    // As a renewal installs it: for the names it was ordered for.
+    store.install(renewed.clone(), &["default.test".to_string()]);
+    let mut no_sni = ca.client();
+    no_sni.enable_sni = false;
+    let plain = TlsClient::connect(addr, no_sni, "default.test").expect("no SNI: the default certificate");
+    assert_eq!(plain.leaf(), *renewed.leaf(), "the default follows its renewal");
+    assert_eq!(store.current().certs().len(), 3, "the old one is served nowhere");
+    // Renewing another site leaves the default alone.
+    let (cert, key) = ca.leaf(&["shop.test"]).write(&dir.0, "shop-renewed");
+    store.install(load_pair(&cert, &key, SystemTime::now()).unwrap(), &["shop.test".to_string()]);
+    assert_eq!(store.current().lookup(None).unwrap().serial, renewed.serial);
+}
+
+#[test]
 fn alpn_is_http11_and_only_tls_12_and_13_are_spoken() {
     let dir = TempDir::new("tls-alpn");
     let ca = TestCa::new("pibl test CA");

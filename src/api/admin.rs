@@ -15,14 +15,14 @@ use crate::store::CachePurge;
 
 /// `GET /api/blocked`: the addresses locked out now.
 pub fn blocked(state: &ApiState, req: &Request) -> ApiResult<Reply> {
-    require_admin(state, req)?;
+    require_admin(state, req, "list or unblock blocked users")?;
     let list = state.store.blocked_list(state.clock.now_ms())?;
     Ok(Reply::json(200, json!({ "users-blocked": list })))
 }
 
 /// `DELETE /api/blocked/{email}`: lifts the lock-out of `email` (percent-encoded).
 pub fn unblock(state: &ApiState, req: &Request, email: &str) -> ApiResult<Reply> {
-    let admin = require_admin(state, req)?;
+    let admin = require_admin(state, req, "list or unblock blocked users")?;
     let email = percent_decode(email)
         .ok_or_else(|| ApiError::BadParameter(FieldError::new("email", "is not valid percent-encoded UTF-8")))?;
     if state.store.unblock(&email, state.clock.now_ms())? {

@@ -71,13 +71,11 @@ pub fn is_admin(state: &ApiState, user: &User) -> ApiResult<bool> {
 }
 
 /// The caller, who must be an admin (for the blocked list).
-pub fn require_admin(state: &ApiState, req: &Request) -> ApiResult<User> {
+pub fn require_admin(state: &ApiState, req: &Request, action: &str) -> ApiResult<User> {
     let user = authenticate(state, req)?;
     if is_admin(state, &user)? {
         Ok(user)
     } else {
-        Err(ApiError::Forbidden(
-            "only admins (made on the host with `proxy --admin add`) may list or unblock blocked users".into(),
-        ))
+        Err(ApiError::Forbidden(format!("only admins (made on the host with `proxy --admin add`) may {action}")))
     }
 }

@@ -1,6 +1,6 @@
 //! Dispatch of the management API: a request's method and path to its endpoint ([`ENDPOINTS`] lists
 //! them all), the throttle on the credential endpoints, and the answer to a failure. The endpoints
-//! live by concern: `users`, `apps`, `admin`, `status`. Every answer is JSON (but for the spec, the
+//! live by concern: `users`, `apps`, `admin`, `tls`, `status`. Every answer is JSON (but for the spec, the
 //! metrics and the dashboard); every error is `{"error": "...", "details": [...]}` ([`ApiError`]).
 
 use std::net::IpAddr;
@@ -12,6 +12,7 @@ use super::admin;
 use super::apps;
 use super::auth;
 use super::status;
+use super::tls;
 use super::users;
 use crate::http::request::Request;
 
@@ -32,6 +33,8 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/api/blocked"),
     ("DELETE", "/api/blocked/{email}"),
     ("DELETE", "/api/cache"),
+    ("GET", "/api/tls"),
+    ("POST", "/api/tls/revoke"),
     ("GET", "/api/status"),
     ("GET", "/api/openapi.yaml"),
     ("GET", "/metrics"),
@@ -110,6 +113,14 @@ fn dispatch(state: &ApiState, req: &Request, body: &[u8], client: IpAddr) -> Api
             "DELETE" => admin::unblock(state, req, email),
             _ => wrong("DELETE"),
         },
+        ["api", "tls"] => match method {
+            "GET" => tls::show(state, req),
+            _ => wrong("GET"),
+        },
+        ["api", "tls", "revoke"] => match method {
+            "POST" => tls::revoke(state, req),
+            _ => wrong("POST"),
+        },
         ["metrics"] => match method {
             "GET" => status::metrics_on_api(state, req),
             _ => wrong("GET"),
@@ -170,6 +181,8 @@ mod tests {
                 reserved_app_ids: Vec::new(),
                 lockout_per_ip: false,
                 cache: None,
+                certificates: None,
+                acme: None,
                 observe: Default::default(),
             };
             TestState(state, path)

@@ -19,6 +19,7 @@ pub mod scrape;
 pub mod state;
 pub mod status;
 pub mod throttle;
+mod tls;
 mod users;
 mod wire;
 

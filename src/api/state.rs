@@ -1,5 +1,5 @@
 //! [`ApiState`]: everything the API's endpoints share (store, token keys, route table, lock-out
-//! channel, throttle, clock, admins, cache, counters), made once at start-up and shared by the API
+//! channel, throttle, clock, admins, cache, certificates, counters), made once at start-up and shared by the API
 //! workers, the metrics listener and the purger.
 
 use std::sync::Arc;
@@ -13,6 +13,8 @@ use crate::server::probe::ApiObserver;
 use crate::store::credentials::Tokens;
 use crate::store::lockout::LoginEvent;
 use crate::store::{Store, StoreError};
+use crate::tls::acme::AcmeControl;
+use crate::tls::store::CertStore;
 use crate::upstream::apps::Router;
 
 /// Everything the endpoints share.
@@ -36,6 +38,10 @@ pub struct ApiState {
     pub metrics_need_token: bool,
     /// The data plane's response cache, for `DELETE /api/cache` (`None` when `ttl` is 0).
     pub cache: Option<Arc<Cache>>,
+    /// The certificates the TLS listener serves, for `GET /api/tls` (`None` without HTTPS).
+    pub certificates: Option<Arc<CertStore>>,
+    /// The ACME thread (`acme_domains` set), for `GET /api/tls` and `POST /api/tls/revoke`.
+    pub acme: Option<AcmeControl>,
     /// The data plane's figures for `/metrics` and `/api/status`, and the API's own counters.
     pub observe: ApiObserver,
 }

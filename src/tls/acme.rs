@@ -15,10 +15,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crossbeam_channel::{select, Receiver, Sender};
 use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, Order,
     OrderStatus, RetryPolicy, RevocationReason, RevocationRequest,
 };
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::challenge::Challenges;
@@ -119,6 +121,9 @@ pub struct AcmeClient {
     runtime: tokio::runtime::Runtime,
     account: Option<Account>,
     current: Option<LoadedCert>,
+    /// A certificate replaced on an operator's request whose revocation the server has not yet
+    /// accepted: retried at each look until it is.
+    unrevoked: Option<LoadedCert>,
     days_left: Arc<AtomicI64>,
 }
 
@@ -148,6 +153,7 @@ impl AcmeClient {
             runtime,
             account: None,
             current: None,
+            unrevoked: None,
             days_left: Arc::new(AtomicI64::new(-1)),
         };
         if let Some((cert, key)) = acme_files(&client.settings.dir, &client.settings.domains) {
@@ -183,16 +189,20 @@ impl AcmeClient {
         }
     }
 
-    /// Orders a certificate when one is due at `now`.
+    /// Orders a certificate when one is due at `now`, and revokes a replaced one still waiting for it.
     pub fn check(&mut self, now: SystemTime) -> Result<Checked, AcmeError> {
         if let Some(cert) = &self.current {
             self.days_left.store(cert.days_left(now), Ordering::Relaxed);
         }
-        if !self.is_due(now) {
-            return Ok(Checked::Valid(self.days_left.load(Ordering::Relaxed)));
-        }
-        self.issue(now)?;
-        Ok(Checked::Issued)
+        let checked = match self.is_due(now) {
+            false => Checked::Valid(self.days_left.load(Ordering::Relaxed)),
+            true => {
+                self.issue(now)?;
+                Checked::Issued
+            }
+        };
+        self.revoke_replaced()?;
+        Ok(checked)
     }
 
     /// Orders, stores and installs a new certificate (with a new key), whatever the current one.
@@ -227,16 +237,41 @@ impl AcmeClient {
 
     /// Replaces the current certificate with a newly issued one (a new key), then revokes the old
     /// one at the ACME server as superseded (the reason an account key may always give): for a key
-    /// that may have leaked. The listener is never left without a valid certificate.
+    /// that may have leaked. The listener is never left without a valid certificate. When the
+    /// revocation fails the new certificate stays served and the old one is revoked at a later
+    /// [`AcmeClient::check`].
     pub fn revoke_and_reissue(&mut self, now: SystemTime) -> Result<(), AcmeError> {
         let old = self.current.clone();
         self.issue(now)?;
-        if let Some(old) = old {
-            let account = self.account()?;
-            let request = RevocationRequest { certificate: old.leaf(), reason: Some(RevocationReason::Superseded) };
-            self.runtime.block_on(account.revoke(&request)).map_err(server)?;
-            log::warn!("ACME: certificate serial {} revoked", old.serial);
+        if old.is_some() {
+            self.unrevoked = old;
         }
+        self.revoke_replaced()
+    }
+
+    /// The serial of a replaced certificate whose revocation is still to be done.
+    pub fn unrevoked(&self) -> Option<&str> {
+        self.unrevoked.as_ref().map(|c| c.serial.as_str())
+    }
+
+    fn revoke_replaced(&mut self) -> Result<(), AcmeError> {
+        let Some(old) = self.unrevoked.clone() else { return Ok(()) };
+        let account = self.account()?;
+        let request = RevocationRequest { certificate: old.leaf(), reason: Some(RevocationReason::Superseded) };
+        match self.runtime.block_on(account.revoke(&request)) {
+            Ok(()) => log::warn!("ACME: certificate serial {} revoked", old.serial),
+            // Revoked already (by an earlier try whose answer was lost): what was asked holds.
+            Err(e) if e.to_string().contains("alreadyRevoked") => {
+                log::info!("ACME: certificate serial {} was revoked already", old.serial)
+            }
+            Err(e) => {
+                return Err(AcmeError::Server(format!(
+                    "certificate serial {} is replaced but not revoked yet: {e}",
+                    old.serial
+                )))
+            }
+        }
+        self.unrevoked = None;
         Ok(())
     }
 
@@ -362,13 +397,103 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AcmeError> {
     write().map_err(|e| storage(path, e))
 }
 
+/// What the management API may ask of the running ACME thread, and what it reports back.
+#[derive(Debug, Clone)]
+pub struct AcmeControl {
+    requests: Sender<Revoke>,
+    report: Arc<Mutex<AcmeReport>>,
+}
+
+/// An operator's request to replace and revoke the certificate (`POST /api/tls/revoke`).
+#[derive(Debug)]
+struct Revoke {
+    by: String,
+}
+
+/// The ACME thread's state, as `GET /api/tls` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AcmeReport {
+    pub directory: String,
+    pub domains: Vec<String>,
+    /// The certificate served for the domains: serial and expiry (`None` before the first one).
+    pub serial: Option<String>,
+    pub not_after: Option<SystemTime>,
+    /// Who asked for a revoke-and-reissue that has not finished yet.
+    pub revoke_requested_by: Option<String>,
+    /// A replaced certificate whose revocation the server has not accepted yet.
+    pub unrevoked: Option<String>,
+    /// Why the last order or revocation failed; cleared by the next success.
+    pub last_error: Option<String>,
+}
+
+/// Why a revoke-and-reissue is not started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokeRefused {
+    /// One is under way already, asked for by this user.
+    UnderWay(String),
+    /// No certificate has been issued yet: there is nothing to revoke (the first order is retried
+    /// on its own).
+    NothingIssued,
+    /// The ACME thread has stopped (pibl is shutting down).
+    Stopped,
+}
+
+impl AcmeControl {
+    /// A snapshot of the thread's state.
+    pub fn report(&self) -> AcmeReport {
+        self.report.lock().clone()
+    }
+
+    /// Asks the thread to replace the certificate with a new one and then revoke it; returns the
+    /// serial that will be revoked. The work is done in the background (an order may take minutes).
+    pub fn request_revoke(&self, by: &str) -> Result<String, RevokeRefused> {
+        let mut report = self.report.lock();
+        if let Some(who) = &report.revoke_requested_by {
+            return Err(RevokeRefused::UnderWay(who.clone()));
+        }
+        let serial = report.serial.clone().ok_or(RevokeRefused::NothingIssued)?;
+        self.requests.send(Revoke { by: by.to_string() }).map_err(|_| RevokeRefused::Stopped)?;
+        report.revoke_requested_by = Some(by.to_string());
+        Ok(serial)
+    }
+}
+
+impl AcmeClient {
+    /// Writes what the thread knows into `report` (keeping the pending request's requester).
+    fn report_into(&self, report: &Mutex<AcmeReport>, outcome: &Result<(), AcmeError>) {
+        let mut report = report.lock();
+        report.directory = self.settings.directory.clone();
+        report.domains = self.settings.domains.clone();
+        report.serial = self.current.as_ref().map(|c| c.serial.clone());
+        report.not_after = self.current.as_ref().map(|c| c.not_after);
+        report.unrevoked = self.unrevoked.as_ref().map(|c| c.serial.clone());
+        report.last_error = outcome.as_ref().err().map(ToString::to_string);
+    }
+}
+
 /// Runs `client` on a background thread: a look at the certificate now and every 12 hours, ordering
-/// when due; a failure is retried after 1 minute, doubling to 6 hours.
-pub fn spawn(mut client: AcmeClient, clock: Clock) -> io::Result<Background> {
-    Background::spawn("pibl-acme", move |stop| {
+/// when due; a failure is retried after 1 minute, doubling to 6 hours. An operator's revoke request
+/// ([`AcmeControl::request_revoke`]) wakes it at once.
+pub fn spawn(mut client: AcmeClient, clock: Clock) -> io::Result<(Background, AcmeControl)> {
+    let (requests, incoming) = crossbeam_channel::unbounded::<Revoke>();
+    let report = Arc::new(Mutex::new(AcmeReport::default()));
+    client.report_into(&report, &Ok(()));
+    let control = AcmeControl { requests, report: Arc::clone(&report) };
+    let thread = Background::spawn("pibl-acme", move |stop| {
         let mut backoff = FIRST_BACKOFF;
+        let mut revoke: Option<Revoke> = None;
+        // The API's sender lives as long as pibl does; should it go, the thread stops listening to it.
+        let mut incoming: Receiver<Revoke> = incoming;
         loop {
-            let wait = match client.check(clock.wall()) {
+            let asked = revoke.is_some();
+            let outcome = match revoke.take() {
+                Some(Revoke { by }) => {
+                    log::warn!("ACME: {by} asked to replace and revoke the certificate");
+                    client.revoke_and_reissue(clock.wall()).map(|()| Checked::Issued)
+                }
+                None => client.check(clock.wall()),
+            };
+            let wait = match &outcome {
                 Ok(checked) => {
                     if let Checked::Valid(days) = checked {
                         log::debug!("ACME: certificate valid, {days} days left");
@@ -383,11 +508,21 @@ pub fn spawn(mut client: AcmeClient, clock: Clock) -> io::Result<Background> {
                     wait
                 }
             };
-            if stop.wait(wait) {
-                return;
+            client.report_into(&report, &outcome.map(|_| ()));
+            if asked {
+                report.lock().revoke_requested_by = None;
+            }
+            select! {
+                recv(incoming) -> request => match request {
+                    Ok(request) => revoke = Some(request),
+                    Err(_) => incoming = crossbeam_channel::never(),
+                },
+                recv(stop.stopped()) -> _ => return,
+                default(wait) => {}
             }
         }
-    })
+    })?;
+    Ok((thread, control))
 }
 
 /// Whether a certificate's names are exactly `domains`, in any order.

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use rustls::{ClientConfig, ServerConfig};
 
-use super::acme::{spawn, AcmeClient, AcmeSettings};
+use super::acme::{spawn, AcmeClient, AcmeControl, AcmeSettings};
 use super::challenge::Challenges;
 use super::client::{backend_client_config, BackendTrust};
 use super::error::CertError;
@@ -29,6 +29,8 @@ pub struct Https {
     /// How `https://` backends are spoken to (any such backend, `backend_ca` or verify off).
     backend: Option<Arc<ClientConfig>>,
     acme: Option<Background>,
+    /// The ACME thread's controls, for the management API.
+    acme_control: Option<AcmeControl>,
     /// The first ACME domain and days left on its certificate, for `/metrics`.
     days_left: Option<(String, Arc<AtomicI64>)>,
 }
@@ -70,8 +72,8 @@ impl Https {
             0 => None,
             _ => Some(server_config(Arc::clone(&store)).map_err(|e| format!("TLS listener: {e}"))?),
         };
-        let (acme, days_left) = match AcmeSettings::from_config(config) {
-            None => (None, None),
+        let (acme, acme_control, days_left) = match AcmeSettings::from_config(config) {
+            None => (None, None, None),
             Some(settings) => {
                 if config.port != 80 {
                     log::warn!(
@@ -83,11 +85,12 @@ impl Https {
                 let client =
                     AcmeClient::new(settings, Arc::clone(&store), challenges, now).map_err(|e| e.to_string())?;
                 let days = client.days_left();
-                let thread = spawn(client, clock).map_err(|e| format!("cannot start the ACME thread: {e}"))?;
-                (Some(thread), Some((first, days)))
+                let (thread, control) =
+                    spawn(client, clock).map_err(|e| format!("cannot start the ACME thread: {e}"))?;
+                (Some(thread), Some(control), Some((first, days)))
             }
         };
-        Ok(Https { store, server, backend, acme, days_left })
+        Ok(Https { store, server, backend, acme, acme_control, days_left })
     }
 
     /// The certificates the TLS listener serves.
@@ -110,6 +113,11 @@ impl Https {
     /// The ACME certificate's gauge: its first name and days left (-1 before the first one).
     pub fn days_left(&self) -> Option<(String, Arc<AtomicI64>)> {
         self.days_left.clone()
+    }
+
+    /// The ACME thread's controls (`acme_domains` set): its state, and revoke-and-reissue.
+    pub fn acme_control(&self) -> Option<AcmeControl> {
+        self.acme_control.clone()
     }
 
     /// SIGHUP: reloads every certificate file; on a refused one the old set stays.

@@ -23,21 +23,27 @@ pub struct CertSet {
 
 impl CertSet {
     /// Serves `cert` for `hosts` (its own names when empty), replacing whatever served them before.
-    /// The first certificate added is the default until [`CertSet::set_default`] names another.
+    /// The first certificate added is the default until [`CertSet::set_default`] names another; a
+    /// certificate that replaces the default (a renewal of it) becomes the default, so clients
+    /// without SNI are not left with an old, perhaps revoked, one.
     pub fn insert(&mut self, cert: LoadedCert, hosts: &[String]) {
         self.insert_shared(Arc::new(cert), hosts);
     }
 
     fn insert_shared(&mut self, cert: Arc<LoadedCert>, hosts: &[String]) {
         let hosts = if hosts.is_empty() { cert.names.clone() } else { hosts.to_vec() };
+        let mut replaced_default = false;
         for host in hosts {
             let host = host.to_ascii_lowercase();
-            match host.strip_prefix("*.") {
+            let before = match host.strip_prefix("*.") {
                 Some(parent) => self.wildcard.insert(parent.to_string(), Arc::clone(&cert)),
                 None => self.exact.insert(host, Arc::clone(&cert)),
             };
+            if let (Some(before), Some(default)) = (&before, &self.default) {
+                replaced_default |= Arc::ptr_eq(before, default);
+            }
         }
-        if self.default.is_none() {
+        if self.default.is_none() || replaced_default {
             self.default = Some(cert);
         }
     }
