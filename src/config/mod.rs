@@ -34,7 +34,7 @@ pub use settings::{Config, Engine, LockoutScope, MetricsAuth, DEFAULT_ENDPOINT_A
 pub use tls::{TlsSite, TLS_SITE_KEYS};
 pub use values::BackendAddr;
 
-use keys::{key_spec, Entry, BACKENDS_HELP, INI_HEADER, LAYOUT};
+use keys::{key_names, key_spec, Entry, BACKENDS_HELP, INI_HEADER, LAYOUT};
 use scan::{key_line, key_line_in, section_line};
 use suggest::{suggest_key, suggest_section};
 use values::{parse_backend, parse_count, parse_database, parse_server_number, parse_timeout, render_size};
@@ -353,6 +353,12 @@ impl Config {
     pub fn set_key(&mut self, key: &str, text: &str) -> Result<(), ValueError> {
         let spec = key_spec(key).ok_or_else(|| ValueError::new(unknown_key_message(key)))?;
         (spec.apply)(self, text).map_err(ValueError::new)
+    }
+
+    /// The `[DEFAULT]` keys whose values differ between `self` and `other`, in file order
+    /// (`ip_serverN`, routes and `[tls.NAME]` sections are not keys of the table).
+    pub fn changed_keys(&self, other: &Config) -> Vec<&'static str> {
+        key_names().filter(|name| self.key_text(name) != other.key_text(name)).collect()
     }
 
     /// The text of one `[DEFAULT]` key as `parser.ini` would hold it (`key_text("ttl")` is `"60"` by

@@ -267,21 +267,16 @@ impl Server {
     }
 
     /// Swaps in the routes, pools, access lists and rate limits of `config`. Requests in flight
-    /// finish on the old ones; settings read at start-up (listener, threads, timeouts, cache size)
-    /// keep their old values, and the differences are logged.
+    /// finish on the old ones; every other setting keeps the value read at start-up, and each
+    /// changed one is named in a warning ([`restart_only_changes`]).
     pub fn reload(&self, config: &Config) {
-        let old = &self.shared.config;
-        let fixed = [
-            ("engine", old.engine != config.engine),
-            ("bind/port", (old.bind, old.port) != (config.bind, config.port)),
-            ("threads", old.threads != config.threads),
-            ("max_conn", old.max_conn != config.max_conn),
-            ("cache", (old.ttl, old.cache_max_bytes) != (config.ttl, config.cache_max_bytes)),
-        ];
-        for (what, changed) in fixed {
-            if changed {
-                log::warn!("reload: {what} changed in the file; it takes effect at the next restart");
-            }
+        let pending = restart_only_changes(&self.shared.config, config);
+        if !pending.is_empty() {
+            log::warn!(
+                "reload: {} changed in the file; a restart applies {}",
+                pending.join(", "),
+                if pending.len() == 1 { "it" } else { "them" }
+            );
         }
         if let Err(e) = refuse_tls_on_threads(config, &TlsPlane::default()) {
             log::error!("reload refused, the running configuration stays: {e}");
@@ -535,4 +530,50 @@ fn refuse_tls_on_threads(config: &Config, tls: &TlsPlane) -> io::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The `[DEFAULT]` keys a SIGHUP applies: the gateway's (pools and their size, access lists, rate
+/// limits) and the certificate files (reloaded by `tls::https`). `ip_serverN`, `[route.NAME]` and
+/// `[tls.NAME]` sections are applied too; they are not keys of the table.
+const RELOADED_KEYS: [&str; 9] = [
+    "backend_pool_size",
+    "rate_limit",
+    "rate_burst",
+    "deny",
+    "allow",
+    "trusted_proxies",
+    "tls_cert",
+    "tls_key",
+    "tls_dir",
+];
+
+/// The keys changed between `running` and `file` that only a restart applies (the listeners,
+/// threads, timeouts, limits, cache, logging, API, HTTPS behaviour...), in file order.
+pub fn restart_only_changes(running: &Config, file: &Config) -> Vec<&'static str> {
+    running.changed_keys(file).into_iter().filter(|key| !RELOADED_KEYS.contains(key)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_names_every_changed_key_it_does_not_apply() {
+        let running = Config::default();
+        let mut file = running.clone();
+        assert!(restart_only_changes(&running, &file).is_empty());
+        for (key, value) in [
+            ("hsts", "8760h"),
+            ("tls_port", "8443"),
+            ("keepalive_timeout", "9s"),
+            ("deny", "10.0.0.0/8"),
+            ("rate_limit", "5/s"),
+        ] {
+            file.set_key(key, value).expect(key);
+        }
+        assert_eq!(restart_only_changes(&running, &file), ["keepalive_timeout", "tls_port", "hsts"]);
+        for key in RELOADED_KEYS {
+            assert!(running.key_text(key).is_some(), "{key} is a key of the table");
+        }
+    }
 }
