@@ -8,11 +8,13 @@
 # proxy-bench.sh for the ratios beside nginx/HAProxy that go into BENCHMARKS.md.
 #
 # usage: bench/cpu-ab.sh [--rounds N] [--conns N] [--duration S] [--path P] [--scheme http|https] \
+#            [--close] \
 #            NAME:PORT:COMMAND_PREFIX ...
 # e.g.   bench/cpu-ab.sh --rounds 4 before:8091:/tmp/proxy-old after:8092:target/release/proxy
 set -euo pipefail
 
 ROUNDS=4 CONNS=64 DURATION=5 URL_PATH=/small SCHEME=http
+HEADER=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2;;
@@ -20,7 +22,8 @@ while [ $# -gt 0 ]; do
     --duration) DURATION=$2; shift 2;;
     --path) URL_PATH=$2; shift 2;;
     --scheme) SCHEME=$2; shift 2;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0;;
+    --close) HEADER=(-H "Connection: close"); shift;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0;;
     *) break;;
   esac
 done
@@ -56,7 +59,7 @@ for round in $(seq "$ROUNDS"); do
     mapfile -t pids < <(pgrep -f "^$prefix")
     [ "${#pids[@]}" -gt 0 ] || { echo "cpu-ab: no process starts with $prefix" >&2; exit 1; }
     c0=$(ticks "${pids[@]}"); read -r v0 i0 < <(switches "${pids[@]}")
-    requests=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" "$SCHEME://127.0.0.1:$port$URL_PATH" | awk '/requests in/ {print $1}')
+    requests=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" "${HEADER[@]}" "$SCHEME://127.0.0.1:$port$URL_PATH" | awk '/requests in/ {print $1}')
     c1=$(ticks "${pids[@]}"); read -r v1 i1 < <(switches "${pids[@]}")
     awk -v r="$round" -v n="$name" -v q="$requests" -v c=$((c1 - c0)) -v v=$((v1 - v0)) -v i=$((i1 - i0)) \
       'BEGIN { printf "round %d %-12s requests %8d  cpu %5.2f s  req/cpu-s %6.0f  switches/req vol %.2f invol %.2f\n",

@@ -159,6 +159,30 @@ fn the_threaded_engine_does_not_switch_protocols() {
 }
 
 #[test]
+fn a_burst_of_connections_is_spread_evenly_over_the_loops() {
+    let backend = TestBackend::named("b");
+    let proxy = start_proxy(Config { threads: 2, ..loops_config(&[backend.addr]) });
+    // 64 connections at once, as a load generator opens them: whichever loop wakes first accepts
+    // them all, and hands those beyond its share to the other.
+    let mut clients: Vec<TcpStream> =
+        (0..64).map(|_| TcpStream::connect(proxy.local_addr()).expect("connect")).collect();
+    for client in &mut clients {
+        client.write_all(b"GET /spread HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    }
+    for client in &mut clients {
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut head = [0u8; 12];
+        client.read_exact(&mut head).expect("an answer on every connection");
+        assert_eq!(&head, b"HTTP/1.1 200");
+    }
+    let loads = proxy.loop_loads();
+    assert_eq!(loads.iter().sum::<usize>(), 64, "{loads:?}");
+    assert!(loads[0].abs_diff(loads[1]) <= 2, "one loop took more than its share: {loads:?}");
+    drop(clients);
+    wait_until("the loops count the closed connections", || proxy.loop_loads() == [0, 0]);
+}
+
+#[test]
 fn the_cache_answers_hits_without_the_backend() {
     let backend = TestBackend::start(|_| {
         Reply::Raw(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 5\r\n\r\nhello".to_vec())

@@ -319,6 +319,11 @@ impl Server {
         self.shared.stats()
     }
 
+    /// How many client connections each event loop serves (empty with `engine = threads`).
+    pub fn loop_loads(&self) -> Vec<usize> {
+        self.loops.as_ref().map(event_loop::Loops::loads).unwrap_or_default()
+    }
+
     /// A handle for metrics and status pages.
     pub fn probe(&self) -> Probe {
         Probe::new(&self.shared)

@@ -8,6 +8,7 @@ use mio::{Registry, Waker};
 use parking_lot::Mutex;
 
 use crate::http::buffer::SpareBuffers;
+use crate::server::event_loop::spread::Arrival;
 use crate::server::event_loop::timers::Owner;
 use crate::server::event_loop::upstream_pool::UpstreamPool;
 use crate::server::shared::Shared;
@@ -16,15 +17,28 @@ use crate::server::shared::Shared;
 #[cfg(test)]
 pub const PANIC_TARGET: &str = "/__pibl_test_panic";
 
-/// Sessions another thread asks a loop to run again (a cache fetch they waited for finished).
+/// What other threads hand a loop: sessions to run again (a cache fetch they waited for
+/// finished) and connections another loop accepted for it.
 pub struct Inbox {
     ready: Mutex<Vec<Owner>>,
+    arrivals: Mutex<Vec<Arrival>>,
     waker: Arc<Waker>,
 }
 
 impl Inbox {
     pub fn new(waker: Arc<Waker>) -> Inbox {
-        Inbox { ready: Mutex::new(Vec::new()), waker }
+        Inbox { ready: Mutex::new(Vec::new()), arrivals: Mutex::new(Vec::new()), waker }
+    }
+
+    /// Gives the loop a connection to serve; callable from any thread.
+    pub fn hand_over(&self, arrival: Arrival) {
+        self.arrivals.lock().push(arrival);
+        let _ = self.waker.wake();
+    }
+
+    /// The connections handed over since the last call.
+    pub fn take_arrivals(&self) -> Vec<Arrival> {
+        std::mem::take(&mut *self.arrivals.lock())
     }
 
     /// Asks the loop to run `owner` again; callable from any thread.

@@ -4,8 +4,8 @@
 //! thread that accepted it, with no queue and no other thread on its way.
 //!
 //! ```text
-//! listener, TLS listener (registered in every loop; whichever wakes first accepts)
-//!    │
+//! listener, TLS listener (registered in every loop; whichever wakes first accepts, and hands a
+//!    │                     connection to the least-loaded loop when it carries more: `spread`)
 //!    ▼
 //! loop i: poll ─► sessions (slab of state machines) ⇄ backend sockets ─► upstream pool (per loop)
 //!           └──── timers (one heap: header, keep-alive, client, connect, backend, tunnel, linger)
@@ -26,6 +26,7 @@ pub mod client;
 pub mod env;
 pub mod exchange;
 pub mod session;
+pub mod spread;
 pub mod timers;
 pub mod tokens;
 pub mod transport;
@@ -53,6 +54,7 @@ use crate::tls::plain::hsts_header;
 use client::Client;
 use env::{Env, Inbox};
 use session::{Session, Verdict};
+use spread::{Arrival, LoadBoard};
 use timers::{Owner, Timers};
 use tokens::{backend_of, client_token, slot_of, LISTENER, TLS_LISTENER, WAKER};
 use transport::Transport;
@@ -76,6 +78,7 @@ pub struct TlsListener {
 /// The running loops of one server.
 pub struct Loops {
     wakers: Vec<Arc<Waker>>,
+    board: Arc<LoadBoard>,
     handles: Vec<JoinHandle<()>>,
     done: Receiver<()>,
 }
@@ -98,10 +101,18 @@ impl Loops {
             );
         }
         let (done_tx, done) = crossbeam_channel::unbounded();
-        let mut loops = Loops { wakers: Vec::new(), handles: Vec::new(), done };
-        for i in 0..count {
+        let board = Arc::new(LoadBoard::new(count));
+        let mut loops = Loops { wakers: Vec::new(), board: Arc::clone(&board), handles: Vec::new(), done };
+        // Every loop's poller and inbox first: each loop may hand connections to any other.
+        let mut polls = Vec::with_capacity(count);
+        for _ in 0..count {
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            loops.wakers.push(Arc::clone(&waker));
+            polls.push((poll, Arc::new(Inbox::new(waker))));
+        }
+        let inboxes: Arc<[Arc<Inbox>]> = polls.iter().map(|(_, inbox)| Arc::clone(inbox)).collect();
+        for (index, (poll, inbox)) in polls.into_iter().enumerate() {
             let mut own = TcpListener::from_std(listener.try_clone()?);
             poll.registry().register(&mut own, LISTENER, Interest::READABLE)?;
             let own_tls = match &tls {
@@ -113,17 +124,21 @@ impl Loops {
                 None => None,
             };
             let (shared, done_tx) = (Arc::clone(shared), done_tx.clone());
-            let inbox = Arc::new(Inbox::new(Arc::clone(&waker)));
-            let handle = thread::Builder::new().name(format!("pibl-loop-{i}")).spawn(move || {
-                EventLoop::new(poll, own, own_tls, shared, inbox).run();
+            let peers = Peers { index, inboxes: Arc::clone(&inboxes), board: Arc::clone(&board) };
+            let handle = thread::Builder::new().name(format!("pibl-loop-{index}")).spawn(move || {
+                EventLoop::new(poll, own, own_tls, shared, inbox, peers).run();
                 let _ = done_tx.send(());
             })?;
-            loops.wakers.push(waker);
             loops.handles.push(handle);
         }
         // Every loop holds its own handles; once they drop them at shutdown the ports are closed.
         drop((listener, tls));
         Ok(loops)
+    }
+
+    /// How many connections each loop serves now.
+    pub fn loads(&self) -> Vec<usize> {
+        self.board.loads()
     }
 
     /// Interrupts every loop's wait (to see the shutdown flag).
@@ -165,6 +180,13 @@ struct Entry {
     parked: bool,
 }
 
+/// A loop's place among the others: its index, every loop's inbox and the shared load counts.
+struct Peers {
+    index: usize,
+    inboxes: Arc<[Arc<Inbox>]>,
+    board: Arc<LoadBoard>,
+}
+
 struct EventLoop {
     poll: Poll,
     listener: Option<TcpListener>,
@@ -186,6 +208,8 @@ struct EventLoop {
     inbox: Arc<Inbox>,
     /// Read buffers given back by this loop's sessions, lent to the next reads.
     spare: SpareBuffers,
+    /// This loop's place among the others, for spreading accepted connections.
+    peers: Peers,
     /// Sessions whose turn ended while they were still moving ([`Verdict::Yield`]): driven again
     /// after the next poll, which then does not wait.
     again: Vec<Owner>,
@@ -202,6 +226,7 @@ impl EventLoop {
         tls: Option<(TcpListener, Arc<ServerConfig>)>,
         shared: Arc<Shared>,
         inbox: Arc<Inbox>,
+        peers: Peers,
     ) -> EventLoop {
         let hsts = hsts_header(shared.config.hsts).map(|v| format!("Strict-Transport-Security: {v}\r\n"));
         EventLoop {
@@ -221,6 +246,7 @@ impl EventLoop {
             last_purge: Instant::now(),
             inbox,
             spare: SpareBuffers::default(),
+            peers,
             again: Vec::new(),
             ready: Vec::new(),
             accept_failures: Throttled::new(ACCEPT_FAILURE_LOG_EVERY),
@@ -262,6 +288,9 @@ impl EventLoop {
                     LISTENER => self.accept(false),
                     TLS_LISTENER => self.accept(true),
                     WAKER => {
+                        for arrival in self.inbox.take_arrivals() {
+                            self.admit(arrival);
+                        }
                         let woken = self.inbox.take();
                         ready.extend(woken.into_iter().filter(|&owner| self.owns(owner)).map(|owner| owner.slot));
                     }
@@ -375,30 +404,51 @@ impl EventLoop {
                     }
                 },
             };
-            let _ = stream.set_nodelay(true);
-            let slot = self.free.pop().unwrap_or_else(|| {
-                self.sessions.push(None);
-                self.sessions.len() - 1
-            });
-            let interest = Interest::READABLE | Interest::WRITABLE;
-            if let Err(e) = self.poll.registry().register(&mut stream, client_token(slot), interest) {
-                log::warn!("dropping connection from {peer}: {e}");
-                self.free.push(slot);
-                continue;
-            }
-            let Some(client) = self.client(stream, peer, tls) else {
-                self.free.push(slot);
-                continue;
+            let arrival = Arrival { stream, peer, tls, conn_slot: self.shared.conns.acquire(), ip_slot };
+            let Peers { index, inboxes, board } = &self.peers;
+            let target = match self.shared.is_shutting_down() {
+                false => board.assign(*index),
+                true => {
+                    board.count(*index);
+                    *index
+                }
             };
-            let now = Instant::now();
-            self.generation += 1;
-            let owner = Owner { slot, generation: self.generation };
-            let session = Session::new(client, owner, self.shared.conns.acquire(), ip_slot, now);
-            self.sessions[slot] = Some(Entry { session, generation: self.generation, parked: false });
-            self.open += 1;
-            // The registration reports the socket's readiness; until then the header timeout runs.
-            self.settle(slot);
+            match inboxes.get(target).filter(|_| target != *index) {
+                Some(inbox) => inbox.hand_over(arrival),
+                None => self.admit(arrival),
+            }
         }
+    }
+
+    /// Starts serving a connection this loop accepted, or another loop handed over (already
+    /// counted on this loop's [`LoadBoard`] entry).
+    fn admit(&mut self, arrival: Arrival) {
+        let Arrival { mut stream, peer, tls, conn_slot, ip_slot } = arrival;
+        let _ = stream.set_nodelay(true);
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.sessions.push(None);
+            self.sessions.len() - 1
+        });
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self.poll.registry().register(&mut stream, client_token(slot), interest) {
+            log::warn!("dropping connection from {peer}: {e}");
+            self.free.push(slot);
+            self.peers.board.left(self.peers.index);
+            return;
+        }
+        let Some(client) = self.client(stream, peer, tls) else {
+            self.free.push(slot);
+            self.peers.board.left(self.peers.index);
+            return;
+        };
+        let now = Instant::now();
+        self.generation += 1;
+        let owner = Owner { slot, generation: self.generation };
+        let session = Session::new(client, owner, conn_slot, ip_slot, now);
+        self.sessions[slot] = Some(Entry { session, generation: self.generation, parked: false });
+        self.open += 1;
+        // The registration reports the socket's readiness; until then the header timeout runs.
+        self.settle(slot);
     }
 
     /// The client side of a new session: plain, or TLS with a new rustls connection.
@@ -494,6 +544,7 @@ impl EventLoop {
         }
         self.free.push(slot);
         self.open -= 1;
+        self.peers.board.left(self.peers.index);
         // Dropping the session closes its sockets, which also leaves the poller.
         drop(entry);
         if self.accept_paused {
