@@ -150,7 +150,7 @@ fn a_thousand_websockets_on_two_loops_while_plain_requests_are_served() {
 #[test]
 fn the_threaded_engine_does_not_switch_protocols() {
     let backend = WsBackend::start(None);
-    let proxy = start_proxy(test_config(&[backend.addr]));
+    let proxy = start_proxy(Config { engine: Engine::Threads, ..test_config(&[backend.addr]) });
     let stream = TcpStream::connect(proxy.local_addr()).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
     // The Upgrade request field is hop-by-hop and dropped: the backend answers as plain HTTP.

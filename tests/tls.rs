@@ -265,7 +265,7 @@ fn tls_keys_and_sections_are_read_and_written_back() {
 
 #[test]
 fn the_threaded_engine_refuses_https_backends_at_start_up() {
-    let mut config = test_config(&[]);
+    let mut config = Config { engine: pibl::config::Engine::Threads, ..test_config(&[]) };
     config.backends = vec![pibl::config::BackendAddr::parse("https://127.0.0.1:9443").unwrap()];
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let e = pibl::Server::start_on(listener, config).err().expect("refused");
@@ -339,6 +339,7 @@ fn pibl_refuses_to_start_with_a_broken_certificate() {
 
     config.tls_key = dir.0.join("a.key");
     config.tls_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    config.engine = pibl::config::Engine::Threads;
     let threads = pibl::Pibl::start_on(bind(), bind(), config.clone(), pibl::clock::Clock::system());
     let e = threads.err().expect("the threaded engine has no TLS listener").to_string();
     assert!(e.ends_with("HTTPS is served by the event-loop engine only; set engine = loops"), "{e}");

@@ -291,8 +291,9 @@ fn read_chunked<S: Read>(stream: &mut S, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
 }
 
 thread_local! {
-    /// The engine `test_config` asks for on this test's thread (see [`both_engines!`]).
-    static ENGINE: std::cell::Cell<Engine> = const { std::cell::Cell::new(Engine::Threads) };
+    /// The engine `test_config` asks for on this test's thread: the default engine, the loops,
+    /// unless the test runs through [`both_engines!`].
+    static ENGINE: std::cell::Cell<Engine> = const { std::cell::Cell::new(Engine::Loops) };
 }
 
 /// The engine `test_config` chooses on this thread.
@@ -326,7 +327,7 @@ macro_rules! both_engines {
 }
 
 /// A config for tests: loopback, the given backends, small timeouts, no access log, and the
-/// engine of the running test (threads unless run through [`both_engines!`]).
+/// engine of the running test (the loops, pibl's default, unless run through [`both_engines!`]).
 pub fn test_config(backends: &[SocketAddr]) -> Config {
     Config {
         engine: ENGINE.with(|e| e.get()),
