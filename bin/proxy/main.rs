@@ -7,12 +7,11 @@ mod demo_admin;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
 
-use crossbeam_channel::RecvTimeoutError;
 use signal_hook::consts::{SIGHUP, SIGTERM, SIGUSR1};
+use signal_hook::iterator::Signals;
 
 use demo::DemoBackend;
 use pibl::api::json::check_email;
@@ -116,6 +115,14 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
+/// What the main thread is asked to do once the server runs.
+enum Control {
+    /// SIGHUP: re-read the configuration.
+    Reload,
+    /// Ctrl-C or SIGTERM: shut down gracefully.
+    Stop,
+}
+
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(args) => args,
@@ -171,15 +178,18 @@ fn main() -> ExitCode {
     }
 
     // Installed before anything listens: until then SIGTERM, SIGHUP and SIGUSR1 (logrotate) would
-    // kill the process with their default action. The access log adds its own SIGUSR1 flag later.
-    let (terminate, hangup) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    // kill the process with their default action. SIGTERM and SIGHUP wait in `signals` until the
+    // server runs; the access log adds its own SIGUSR1 flag later.
     let early_usr1 = Arc::new(AtomicBool::new(false));
-    for (signal, flag) in [(SIGTERM, &terminate), (SIGHUP, &hangup), (SIGUSR1, &early_usr1)] {
-        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(flag)) {
+    let signals =
+        signal_hook::flag::register(SIGUSR1, Arc::clone(&early_usr1)).and_then(|_| Signals::new([SIGTERM, SIGHUP]));
+    let mut signals = match signals {
+        Ok(signals) => signals,
+        Err(e) => {
             log::error!("cannot install the signal handlers: {e}");
             return ExitCode::from(1);
         }
-    }
+    };
 
     // Kept alive for the life of the process.
     let mut demo_backends = Vec::new();
@@ -230,27 +240,35 @@ fn main() -> ExitCode {
         }
     }
 
-    // Ctrl-C through `ctrlc`; SIGTERM and SIGHUP as flags polled here, so a reload never runs inside
-    // a signal handler.
-    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+    // Ctrl-C through `ctrlc`, SIGTERM and SIGHUP through a thread that reads them from
+    // signal-hook's pipe: both become messages, so a reload never runs inside a signal handler and
+    // this thread sleeps until one comes.
+    let (control_tx, control) = crossbeam_channel::unbounded::<Control>();
+    let stop_tx = control_tx.clone();
     if let Err(e) = ctrlc::set_handler(move || {
-        let _ = stop_tx.try_send(());
+        let _ = stop_tx.send(Control::Stop);
     }) {
         log::error!("cannot install the Ctrl-C handler: {e}");
         return ExitCode::from(1);
     }
-    loop {
-        match stop_rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
-            Err(RecvTimeoutError::Timeout) => {}
+    let signals_handle = signals.handle();
+    let signal_thread = std::thread::Builder::new().name("pibl-signals".into()).spawn(move || {
+        for signal in signals.forever() {
+            let message = if signal == SIGHUP { Control::Reload } else { Control::Stop };
+            if control_tx.send(message).is_err() {
+                break;
+            }
         }
-        if terminate.load(Ordering::Relaxed) {
-            break;
-        }
-        if hangup.swap(false, Ordering::Relaxed) {
-            reload(&server, args.config.as_deref(), demo_fit.as_ref());
-        }
+    });
+    if let Err(e) = signal_thread {
+        log::error!("cannot start the signal thread: {e}");
+        return ExitCode::from(1);
     }
+    // Anything but a reload (a stop, or every sender gone) ends the wait.
+    while let Ok(Control::Reload) = control.recv() {
+        reload(&server, args.config.as_deref(), demo_fit.as_ref());
+    }
+    signals_handle.close();
     log::info!("shutting down: no new connections, finishing requests in flight");
     let clean = server.shutdown();
     log::info!("stopped{}", if clean { "" } else { " (some requests were cut off by shutdown_grace)" });
