@@ -337,6 +337,33 @@ fn https_redirect_answers_plain_requests_with_308_but_not_acme_challenges() {
 }
 
 #[test]
+fn sighup_turns_on_the_redirect_and_hsts_without_a_restart() {
+    loops(|| {
+        let backend = TestBackend::start(|_| ok("from the backend"));
+        let https = Https::start("tls-proxy-redirect-reload", backend.addr, "https_redirect = off\nhsts = 0");
+        let plain = || common::request(https.proxy.addr, b"GET /a HTTP/1.1\r\nHost: example.test\r\n\r\n");
+        assert_eq!(plain().status, 200, "no redirect yet");
+        let mut open = https.connect("default.test");
+        assert_eq!(open.get("/a", "example.test").header("strict-transport-security"), None);
+
+        let file = https.dir.0.join("parser.ini");
+        let text = std::fs::read_to_string(&file).unwrap();
+        let text = text.replace("https_redirect = off\nhsts = 0", "https_redirect = on\nhsts = 2h");
+        std::fs::write(&file, text).unwrap();
+        https.proxy.signal("HUP");
+        common::wait_until("the reload turns the redirect on", || plain().status == 308);
+        let location = format!("https://example.test:{}/a", https.tls.port());
+        assert_eq!(plain().header("location"), Some(location.as_str()));
+        // New TLS connections carry HSTS; one opened before the reload keeps what it started with.
+        let r = https.connect("default.test").get("/a", "example.test");
+        assert_eq!(r.header("strict-transport-security"), Some("max-age=7200"));
+        assert_eq!(open.get("/a", "example.test").header("strict-transport-security"), None);
+        let log = std::fs::read_to_string(https.dir.0.join("proxy.stderr")).unwrap();
+        assert!(!log.contains("a restart applies"), "both keys are applied by the reload: {log}");
+    });
+}
+
+#[test]
 fn openssl_is_refused_tls_1_1_and_served_tls_1_2() {
     loops(|| {
         if std::process::Command::new("openssl").arg("version").output().is_err() {

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::RwLock;
 use rustls::{ClientConfig, ServerConfig};
@@ -48,7 +49,7 @@ use crate::server::shared::{Shared, Stats};
 use crate::store::credentials::Tokens;
 use crate::tls::challenge::Challenges;
 use crate::tls::client::{backend_client_config, BackendTrust};
-use crate::tls::plain::PlainPort;
+use crate::tls::plain::{tls_answer_fields, PlainPort};
 use crate::upstream::apps::Router;
 use crate::upstream::backend::Backend;
 
@@ -165,6 +166,7 @@ impl Server {
             per_ip: Arc::new(PerIpLimit::default()),
             parker: Parker::new()?,
             plain_port: PlainPort::from_config(&config, tls.challenges),
+            tls_answer_fields: ArcSwap::from_pointee(tls_answer_fields(config.hsts)),
             backend_tls,
             loop_parked: Default::default(),
             config,
@@ -288,6 +290,9 @@ impl Server {
             }
         }
         *self.shared.gateway.write() = Arc::new(Gateway::new(config));
+        // HTTPS behaviour, on the listener that runs (`tls_port` itself needs a restart).
+        self.shared.plain_port.set_redirect(config.https_redirect, self.shared.config.tls_port);
+        self.shared.tls_answer_fields.store(Arc::new(tls_answer_fields(config.hsts)));
         self.shared.metrics.prepare(config);
         log::info!("reload: {} route(s), {} default backend(s)", config.routes.len(), config.backends.len());
     }
@@ -538,15 +543,18 @@ fn refuse_tls_on_threads(config: &Config, tls: &TlsPlane) -> io::Result<()> {
 }
 
 /// The `[DEFAULT]` keys a SIGHUP applies: the gateway's (pools and their size, access lists, rate
-/// limits) and the certificate files (reloaded by `tls::https`). `ip_serverN`, `[route.NAME]` and
-/// `[tls.NAME]` sections are applied too; they are not keys of the table.
-const RELOADED_KEYS: [&str; 9] = [
+/// limits), the redirect to https and HSTS, and the certificate files (reloaded by `tls::https`).
+/// `ip_serverN`, `[route.NAME]` and `[tls.NAME]` sections are applied too; they are not keys of
+/// the table.
+const RELOADED_KEYS: [&str; 11] = [
     "backend_pool_size",
     "rate_limit",
     "rate_burst",
     "deny",
     "allow",
     "trusted_proxies",
+    "https_redirect",
+    "hsts",
     "tls_cert",
     "tls_key",
     "tls_dir",
@@ -576,7 +584,7 @@ mod tests {
         ] {
             file.set_key(key, value).expect(key);
         }
-        assert_eq!(restart_only_changes(&running, &file), ["keepalive_timeout", "tls_port", "hsts"]);
+        assert_eq!(restart_only_changes(&running, &file), ["keepalive_timeout", "tls_port"]);
         for key in RELOADED_KEYS {
             assert!(running.key_text(key).is_some(), "{key} is a key of the table");
         }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::RwLock;
 
@@ -51,6 +52,8 @@ pub struct Shared {
     pub(super) parker: Parker,
     /// What the plain port answers by itself for HTTPS: ACME challenges and `https_redirect`.
     pub plain_port: PlainPort,
+    /// The header field lines every answer over TLS carries (`hsts`); swapped by a reload.
+    pub tls_answer_fields: ArcSwap<Vec<u8>>,
     /// The rustls configuration for `https://` backends, when any is configured.
     pub backend_tls: Option<Arc<rustls::ClientConfig>>,
     /// Sessions of the loop engine waiting for a request (its counterpart of the parker's count).

@@ -3,17 +3,18 @@
 //! functions over the request line and `Host`, so any engine can call them; plus the HSTS header
 //! for answers sent over TLS (RFC 6797 §7.2 forbids it over plain HTTP, so redirects never carry it).
 
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::challenge::{Challenges, CHALLENGE_PATH};
 use crate::config::Config;
 
-/// The plain port's HTTPS duties, fixed at start-up.
+/// The plain port's HTTPS duties: ACME is fixed at start-up, the redirect follows SIGHUP.
 #[derive(Debug, Default)]
 pub struct PlainPort {
-    /// `Some(tls_port)` with `https_redirect = on`.
-    pub redirect_to: Option<u16>,
+    /// The TLS port redirects go to with `https_redirect = on`; 0 when off.
+    redirect_to: AtomicU16,
     /// ACME is on (`acme_domains`): unknown challenge tokens are answered 404 here, not forwarded.
     pub acme: bool,
     /// Tokens the ACME client is being validated on.
@@ -22,11 +23,19 @@ pub struct PlainPort {
 
 impl PlainPort {
     pub fn from_config(config: &Config, challenges: Arc<Challenges>) -> PlainPort {
-        PlainPort {
-            redirect_to: (config.https_redirect && config.tls_port != 0).then_some(config.tls_port),
-            acme: !config.acme_domains.is_empty(),
-            challenges,
-        }
+        let port = PlainPort { redirect_to: AtomicU16::new(0), acme: !config.acme_domains.is_empty(), challenges };
+        port.set_redirect(config.https_redirect, config.tls_port);
+        port
+    }
+
+    /// `https_redirect` to the TLS listener on `tls_port` (the running one: a reload cannot move it).
+    pub fn set_redirect(&self, on: bool, tls_port: u16) {
+        self.redirect_to.store(if on { tls_port } else { 0 }, Ordering::Relaxed);
+    }
+
+    /// `Some(tls_port)` while `https_redirect` is on.
+    pub fn redirect_to(&self) -> Option<u16> {
+        Some(self.redirect_to.load(Ordering::Relaxed)).filter(|&port| port != 0)
     }
 }
 
@@ -84,7 +93,7 @@ pub fn plain_answer(port: &PlainPort, method: &str, target: &str, host: Option<&
         // pibl): neither answered nor redirected.
         return None;
     }
-    let tls_port = port.redirect_to?;
+    let tls_port = port.redirect_to()?;
     Some(match host.and_then(redirect_host) {
         Some(host) => {
             let port = if tls_port == 443 { String::new() } else { format!(":{tls_port}") };
@@ -97,6 +106,12 @@ pub fn plain_answer(port: &PlainPort, method: &str, target: &str, host: Option<&
             body: "400 Bad Request: the redirect to https needs a valid Host header\n".into(),
         },
     })
+}
+
+/// The header field lines every answer over TLS carries: `Strict-Transport-Security` with `hsts`
+/// as max-age, or nothing when it is zero.
+pub fn tls_answer_fields(max_age: Duration) -> Vec<u8> {
+    hsts_header(max_age).map(|v| format!("Strict-Transport-Security: {v}\r\n").into_bytes()).unwrap_or_default()
 }
 
 /// The `Strict-Transport-Security` value for answers over TLS (`hsts` = max-age); `None` when off.
@@ -144,7 +159,11 @@ mod tests {
     use super::*;
 
     fn port(redirect_to: Option<u16>, acme: bool) -> PlainPort {
-        PlainPort { redirect_to, acme, challenges: Arc::new(Challenges::default()) }
+        PlainPort {
+            redirect_to: AtomicU16::new(redirect_to.unwrap_or(0)),
+            acme,
+            challenges: Arc::new(Challenges::default()),
+        }
     }
 
     #[test]

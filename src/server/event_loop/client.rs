@@ -94,13 +94,13 @@ pub struct Client {
     /// The last time bytes moved on this connection, for `client_timeout`.
     pub seen: Instant,
     /// Header fields every answer head on this connection carries (HSTS over TLS), each ending in CRLF.
-    pub answer_fields: Arc<[u8]>,
+    pub answer_fields: Arc<Vec<u8>>,
     /// What the loop knows of the socket's input (see [`HintedRead`]); events update it.
     pub input: Input,
 }
 
 impl Client {
-    pub fn new(transport: Transport, peer: SocketAddr, now: Instant, answer_fields: Arc<[u8]>) -> Client {
+    pub fn new(transport: Transport, peer: SocketAddr, now: Instant, answer_fields: Arc<Vec<u8>>) -> Client {
         Client {
             transport,
             peer,

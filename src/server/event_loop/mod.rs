@@ -50,7 +50,6 @@ use crate::http::buffer::SpareBuffers;
 use crate::observe::logging::Throttled;
 use crate::observe::metrics::{unix_secs, DEFAULT_ROUTE};
 use crate::server::shared::Shared;
-use crate::tls::plain::hsts_header;
 use client::Client;
 use env::{Env, Inbox};
 use session::{Session, Verdict};
@@ -192,10 +191,8 @@ struct EventLoop {
     listener: Option<TcpListener>,
     /// The TLS listener and its configuration.
     tls: Option<(TcpListener, Arc<ServerConfig>)>,
-    /// What every answer over TLS carries (`Strict-Transport-Security` when `hsts` is set), and
-    /// over plain HTTP (nothing).
-    tls_fields: Arc<[u8]>,
-    plain_fields: Arc<[u8]>,
+    /// What every answer over plain HTTP carries (nothing; over TLS: `Shared::tls_answer_fields`).
+    plain_fields: Arc<Vec<u8>>,
     shared: Arc<Shared>,
     sessions: Vec<Option<Entry>>,
     free: Vec<usize>,
@@ -228,13 +225,11 @@ impl EventLoop {
         inbox: Arc<Inbox>,
         peers: Peers,
     ) -> EventLoop {
-        let hsts = hsts_header(shared.config.hsts).map(|v| format!("Strict-Transport-Security: {v}\r\n"));
         EventLoop {
             poll,
             listener: Some(listener),
             tls,
-            tls_fields: hsts.unwrap_or_default().into_bytes().into(),
-            plain_fields: Vec::new().into(),
+            plain_fields: Arc::new(Vec::new()),
             shared,
             sessions: Vec::new(),
             free: Vec::new(),
@@ -459,7 +454,7 @@ impl EventLoop {
         };
         let limit = transport::buffer_limit(self.shared.config.buffer_size);
         match Transport::tls_server(stream, Arc::clone(config), limit) {
-            Ok(transport) => Some(Client::new(transport, peer, now, Arc::clone(&self.tls_fields))),
+            Ok(transport) => Some(Client::new(transport, peer, now, self.shared.tls_answer_fields.load_full())),
             Err(e) => {
                 log::warn!("dropping TLS connection from {peer}: {e}");
                 None
