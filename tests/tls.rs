@@ -40,17 +40,30 @@ fn three_sites(dir: &TempDir, ca: &TestCa) -> Config {
     Config::from_ini_str(&text, "test.ini").expect("config loads")
 }
 
+/// The three sites of [`three_sites`] in a store, served by a test listener.
+struct ThreeSites {
+    dir: TempDir,
+    ca: TestCa,
+    store: Arc<CertStore>,
+    addr: SocketAddr,
+}
+
+fn serve_three_sites(name: &str) -> ThreeSites {
+    let dir = TempDir::new(name);
+    let ca = TestCa::new("pibl test CA");
+    let config = three_sites(&dir, &ca);
+    let store = Arc::new(CertStore::new(load_configured(&config, SystemTime::now()).expect("certificates load")));
+    let addr = listener_for(&store);
+    ThreeSites { dir, ca, store, addr }
+}
+
 fn listener_for(store: &Arc<CertStore>) -> SocketAddr {
     TestListener::start(server_config(Arc::clone(store)).expect("server config")).addr
 }
 
 #[test]
 fn sni_chooses_the_certificate_and_clients_without_sni_get_the_default() {
-    let dir = TempDir::new("tls-sni");
-    let ca = TestCa::new("pibl test CA");
-    let config = three_sites(&dir, &ca);
-    let store = Arc::new(CertStore::new(load_configured(&config, SystemTime::now()).expect("certificates load")));
-    let addr = listener_for(&store);
+    let ThreeSites { dir, ca, store, addr } = serve_three_sites("tls-sni");
 
     let shop = load_pair(&dir.0.join("shop.crt"), &dir.0.join("shop.key"), SystemTime::now()).unwrap();
     let mut client = TlsClient::connect(addr, ca.client(), "shop.test").expect("handshake for shop.test");
@@ -72,11 +85,7 @@ fn sni_chooses_the_certificate_and_clients_without_sni_get_the_default() {
 
 #[test]
 fn a_renewed_default_certificate_is_served_to_clients_without_sni_too() {
-    let dir = TempDir::new("tls-renew-default");
-    let ca = TestCa::new("pibl test CA");
-    let config = three_sites(&dir, &ca);
-    let store = Arc::new(CertStore::new(load_configured(&config, SystemTime::now()).expect("certificates load")));
-    let addr = listener_for(&store);
+    let ThreeSites { dir, ca, store, addr } = serve_three_sites("tls-renew-default");
     let (cert, key) = ca.leaf(&["default.test"]).write(&dir.0, "default-renewed");
     let renewed = load_pair(&cert, &key, SystemTime::now()).unwrap();
     // As a renewal installs it: for the names it was ordered for.
