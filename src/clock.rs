@@ -71,7 +71,7 @@ impl Clock {
 }
 
 /// Milliseconds since the Unix epoch (0 for a time before 1970).
-fn epoch_ms(time: SystemTime) -> u64 {
+pub fn epoch_ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 

@@ -2,14 +2,14 @@
 //! and the ACME thread's state; `POST /api/tls/revoke` has the ACME certificate replaced by a new
 //! one (a new key) and then revoked at the CA, for a key that may have leaked.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde_json::{json, Value};
 
 use super::auth::require_admin;
 use super::reply::{ApiError, ApiResult, Reply};
 use super::state::ApiState;
-use crate::clock::rfc3339;
+use crate::clock::{epoch_ms, rfc3339};
 use crate::http::request::Request;
 use crate::tls::acme::RevokeRefused;
 use crate::tls::pem::LoadedCert;
@@ -81,7 +81,6 @@ fn describe(cert: &LoadedCert, now: SystemTime) -> Value {
     })
 }
 
-/// RFC 3339 in UTC (a time before 1970 is shown as the epoch).
 fn timestamp(time: SystemTime) -> String {
-    rfc3339(time.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0))
+    rfc3339(epoch_ms(time))
 }
