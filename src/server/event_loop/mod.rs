@@ -449,8 +449,14 @@ impl EventLoop {
     /// The client side of a new session: plain, or TLS with a new rustls connection.
     fn client(&self, stream: TcpStream, peer: std::net::SocketAddr, tls: bool) -> Option<Client> {
         let now = Instant::now();
-        let Some((_, config)) = self.tls.as_ref().filter(|_| tls) else {
+        if !tls {
             return Some(Client::new(Transport::Plain(stream), peer, now, Arc::clone(&self.plain_fields)));
+        }
+        let Some((_, config)) = self.tls.as_ref() else {
+            // Handed over by another loop just as this one began shutting down (and dropped its TLS
+            // listener with its configuration): closed, never spoken to in plain text.
+            log::debug!("dropping TLS connection from {peer}: the loop is shutting down");
+            return None;
         };
         let limit = transport::buffer_limit(self.shared.config.buffer_size);
         match Transport::tls_server(stream, Arc::clone(config), limit) {
