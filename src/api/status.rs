@@ -70,6 +70,7 @@ pub fn metrics(state: &ApiState) -> Reply {
         cache: shared.cache.as_ref().map(|c| &c.stats),
         open_connections: stats.open_connections,
         parked_connections: stats.parked_connections,
+        loop_connections: shared.loop_connections(),
         queue_depth: shared.queue_depth(),
         api_auth_failures: state.observe.auth_failures.load(Ordering::Relaxed),
         locked_accounts,

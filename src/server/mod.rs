@@ -169,6 +169,7 @@ impl Server {
             tls_answer_fields: ArcSwap::from_pointee(tls_answer_fields(config.hsts)),
             backend_tls,
             loop_parked: Default::default(),
+            loop_loads: Default::default(),
             config,
         });
         let (done_tx, worker_done) = crossbeam_channel::unbounded();
@@ -326,7 +327,7 @@ impl Server {
 
     /// How many client connections each event loop serves (empty with `engine = threads`).
     pub fn loop_loads(&self) -> Vec<usize> {
-        self.loops.as_ref().map(event_loop::Loops::loads).unwrap_or_default()
+        self.shared.loop_connections()
     }
 
     /// A handle for metrics and status pages.

@@ -4,7 +4,7 @@
 //! pipeline (`proxy`) and, through a [`crate::server::probe::Probe`], by the status pages.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -20,6 +20,7 @@ use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::{BackendState, Metrics, DEFAULT_ROUTE};
 use crate::proxy::dispatch::RefreshJob;
 use crate::server::conn::{Conn, ConnLimit, PerIpLimit};
+use crate::server::event_loop::spread::LoadBoard;
 use crate::server::parker::Parker;
 use crate::store::credentials::Tokens;
 use crate::tls::plain::PlainPort;
@@ -58,6 +59,8 @@ pub struct Shared {
     pub backend_tls: Option<Arc<rustls::ClientConfig>>,
     /// Sessions of the loop engine waiting for a request (its counterpart of the parker's count).
     pub(super) loop_parked: AtomicUsize,
+    /// Each event loop's connections, once the loops run (`engine = loops`).
+    pub(super) loop_loads: OnceLock<Arc<LoadBoard>>,
 }
 
 /// Live figures about a server, for tests and status pages.
@@ -82,6 +85,11 @@ impl Shared {
             open_connections: self.conns.open(),
             parked_connections: self.parker.len() + self.loop_parked.load(Ordering::Relaxed),
         }
+    }
+
+    /// How many client connections each event loop serves (empty with `engine = threads`).
+    pub fn loop_connections(&self) -> Vec<usize> {
+        self.loop_loads.get().map(|board| board.loads()).unwrap_or_default()
     }
 
     /// Connections waiting for a worker.

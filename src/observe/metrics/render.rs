@@ -26,6 +26,8 @@ pub struct Scrape<'a> {
     pub cache: Option<&'a cache::Stats>,
     pub open_connections: usize,
     pub parked_connections: usize,
+    /// Client connections per event loop (empty with `engine = threads`).
+    pub loop_connections: Vec<usize>,
     pub queue_depth: usize,
     pub api_auth_failures: u64,
     pub locked_accounts: usize,
@@ -181,6 +183,12 @@ pub fn render(s: &Scrape<'_>) -> String {
     let active = s.open_connections.saturating_sub(s.parked_connections);
     let _ = writeln!(o, "pibl_client_connections{{state=\"active\"}} {active}");
     let _ = writeln!(o, "pibl_client_connections{{state=\"parked\"}} {}", s.parked_connections);
+    if !s.loop_connections.is_empty() {
+        family(o, "pibl_loop_connections", "gauge", "Client connections each event loop serves.");
+        for (i, n) in s.loop_connections.iter().enumerate() {
+            let _ = writeln!(o, "pibl_loop_connections{{loop=\"{i}\"}} {n}");
+        }
+    }
     family(o, "pibl_worker_queue_depth", "gauge", "Connections waiting for a worker.");
     let _ = writeln!(o, "pibl_worker_queue_depth {}", s.queue_depth);
     if let Some((name, days)) = s.metrics.certificate_days_left() {
@@ -226,6 +234,7 @@ mod tests {
             cache: Some(&cache),
             open_connections: 5,
             parked_connections: 3,
+            loop_connections: vec![3, 2],
             queue_depth: 1,
             api_auth_failures: 4,
             locked_accounts: 2,
@@ -261,6 +270,9 @@ mod tests {
             "pibl_locked_accounts 2",
             "pibl_client_connections{state=\"active\"} 2",
             "pibl_client_connections{state=\"parked\"} 3",
+            "# TYPE pibl_loop_connections gauge",
+            "pibl_loop_connections{loop=\"0\"} 3",
+            "pibl_loop_connections{loop=\"1\"} 2",
             "pibl_worker_queue_depth 1",
         ] {
             assert!(lines.contains(&expected), "missing line {expected:?} in:\n{text}");

@@ -77,7 +77,6 @@ pub struct TlsListener {
 /// The running loops of one server.
 pub struct Loops {
     wakers: Vec<Arc<Waker>>,
-    board: Arc<LoadBoard>,
     handles: Vec<JoinHandle<()>>,
     done: Receiver<()>,
 }
@@ -101,7 +100,8 @@ impl Loops {
         }
         let (done_tx, done) = crossbeam_channel::unbounded();
         let board = Arc::new(LoadBoard::new(count));
-        let mut loops = Loops { wakers: Vec::new(), board: Arc::clone(&board), handles: Vec::new(), done };
+        let _ = shared.loop_loads.set(Arc::clone(&board));
+        let mut loops = Loops { wakers: Vec::new(), handles: Vec::new(), done };
         // Every loop's poller and inbox first: each loop may hand connections to any other.
         let mut polls = Vec::with_capacity(count);
         for _ in 0..count {
@@ -133,11 +133,6 @@ impl Loops {
         // Every loop holds its own handles; once they drop them at shutdown the ports are closed.
         drop((listener, tls));
         Ok(loops)
-    }
-
-    /// How many connections each loop serves now.
-    pub fn loads(&self) -> Vec<usize> {
-        self.board.loads()
     }
 
     /// Interrupts every loop's wait (to see the shutdown flag).
