@@ -2,7 +2,7 @@
 # soak.sh - a long run of mixed load against a release pibl, sampling its resident memory and open
 # descriptors, to show that neither grows with time (docs/hardening.md has the figures).
 #
-#   bench/soak.sh --engine loops --minutes 30 --port 8095
+#   bench/soak.sh --minutes 30 --port 8095
 #
 # Starts the harness's origins (bench/proxy-bench.sh --origins-only) if they are not running and one
 # pibl (target/release/proxy) on 127.0.0.1:PORT with its cache on, bounded at 16 MiB, and compression
@@ -17,12 +17,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ENGINE=threads
 MINUTES=30
 PORT=8095
 while [ $# -gt 0 ]; do
   case "$1" in
-    --engine) ENGINE=$2; shift 2;;
     --minutes) MINUTES=$2; shift 2;;
     --port) PORT=$2; shift 2;;
     -h|--help) sed -n '2,16p' "$0"; exit 0;;
@@ -32,7 +30,7 @@ done
 [ -x target/release/proxy ] || { echo "build it first: cargo build --release --locked" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 1; }
 
-STATE=$(mktemp -d "/tmp/pibl-soak-$ENGINE-XXXX")
+STATE=$(mktemp -d "/tmp/pibl-soak-XXXX")
 API_PORT=$((PORT + 1000))
 bench/proxy-bench.sh --origins-only >/dev/null
 cat > "$STATE/pibl.ini" <<EOF
@@ -41,7 +39,6 @@ bind = 127.0.0.1
 port = $PORT
 api_port = $API_PORT
 database = $STATE/pibl.db
-engine = $ENGINE
 access_log = on
 access_log_file = $STATE/access.log
 ttl = 60
@@ -109,7 +106,7 @@ sample() {
   thr=$(awk '/^Threads/{print $2}' "/proc/$PID/status")
   printf '%s %s %s %s\n' "$rss" "$fds" "$thr" "$(wc -l < "$STATE/access.log")"
 }
-echo "soak: engine=$ENGINE pid=$PID port=$PORT for $MINUTES min; state in $STATE"
+echo "soak: pid=$PID port=$PORT for $MINUTES min; state in $STATE"
 printf '%6s %8s %6s %7s %10s\n' min rss_mib fds threads requests
 : > "$STATE/samples"
 start=$SECONDS

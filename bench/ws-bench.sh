@@ -2,7 +2,7 @@
 # ws-bench.sh - WebSocket echo through pibl, nginx and HAProxy, in one run.
 #
 # Starts an echo origin (examples/ws_bench.rs), nginx (workers auto) and HAProxy (threads auto)
-# proxying WebSockets to it, and pibl (engine = loops, threads = cores) from the binary given;
+# proxying WebSockets to it, and pibl (threads = cores) from the binary given;
 # then the same load client (examples/ws_bench.rs load) against each in turn: CONNS WebSockets,
 # one SIZE-byte message in flight on each, for SECONDS, REPEAT times. JSON lines go to OUT, a table
 # with each one's ratio to nginx to stdout. Only 127.0.0.1 is used; everything it started is
@@ -121,7 +121,6 @@ bind = 127.0.0.1
 port = $PIBL_PORT
 api_port = $PIBL_API
 database = $STATE/pibl.db
-engine = loops
 ip_server1 = 127.0.0.1:$ORIGIN
 ttl = 0
 access_log = off

@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use pibl::config::{BackendAddr, Config, Engine};
+use pibl::config::{BackendAddr, Config};
 
 fn main() -> ExitCode {
     // `env::args` would panic on an argument that is not UTF-8; refuse it politely instead.
@@ -120,7 +120,7 @@ fn parser_usage() -> String {
          \x20 --access-log-file FILE  access log file, reopened on SIGUSR1; - for standard output\n\
          \x20                         (default: through the log on stderr)\n\
          \x20 --tls-cert FILE         PEM certificate chain for HTTPS, with --tls-key FILE its key;\n\
-         \x20                         sets tls_port = 443 unless the file has one, and engine = loops\n\
+         \x20                         sets tls_port = 443 unless the file has one\n\
          \x20 --acme-domain NAME      get a certificate for NAME automatically (ACME, Let's Encrypt);\n\
          \x20                         repeat for more names; sets tls_port = 443 too\n\
          \x20 --acme-email ADDRESS    contact address of the ACME account\n\
@@ -205,10 +205,6 @@ fn run_parser_cli(args: &[String]) -> Result<ParserOutcome, ParserCliError> {
     if wants_tls && config.tls_port == 0 {
         config.tls_port = 443;
     }
-    if config.tls_port != 0 {
-        // HTTPS is served by the event loops alone.
-        config.engine = Engine::Loops;
-    }
 
     let text = config.to_ini();
     write_file(&out, &text, force)?;
@@ -285,7 +281,6 @@ mod tests {
         let _ = std::fs::remove_file(&out);
         let config = Config::from_ini_str(&text, "written").expect("the written file loads");
         assert_eq!(config.tls_port, 443);
-        assert_eq!(config.engine, Engine::Loops, "HTTPS is served by the loops");
         assert_eq!(config.tls_cert, PathBuf::from("/etc/pibl/site.crt"));
         assert_eq!(config.tls_key, PathBuf::from("/etc/pibl/site.key"));
         assert_eq!(config.acme_domains, ["example.com", "www.example.com"]);

@@ -15,7 +15,7 @@ pub mod http; // HTTP/1.x wire format: heads, bodies, buffers, token lists
 pub mod observe; // metrics, access log, process log
 pub mod proxy; // one request's way: admit, route, cache step, forward, relay, log
 pub mod runtime; // starts and stops everything `proxy` runs, as one
-pub mod server; // data-plane listener, workers, connections, parker, shutdown
+pub mod server; // data plane: event loops, connections, reload, shutdown
 pub mod store; // management state in SQLite or PostgreSQL: users, credentials, admins, lock-out, app logs
 pub mod tls; // HTTPS: PEM certificates, SNI store, rustls configs, ACME, the plain port's redirects
 pub mod upstream; // backends and pools, balancing, health checks, app routing table

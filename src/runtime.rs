@@ -5,7 +5,7 @@
 //! listeners with a temporary database and a clock they control.
 //!
 //! ```text
-//! proxy listener ─► Server (workers) ─► Router snapshot ─► app pools / ip_serverN pool
+//! proxy listener ─► Server (loops) ─► Router snapshot ─► app pools / ip_serverN pool
 //!                         │ request records          ▲ swap after each change
 //!                         ▼                          │
 //!                    LogWriter ─► SQLite ◄─ ApiServer (api_port) ─► Lockout consumer ─► SQLite

@@ -4,7 +4,7 @@
 //! port. Issue, serve (the certificate lands in the store and a TLS handshake verifies it against
 //! Pebble's root), renew, revoke-and-reissue, restart from the stored files, and a running pibl
 //! whose background thread gets its certificate, serves it on its TLS listener and shows the days
-//! left in `/metrics`, then replaces and revokes it when an admin asks through `POST /api/tls/revoke`. The plain port is the event-loop engine's (the one that serves HTTPS). Without Pebble installed the Pebble tests say so loudly and pass without running.
+//! left in `/metrics`, then replaces and revokes it when an admin asks through `POST /api/tls/revoke`. Without Pebble installed the Pebble tests say so loudly and pass without running.
 
 mod common;
 mod tls_common;
@@ -190,7 +190,6 @@ fn issue_serve_renew_revoke_and_restart_against_pebble() {
     // pibl's plain port, as a user would run it: ACME on, redirects on, a backend behind.
     let backend = TestBackend::named("app");
     let mut config = test_config(&[backend.addr]);
-    config.engine = pibl::config::Engine::Loops;
     config.acme_domains = DOMAINS.iter().map(|d| d.to_string()).collect();
     config.tls_port = 8443;
     config.https_redirect = true;
@@ -275,7 +274,6 @@ fn a_running_pibl_gets_its_certificate_in_the_background_and_shows_days_left() {
     config.acme_directory = pebble.directory.clone();
     config.acme_ca_root = pebble.https_ca_file.clone();
     config.acme_dir = dir.0.join("acme");
-    config.engine = pibl::config::Engine::Loops;
     config.tls_port = free_tcp_port();
     let api = TcpListener::bind("127.0.0.1:0").expect("bind api");
     let pibl = pibl::Pibl::start_on(proxy, api, config, Clock::system()).expect("pibl starts");

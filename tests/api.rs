@@ -47,6 +47,7 @@ fn request_logs(addr: std::net::SocketAddr, token: &str, app: &str) -> Vec<Value
     res.json()["logs"].as_array().cloned().unwrap_or_default().into_iter().filter(|l| l["kind"] == "request").collect()
 }
 
+#[test]
 fn seed_flow_register_token_app_traffic_logs_delete() {
     let db = TempDb::new("seed");
     seed_flow(db.0.clone());
@@ -172,6 +173,7 @@ fn seed_flow(database: std::path::PathBuf) {
     assert!(pibl.shutdown());
 }
 
+#[test]
 fn unhealthy_endpoint_leaves_rotation_and_returns() {
     let beta_up = up();
     let (alpha, beta) = (app_backend("alpha", up()), app_backend("beta", beta_up.clone()));
@@ -207,6 +209,7 @@ fn unhealthy_endpoint_leaves_rotation_and_returns() {
     assert!(pibl.shutdown());
 }
 
+#[test]
 fn deleting_a_user_cascades_to_apps_endpoints_and_logs() {
     let alpha = app_backend("alpha", up());
     let default = TestBackend::named("default");
@@ -257,6 +260,7 @@ fn apps_left_without_endpoints_are_purged() {
     assert!(pibl.shutdown());
 }
 
+#[test]
 fn restart_keeps_users_apps_tokens_blocks_and_logs() {
     let alpha = app_backend("alpha", up());
     let db = TempDb::new("restart");
@@ -291,6 +295,7 @@ fn restart_keeps_users_apps_tokens_blocks_and_logs() {
     assert!(second.shutdown());
 }
 
+#[test]
 fn default_pool_is_checked_on_health_path() {
     let beta_up = up();
     let (alpha, beta) = (app_backend("alpha", up()), app_backend("beta", beta_up.clone()));
@@ -307,6 +312,7 @@ fn default_pool_is_checked_on_health_path() {
     assert!(pibl.shutdown());
 }
 
+#[test]
 fn concurrent_clients_each_get_their_app_routed() {
     let alpha = app_backend("alpha", up());
     let default = TestBackend::named("default");
@@ -336,12 +342,3 @@ fn concurrent_clients_each_get_their_app_routed() {
     }
     assert!(pibl.shutdown());
 }
-
-both_engines!(
-    seed_flow_register_token_app_traffic_logs_delete,
-    unhealthy_endpoint_leaves_rotation_and_returns,
-    deleting_a_user_cascades_to_apps_endpoints_and_logs,
-    restart_keeps_users_apps_tokens_blocks_and_logs,
-    default_pool_is_checked_on_health_path,
-    concurrent_clients_each_get_their_app_routed,
-);

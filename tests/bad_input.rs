@@ -37,6 +37,7 @@ const CASES: &[(&str, &str, u16)] = &[
     ("chunked body over the limit", "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n", 413),
 ];
 
+#[test]
 fn each_bad_request_gets_its_status_and_a_closed_connection() {
     let backend = TestBackend::named("b");
     let mut config = test_config(&[backend.addr]);
@@ -60,6 +61,7 @@ fn each_bad_request_gets_its_status_and_a_closed_connection() {
     assert_eq!(get(proxy.local_addr(), "/").status, 200, "the proxy still serves after bad input");
 }
 
+#[test]
 fn oversized_heads_get_431() {
     let backend = TestBackend::named("b");
     let mut config = test_config(&[backend.addr]);
@@ -82,6 +84,7 @@ fn oversized_heads_get_431() {
     assert_eq!(get(proxy.local_addr(), "/").status, 200);
 }
 
+#[test]
 fn a_client_that_hangs_up_early_harms_nobody() {
     let backend = TestBackend::named("b");
     let proxy = start_proxy(test_config(&[backend.addr]));
@@ -103,9 +106,3 @@ fn a_client_that_hangs_up_early_harms_nobody() {
         assert_eq!(get(proxy.local_addr(), "/").status, 200);
     }
 }
-
-both_engines!(
-    each_bad_request_gets_its_status_and_a_closed_connection,
-    oversized_heads_get_431,
-    a_client_that_hangs_up_early_harms_nobody,
-);

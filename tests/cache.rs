@@ -44,6 +44,7 @@ fn x_cache(res: &Response) -> &str {
 
 // --- RFC 9111 section 3: storing responses -----------------------------------------------------
 
+#[test]
 fn section_3_what_is_stored() {
     // (response headers, request headers, stored?)
     let cases: &[(&str, &str, &str, bool)] = &[
@@ -79,6 +80,7 @@ fn section_3_what_is_stored() {
     }
 }
 
+#[test]
 fn section_3_only_get_is_stored_and_errors_need_explicit_freshness() {
     let backend = TestBackend::start(|req| {
         let status = if req.target == "/missing" {
@@ -103,6 +105,7 @@ fn section_3_only_get_is_stored_and_errors_need_explicit_freshness() {
     assert_eq!(backend.requests(), 5);
 }
 
+#[test]
 fn head_is_answered_from_a_stored_get_and_hits_carry_age() {
     let backend = scripted("Cache-Control: max-age=60\r\nAge: 7\r\n");
     let proxy = cache_proxy(&backend);
@@ -121,6 +124,7 @@ fn head_is_answered_from_a_stored_get_and_hits_carry_age() {
 
 // --- Section 4.1: Vary ---------------------------------------------------------------------------
 
+#[test]
 fn section_4_1_vary_keys_on_the_listed_request_fields() {
     let backend = TestBackend::start(|req| {
         let enc = req.header("accept-encoding").unwrap_or("none").to_string();
@@ -140,6 +144,7 @@ fn section_4_1_vary_keys_on_the_listed_request_fields() {
 
 // --- Section 4.2: freshness ----------------------------------------------------------------------
 
+#[test]
 fn section_4_2_freshness_from_max_age_expires_and_age() {
     let now = SystemTime::now();
     let expires = format!("Date: {}\r\nExpires: {}\r\n", http_date(now), http_date(now + Duration::from_secs(30)));
@@ -163,6 +168,7 @@ fn section_4_2_freshness_from_max_age_expires_and_age() {
     }
 }
 
+#[test]
 fn section_4_2_ttl_caps_every_lifetime() {
     let backend = scripted("Cache-Control: max-age=3600\r\n");
     let mut config = test_config(&[backend.addr]);
@@ -193,6 +199,7 @@ fn validating_backend(extra_on_304: &'static str) -> (TestBackend, Arc<Mutex<Vec
     (backend, seen)
 }
 
+#[test]
 fn section_4_3_stale_entries_are_revalidated_and_refreshed_by_304() {
     let (backend, seen) = validating_backend("X-Version: new\r\n");
     let proxy = cache_proxy(&backend);
@@ -207,6 +214,7 @@ fn section_4_3_stale_entries_are_revalidated_and_refreshed_by_304() {
     assert_eq!(backend.requests(), 2);
 }
 
+#[test]
 fn section_4_3_2_client_conditionals_get_304_from_fresh_entries() {
     let (backend, _) = validating_backend("");
     let proxy = cache_proxy(&backend);
@@ -221,6 +229,7 @@ fn section_4_3_2_client_conditionals_get_304_from_fresh_entries() {
 
 // --- Section 4.4: invalidation -------------------------------------------------------------------
 
+#[test]
 fn section_4_4_unsafe_requests_invalidate_the_url_and_its_locations() {
     let backend = TestBackend::start(|req| {
         if req.method == "POST" {
@@ -252,6 +261,7 @@ fn ok_cached(body: &str) -> Reply {
 
 // --- Section 5.2.1: request directives -----------------------------------------------------------
 
+#[test]
 fn section_5_2_1_request_directives_are_respected() {
     let (backend, seen) = validating_backend("");
     let proxy = cache_proxy(&backend);
@@ -269,6 +279,7 @@ fn section_5_2_1_request_directives_are_respected() {
 
 // --- Section 5.2.2: response directives ----------------------------------------------------------
 
+#[test]
 fn section_5_2_2_no_cache_responses_are_revalidated_before_each_reuse() {
     let seen = Arc::new(AtomicUsize::new(0));
     let count = seen.clone();
@@ -293,6 +304,7 @@ fn section_5_2_2_no_cache_responses_are_revalidated_before_each_reuse() {
 
 // --- RFC 5861: stale-while-revalidate and stale-if-error -----------------------------------------
 
+#[test]
 fn stale_while_revalidate_serves_stale_and_refreshes_once_in_the_background() {
     let backend = scripted("Cache-Control: max-age=10, stale-while-revalidate=60\r\nETag: \"s\"\r\n");
     let proxy = cache_proxy(&backend);
@@ -310,6 +322,7 @@ fn stale_while_revalidate_serves_stale_and_refreshes_once_in_the_background() {
     assert_eq!(backend.requests(), 2, "one refresh, however many stale answers");
 }
 
+#[test]
 fn a_background_refresh_retries_a_pooled_connection_the_backend_closed() {
     // Every answer promises keep-alive, then the backend hangs up: the connection pibl pooled after
     // the first fetch is dead when the refresh takes it.
@@ -336,6 +349,7 @@ fn a_background_refresh_retries_a_pooled_connection_the_backend_closed() {
     assert_eq!(backend.connections(), 2);
 }
 
+#[test]
 fn a_background_refresh_takes_a_dead_backend_out_of_rotation() {
     let backend = scripted("Cache-Control: max-age=10, stale-while-revalidate=60\r\n");
     let proxy = cache_proxy(&backend);
@@ -352,6 +366,7 @@ fn a_background_refresh_takes_a_dead_backend_out_of_rotation() {
     assert!(is_up(), "back in rotation once the cool-down has passed on the proxy's clock");
 }
 
+#[test]
 fn stale_if_error_covers_a_dead_or_failing_backend() {
     let failing = Arc::new(AtomicBool::new(false));
     let fail = failing.clone();
@@ -379,6 +394,7 @@ fn stale_if_error_covers_a_dead_or_failing_backend() {
     assert_eq!(get_with(&proxy, "/e", "").status, 502, "past the stale-if-error window");
 }
 
+#[test]
 fn must_revalidate_is_never_served_stale() {
     let backend =
         TestBackend::start(|_| ok_with("Cache-Control: max-age=10, must-revalidate, stale-if-error=300\r\n", "x"));
@@ -395,6 +411,7 @@ fn ok_with(headers: &str, body: &str) -> Reply {
 
 // --- Coalescing, memory bound, purge ---------------------------------------------------------------
 
+#[test]
 fn fifty_concurrent_cold_requests_reach_the_backend_once() {
     let backend = TestBackend::start(|_| {
         thread::sleep(Duration::from_millis(300));
@@ -416,6 +433,7 @@ fn fifty_concurrent_cold_requests_reach_the_backend_once() {
     assert!(cache.stats.coalesced.load(Ordering::Relaxed) > 0);
 }
 
+#[test]
 fn memory_stays_bounded_and_recent_entries_still_hit() {
     let backend = TestBackend::start(|req| ok_with("Cache-Control: max-age=600\r\n", &req.target.repeat(1000)));
     let mut config = test_config(&[backend.addr]);
@@ -440,6 +458,7 @@ fn memory_stays_bounded_and_recent_entries_still_hit() {
     }
 }
 
+#[test]
 fn purge_removes_entries() {
     let backend = scripted("Cache-Control: max-age=60\r\n");
     let proxy = cache_proxy(&backend);
@@ -453,6 +472,7 @@ fn purge_removes_entries() {
     assert_eq!((cache.stats.entries(), cache.stats.bytes()), (0, 0));
 }
 
+#[test]
 fn ttl_zero_turns_the_cache_off() {
     let backend = scripted("Cache-Control: max-age=60\r\n");
     let mut config = test_config(&[backend.addr]);
@@ -492,6 +512,7 @@ fn the_management_api_purges_an_owners_urls_and_admins_purge_everything() {
     assert_eq!(x_cache(&fetch("/shop/item")), "MISS");
 }
 
+#[test]
 fn urls_that_answered_uncacheable_are_not_coalesced() {
     // Each request waits until three are at the backend together (or gives up after a while): only
     // uncoalesced requests can all be there at once.
@@ -532,6 +553,7 @@ fn named_cacheable(name: &'static str) -> TestBackend {
     TestBackend::start(move |_| ok_with("Cache-Control: max-age=600\r\n", name))
 }
 
+#[test]
 fn deleting_recreating_or_repointing_an_app_never_serves_its_old_answers() {
     let (default, alpha, beta) = (named_cacheable("default"), named_cacheable("alpha"), named_cacheable("beta"));
     let db = TempDb::new("cache-routes");
@@ -565,6 +587,7 @@ fn deleting_recreating_or_repointing_an_app_never_serves_its_old_answers() {
     assert_eq!(x_cache(&fetch()), "MISS", "a stored answer from the old endpoint list is not reused");
 }
 
+#[test]
 fn a_reload_that_moves_a_prefix_to_another_pool_drops_its_stored_answers() {
     let (old, new) = (named_cacheable("old pool"), named_cacheable("new pool"));
     let routed = |server: &TestBackend| {
@@ -591,6 +614,7 @@ fn a_reload_that_moves_a_prefix_to_another_pool_drops_its_stored_answers() {
 
 // --- Section 5.1: Age ----------------------------------------------------------------------------
 
+#[test]
 fn section_5_1_age_uses_the_first_value_and_ignores_invalid_ones() {
     // (Age field lines, reused from storage?) with max-age=3600: an age of 7200 is stale at once.
     let cases: &[(&str, bool)] = &[
@@ -616,6 +640,7 @@ fn section_5_1_age_uses_the_first_value_and_ignores_invalid_ones() {
 
 // --- Section 3.1: fields named in Connection are not stored ----------------------------------------
 
+#[test]
 fn section_3_1_fields_that_connection_names_are_neither_stored_nor_served_on_hits() {
     let backend =
         scripted("Cache-Control: max-age=60\r\nConnection: x-hop, X-Other\r\nX-Hop: a\r\nX-Other: b\r\nX-Kept: c\r\n");
@@ -630,6 +655,7 @@ fn section_3_1_fields_that_connection_names_are_neither_stored_nor_served_on_hit
 
 // --- RFC 9110 section 15.2: interim responses ------------------------------------------------------
 
+#[test]
 fn rfc_9110_section_15_2_early_hints_reach_the_client_first_and_are_never_stored() {
     let backend = TestBackend::start(|_| {
         Reply::Raw(
@@ -658,6 +684,7 @@ fn rfc_9110_section_15_2_early_hints_reach_the_client_first_and_are_never_stored
 
 // --- Section 4.3.2 and 4.3.5: a client's conditional miss, HEAD -----------------------------------
 
+#[test]
 fn section_4_3_2_a_conditional_miss_fills_the_cache_and_gets_its_304() {
     let backend = scripted("Cache-Control: max-age=60\r\nETag: \"e1\"\r\n");
     let proxy = cache_proxy(&backend);
@@ -691,6 +718,7 @@ fn head_request(proxy: &Server, path: &str) -> Response {
     client.read_response(true).expect("an answer to HEAD")
 }
 
+#[test]
 fn section_4_3_5_a_head_answer_refreshes_or_drops_the_stored_get() {
     // Same validator: the stored GET is fresh again.
     let backend = head_backend("\"v1\"");
@@ -715,6 +743,7 @@ fn section_4_3_5_a_head_answer_refreshes_or_drops_the_stored_get() {
 
 // --- RFC 9213: targeted cache control ------------------------------------------------------------
 
+#[test]
 fn rfc_9213_section_2_1_a_targeted_field_overrides_cache_control_for_pibl_only() {
     // (response fields, stored?)
     let cases: &[(&str, bool)] = &[
@@ -739,6 +768,7 @@ fn rfc_9213_section_2_1_a_targeted_field_overrides_cache_control_for_pibl_only()
     }
 }
 
+#[test]
 fn rfc_9213_targeted_lifetimes_and_grace_windows_rule_and_may_be_kept_from_clients() {
     let fields = "Cache-Control: max-age=600\r\nCDN-Cache-Control: max-age=5, stale-if-error=60\r\n";
     let backend = scripted(fields);
@@ -764,6 +794,7 @@ fn rfc_9213_targeted_lifetimes_and_grace_windows_rule_and_may_be_kept_from_clien
 
 // --- Purge by tag and by path prefix through the management API -----------------------------------
 
+#[test]
 fn the_management_api_purges_by_tag_and_by_prefix_within_an_owners_apps() {
     let backend = TestBackend::start(|req| {
         let tags =
@@ -848,6 +879,7 @@ fn decoded(res: &Response) -> Vec<u8> {
     out
 }
 
+#[test]
 fn compression_picks_the_clients_coding_and_hits_reuse_the_stored_encodings() {
     let page = "<p>pibl compresses what it stores</p>\n".repeat(80);
     let body = page.clone();
@@ -880,6 +912,7 @@ fn compression_picks_the_clients_coding_and_hits_reuse_the_stored_encodings() {
     assert_eq!(backend.requests(), 1, "one fetch, every coding from storage");
 }
 
+#[test]
 fn compression_leaves_unfit_answers_alone() {
     let long = "x".repeat(4096);
     let cases: &[(&str, &str, &str)] = &[
@@ -911,6 +944,7 @@ fn compression_leaves_unfit_answers_alone() {
     }
 }
 
+#[test]
 fn a_route_may_turn_the_cache_off_or_set_its_own_compress() {
     let body = "route text, compressible enough. ".repeat(64);
     let page = body.clone();
@@ -937,6 +971,7 @@ fn a_route_may_turn_the_cache_off_or_set_its_own_compress() {
     assert_eq!(default.header("content-encoding"), Some("gzip"), "[DEFAULT]'s compress elsewhere");
 }
 
+#[test]
 fn rfc_9110_section_9_3_2_a_head_miss_goes_upstream_as_get_and_fills_the_cache() {
     let backend = scripted("Cache-Control: max-age=60\r\n");
     let proxy = cache_proxy(&backend);
@@ -957,41 +992,3 @@ fn rfc_9110_section_9_3_2_a_head_miss_goes_upstream_as_get_and_fills_the_cache()
     client.send(b"GET /ns HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(client.read_response(false).unwrap().text(), "response 2");
 }
-
-both_engines!(
-    fifty_concurrent_cold_requests_reach_the_backend_once,
-    section_3_what_is_stored,
-    section_3_only_get_is_stored_and_errors_need_explicit_freshness,
-    head_is_answered_from_a_stored_get_and_hits_carry_age,
-    section_4_1_vary_keys_on_the_listed_request_fields,
-    section_4_2_freshness_from_max_age_expires_and_age,
-    section_4_2_ttl_caps_every_lifetime,
-    section_4_3_stale_entries_are_revalidated_and_refreshed_by_304,
-    section_4_3_2_client_conditionals_get_304_from_fresh_entries,
-    section_4_4_unsafe_requests_invalidate_the_url_and_its_locations,
-    section_5_2_1_request_directives_are_respected,
-    section_5_2_2_no_cache_responses_are_revalidated_before_each_reuse,
-    stale_while_revalidate_serves_stale_and_refreshes_once_in_the_background,
-    a_background_refresh_retries_a_pooled_connection_the_backend_closed,
-    a_background_refresh_takes_a_dead_backend_out_of_rotation,
-    stale_if_error_covers_a_dead_or_failing_backend,
-    must_revalidate_is_never_served_stale,
-    memory_stays_bounded_and_recent_entries_still_hit,
-    purge_removes_entries,
-    ttl_zero_turns_the_cache_off,
-    urls_that_answered_uncacheable_are_not_coalesced,
-    deleting_recreating_or_repointing_an_app_never_serves_its_old_answers,
-    a_reload_that_moves_a_prefix_to_another_pool_drops_its_stored_answers,
-    section_5_1_age_uses_the_first_value_and_ignores_invalid_ones,
-    section_3_1_fields_that_connection_names_are_neither_stored_nor_served_on_hits,
-    rfc_9110_section_15_2_early_hints_reach_the_client_first_and_are_never_stored,
-    section_4_3_2_a_conditional_miss_fills_the_cache_and_gets_its_304,
-    section_4_3_5_a_head_answer_refreshes_or_drops_the_stored_get,
-    rfc_9213_section_2_1_a_targeted_field_overrides_cache_control_for_pibl_only,
-    rfc_9213_targeted_lifetimes_and_grace_windows_rule_and_may_be_kept_from_clients,
-    the_management_api_purges_by_tag_and_by_prefix_within_an_owners_apps,
-    compression_picks_the_clients_coding_and_hits_reuse_the_stored_encodings,
-    compression_leaves_unfit_answers_alone,
-    a_route_may_turn_the_cache_off_or_set_its_own_compress,
-    rfc_9110_section_9_3_2_a_head_miss_goes_upstream_as_get_and_fills_the_cache,
-);

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+#[test]
 fn a_thousand_idle_keep_alive_connections_do_not_hold_four_workers() {
     let backend = TestBackend::named("b");
     let mut config = test_config(&[backend.addr]);
@@ -38,6 +39,7 @@ fn a_thousand_idle_keep_alive_connections_do_not_hold_four_workers() {
     assert_eq!(backend.requests(), 2001);
 }
 
+#[test]
 fn slowloris_clients_are_cut_off_and_do_not_stop_service() {
     let backend = TestBackend::named("b");
     let mut config = test_config(&[backend.addr]);
@@ -83,6 +85,7 @@ fn slowloris_clients_are_cut_off_and_do_not_stop_service() {
     wait_until("the slow connections are released", || proxy.stats().open_connections == 0);
 }
 
+#[test]
 fn max_conn_holds_extra_clients_in_the_backlog() {
     let backend = TestBackend::named("b");
     let mut config = test_config(&[backend.addr]);
@@ -108,6 +111,7 @@ fn max_conn_holds_extra_clients_in_the_backlog() {
     assert_eq!(res.status, 200);
 }
 
+#[test]
 fn shutdown_lets_in_flight_requests_finish_and_closes_idle_ones() {
     let backend = TestBackend::start(|req| {
         if req.target == "/slow" {
@@ -133,10 +137,3 @@ fn shutdown_lets_in_flight_requests_finish_and_closes_idle_ones() {
     assert!(stopper.join().unwrap(), "shutdown finished within the grace period");
     assert!(TcpStream::connect(addr).is_err(), "no longer accepting");
 }
-
-both_engines!(
-    a_thousand_idle_keep_alive_connections_do_not_hold_four_workers,
-    slowloris_clients_are_cut_off_and_do_not_stop_service,
-    max_conn_holds_extra_clients_in_the_backlog,
-    shutdown_lets_in_flight_requests_finish_and_closes_idle_ones,
-);

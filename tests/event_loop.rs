@@ -1,4 +1,4 @@
-//! What the event-loop engine (`engine = loops`) adds or must hold on its own: back-pressure toward a
+//! What the event loops add or must hold on their own: back-pressure toward a
 //! client that stops reading, WebSocket tunnels against a real WebSocket server (echo, close
 //! handshake, a backend dying mid-tunnel, a thousand at once on two loops while plain requests are
 //! served), timeouts, and connections dropped in every state.
@@ -13,15 +13,11 @@ use std::thread;
 use std::time::Duration;
 
 use common::*;
-use pibl::config::{Config, Engine};
+use pibl::config::Config;
 use pibl::Server;
 use tungstenite::{Error as WsError, Message, WebSocket};
 
-/// A config for the loop engine.
-fn loops_config(backends: &[SocketAddr]) -> Config {
-    Config { engine: Engine::Loops, ..test_config(backends) }
-}
-
+#[test]
 fn a_client_that_stops_reading_holds_back_the_backend() {
     // Far more than the kernel's buffers can hold, so what pibl keeps back shows.
     let ceiling = kernel_buffer_ceiling();
@@ -68,7 +64,7 @@ fn metric(proxy: &Server, name: &str) -> u64 {
 #[test]
 fn websocket_echo_and_close_handshake() {
     let backend = WsBackend::start(None);
-    let proxy = start_proxy(loops_config(&[backend.addr]));
+    let proxy = start_proxy(test_config(&[backend.addr]));
     let mut ws = ws_connect(proxy.local_addr());
     for i in 0..20 {
         let text = format!("hello {i}");
@@ -97,7 +93,7 @@ fn websocket_echo_and_close_handshake() {
 #[test]
 fn a_backend_dying_mid_tunnel_closes_the_client() {
     let backend = WsBackend::start(Some(1));
-    let proxy = start_proxy(loops_config(&[backend.addr]));
+    let proxy = start_proxy(test_config(&[backend.addr]));
     let mut ws = ws_connect(proxy.local_addr());
     ws.send(Message::text("one")).unwrap();
     assert_eq!(ws.read().unwrap().to_text().unwrap(), "one");
@@ -121,7 +117,7 @@ fn a_backend_dying_mid_tunnel_closes_the_client() {
 #[test]
 fn a_thousand_websockets_on_two_loops_while_plain_requests_are_served() {
     let backend = WsBackend::start(None);
-    let mut config = loops_config(&[backend.addr]);
+    let mut config = test_config(&[backend.addr]);
     config.threads = 2;
     let proxy = start_proxy(config);
     let addr = proxy.local_addr();
@@ -148,20 +144,9 @@ fn a_thousand_websockets_on_two_loops_while_plain_requests_are_served() {
 }
 
 #[test]
-fn the_threaded_engine_does_not_switch_protocols() {
-    let backend = WsBackend::start(None);
-    let proxy = start_proxy(Config { engine: Engine::Threads, ..test_config(&[backend.addr]) });
-    let stream = TcpStream::connect(proxy.local_addr()).unwrap();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    // The Upgrade request field is hop-by-hop and dropped: the backend answers as plain HTTP.
-    let refused = tungstenite::client(format!("ws://{}/ws", proxy.local_addr()), stream);
-    assert!(refused.is_err());
-}
-
-#[test]
 fn a_burst_of_connections_is_spread_evenly_over_the_loops() {
     let backend = TestBackend::named("b");
-    let proxy = start_proxy(Config { threads: 2, ..loops_config(&[backend.addr]) });
+    let proxy = start_proxy(Config { threads: 2, ..test_config(&[backend.addr]) });
     // 64 connections at once, as a load generator opens them: whichever loop wakes first accepts
     // them all, and hands those beyond its share to the other.
     let mut clients: Vec<TcpStream> =
@@ -187,7 +172,7 @@ fn the_cache_answers_hits_without_the_backend() {
     let backend = TestBackend::start(|_| {
         Reply::Raw(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 5\r\n\r\nhello".to_vec())
     });
-    let proxy = start_proxy(loops_config(&[backend.addr]));
+    let proxy = start_proxy(test_config(&[backend.addr]));
     let first = get(proxy.local_addr(), "/c");
     assert_eq!((first.status, first.header("x-cache")), (200, Some("MISS")));
     for _ in 0..5 {
@@ -197,6 +182,7 @@ fn the_cache_answers_hits_without_the_backend() {
     assert_eq!(backend.requests(), 1);
 }
 
+#[test]
 fn a_client_that_stops_reading_is_closed_after_client_timeout() {
     let backend = TestBackend::start(|_| {
         Reply::With(Box::new(|stream: &mut TcpStream| {
@@ -233,10 +219,9 @@ fn deaf_backend() -> SocketAddr {
     addr
 }
 
-/// Loop engine only: the threaded engine reports its blocked write as 502.
 #[test]
 fn a_backend_that_stops_reading_mid_upload_gives_504() {
-    let mut config = loops_config(&[deaf_backend()]);
+    let mut config = test_config(&[deaf_backend()]);
     config.backend_timeout = Duration::from_millis(500);
     let proxy = start_proxy(config);
     let mut client = TcpStream::connect(proxy.local_addr()).unwrap();
@@ -258,6 +243,7 @@ fn a_backend_that_stops_reading_mid_upload_gives_504() {
     wait_until("the connection is released", || proxy.stats().open_connections == 0);
 }
 
+#[test]
 fn connections_opened_and_dropped_at_random_harm_nobody() {
     let backend = TestBackend::start(|_| {
         Reply::Raw(
@@ -291,6 +277,7 @@ fn connections_opened_and_dropped_at_random_harm_nobody() {
     wait_until("every dropped connection is released", || proxy.stats().open_connections == 0);
 }
 
+#[test]
 fn idle_keep_alive_connections_close_after_keepalive_timeout() {
     let backend = TestBackend::named("b");
     let mut config = test_config(&[backend.addr]);
@@ -305,7 +292,7 @@ fn idle_keep_alive_connections_close_after_keepalive_timeout() {
 #[test]
 fn an_idle_tunnel_closes_after_tunnel_timeout() {
     let backend = WsBackend::start(None);
-    let mut config = loops_config(&[backend.addr]);
+    let mut config = test_config(&[backend.addr]);
     config.tunnel_timeout = Duration::from_millis(300);
     let proxy = start_proxy(config);
     let mut ws = ws_connect(proxy.local_addr());
@@ -315,10 +302,3 @@ fn an_idle_tunnel_closes_after_tunnel_timeout() {
     assert!(ws.read().is_err(), "the client sees the tunnel end");
     assert_eq!(metric(&proxy, "tunnels"), 1);
 }
-
-both_engines!(
-    idle_keep_alive_connections_close_after_keepalive_timeout,
-    a_client_that_stops_reading_holds_back_the_backend,
-    a_client_that_stops_reading_is_closed_after_client_timeout,
-    connections_opened_and_dropped_at_random_harm_nobody,
-);

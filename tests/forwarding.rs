@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::*;
 
+#[test]
 fn round_robin_spreads_requests_evenly() {
     let backends = [TestBackend::named("one"), TestBackend::named("two"), TestBackend::named("three")];
     let proxy = start_proxy(test_config(&backends.iter().map(|b| b.addr).collect::<Vec<_>>()));
@@ -30,6 +31,7 @@ fn round_robin_spreads_requests_evenly() {
     assert!(proxy.shutdown());
 }
 
+#[test]
 fn request_headers_are_rewritten_for_the_backend() {
     let backend = TestBackend::start(|_| {
         Reply::Raw(
@@ -62,6 +64,7 @@ fn request_headers_are_rewritten_for_the_backend() {
     }
 }
 
+#[test]
 fn one_mebibyte_bodies_arrive_byte_identical_in_every_framing() {
     let body = pattern(1 << 20);
     // Echoes the request body back, framed as the request path says.
@@ -115,6 +118,7 @@ fn one_mebibyte_bodies_arrive_byte_identical_in_every_framing() {
     assert_eq!(res.header("transfer-encoding"), None);
 }
 
+#[test]
 fn pipelined_requests_are_answered_in_order() {
     let backend = TestBackend::start(|req| ok(&req.target));
     let proxy = start_proxy(test_config(&[backend.addr]));
@@ -132,6 +136,7 @@ fn pipelined_requests_are_answered_in_order() {
     }
 }
 
+#[test]
 fn http10_clients_and_keep_alive_rules() {
     let backend = TestBackend::named("b");
     let proxy = start_proxy(test_config(&[backend.addr]));
@@ -154,6 +159,7 @@ fn http10_clients_and_keep_alive_rules() {
     assert!(closing.is_closed());
 }
 
+#[test]
 fn head_204_and_304_carry_no_body() {
     let backend = TestBackend::start(|req| match req.target.as_str() {
         "/204" => Reply::Raw(b"HTTP/1.1 204 No Content\r\n\r\n".to_vec()),
@@ -175,6 +181,7 @@ fn head_204_and_304_carry_no_body() {
     assert_eq!(client.read_response(false).unwrap().status, 204);
 }
 
+#[test]
 fn expect_100_continue_is_answered_before_the_body() {
     let backend = TestBackend::start(|req| ok(&format!("got {}", req.body.len())));
     let proxy = start_proxy(test_config(&[backend.addr]));
@@ -196,14 +203,12 @@ fn expect_100_continue_is_answered_before_the_body() {
     assert_eq!(res.status, 413);
 }
 
+#[test]
 fn backend_connections_are_pooled_and_reused() {
     let backend = TestBackend::named("b");
     let config = test_config(&[backend.addr]);
-    // The threaded engine shares one pool; each event loop keeps its own, without a lock.
-    let most = match engine() {
-        pibl::config::Engine::Threads => 1,
-        pibl::config::Engine::Loops => config.threads,
-    };
+    // Each event loop keeps its own pool, without a lock.
+    let most = config.threads;
     let proxy = start_proxy(config);
     for _ in 0..20 {
         assert_eq!(get(proxy.local_addr(), "/").status, 200);
@@ -212,6 +217,7 @@ fn backend_connections_are_pooled_and_reused() {
     assert!(backend.connections() <= most, "sequential requests should share pooled backend connections");
 }
 
+#[test]
 fn a_backend_closing_pooled_connections_costs_no_request() {
     // Answers, then closes without saying so: the proxy's pooled connection goes stale each time.
     let backend =
@@ -224,6 +230,7 @@ fn a_backend_closing_pooled_connections_costs_no_request() {
     assert_eq!(backend.requests(), 10);
 }
 
+#[test]
 fn bytes_on_an_idle_pooled_connection_keep_it_from_reuse() {
     // The first connection answers, then (once the client has its answer, so the connection sits
     // idle in the pool) says more than its response: those bytes would be read as the next
@@ -257,6 +264,7 @@ fn bytes_on_an_idle_pooled_connection_keep_it_from_reuse() {
     let _ = end_tx.send(());
 }
 
+#[test]
 fn a_backend_killed_mid_run_costs_no_request() {
     let (a, b) = (TestBackend::named("a"), TestBackend::named("b"));
     let proxy = start_proxy(test_config(&[a.addr, b.addr]));
@@ -275,6 +283,7 @@ fn a_backend_killed_mid_run_costs_no_request() {
     assert_eq!(b.requests(), 12);
 }
 
+#[test]
 fn all_backends_down_is_502_and_silent_backend_is_504() {
     let dead = {
         let b = TestBackend::named("gone");
@@ -301,6 +310,7 @@ fn all_backends_down_is_502_and_silent_backend_is_504() {
     assert_eq!(get(proxy.local_addr(), "/").status, 502);
 }
 
+#[test]
 fn a_backend_dying_mid_body_closes_the_client_connection() {
     let backend = TestBackend::start(|req| {
         if req.target != "/cut" {
@@ -316,19 +326,3 @@ fn a_backend_dying_mid_body_closes_the_client_connection() {
     assert!(client.read_response(false).is_err(), "a cut body must not look complete");
     assert_eq!(get(proxy.local_addr(), "/").text(), "fine");
 }
-
-both_engines!(
-    round_robin_spreads_requests_evenly,
-    request_headers_are_rewritten_for_the_backend,
-    one_mebibyte_bodies_arrive_byte_identical_in_every_framing,
-    pipelined_requests_are_answered_in_order,
-    http10_clients_and_keep_alive_rules,
-    head_204_and_304_carry_no_body,
-    expect_100_continue_is_answered_before_the_body,
-    backend_connections_are_pooled_and_reused,
-    a_backend_closing_pooled_connections_costs_no_request,
-    bytes_on_an_idle_pooled_connection_keep_it_from_reuse,
-    a_backend_killed_mid_run_costs_no_request,
-    all_backends_down_is_502_and_silent_backend_is_504,
-    a_backend_dying_mid_body_closes_the_client_connection,
-);

@@ -64,6 +64,7 @@ fn get_as(proxy: &Server, path: &str, auth: Option<&str>) -> Response {
     request(proxy.local_addr(), format!("GET {path} HTTP/1.1\r\nHost: wordle\r\n{auth}\r\n").as_bytes())
 }
 
+#[test]
 fn the_seed_scenario_users_open_games_authenticated_and_balanced() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let users = users_service(log.clone());
@@ -129,6 +130,7 @@ fn the_seed_scenario_users_open_games_authenticated_and_balanced() {
     assert_eq!(get_as(&proxy, "/games/1", Some(ALICE)).status, 503);
 }
 
+#[test]
 fn auth_cache_reuses_positive_answers_per_credential() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let users = users_service(log.clone());
@@ -145,6 +147,7 @@ fn auth_cache_reuses_positive_answers_per_credential() {
     assert_eq!(get_as(&proxy, "/games/a", None).status, 401, "other credentials are asked again");
 }
 
+#[test]
 fn strip_prefix_and_longest_prefix() {
     let api = TestBackend::start(|req| ok(&format!("api saw {}", req.target)));
     let v2 = TestBackend::start(|req| ok(&format!("v2 saw {}", req.target)));
@@ -178,6 +181,7 @@ fn spread(balance: &str, n: usize, client_ip: Option<&str>) -> HashMap<String, u
     counts
 }
 
+#[test]
 fn each_balance_policy_spreads_as_it_promises() {
     let rr = spread("round_robin", 30, None);
     assert_eq!((rr["a"], rr["b"], rr["c"]), (10, 10, 10));
@@ -192,6 +196,7 @@ fn each_balance_policy_spreads_as_it_promises() {
     }
 }
 
+#[test]
 fn least_conn_avoids_the_busy_server() {
     let release = Arc::new(AtomicBool::new(false));
     let hold = release.clone();
@@ -215,6 +220,7 @@ fn least_conn_avoids_the_busy_server() {
     assert_eq!(blocked.join().unwrap().text(), "slow");
 }
 
+#[test]
 fn rate_limits_answer_429_and_recover() {
     let backend = TestBackend::named("ok");
     let ini = format!(
@@ -242,6 +248,7 @@ fn rate_limits_answer_429_and_recover() {
     assert_eq!(backend.requests(), 5);
 }
 
+#[test]
 fn deny_and_allow_lists_with_trusted_proxies() {
     let backend = TestBackend::named("ok");
     let cases = [
@@ -265,6 +272,7 @@ fn deny_and_allow_lists_with_trusted_proxies() {
     }
 }
 
+#[test]
 fn max_conn_per_ip_caps_concurrent_connections() {
     let backend = TestBackend::named("ok");
     let proxy = start_proxy(gateway_config(&format!("ip_server1 = {}\nmax_conn_per_ip = 2\n", backend.addr)));
@@ -278,6 +286,7 @@ fn max_conn_per_ip_caps_concurrent_connections() {
     wait_until("a slot frees up", || get(proxy.local_addr(), "/").status == 200);
 }
 
+#[test]
 fn sighup_swaps_routes_under_load_without_a_failed_request() {
     let old = TestBackend::named("old");
     let new = TestBackend::named("new");
@@ -338,6 +347,7 @@ fn sighup_swaps_routes_under_load_without_a_failed_request() {
     assert_eq!(failures.load(Ordering::SeqCst), 0, "no request failed across two reloads");
 }
 
+#[test]
 fn jwt_routes_accept_pibl_tokens_and_refuse_the_rest() {
     let secure = TestBackend::start(|req| ok(&format!("hello {}", req.header("x-auth-user").unwrap_or("?"))));
     let db = TempDb::new("jwt-route");
@@ -371,6 +381,7 @@ fn jwt_routes_accept_pibl_tokens_and_refuse_the_rest() {
     assert_eq!(secure.requests(), 2, "only the two valid requests reached the backend");
 }
 
+#[test]
 fn route_servers_are_health_checked_on_the_routes_health_path() {
     let healthy = Arc::new(AtomicBool::new(true));
     let flag = healthy.clone();
@@ -402,6 +413,7 @@ fn route_servers_are_health_checked_on_the_routes_health_path() {
 /// `cache = off` on a route: a backend that sends `Last-Modified` (cacheable for `ttl`, the
 /// `python3 -m http.server` case) is asked every time through that route, while the same answers
 /// through the default pool come from the cache.
+#[test]
 fn a_route_with_cache_off_always_reaches_its_backends() {
     let backend = TestBackend::start(|_| {
         Reply::Raw(
@@ -424,18 +436,3 @@ fn a_route_with_cache_off_always_reaches_its_backends() {
     assert_eq!(get(addr, "/other/page").header("x-cache"), Some("HIT"), "the default pool still caches");
     assert_eq!(backend.requests(), 3);
 }
-
-both_engines!(
-    auth_cache_reuses_positive_answers_per_credential,
-    the_seed_scenario_users_open_games_authenticated_and_balanced,
-    sighup_swaps_routes_under_load_without_a_failed_request,
-    strip_prefix_and_longest_prefix,
-    each_balance_policy_spreads_as_it_promises,
-    least_conn_avoids_the_busy_server,
-    rate_limits_answer_429_and_recover,
-    deny_and_allow_lists_with_trusted_proxies,
-    max_conn_per_ip_caps_concurrent_connections,
-    jwt_routes_accept_pibl_tokens_and_refuse_the_rest,
-    route_servers_are_health_checked_on_the_routes_health_path,
-    a_route_with_cache_off_always_reaches_its_backends,
-);

@@ -32,6 +32,7 @@ fn has_line(text: &str, line: &str) -> bool {
     text.lines().any(|l| l == line)
 }
 
+#[test]
 fn metrics_and_status_follow_real_traffic() {
     let alpha = cached_backend("alpha");
     let beta = TestBackend::named("beta");
@@ -160,6 +161,7 @@ fn dashboard_is_one_self_contained_page() {
     assert!(pibl.shutdown());
 }
 
+#[test]
 fn metrics_bind_moves_metrics_to_a_loopback_listener() {
     let db = TempDb::new("metrics-bind");
     let config = Config { metrics_bind: Some("127.0.0.1:0".parse().unwrap()), ..api_config(&[], &db) };
@@ -170,5 +172,3 @@ fn metrics_bind_moves_metrics_to_a_loopback_listener() {
     assert_eq!(get(pibl.api_addr(), "/metrics").status, 404, "and the API port no longer serves /metrics");
     assert!(pibl.shutdown());
 }
-
-both_engines!(metrics_and_status_follow_real_traffic, metrics_bind_moves_metrics_to_a_loopback_listener,);

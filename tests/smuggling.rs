@@ -278,10 +278,12 @@ fn run(cases: Vec<Case>, underscores: bool) {
     assert!(failures.is_empty(), "{} case(s) failed:\n{}", failures.len(), failures.join("\n"));
 }
 
+#[test]
 fn ambiguous_requests_are_refused_or_normalised() {
     run(cases(), false);
 }
 
+#[test]
 fn underscores_in_headers_on_forwards_such_names_but_never_framing_lookalikes() {
     let p = |fields: &str| format!("POST / HTTP/1.1\r\nHost: h\r\n{fields}Content-Length: 5\r\n\r\nhello");
     run(
@@ -292,8 +294,3 @@ fn underscores_in_headers_on_forwards_such_names_but_never_framing_lookalikes() 
         true,
     );
 }
-
-both_engines!(
-    ambiguous_requests_are_refused_or_normalised,
-    underscores_in_headers_on_forwards_such_names_but_never_framing_lookalikes,
-);

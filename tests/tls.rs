@@ -1,7 +1,6 @@
 //! HTTPS parts on their own, through real rustls handshakes: PEM loading and its errors, the SNI
 //! certificate store and its reload, ALPN and protocol versions, the backend client configuration,
-//! `https://` backends in the config, and the plain port's redirects and ACME challenge answers on
-//! both engines. The TLS listener of the data plane itself is tested in `tls_proxy.rs`.
+//! `https://` backends in the config, and the plain port's redirects and ACME challenge answers. The TLS listener of the data plane itself is tested in `tls_proxy.rs`.
 
 #[macro_use]
 mod common;
@@ -251,11 +250,8 @@ fn tls_keys_and_sections_are_read_and_written_back() {
     assert_eq!(config.acme_directory, pibl::config::LETS_ENCRYPT);
     assert_eq!(config.tls_sites[0].hosts, ["shop.test", "*.shop.test"]);
     assert!(config.backends[0].tls && !config.backend_tls_verify);
-    assert_eq!(config.engine, pibl::config::Engine::Loops, "tls_port selects the engine that serves HTTPS");
     let again = Config::from_ini_str(&config.to_ini(), "again.ini").expect("written file loads");
     assert_eq!(again, config);
-    let e = Config::from_ini_str(&format!("engine = threads\n{text}"), "t.ini").unwrap_err().to_string();
-    assert!(e.contains("engine: threads has no HTTPS listener (tls_port is set); use engine = loops"), "{e}");
 
     for (bad, says) in [
         ("tls_cert = a.crt\n", "tls_cert: needs tls_key too"),
@@ -273,24 +269,6 @@ fn tls_keys_and_sections_are_read_and_written_back() {
 }
 
 #[test]
-fn the_threaded_engine_refuses_https_backends_at_start_up() {
-    let mut config = Config { engine: pibl::config::Engine::Threads, ..test_config(&[]) };
-    config.backends = vec![pibl::config::BackendAddr::parse("https://127.0.0.1:9443").unwrap()];
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let e = pibl::Server::start_on(listener, config).err().expect("refused");
-    assert_eq!(
-        e.to_string(),
-        "ip_server1 = https://127.0.0.1:9443: TLS to backends is spoken by the event-loop engine only; set engine = loops"
-    );
-    // In a file, an https:// backend selects the loops by itself.
-    let config = Config::from_ini_str("ip_server1 = https://127.0.0.1:9443\n", "t.ini").unwrap();
-    assert_eq!(config.engine, pibl::config::Engine::Loops);
-    let e = Config::from_ini_str("engine = threads\nip_server1 = https://127.0.0.1:9443\n", "t.ini").unwrap_err();
-    assert!(e.to_string().contains("threads speaks no TLS to https:// backends; use engine = loops"), "{e}");
-}
-
-both_engines!(https_redirect_answers_308_on_the_plain_port_except_acme_challenges);
-
 fn https_redirect_answers_308_on_the_plain_port_except_acme_challenges() {
     let backend = TestBackend::named("app");
     let mut config = test_config(&[backend.addr]);
@@ -348,11 +326,6 @@ fn pibl_refuses_to_start_with_a_broken_certificate() {
 
     config.tls_key = dir.0.join("a.key");
     config.tls_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    config.engine = pibl::config::Engine::Threads;
-    let threads = pibl::Pibl::start_on(bind(), bind(), config.clone(), pibl::clock::Clock::system());
-    let e = threads.err().expect("the threaded engine has no TLS listener").to_string();
-    assert!(e.ends_with("HTTPS is served by the event-loop engine only; set engine = loops"), "{e}");
-    config.engine = pibl::config::Engine::Loops;
     let tls_port = config.tls_port;
     let running =
         pibl::Pibl::start_on(bind(), bind(), config, pibl::clock::Clock::system()).expect("a good pair starts");

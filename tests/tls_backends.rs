@@ -1,4 +1,4 @@
-//! `https://` backends in the loop engine: TLS with SNI (none for an address), certificates checked
+//! `https://` backends: TLS with SNI (none for an address), certificates checked
 //! against `backend_ca`, refused when they do not verify and accepted with `backend_tls_verify =
 //! off`, pooled TLS connections reused, a large answer relayed, a WebSocket tunnel to a `wss`
 //! backend, and health checks over TLS.
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use common::{get, start_proxy, test_config, Client, TempDir};
-use pibl::config::{BackendAddr, Config, Engine};
+use pibl::config::{BackendAddr, Config};
 use pibl::tls::client::{backend_client_config, BackendTrust};
 use pibl::tls::pem::load_pair;
 use pibl::tls::server::server_config;
@@ -32,9 +32,9 @@ fn tls_backend(dir: &TempDir, ca: &TestCa) -> TlsBackend {
     TlsBackend::start(backend_config(dir, ca))
 }
 
-/// The loop engine with `backend` as its one `ip_server1`.
+/// A server with `backend` as its one `ip_server1`.
 fn loops_with(backend: BackendAddr, adjust: impl FnOnce(&mut Config)) -> pibl::Server {
-    let mut config = Config { engine: Engine::Loops, backends: vec![backend], ..test_config(&[]) };
+    let mut config = Config { backends: vec![backend], ..test_config(&[]) };
     adjust(&mut config);
     start_proxy(config)
 }
@@ -91,7 +91,7 @@ fn a_backend_tls_connection_pibl_is_done_with_ends_with_close_notify() {
 /// A loop proxy whose route `/games/` asks `auth_url` first, with `backend_ca` as its trust roots.
 fn gateway_with_auth(app: std::net::SocketAddr, auth_url: &str, ca: &std::path::Path) -> pibl::Server {
     let ini = format!(
-        "[DEFAULT]\nengine = loops\nip_server1 = {app}\nbackend_ca = {}\n\n\
+        "[DEFAULT]\nip_server1 = {app}\nbackend_ca = {}\n\n\
          [route.games]\nprefix = /games/\nservers = {app}\nauth = request\nauth_url = {auth_url}\n",
         ca.display()
     );
@@ -123,11 +123,6 @@ fn an_https_auth_url_is_asked_over_tls_with_its_certificate_checked() {
     assert_eq!(res.status, 503, "{}", res.text());
     assert_eq!(app.requests(), 1, "nothing reached the app without a decision");
     assert_eq!(auth.connections.load(Ordering::SeqCst), 1, "no request went over the unverified connection");
-
-    // TLS is the loops' alone: the threaded engine refuses the file, naming the key.
-    let ini = format!("[DEFAULT]\nengine = threads\n\n[route.games]\nprefix = /games/\nservers = {}\nauth = request\nauth_url = {auth_url}\n", app.addr);
-    let refused = Config::from_ini_str(&ini, "threads.ini").expect_err("https auth_url on threads").to_string();
-    assert!(refused.contains("engine") && refused.contains("loops"), "{refused}");
 }
 
 #[test]

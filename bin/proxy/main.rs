@@ -16,7 +16,7 @@ use signal_hook::iterator::Signals;
 use demo::DemoBackend;
 use pibl::api::json::check_email;
 use pibl::clock::Clock;
-use pibl::config::{BackendAddr, Config, Engine};
+use pibl::config::{BackendAddr, Config};
 use pibl::store::admins::{self, Added};
 use pibl::store::Database;
 use pibl::store::{Durability, Store};
@@ -533,14 +533,10 @@ fn file_advice(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path).map(|text| pibl::config::advice(&text, &label)).unwrap_or_default()
 }
 
-/// "2 event loops" or "64 worker threads (engine = threads)".
+/// "2 event loops".
 fn describe_workers(config: &Config) -> String {
     let count = config.thread_count();
-    let plural = if count == 1 { "" } else { "s" };
-    match config.engine {
-        Engine::Loops => format!("{count} event loop{plural}"),
-        Engine::Threads => format!("{count} worker thread{plural} (engine = threads)"),
-    }
+    format!("{count} event loop{}", if count == 1 { "" } else { "s" })
 }
 
 fn startup_summary(config: &Config) -> Vec<String> {

@@ -1,4 +1,4 @@
-//! Incremental body framing (`pibl::http::framing`): the decoder the event-loop engine feeds with
+//! Incremental body framing (`pibl::http::framing`): the decoder the event loops feed with
 //! whatever bytes have arrived, and its chunked encoder.
 //!
 //! Input: a mode byte (chunked, `Content-Length`, until close), the limit (u64), the length (u32,
@@ -9,7 +9,7 @@
 //! - fed in the pieces the split points make, the decoder decides exactly as on the whole input in
 //!   one piece: the same end (done, or the same refusal) and, when done, the same body bytes and
 //!   number of bytes used (before a refusal, one run's bytes are a prefix of the other's);
-//! - it agrees with the blocking decoder of the threads engine (`http::body::transfer`): both
+//! - it agrees with the blocking decoder the API uses (`http::body::transfer`): both
 //!   accept with the same body and leave the same bytes after it, or both refuse (413 for a body
 //!   over the limit, 400 otherwise);
 //! - limits: the decoded bytes never pass the limit, even before a refusal; no chunk-size or
@@ -132,7 +132,7 @@ fn feed(input: &[u8], framing: Framing, limit: u64, cuts: &[usize]) -> Fed {
     Fed { end, body, used }
 }
 
-/// The blocking decoder of the threads engine on the same input, read `step` bytes at a time:
+/// The blocking decoder on the same input, read `step` bytes at a time:
 /// how it ends, the body, and the bytes it left.
 fn blocking(input: &[u8], framing: Framing, limit: u64, step: usize) -> (End, Vec<u8>, Vec<u8>) {
     let mut buf = ReadBuf::new();
@@ -180,10 +180,10 @@ fuzz_target!(|data: &[u8]| {
         assert!(long.body.starts_with(&short.body), "split at {cuts:?}, the bytes before the refusal differ");
     }
 
-    // The threads engine decides the same, read in the first piece's size (the size of a read).
+    // The blocking decoder decides the same, read in the first piece's size (the size of a read).
     let step = cuts.first().copied().unwrap_or(input.len()).max(1);
     let (end, out, rest) = blocking(input, framing, limit, step);
-    assert_eq!(whole.end.decision(), end.decision(), "event loop {:?}, threads {end:?} (read size {step})", whole.end);
+    assert_eq!(whole.end.decision(), end.decision(), "event loop {:?}, blocking {end:?} (read size {step})", whole.end);
     if let End::Done(_) = end {
         assert_eq!(whole.end, end, "read size {step}");
         assert_eq!(whole.body, out, "the engines decode different bodies (read size {step})");

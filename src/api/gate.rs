@@ -1,6 +1,6 @@
 //! The API's waiting room: a connection waits here, holding no worker, until a whole request (head
 //! and body) has arrived. One thread reads every waiting socket as bytes come (epoll readiness
-//! through `polling`, like the data plane's parker); a request not complete within
+//! through `polling`); a request not complete within
 //! [`REQUEST_TIMEOUT`] of its first byte is answered 408, an idle keep-alive connection is closed
 //! after [`IDLE_TIMEOUT`], and one client address holds at most [`MAX_CONN_PER_IP`] connections. So
 //! clients that send a byte every few seconds cost a buffer each, never a worker: the workers only

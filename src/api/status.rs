@@ -71,7 +71,6 @@ pub fn metrics(state: &ApiState) -> Reply {
         open_connections: stats.open_connections,
         parked_connections: stats.parked_connections,
         loop_connections: shared.loop_connections(),
-        queue_depth: shared.queue_depth(),
         api_auth_failures: state.observe.auth_failures.load(Ordering::Relaxed),
         locked_accounts,
     });
@@ -202,7 +201,7 @@ pub fn status(state: &ApiState, user: &User) -> Result<Reply, ApiError> {
         true => json!({
             "active": stats.open_connections.saturating_sub(stats.parked_connections),
             "parked": stats.parked_connections,
-            "queue": shared.queue_depth(),
+            "loops": shared.loop_connections(),
         }),
         false => Value::Null,
     };

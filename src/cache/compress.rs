@@ -1,4 +1,4 @@
-//! Response compression, kept apart from I/O so any engine can call it: which content coding a
+//! Response compression, kept apart from I/O: which content coding a
 //! client's `Accept-Encoding` prefers (with q-values), whether a response may be compressed at all
 //! (type, size, `no-transform`, already encoded, ranges), and the gzip (`flate2`) and brotli
 //! (`brotli`) encoders themselves.

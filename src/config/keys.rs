@@ -4,7 +4,7 @@
 
 use super::access_log::{parse_access_log_file, parse_access_log_format, render_access_log_file};
 use super::routes::{parse_nets, parse_rate, render_nets, render_rate, RateLimit};
-use super::settings::{Config, Engine, THREADS_AUTO};
+use super::settings::{Config, THREADS_AUTO};
 use super::settings::{LockoutScope, MetricsAuth};
 use super::tls::parse_names;
 use super::values::{
@@ -49,19 +49,11 @@ fn parse_app_prefix(v: &str) -> Result<String, String> {
     Ok(if segments.is_empty() { String::new() } else { format!("/{}/", segments.join("/")) })
 }
 
-/// `threads`: a count, or `auto` for the engine's own default.
+/// `threads`: a count, or `auto` for one per core.
 fn parse_threads(v: &str) -> Result<usize, String> {
     match v.trim() {
         "auto" => Ok(THREADS_AUTO),
         _ => parse_count(v, 1, 1024).map_err(|e| format!("{e}, or auto")),
-    }
-}
-
-fn parse_engine(v: &str) -> Result<Engine, String> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "threads" => Ok(Engine::Threads),
-        "loops" => Ok(Engine::Loops),
-        _ => Err(format!("{v:?} is not an engine (threads, loops)")),
     }
 }
 
@@ -117,20 +109,10 @@ pub(super) const LAYOUT: &[Entry] = &[
     }),
     Entry::Group("Workers and limits"),
     Entry::Key(KeySpec {
-        name: "engine",
-        help: "How connections are served: loops = one event loop per thread owning its client and\n\
-               backend sockets, with WebSocket/Upgrade tunnels and HTTPS (the default); threads =\n\
-               blocking worker threads, the engine before loops: no HTTPS, no WebSocket, more CPU\n\
-               per proxied request. Files written by earlier versions of parser say threads.",
-        apply: |c, v| parse_engine(v).map(|x| c.engine = x),
-        render: |c| c.engine.name().to_string(),
-    }),
-    Entry::Key(KeySpec {
         name: "threads",
-        help: "Threads serving connections (1-1024, or auto). engine = loops: the number of event\n\
-               loops, each serving any number of connections; auto = one per core, which is what\n\
-               they need (more only add switching). engine = threads: blocking workers, each\n\
-               forwarding one request at a time; auto = 64.",
+        help: "Event loops serving connections (1-1024, or auto): each is a thread that owns its\n\
+               client and backend sockets and serves any number of connections; auto = one per\n\
+               core, which is what they need (more only add switching).",
         apply: |c, v| parse_threads(v).map(|x| c.threads = x),
         render: |c| match c.threads {
             THREADS_AUTO => "auto".to_string(),
@@ -211,8 +193,7 @@ pub(super) const LAYOUT: &[Entry] = &[
     }),
     Entry::Key(KeySpec {
         name: "tunnel_timeout",
-        help: "engine = loops: idle time after which a WebSocket (or other upgraded)\n\
-               connection is closed.",
+        help: "Idle time after which a WebSocket (or other upgraded) connection is closed.",
         apply: |c, v| parse_timeout(v).map(|x| c.tunnel_timeout = x),
         render: |c| render_duration(c.tunnel_timeout),
     }),
@@ -504,8 +485,7 @@ pub(super) const LAYOUT: &[Entry] = &[
     Entry::Group("HTTPS (TLS)"),
     Entry::Key(KeySpec {
         name: "tls_port",
-        help: "Port of the HTTPS listener, beside `port` (e.g. 443); 0 = no HTTPS.\n\
-               HTTPS is served by engine = loops, which this selects unless engine says threads.",
+        help: "Port of the HTTPS listener, beside `port` (e.g. 443); 0 = no HTTPS.",
         apply: |c, v| parse_tls_port(v).map(|x| c.tls_port = x),
         render: |c| c.tls_port.to_string(),
     }),

@@ -30,7 +30,7 @@ mod values;
 pub use access_log::{AccessLogFormat, AccessLogTarget};
 pub use error::{ConfigError, ValueError};
 pub use routes::{AuthUrl, Balance, IpNet, RateLimit, RouteAuth, RouteConfig};
-pub use settings::{Config, Engine, LockoutScope, MetricsAuth, DEFAULT_ENDPOINT_ALLOW, LETS_ENCRYPT, THREADS_AUTO};
+pub use settings::{Config, LockoutScope, MetricsAuth, DEFAULT_ENDPOINT_ALLOW, LETS_ENCRYPT, THREADS_AUTO};
 pub use tls::{TlsSite, TLS_SITE_KEYS};
 pub use values::BackendAddr;
 
@@ -127,6 +127,8 @@ impl Config {
                         servers.insert(n, (backend, key, line));
                         Ok(())
                     })
+                } else if key == RETIRED_ENGINE_KEY {
+                    check_retired_engine(value)
                 } else if key == "rate_burst" {
                     parse_count(value, 0, 1_000_000).map(|b| pending_burst = Some(b as u32))
                 } else if let Some(spec) = key_spec(key) {
@@ -198,19 +200,6 @@ impl Config {
                 "needs tls_port: the redirects point at the HTTPS listener's port".to_string(),
             ));
         }
-        // TLS is spoken by the event loops alone; the threaded engine is only had by asking for it.
-        let tls_backend = config.tls_upstreams().next().is_some();
-        if (config.tls_port != 0 || tls_backend) && config.engine == Engine::Threads {
-            let what = match config.tls_port {
-                0 => "threads speaks no TLS to https:// backends",
-                _ => "threads has no HTTPS listener (tls_port is set)",
-            };
-            return Err(invalid(
-                pair_line("engine"),
-                "engine",
-                format!("{what}; use engine = loops, or remove this line (loops is the default)"),
-            ));
-        }
         Ok(config)
     }
 
@@ -278,6 +267,43 @@ fn push_comment(out: &mut String, help: &str, default: &str) {
 /// `parser` would write instead; `proxy --check-config` prints them, and start-up logs them.
 pub fn advice(text: &str, file_label: &str) -> Vec<String> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut advice = retired_engine_advice(text, file_label);
+    advice.extend(placement_advice(text, file_label));
+    advice
+}
+
+/// `engine`, a key of earlier versions: files still say `engine = threads` (the blocking-worker
+/// engine, since removed) or `engine = loops`. Either loads; the line is only noise now.
+const RETIRED_ENGINE_KEY: &str = "engine";
+
+/// Checks an `engine` value as earlier versions did, so a typo still fails loudly.
+fn check_retired_engine(value: &str) -> Result<(), String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "threads" | "loops" => Ok(()),
+        _ => Err(format!("{value:?} is not an engine (threads, loops); the key is no longer needed: remove it")),
+    }
+}
+
+/// A warning for each `engine = ...` line: what pibl runs instead, and that the line can go.
+fn retired_engine_advice(text: &str, file_label: &str) -> Vec<String> {
+    text.lines()
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let (key, value) = line.split_once('=')?;
+            (key.trim() == RETIRED_ENGINE_KEY).then(|| (i + 1, value.trim()))
+        })
+        .map(|(number, value)| {
+            let what = match value.eq_ignore_ascii_case("threads") {
+                true => "the threaded engine was removed, and pibl runs its event loops (`threads` of them)",
+                false => "pibl always runs its event loops",
+            };
+            format!("{file_label}:{number}: warning: engine = {value}: {what}; remove this line")
+        })
+        .collect()
+}
+
+/// A file with no settings, or with keys above any section header.
+fn placement_advice(text: &str, file_label: &str) -> Vec<String> {
     let first = text
         .lines()
         .enumerate()
@@ -403,26 +429,27 @@ mod tests {
     }
 
     #[test]
-    fn the_event_loops_are_the_default_and_threads_auto_sizes_each_engine() {
+    fn threads_counts_event_loops_and_an_old_engine_line_still_loads_with_a_warning() {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let load = |text: &str| Config::from_ini_str(&format!("[DEFAULT]\n{text}"), "x");
-        // No engine line (every file written before there was one): the loops, one per core.
         let plain = load("port = 8080\n").unwrap();
-        assert_eq!((plain.engine, plain.threads, plain.thread_count()), (super::Engine::Loops, THREADS_AUTO, cores));
-        // A file that asks for the threaded engine keeps it, with its 64 workers unless it says.
-        let threads = load("engine = threads\n").unwrap();
-        assert_eq!((threads.engine, threads.thread_count()), (super::Engine::Threads, 64));
-        let counted = load("engine = threads\nthreads = 16\n").unwrap();
-        assert_eq!(counted.thread_count(), 16);
-        // A count is taken as written under either engine (an old `threads = 64` starts 64 loops).
+        assert_eq!((plain.threads, plain.thread_count()), (THREADS_AUTO, cores));
+        // A count is taken as written (an old `threads = 64` starts 64 loops, and says so at start).
         assert_eq!(load("threads = 64\n").unwrap().thread_count(), 64);
-        assert_eq!(load("threads = auto\nengine = loops\n").unwrap().thread_count(), cores);
+        assert_eq!(load("threads = auto\n").unwrap().thread_count(), cores);
         let zero = err("[DEFAULT]\nthreads = 0\n");
         assert!(zero.contains("out of range (1-1024), or auto"), "{zero}");
-        // The threaded engine has no TLS: asking for both is refused, naming the way out.
-        let refused = err("[DEFAULT]\nengine = threads\ntls_port = 8443\ntls_cert = c.pem\ntls_key = k.pem\n");
-        assert!(refused.contains("engine: threads has no HTTPS listener"), "{refused}");
-        assert!(refused.contains("loops is the default"), "{refused}");
+        // Files written for the threaded engine load, HTTPS included, and are told the line can go.
+        let text = "[DEFAULT]\nengine = threads\ntls_port = 8443\ntls_cert = c.pem\ntls_key = k.pem\n";
+        assert_eq!(Config::from_ini_str(text, "x").unwrap().tls_port, 8443);
+        let warned = advice(text, "p.ini");
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(warned[0].starts_with("p.ini:2: warning: engine = threads: the threaded engine was removed"));
+        assert!(warned[0].ends_with("remove this line"), "{warned:?}");
+        assert!(advice("[DEFAULT]\nengine = loops\n", "p.ini")[0].contains("pibl always runs its event loops"));
+        assert!(advice("[DEFAULT]\nport = 8080\n", "p.ini").is_empty());
+        let typo = err("[DEFAULT]\nengine = thread\n");
+        assert!(typo.contains("is not an engine (threads, loops)"), "{typo}");
     }
 
     #[test]
@@ -433,7 +460,6 @@ mod tests {
         let modified = Config {
             bind: IpAddr::V6(Ipv6Addr::LOCALHOST),
             port: 1,
-            engine: super::Engine::Loops,
             threads: 1024,
             max_conn: 1,
             buffer_size: 1024 * 1024,

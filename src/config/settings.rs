@@ -17,10 +17,8 @@ pub struct Config {
     pub bind: IpAddr,
     /// `port`: data-plane port.
     pub port: u16,
-    /// `engine`: how the data plane runs its connections (`threads` or `loops`).
-    pub engine: Engine,
-    /// `threads`: size of the worker pool (`engine = threads`) or number of event loops (`engine = loops`);
-    /// [`THREADS_AUTO`] for the engine's own default (read it through [`Config::thread_count`]).
+    /// `threads`: the number of event loops; [`THREADS_AUTO`] for one per core (read it through
+    /// [`Config::thread_count`]).
     pub threads: usize,
     /// `max_conn`: most client connections held at once; past it new ones wait in the listen backlog.
     pub max_conn: usize,
@@ -219,7 +217,6 @@ impl Default for Config {
         Config {
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             port: 8080,
-            engine: Engine::Loops,
             threads: THREADS_AUTO,
             max_conn: 10_000,
             buffer_size: 8192,
@@ -289,39 +286,15 @@ impl Default for Config {
     }
 }
 
-/// `threads = auto`: one event loop per core, or 64 blocking workers under `engine = threads`.
+/// `threads = auto`: one event loop per core.
 pub const THREADS_AUTO: usize = 0;
 
-/// Blocking workers `threads = auto` gives `engine = threads`: each forwards one request at a time.
-const AUTO_WORKERS: usize = 64;
-
 impl Config {
-    /// The number of event loops or workers to start: `threads`, or the engine's default for `auto`.
+    /// The number of event loops to start: `threads`, or one per core for `auto`.
     pub fn thread_count(&self) -> usize {
-        match (self.threads, self.engine) {
-            (THREADS_AUTO, Engine::Loops) => std::thread::available_parallelism().map_or(2, |n| n.get()),
-            (THREADS_AUTO, Engine::Threads) => AUTO_WORKERS,
-            (count, _) => count,
-        }
-    }
-}
-
-/// How the data plane runs its client connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Engine {
-    /// An acceptor, `threads` blocking workers and a parker thread holding idle connections; kept for
-    /// files that ask for it by name (it speaks no TLS and no WebSocket).
-    Threads,
-    /// `threads` event loops, each owning the client and backend sockets it serves.
-    #[default]
-    Loops,
-}
-
-impl Engine {
-    pub fn name(self) -> &'static str {
-        match self {
-            Engine::Threads => "threads",
-            Engine::Loops => "loops",
+        match self.threads {
+            THREADS_AUTO => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            count => count,
         }
     }
 }

@@ -4,23 +4,18 @@
 //! cached per credential for `auth_cache_secs`.
 
 use std::collections::HashMap;
-use std::io::{self, Write};
-use std::net::{IpAddr, TcpStream};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 use crate::config::AuthUrl;
-use crate::http::body::{self, Encoding, Source};
-use crate::http::buffer::{ReadBuf, WriteBatch};
 use crate::http::outbound::RequestHead;
 use crate::http::request::Request;
-use crate::http::response::{self, ReadHeadError, Response};
+use crate::http::response::Response;
 use crate::http::Framing;
 use crate::upstream::backend::Backend;
 
-/// Largest auth answer body read (and dropped) to keep the connection reusable.
-const MAX_AUTH_BODY: u64 = 64 * 1024;
 /// Credentials remembered at once; past it, expired ones go, then all.
 const MAX_CACHED: usize = 10_000;
 
@@ -40,41 +35,22 @@ pub enum AuthDecision {
 /// A remembered positive answer: until when, and the user it named.
 type CachedAllow = (Instant, Option<Vec<u8>>);
 
-/// Asks one auth URL; shared by every worker.
+/// One route's auth URL: how to ask it, and the positive answers remembered; shared by every loop.
 pub struct AuthChecker {
     url: AuthUrl,
     server: Backend,
     cache_for: Duration,
     cache: Mutex<HashMap<Vec<u8>, CachedAllow>>,
-    connect_timeout: Duration,
-    io_timeout: Duration,
 }
 
 impl AuthChecker {
-    pub fn new(url: &AuthUrl, cache_for: Duration, connect_timeout: Duration, io_timeout: Duration) -> AuthChecker {
+    pub fn new(url: &AuthUrl, cache_for: Duration) -> AuthChecker {
         let server = Backend::new(&url.server, 32);
-        AuthChecker {
-            url: url.clone(),
-            server,
-            cache_for,
-            cache: Mutex::new(HashMap::new()),
-            connect_timeout,
-            io_timeout,
-        }
+        AuthChecker { url: url.clone(), server, cache_for, cache: Mutex::new(HashMap::new()) }
     }
 
     pub fn url(&self) -> &AuthUrl {
         &self.url
-    }
-
-    /// Decides whether `req` from `client` may pass.
-    pub fn check(&self, req: &Request, client: IpAddr, now: Instant) -> AuthDecision {
-        if let Some(decision) = self.cached(req, now) {
-            return decision;
-        }
-        let decision = self.ask(req, client);
-        self.remember(req, &decision, now);
-        decision
     }
 
     /// The remembered positive answer for `req`'s credentials, while it lasts.
@@ -134,56 +110,6 @@ impl AuthChecker {
         key.extend_from_slice(req.header("cookie").unwrap_or_default());
         Some(key)
     }
-
-    fn ask(&self, req: &Request, client: IpAddr) -> AuthDecision {
-        let head = self.sub_request(req, client);
-        // A pooled connection may have been closed by the auth server: then ask once more on a new one.
-        let now = Instant::now();
-        if let Some(stream) = self.server.take_idle(now) {
-            if let Ok(decision) = self.exchange(stream, &head) {
-                return decision;
-            }
-        }
-        match self.server.connect(self.connect_timeout, self.io_timeout) {
-            Ok(stream) => self.exchange(stream, &head).unwrap_or_else(|Stale| {
-                AuthDecision::Unavailable("the auth server closed the connection without answering".into())
-            }),
-            Err(e) => AuthDecision::Unavailable(format!("cannot reach {}: {e}", self.url.url)),
-        }
-    }
-
-    fn exchange(&self, mut stream: TcpStream, head: &[u8]) -> Result<AuthDecision, Stale> {
-        if stream.write_all(head).is_err() {
-            return Err(Stale);
-        }
-        let mut buf = ReadBuf::new();
-        let res = match response::read_head(&mut buf, &mut stream, 4096, false) {
-            Ok(res) => res,
-            Err(ReadHeadError::Invalid(e)) => return Ok(AuthDecision::Failed(format!("auth server: {e}"))),
-            Err(ReadHeadError::Io { error, .. })
-                if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
-            {
-                return Ok(AuthDecision::Unavailable(format!(
-                    "auth server did not answer within {:?}",
-                    self.io_timeout
-                )))
-            }
-            Err(ReadHeadError::Closed { before_any_byte: true } | ReadHeadError::Io { before_any_byte: true, .. }) => {
-                return Err(Stale)
-            }
-            Err(e) => return Ok(AuthDecision::Unavailable(format!("auth server {e}"))),
-        };
-        let decision = decision_of(&res);
-        // Drop the body so the connection can serve the next check.
-        let (mut out, mut sink) = (Vec::new(), io::sink());
-        let mut discard = WriteBatch::new(&mut out, &mut sink, 4096);
-        let mut src = Source { buf: &mut buf, sock: &mut stream, step: 4096 };
-        let drained = body::transfer(&mut src, res.framing, &mut discard, Encoding::Identity, MAX_AUTH_BODY).is_ok();
-        if drained && res.reusable && buf.is_empty() {
-            self.server.put_idle(stream, Instant::now());
-        }
-        Ok(decision)
-    }
 }
 
 /// What an auth server's answer decides: 2xx lets the request through (with its `X-Auth-User`),
@@ -197,6 +123,3 @@ pub fn decision_of(res: &Response) -> AuthDecision {
         other => AuthDecision::Failed(format!("auth server answered {other}")),
     }
 }
-
-/// A reused connection turned out closed before any answer.
-struct Stale;

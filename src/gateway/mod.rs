@@ -60,9 +60,7 @@ impl Gateway {
             .iter()
             .map(|rc| {
                 let auth = match &rc.auth {
-                    RouteAuth::Request(url) => {
-                        Some(AuthChecker::new(url, rc.auth_cache, config.connect_timeout, config.backend_timeout))
-                    }
+                    RouteAuth::Request(url) => Some(AuthChecker::new(url, rc.auth_cache)),
                     RouteAuth::None | RouteAuth::Jwt => None,
                 };
                 Arc::new(Route {

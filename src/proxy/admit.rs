@@ -14,29 +14,6 @@ use crate::proxy::dispatch::{Dispatch, Upstream};
 use crate::server::shared::Shared;
 use crate::store::credentials;
 
-/// Runs the gateway's checks and decides where the request goes.
-pub fn admit<'r>(
-    shared: &Shared,
-    gateway: &Gateway,
-    route: Option<&Arc<Route>>,
-    client: IpAddr,
-    req: &'r Request,
-) -> Result<Dispatch<'r>, Refusal> {
-    admit_with(shared, gateway, route, client, req, true)
-}
-
-/// [`admit`], except that an `auth = request` route's sub-request is left to the caller (an event
-/// loop asks without blocking, then applies [`auth_outcome`]); every other check runs.
-pub fn admit_before_auth_request<'r>(
-    shared: &Shared,
-    gateway: &Gateway,
-    route: Option<&Arc<Route>>,
-    client: IpAddr,
-    req: &'r Request,
-) -> Result<Dispatch<'r>, Refusal> {
-    admit_with(shared, gateway, route, client, req, false)
-}
-
 /// What an auth server's decision makes of a request: the user to pass on, or the refusal.
 pub fn auth_outcome(req: &Request, decision: AuthDecision) -> Result<Option<Vec<u8>>, Refusal> {
     match decision {
@@ -53,13 +30,15 @@ pub fn auth_outcome(req: &Request, decision: AuthDecision) -> Result<Option<Vec<
     }
 }
 
-fn admit_with<'r>(
+/// Runs the gateway's checks and decides where the request goes, except that an `auth = request`
+/// route's sub-request is left to the caller (an event loop asks without blocking, then applies
+/// [`auth_outcome`]).
+pub fn admit_before_auth_request<'r>(
     shared: &Shared,
     gateway: &Gateway,
     route: Option<&Arc<Route>>,
     client: IpAddr,
     req: &'r Request,
-    ask_auth_server: bool,
 ) -> Result<Dispatch<'r>, Refusal> {
     let now = shared.clock.now();
     gateway.admit(client, route.map(|r| &**r), now)?;
@@ -89,9 +68,8 @@ fn admit_with<'r>(
     let auth_user = match route.map(|r| (&r.config.auth, r.auth.as_ref())) {
         None | Some((RouteAuth::None, _)) => None,
         Some((RouteAuth::Jwt, _)) => Some(verify_jwt(shared, req)?),
-        Some((RouteAuth::Request(_), None)) => None,
-        Some((RouteAuth::Request(_), Some(_))) if !ask_auth_server => None,
-        Some((RouteAuth::Request(_), Some(checker))) => auth_outcome(req, checker.check(req, client, now))?,
+        // Asked by the loop once the other checks have passed.
+        Some((RouteAuth::Request(_), _)) => None,
     };
     let cache = route.is_none_or(|r| r.config.cache);
     let compress = route.and_then(|r| r.config.compress).unwrap_or(shared.config.compress);

@@ -4,22 +4,18 @@
 //! (`stale-while-revalidate`, done by `refresh`). It decides and stores; forwarding is `forward`'s.
 
 use std::borrow::Cow;
-use std::io::{self, Write};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::cache::compress::{self, Candidate};
-use crate::cache::policy::{self, CacheControl, Exchange, Freshness, RequestDirectives, Usability};
-use crate::cache::{response_facts, vary_names, Cache, Entry, FlightGuard, Join, Origin, VaryValues, PASS_TIME};
+use crate::cache::policy::{self, CacheControl, Exchange, Freshness, RequestDirectives};
+use crate::cache::{response_facts, vary_names, Cache, Entry, FlightGuard, Origin, VaryValues, PASS_TIME};
 use crate::http::body::Tee;
-use crate::http::buffer::WriteBatch;
 use crate::http::request::Request;
 use crate::http::response::Response;
 use crate::http::{trim, Framing};
-use crate::proxy::context::{Answer, Forwarded, Outcome, RequestCtx};
 use crate::proxy::dispatch::{Dispatch, RefreshJob};
-use crate::proxy::error::Failure;
 use crate::server::shared::Shared;
 
 /// The access-log name of answers served from storage.
@@ -116,88 +112,6 @@ pub fn request_value(req: &Request, name: &str) -> Option<Vec<u8>> {
     joined
 }
 
-/// What the cache does with one GET or HEAD.
-pub enum Lookup<'c> {
-    /// A stored response answers (`HIT`, or `STALE` while a background refresh runs).
-    Stored { entry: Arc<Entry>, label: &'static str },
-    /// `only-if-cached` and nothing usable is stored.
-    NotCached,
-    /// The request goes to a backend with this plan for the answer.
-    Forward(Box<CachePlan<'c>>),
-}
-
-/// Looks the request up: a usable stored response answers it; otherwise it is forwarded with a
-/// plan (revalidating a stale entry, storing the answer). Concurrent misses of one URL wait for
-/// the first one's answer (which then fills the cache for them) instead of each reaching a backend.
-pub fn lookup<'c>(ctx: &RequestCtx<'_>, cache: &'c Cache) -> Lookup<'c> {
-    let (shared, req) = (ctx.shared, ctx.req);
-    let directives = request_directives(req);
-    let is_get = req.method() == "GET";
-    let mut plan = CachePlan {
-        cache,
-        key: Cache::key(req.host(), req.target()),
-        origin: ctx.dispatch.cache_origin(),
-        store: is_get && !directives.cc.no_store,
-        client_conditional: req.header("if-none-match").is_some() || req.header("if-modified-since").is_some(),
-        head_as_get: false,
-        hide_targeted: shared.config.strip_targeted_cache_control,
-        compress_min: ctx.dispatch.compress.then_some(shared.config.compress_min_bytes),
-        directives,
-        stale: None,
-        request_time: shared.clock.wall(),
-        leader: None,
-    };
-    if plan.directives.cc.no_store {
-        cache.stats.misses.fetch_add(1, Ordering::Relaxed);
-        return Lookup::Forward(Box::new(plan));
-    }
-    let values = |name: &str| request_value(req, name);
-    let mut waited = false;
-    plan.leader = loop {
-        if let Some(entry) = cache.lookup(&plan.key, &plan.origin.route, &values) {
-            let now = shared.clock.now();
-            let allowed = !plan.directives.has_authorization || entry.freshness.shareable_with_auth;
-            if allowed {
-                match entry.freshness.usability(entry.age(now), &plan.directives) {
-                    Usability::Fresh => {
-                        cache.stats.hits.fetch_add(1, Ordering::Relaxed);
-                        return Lookup::Stored { entry, label: "HIT" };
-                    }
-                    Usability::StaleWhileRevalidate => {
-                        if entry.claim_refresh() {
-                            schedule_refresh(shared, &plan.key, req, ctx.dispatch, &entry);
-                        }
-                        cache.stats.stale.fetch_add(1, Ordering::Relaxed);
-                        return Lookup::Stored { entry, label: "STALE" };
-                    }
-                    Usability::Revalidate => plan.stale = Some(entry),
-                }
-            }
-        }
-        if plan.directives.cc.only_if_cached {
-            return Lookup::NotCached;
-        }
-        // Only a GET can fill the cache for the others, only once per wait, and only for URLs
-        // that lately answered with something storable.
-        if !is_get || waited || cache.is_uncacheable(&plan.key, shared.clock.now()) {
-            break None;
-        }
-        match cache.join_flight(&plan.key) {
-            Join::Leader(guard) => break Some(guard),
-            Join::Follower(flight) => {
-                flight.wait(shared.config.backend_timeout);
-                waited = true;
-            }
-        }
-    };
-    if req.is_head() && plan.stale.is_none() {
-        plan.head_as_get = true;
-        plan.store = true;
-    }
-    cache.stats.misses.fetch_add(1, Ordering::Relaxed);
-    Lookup::Forward(Box::new(plan))
-}
-
 /// The content coding a request takes, by its `Accept-Encoding` (none for a range request: a
 /// range of an encoded body is another thing).
 pub fn client_coding(req: &Request) -> Option<compress::Coding> {
@@ -218,70 +132,6 @@ fn compress_candidate(res: &Response, body_len: u64) -> Candidate<'_> {
         has_content_range: res.header("content-range").is_some(),
         no_transform: cc.no_transform,
         body_len,
-    }
-}
-
-/// Writes a stored response to the client (in the encoding it prefers, when one is stored), or 304
-/// when the client's own validators match it.
-pub fn serve_entry(ctx: &mut RequestCtx<'_>, entry: &Entry, label: &str) -> Answer {
-    let (shared, req) = (ctx.shared, ctx.req);
-    let keep_alive = ctx.may_keep_alive();
-    let age = entry.age(shared.clock.now()).as_secs();
-    let not_modified = policy::not_modified(
-        req.header("if-none-match"),
-        req.header("if-modified-since"),
-        entry.header("etag"),
-        entry.header("last-modified"),
-    ) && entry.status == 200;
-    let encoded = client_coding(req).and_then(|coding| entry.encoded(coding));
-    let (head, body) = encoded.map_or((&entry.head, &entry.body), |e| (&e.head, &e.body));
-    let mut body_bytes = 0;
-    let mut dst = WriteBatch::new(&mut ctx.scratch.out, &mut ctx.conn.stream, shared.config.buffer_size);
-    let written = (|| -> io::Result<u16> {
-        if not_modified {
-            // RFC 9110 section 15.4.5: the fields a 200 would have carried that describe the representation.
-            dst.put(b"HTTP/1.1 304 Not Modified\r\n")?;
-            for (name, value) in entry.headers() {
-                const KEPT: [&str; 7] =
-                    ["cache-control", "content-location", "date", "etag", "expires", "vary", "last-modified"];
-                if KEPT.iter().any(|k| k.eq_ignore_ascii_case(name)) {
-                    write!(dst, "{name}: ")?;
-                    dst.put(value)?;
-                    dst.put(b"\r\n")?;
-                }
-            }
-        } else {
-            dst.put(head)?;
-            write!(dst, "Content-Length: {}\r\n", body.len())?;
-        }
-        write!(dst, "Age: {age}\r\nX-Cache: {label}\r\n")?;
-        dst.put(if keep_alive { b"\r\n" as &[u8] } else { b"Connection: close\r\n\r\n" })?;
-        if !not_modified && !req.is_head() {
-            dst.put(body)?;
-            body_bytes = body.len() as u64;
-        }
-        dst.send()?;
-        Ok(if not_modified { 304 } else { entry.status })
-    })();
-    ctx.scratch.body_bytes = body_bytes;
-    let by = Some(CACHE_LABEL.to_string());
-    match written {
-        Ok(status) => Answer { status, by, next: Outcome::keep_alive_if(keep_alive) },
-        Err(_) => Answer { status: entry.status, by, next: Outcome::Close },
-    }
-}
-
-/// After a backend failed (`is_backend_fault`): the stale entry answers instead if policy lets it
-/// (`stale-if-error`); otherwise the failure stands.
-pub fn stale_on_error(ctx: &mut RequestCtx<'_>, plan: &CachePlan<'_>, failure: Failure) -> Forwarded {
-    match plan.stale_for_error(ctx.shared.clock.now()) {
-        Some(entry) => {
-            let (req, e) = (ctx.req, &failure.error);
-            log::warn!("{} {}: {e}; answering with the stale stored response", req.method(), req.target());
-            plan.cache.stats.stale.fetch_add(1, Ordering::Relaxed);
-            Ok(serve_entry(ctx, &entry, "STALE"))
-        }
-        None => Err(failure),
     }
 }
 
@@ -433,8 +283,8 @@ fn same_host_target<'a>(host: Option<&str>, uri: &'a str) -> Option<&'a str> {
     (host?.eq_ignore_ascii_case(authority) && !path.is_empty()).then_some(path)
 }
 
-/// Queues a stale entry for the cache's background refresher, shared by both engines; when the queue
-/// is full (or there is no refresher) the entry's refresh claim is released for a later request.
+/// Queues a stale entry for the cache's background refresher; when the queue is full (or there is
+/// no refresher) the entry's refresh claim is released for a later request.
 pub fn schedule_refresh(shared: &Shared, key: &str, req: &Request, dispatch: &Dispatch<'_>, entry: &Arc<Entry>) {
     let job = RefreshJob {
         key: key.to_string(),

@@ -1,13 +1,11 @@
 //! Why a request could not be relayed, by whose fault — the client (4xx), a backend (502/504), the
-//! gateway's rules — which picks the status code; and the small answers pibl writes itself for them.
+//! gateway's rules — which picks the status code and the fields of the answer pibl writes for it.
 
 use std::fmt;
 use std::io::{self, Write};
-use std::net::TcpStream;
 
 use crate::gateway::Refusal;
 use crate::http::body::BodyError;
-use crate::http::reason;
 
 /// Why a request could not be relayed, by whose fault.
 #[derive(Debug)]
@@ -112,42 +110,4 @@ impl From<ForwardError> for Failure {
 /// A socket timeout, as `std` reports it on the platforms pibl runs on.
 pub fn is_timeout(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
-}
-
-/// Writes a response pibl generates itself (an error), small enough for one write; returns the body
-/// bytes sent.
-pub fn write_error(
-    stream: &mut TcpStream,
-    status: u16,
-    detail: &str,
-    keep_alive: bool,
-    head_only: bool,
-) -> io::Result<u64> {
-    write_error_with(stream, status, detail, keep_alive, head_only, b"")
-}
-
-/// [`write_error`] with extra header fields, each ending in CRLF.
-pub fn write_error_with(
-    stream: &mut TcpStream,
-    status: u16,
-    detail: &str,
-    keep_alive: bool,
-    head_only: bool,
-    extra: &[u8],
-) -> io::Result<u64> {
-    let body = format!("{status} {}: {detail}\n", reason(status));
-    let mut msg = Vec::with_capacity(160 + extra.len() + body.len());
-    write!(
-        msg,
-        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: {}\r\n",
-        reason(status),
-        body.len(),
-        if keep_alive { "keep-alive" } else { "close" }
-    )?;
-    msg.extend_from_slice(extra);
-    msg.extend_from_slice(b"\r\n");
-    if !head_only {
-        msg.extend_from_slice(body.as_bytes());
-    }
-    stream.write_all(&msg).map(|()| if head_only { 0 } else { body.len() as u64 })
 }

@@ -1,10 +1,11 @@
-//! Forwarding to a pool: choose a backend, take a pooled connection or open one (timing it for the
-//! metrics, taking a backend that refuses out of rotation for the cool-down), send the request
-//! head and body, read the response head, and send again on a fresh connection when a pooled one
-//! turns out closed. [`exchange`] is that loop for any request pibl sends upstream; [`send`] uses it
-//! for a client's request, whose answer `relay` then streams back.
+//! What every request pibl sends upstream shares: the head a backend is sent
+//! ([`build_upstream_head`]), interim answers as they go to a client, which methods may be sent
+//! twice; and [`exchange`], the blocking send-and-read-the-head the cache's background refresher
+//! uses on its own thread (choose a backend, take a pooled connection or open one, timing it for the
+//! metrics and taking a backend that refuses out of rotation for the cool-down, send again on a
+//! fresh connection when a pooled one turns out closed). Client requests go through the event
+//! loops' own non-blocking exchange.
 
-use std::cell::RefCell;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -12,13 +13,11 @@ use std::time::Instant;
 
 use crate::cache::Entry;
 use crate::config::Config;
-use crate::http::body::{self, BodyError, Encoding, Source};
-use crate::http::buffer::{ReadBuf, WriteBatch};
+use crate::http::buffer::ReadBuf;
 use crate::http::outbound::RequestHead;
 use crate::http::request::Request;
 use crate::http::response::{self, ReadHeadError, Response};
-use crate::http::{forwardable_name, must_reframe_body, Framing};
-use crate::proxy::context::{RequestCtx, Scratch};
+use crate::http::{forwardable_name, Framing};
 use crate::proxy::dispatch::Dispatch;
 use crate::proxy::error::{is_timeout, Failure, ForwardError};
 use crate::server::shared::Shared;
@@ -32,25 +31,15 @@ pub fn upstream_read_step(config: &Config) -> usize {
     config.buffer_size.max(MIN_UPSTREAM_READ)
 }
 
-/// Streams a request body to the backend after its head.
-pub type SendBody<'b> = dyn FnMut(&mut TcpStream) -> Result<(), ForwardError> + 'b;
-
-/// Passes on an interim 1xx answer of the backend as it arrives.
-pub type OnInterim<'b> = dyn FnMut(&Response) + 'b;
-
-/// One request to send to a pool.
+/// One body-less request to send to a pool (a body-less request may go on a pooled connection,
+/// since it can be sent again if that connection turns out closed).
 pub struct Outbound<'p, 'x> {
     pub pool: &'p Pool,
     /// The client's address, for `ip_hash`.
     pub client: IpAddr,
     pub head: &'x [u8],
-    /// Sends the body after the head; `None` for a request without one, which alone may go on a
-    /// pooled connection, since it can be sent again if that connection turns out closed.
-    pub body: Option<&'x mut SendBody<'x>>,
     /// A HEAD request: its answer has no body, whatever its framing fields say.
     pub is_head: bool,
-    /// Where interim answers (`103 Early Hints`, ...) go; `None`: they are dropped.
-    pub interim: Option<&'x mut OnInterim<'x>>,
     /// The method is idempotent (RFC 9110 section 9.2.2): when a backend fails before sending a byte
     /// of answer, the request may go once to another backend. Others get the 502.
     pub idempotent: bool,
@@ -82,21 +71,19 @@ pub fn is_idempotent(method: &str) -> bool {
 
 /// Sends `out` to the pool's backends in turn until one answers with a final response head, read
 /// into `buf`.
-pub fn exchange<'p>(shared: &Shared, out: &mut Outbound<'p, '_>, buf: &mut ReadBuf) -> Result<Exchanged<'p>, Failure> {
+pub fn exchange<'p>(shared: &Shared, out: &Outbound<'p, '_>, buf: &mut ReadBuf) -> Result<Exchanged<'p>, Failure> {
     let pool = out.pool;
     // Cool-downs are pibl's own timing (the one clock, which tests advance); an idle connection's
     // age is the socket's, measured as the backend measures it, in real time.
     let (now, socket_now) = (shared.clock.now(), Instant::now());
-    // Only a request without a body can be sent again (its body has been streamed away), and only
-    // once, so a request that kills backends cannot walk through the whole pool.
-    let mut may_retry = out.idempotent && out.body.is_none();
+    // Sent again only once, so a request that kills backends cannot walk through the whole pool.
+    let mut may_retry = out.idempotent;
     // The failure that sent the request on, answered if no other backend is left to try.
     let mut unanswered: Option<Failure> = None;
     for backend in pool.candidates(now, out.client) {
-        // A reused connection may have been closed by the backend; without a body the request can
-        // simply be sent again, so only body-less requests take an idle connection.
-        let mut pooled = if out.body.is_none() { backend.take_idle(socket_now) } else { None };
-        pooled = pooled.filter(is_quiet);
+        // A reused connection may have been closed by the backend; the body-less request can
+        // simply be sent again then.
+        let mut pooled = backend.take_idle(socket_now).filter(is_quiet);
         loop {
             let (mut stream, reused) = match pooled.take() {
                 Some(stream) => (stream, true),
@@ -174,138 +161,34 @@ fn connect(shared: &Shared, backend: &Backend) -> Result<TcpStream, ConnectError
     }
 }
 
-/// Sends the request on `stream` and reads the final response head into `buf`.
+/// Sends the request on `stream` and reads the final response head into `buf` (interim answers
+/// are dropped: nobody waits for them).
 fn attempt(
     shared: &Shared,
-    out: &mut Outbound<'_, '_>,
+    out: &Outbound<'_, '_>,
     stream: &mut TcpStream,
     reused: bool,
     buf: &mut ReadBuf,
 ) -> Result<Response, AttemptError> {
     let config = &shared.config;
     let stale_or = |e: ForwardError| if reused { AttemptError::Stale } else { AttemptError::Unanswered(e) };
-    let replayable = out.body.is_none();
-    match out.body.as_mut() {
-        Some(send_body) => {
-            stream
-                .write_all(out.head)
-                .map_err(|e| AttemptError::Fatal(ForwardError::Upstream(format!("sending the request failed: {e}"))))?;
-            send_body(stream).map_err(AttemptError::Fatal)?;
-        }
-        None => {
-            if let Err(e) = stream.write_all(out.head) {
-                return Err(stale_or(ForwardError::Upstream(format!("sending the request failed: {e}"))));
-            }
-        }
+    if let Err(e) = stream.write_all(out.head) {
+        return Err(stale_or(ForwardError::Upstream(format!("sending the request failed: {e}"))));
     }
-
     buf.clear();
-    let is_head = out.is_head;
-    let interim = &mut out.interim;
-    let mut on_interim = |res: &Response| {
-        if let Some(pass_on) = interim.as_mut() {
-            pass_on(res);
+    match response::read_head_with_interim(buf, stream, upstream_read_step(config), out.is_head, &mut |_| {}) {
+        Ok(res) if res.status == 101 => {
+            Err(AttemptError::Fatal(ForwardError::Upstream("backend switched protocols unasked".into())))
         }
-    };
-    match response::read_head_with_interim(buf, stream, upstream_read_step(config), is_head, &mut on_interim) {
-        Ok(res) if res.status == 101 => Err(AttemptError::Fatal(ForwardError::Upstream(
-            "backend switched protocols, which pibl does not relay".into(),
-        ))),
         Ok(res) => Ok(res),
         Err(ReadHeadError::Io { error, .. }) if is_timeout(&error) => {
             Err(AttemptError::Fatal(ForwardError::Timeout(format!("no response within {:?}", config.backend_timeout))))
         }
         Err(
             e @ (ReadHeadError::Closed { before_any_byte: true } | ReadHeadError::Io { before_any_byte: true, .. }),
-        ) if replayable => Err(stale_or(ForwardError::Upstream(format!("backend {e}")))),
-        Err(
-            e @ (ReadHeadError::Closed { before_any_byte: true } | ReadHeadError::Io { before_any_byte: true, .. }),
-        ) => Err(AttemptError::Unanswered(ForwardError::Upstream(format!("backend {e}")))),
+        ) => Err(stale_or(ForwardError::Upstream(format!("backend {e}")))),
         Err(e) => Err(AttemptError::Fatal(ForwardError::Upstream(format!("backend {e}")))),
     }
-}
-
-/// Sends the client's request (head, then body) to the dispatch's pool until a backend answers.
-/// When revalidating a stored entry, its validators go instead of the client's; with
-/// `drop_conditionals` the client's own go neither (the cache wants the full answer to store);
-/// with `head_as_get` a HEAD goes as a GET, whose answer the cache can store.
-/// Interim answers reach an HTTP/1.1 client as they arrive (RFC 9110 section 15.2).
-pub fn send<'a>(
-    ctx: &mut RequestCtx<'a>,
-    revalidating: Option<&Entry>,
-    drop_conditionals: bool,
-    head_as_get: bool,
-) -> Result<Exchanged<'a>, Failure> {
-    let (shared, req, dispatch) = (ctx.shared, ctx.req, ctx.dispatch);
-    // A chunked GET or HEAD body is read whole first and goes with Content-Length (see
-    // `must_reframe_body`); every other body streams as it came.
-    let whole_body = match must_reframe_body(req.method(), req.framing) {
-        true => Some(read_whole_body(ctx)?),
-        false => None,
-    };
-    let framing = match &whole_body {
-        Some(body) if body.is_empty() => Framing::None,
-        Some(body) => Framing::Length(body.len() as u64),
-        None => req.framing,
-    };
-    let fields = UpstreamFields {
-        framing,
-        allow_underscores: shared.config.underscores_in_headers,
-        peer: ctx.conn.peer,
-        revalidating,
-        drop_client_conditionals: drop_conditionals,
-        head_as_get,
-        // The threaded engine has no TLS listener.
-        https: false,
-    };
-    build_upstream_head(req, dispatch, &fields, &mut ctx.scratch.upstream_head);
-    let Scratch { out, upstream_head, upstream_buf, .. } = &mut *ctx.scratch;
-    // The body is sent and interim answers come back at different times; both use the client.
-    let client = RefCell::new(&mut *ctx.conn);
-    let mut pass_on_interim = |res: &Response| {
-        // 100 Continue is pibl's own to send (it answered the client's Expect already), and an
-        // HTTP/1.0 client may not be sent any 1xx.
-        if req.version == 1 && res.status != 100 {
-            // A client that is gone shows when the final answer is written.
-            let _ = client.borrow_mut().stream.write_all(&interim_head(res));
-        }
-    };
-    let mut send_body = |stream: &mut TcpStream| -> Result<(), ForwardError> {
-        if let Some(body) = &whole_body {
-            return stream
-                .write_all(body)
-                .map_err(|e| ForwardError::Upstream(format!("sending the request body failed: {e}")));
-        }
-        let mut conn = client.borrow_mut();
-        let conn = &mut **conn;
-        if req.expect_continue && conn.buf.is_empty() {
-            conn.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").map_err(ForwardError::ClientGone)?;
-        }
-        let config = &shared.config;
-        let mut src = Source { buf: &mut conn.buf, sock: &mut conn.stream, step: config.buffer_size };
-        let mut dst = WriteBatch::new(out, stream, config.buffer_size);
-        let encoding = if req.framing == Framing::Chunked { Encoding::Chunked } else { Encoding::Identity };
-        let sent = body::transfer(&mut src, req.framing, &mut dst, encoding, config.max_body_bytes)
-            .and_then(|_| dst.send().map_err(BodyError::Write));
-        match sent {
-            Ok(()) => Ok(()),
-            Err(BodyError::Write(e)) => Err(ForwardError::Upstream(format!("sending the request body failed: {e}"))),
-            Err(e) => Err(ForwardError::ClientBody(e)),
-        }
-    };
-    let mut outbound = Outbound {
-        pool: dispatch.upstream.pool(),
-        client: dispatch.client,
-        head: upstream_head,
-        body: match framing.has_body() {
-            true => Some(&mut send_body),
-            false => None,
-        },
-        is_head: req.is_head() && !head_as_get,
-        interim: Some(&mut pass_on_interim),
-        idempotent: is_idempotent(req.method()),
-    };
-    exchange(shared, &mut outbound, upstream_buf)
 }
 
 /// An interim answer as it goes to the client: its status line and end-to-end fields.
@@ -321,22 +204,6 @@ pub fn interim_head(res: &Response) -> Vec<u8> {
     }
     head.extend_from_slice(b"\r\n");
     head
-}
-
-/// Reads the client's whole request body (under `max_body_bytes`), decoded.
-fn read_whole_body(ctx: &mut RequestCtx<'_>) -> Result<Vec<u8>, Failure> {
-    let (config, req, conn) = (&ctx.shared.config, ctx.req, &mut *ctx.conn);
-    if req.expect_continue && conn.buf.is_empty() {
-        conn.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").map_err(ForwardError::ClientGone)?;
-    }
-    let mut body = Vec::new();
-    let mut batch = Vec::new();
-    let mut src = Source { buf: &mut conn.buf, sock: &mut conn.stream, step: config.buffer_size };
-    let mut dst = WriteBatch::new(&mut batch, &mut body, config.buffer_size);
-    body::transfer(&mut src, req.framing, &mut dst, Encoding::Identity, config.max_body_bytes)
-        .and_then(|_| dst.send().map_err(BodyError::Write))
-        .map_err(|e| Failure::from(ForwardError::ClientBody(e)))?;
-    Ok(body)
 }
 
 /// What shapes the upstream head besides the request itself.

@@ -11,14 +11,22 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use crate::cache::policy::RequestDirectives;
 use crate::cache::Cache;
 use crate::http::body::{self, Encoding, Source, Tee};
-use crate::http::buffer::WriteBatch;
+use crate::http::buffer::{ReadBuf, WriteBatch};
 use crate::http::outbound::RequestHead;
 use crate::proxy::cache_step::{finish_storing, refresh_from_304, start_storing, CachePlan};
-use crate::proxy::context::Scratch;
 use crate::proxy::dispatch::RefreshJob;
 use crate::proxy::error::ForwardError;
 use crate::proxy::forward::{self, upstream_read_step, Exchanged, Outbound};
 use crate::server::shared::Shared;
+
+/// The refresher's buffers, reused for every refresh.
+#[derive(Default)]
+struct Scratch {
+    /// The request head sent upstream.
+    upstream_head: Vec<u8>,
+    /// Bytes read from a backend.
+    upstream_buf: ReadBuf,
+}
 
 /// The refresher thread's loop, until shutdown.
 pub fn run_refresher(shared: &Shared, cache: &Cache, jobs: &Receiver<RefreshJob>) {
@@ -72,17 +80,15 @@ fn refresh(shared: &Shared, cache: &Cache, scratch: &mut Scratch, job: &RefreshJ
         request_time: shared.clock.wall(),
         leader: None,
     };
-    let mut outbound = Outbound {
+    let outbound = Outbound {
         pool: job.dispatch.upstream.pool(),
         client: job.dispatch.client,
         head: &scratch.upstream_head,
-        body: None,
         is_head: false,
-        interim: None,
         idempotent: true,
     };
     let Exchanged { backend, mut stream, response: res, in_flight } =
-        forward::exchange(shared, &mut outbound, &mut scratch.upstream_buf).map_err(|failure| failure.error)?;
+        forward::exchange(shared, &outbound, &mut scratch.upstream_buf).map_err(|failure| failure.error)?;
     if res.status == 304 {
         refresh_from_304(shared, &plan, entry, &res);
     } else {

@@ -1,49 +1,33 @@
-//! The data-plane server, in one of two engines chosen by `engine`. `threads`: one acceptor
-//! thread, a fixed pool of worker threads fed by a bounded crossbeam queue, and the parker thread
-//! that holds connections waiting for bytes. `loops`: `threads` event loops ([`event_loop`]), each
-//! owning its client and backend sockets, and the only one with HTTPS (a TLS listener on `tls_port`,
-//! `https://` backends). Also owns graceful shutdown, for both.
-//!
-//! ```text
-//! acceptor ──► ready queue ──► N workers ──► backends
-//!    ▲              ▲              │
-//!    │              └── parker ◄───┘   (idle keep-alive, or head still arriving)
-//! ```
+//! The data-plane server: `threads` event loops ([`event_loop`]), each owning its client and backend
+//! sockets (plain and TLS listeners, `https://` backends), the cache's refresher thread, reloads, and
+//! graceful shutdown.
 
 pub mod conn;
 pub mod event_loop;
-pub mod parker;
 pub mod probe;
 pub mod shared;
 pub mod wake;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use crossbeam_channel::{Receiver, Sender};
 use parking_lot::RwLock;
 use rustls::{ClientConfig, ServerConfig};
 
 use crate::cache::{Cache, Limits as CacheLimits};
 use crate::clock::Clock;
-use crate::config::{Config, Engine};
+use crate::config::Config;
 use crate::gateway::Gateway;
-use crate::http::request::{self, Limits};
+use crate::http::request::Limits;
 use crate::observe::access_log::AccessLog;
-use crate::observe::logging::Throttled;
 use crate::observe::metrics::Metrics;
-use crate::proxy;
-use crate::proxy::context::{Outcome, Scratch};
-use crate::proxy::error::write_error;
 use crate::proxy::refresh;
-use crate::server::conn::{Conn, ConnLimit, PerIpLimit};
-use crate::server::parker::Parker;
+use crate::server::conn::{ConnLimit, PerIpLimit};
 use crate::server::probe::Probe;
 use crate::server::shared::{Shared, Stats};
 use crate::store::credentials::Tokens;
@@ -57,7 +41,7 @@ use crate::upstream::backend::Backend;
 /// [`crate::tls::https::Https`] (the default: none, and challenges nobody publishes).
 #[derive(Default)]
 pub struct TlsPlane {
-    /// The listener on `tls_port` and the rustls configuration of its handshakes (engine = loops).
+    /// The listener on `tls_port` and the rustls configuration of its handshakes.
     pub listener: Option<(TcpListener, Arc<ServerConfig>)>,
     /// How `https://` backends are spoken to.
     pub backend: Option<Arc<ClientConfig>>,
@@ -71,13 +55,8 @@ pub struct Server {
     local_addr: SocketAddr,
     /// Where the TLS listener listens, when there is one.
     tls_addr: Option<SocketAddr>,
-    acceptor: Option<JoinHandle<()>>,
-    parker: Option<JoinHandle<()>>,
     refresher: Option<JoinHandle<()>>,
-    workers: Vec<JoinHandle<()>>,
-    worker_done: Receiver<()>,
-    /// The event loops, with `engine = loops` (then there is no acceptor, parker or worker).
-    loops: Option<event_loop::Loops>,
+    loops: event_loop::Loops,
 }
 
 impl Server {
@@ -115,7 +94,6 @@ impl Server {
         clock: Clock,
         tls: TlsPlane,
     ) -> io::Result<Server> {
-        refuse_tls_on_threads(&config, &tls)?;
         // A server started without the runtime's HTTPS parts (a library user, a test) still gets the
         // backend TLS settings of its configuration.
         let backend_tls = match tls.backend {
@@ -147,9 +125,6 @@ impl Server {
         });
         // Refreshes wait in a short queue; when it is full the entry is simply refreshed later.
         let (refresh_tx, refresh_rx) = crossbeam_channel::bounded(64);
-        // Every open connection is in at most one place, so a queue of max_conn never blocks the
-        // parker; the acceptor waits for a free slot before it accepts.
-        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Conn>(config.max_conn + 1);
         let shared = Arc::new(Shared {
             gateway: RwLock::new(Arc::new(Gateway::new(&config))),
             router,
@@ -160,19 +135,16 @@ impl Server {
             clock,
             access_log: AccessLog::start(&config).map_err(io::Error::other)?,
             metrics: Metrics::default(),
-            ready: ready_rx.clone(),
             shutdown: AtomicBool::new(false),
             conns: Arc::new(ConnLimit::default()),
             per_ip: Arc::new(PerIpLimit::default()),
-            parker: Parker::new()?,
             plain_port: PlainPort::from_config(&config, tls.challenges),
             tls_answer_fields: ArcSwap::from_pointee(tls_answer_fields(config.hsts)),
             backend_tls,
-            loop_parked: Default::default(),
+            idle_sessions: Default::default(),
             loop_loads: Default::default(),
             config,
         });
-        let (done_tx, worker_done) = crossbeam_channel::unbounded();
         shared.metrics.prepare(&shared.config);
         let refresher = match shared.cache.is_some() {
             true => {
@@ -185,54 +157,9 @@ impl Server {
             }
             false => None,
         };
-        if shared.config.engine == Engine::Loops {
-            let tls = tls.listener.map(|(listener, config)| event_loop::TlsListener { listener, config });
-            let loops = event_loop::Loops::start(listener, tls, &shared)?;
-            return Ok(Server {
-                shared,
-                local_addr,
-                tls_addr,
-                acceptor: None,
-                parker: None,
-                refresher,
-                workers: Vec::new(),
-                worker_done,
-                loops: Some(loops),
-            });
-        }
-
-        let mut workers = Vec::with_capacity(shared.config.thread_count());
-        for i in 0..shared.config.thread_count() {
-            let (shared, rx, done) = (Arc::clone(&shared), ready_rx.clone(), done_tx.clone());
-            workers.push(thread::Builder::new().name(format!("pibl-worker-{i}")).spawn(move || {
-                worker_loop(&shared, &rx);
-                let _ = done.send(());
-            })?);
-        }
-        let parker = {
-            let (shared, tx) = (Arc::clone(&shared), ready_tx.clone());
-            let tick = parker_tick(&shared.config);
-            thread::Builder::new()
-                .name("pibl-parker".into())
-                .spawn(move || shared.parker.run(&tx, &shared.shutdown, tick))?
-        };
-        let acceptor = {
-            let shared = Arc::clone(&shared);
-            thread::Builder::new()
-                .name("pibl-acceptor".into())
-                .spawn(move || accept_loop(&listener, &shared, &ready_tx))?
-        };
-        Ok(Server {
-            shared,
-            local_addr,
-            tls_addr,
-            acceptor: Some(acceptor),
-            parker: Some(parker),
-            refresher,
-            workers,
-            worker_done,
-            loops: None,
-        })
+        let tls = tls.listener.map(|(listener, config)| event_loop::TlsListener { listener, config });
+        let loops = event_loop::Loops::start(listener, tls, &shared)?;
+        Ok(Server { shared, local_addr, tls_addr, refresher, loops })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -281,10 +208,6 @@ impl Server {
                 if pending.len() == 1 { "it" } else { "them" }
             );
         }
-        if let Err(e) = refuse_tls_on_threads(config, &TlsPlane::default()) {
-            log::error!("reload refused, the running configuration stays: {e}");
-            return;
-        }
         if self.shared.backend_tls.is_none() {
             if let Some((key, _)) = config.tls_upstreams().next() {
                 log::warn!("reload: {key} is https:// but pibl started without TLS backends; restart to reach it");
@@ -325,7 +248,7 @@ impl Server {
         self.shared.stats()
     }
 
-    /// How many client connections each event loop serves (empty with `engine = threads`).
+    /// How many client connections each event loop serves.
     pub fn loop_loads(&self) -> Vec<usize> {
         self.shared.loop_connections()
     }
@@ -336,211 +259,19 @@ impl Server {
     }
 
     /// Stops accepting, closes idle connections, lets in-flight requests finish for up to
-    /// `shutdown_grace`, and returns whether every worker finished in time.
+    /// `shutdown_grace`, and returns whether every loop finished in time.
     pub fn shutdown(mut self) -> bool {
         let deadline = Instant::now() + self.shared.config.shutdown_grace;
         self.shared.shutdown.store(true, Ordering::Release);
-        if let Some(loops) = self.loops.take() {
-            loops.wake_all();
-            if let Some(handle) = self.refresher.take() {
-                let _ = handle.join();
-            }
-            let clean = loops.finish(deadline);
-            self.shared.access_log.close();
-            return clean;
-        }
-        self.shared.parker.wake();
-        wake::wake_acceptor(self.local_addr);
-        for handle in [self.acceptor.take(), self.parker.take(), self.refresher.take()].into_iter().flatten() {
+        self.loops.wake_all();
+        if let Some(handle) = self.refresher.take() {
             let _ = handle.join();
         }
-        let mut finished = 0;
-        while finished < self.workers.len() {
-            match self.worker_done.recv_deadline(deadline) {
-                Ok(()) => finished += 1,
-                Err(_) => break,
-            }
-        }
-        let clean = finished == self.workers.len();
+        let clean = self.loops.finish(deadline);
         // Lines of requests still running past the grace period are dropped; the rest reach the file.
         self.shared.access_log.close();
-        if clean {
-            for handle in self.workers.drain(..) {
-                let _ = handle.join();
-            }
-        } else {
-            log::warn!("shutdown: {} request(s) still running after the grace period", self.workers.len() - finished);
-        }
         clean
     }
-}
-
-/// How often the parker checks deadlines: a quarter of the shortest timeout, within 10-250 ms.
-fn parker_tick(config: &Config) -> Duration {
-    (config.header_timeout.min(config.keepalive_timeout) / 4)
-        .clamp(Duration::from_millis(10), Duration::from_millis(250))
-}
-
-fn accept_loop(listener: &TcpListener, shared: &Shared, ready: &Sender<Conn>) {
-    let config = &shared.config;
-    let mut failures = Throttled::new(event_loop::ACCEPT_FAILURE_LOG_EVERY);
-    while !shared.is_shutting_down() {
-        if !shared.conns.wait_below(config.max_conn, Duration::from_millis(100)) {
-            continue;
-        }
-        let (stream, peer) = match listener.accept() {
-            Ok(pair) => pair,
-            Err(e) => {
-                if !shared.is_shutting_down() {
-                    // Out of descriptors or a transient network error: back off instead of spinning.
-                    failures.warn(Instant::now(), format_args!("accept failed: {e}"));
-                    thread::sleep(Duration::from_millis(10));
-                }
-                continue;
-            }
-        };
-        if shared.is_shutting_down() {
-            break;
-        }
-        let setup = stream
-            .set_nodelay(true)
-            .and_then(|_| stream.set_read_timeout(Some(config.client_timeout)))
-            .and_then(|_| stream.set_write_timeout(Some(config.client_timeout)));
-        if let Err(e) = setup {
-            log::debug!("dropping connection from {peer}: {e}");
-            continue;
-        }
-        let ip_slot = match config.max_conn_per_ip {
-            0 => None,
-            max => match shared.per_ip.acquire(peer.ip(), max) {
-                Some(slot) => Some(slot),
-                None => {
-                    log::debug!("refusing {peer}: max_conn_per_ip ({max}) reached");
-                    let mut stream = stream;
-                    let _ = std::io::Write::write_all(
-                        &mut stream,
-                        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
-                    );
-                    continue;
-                }
-            },
-        };
-        let conn = Conn::new(stream, peer, shared.conns.acquire(), ip_slot, Instant::now());
-        if ready.send(conn).is_err() {
-            break;
-        }
-    }
-}
-
-fn worker_loop(shared: &Shared, ready: &Receiver<Conn>) {
-    let mut scratch = Scratch::default();
-    for conn in ready.iter() {
-        let peer = conn.peer;
-        // A bug triggered by one peer must not take the worker down with it.
-        let served = panic::catch_unwind(AssertUnwindSafe(|| serve(shared, &mut scratch, conn)));
-        if served.is_err() {
-            log::error!("internal error while serving {peer}; connection closed");
-            scratch = Scratch::default();
-        }
-    }
-}
-
-/// Serves requests on `conn` until it must wait for bytes (then it is parked) or is closed.
-fn serve(shared: &Shared, scratch: &mut Scratch, mut conn: Conn) {
-    let config = &shared.config;
-    loop {
-        if !conn.buf.is_empty() {
-            match request::parse(conn.buf.filled(), &shared.limits) {
-                Ok(Some((req, head_len))) => {
-                    conn.buf.consume(head_len);
-                    if conn.set_nonblocking(false).is_err() {
-                        return;
-                    }
-                    let outcome = proxy::handle(shared, scratch, &mut conn, req);
-                    conn.served += 1;
-                    conn.head_started = None;
-                    conn.idle_since = Instant::now();
-                    if outcome == Outcome::Close || shared.is_shutting_down() {
-                        return;
-                    }
-                    continue;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    log::info!("{}: {e}", conn.peer);
-                    if conn.set_nonblocking(false).is_ok() {
-                        let _ = write_error(&mut conn.stream, e.status(), &e.to_string(), false, false);
-                    }
-                    return;
-                }
-            }
-        }
-        if shared.is_shutting_down() && conn.buf.is_empty() {
-            return;
-        }
-        if conn.set_nonblocking(true).is_err() {
-            return;
-        }
-        match conn.buf.fill_from(&mut conn.stream, config.buffer_size, config.max_header_bytes) {
-            Ok(0) => return,
-            Ok(_) => {
-                conn.head_started.get_or_insert_with(Instant::now);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let now = Instant::now();
-                let deadline = conn.deadline(config.header_timeout, config.keepalive_timeout);
-                if now >= deadline {
-                    if !conn.buf.is_empty() && conn.set_nonblocking(false).is_ok() {
-                        let _ = write_error(&mut conn.stream, 408, "request head not complete in time", false, false);
-                    }
-                    return;
-                }
-                if shared.is_shutting_down() {
-                    return;
-                }
-                shared.parker.park(conn, deadline);
-                return;
-            }
-            Err(_) => return,
-        }
-    }
-}
-
-/// The threaded engine has no TLS: a TLS listener or an `https://` backend given to it is refused
-/// at start-up (a configuration file with either selects the loops, see `config`) rather than
-/// served wrong, e.g. spoken to in plain text.
-fn refuse_tls_on_threads(config: &Config, tls: &TlsPlane) -> io::Result<()> {
-    if config.engine != Engine::Threads {
-        return Ok(());
-    }
-    if tls.listener.is_some() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "tls_port = {}: HTTPS is served by the event-loop engine only; set engine = loops",
-                config.tls_port
-            ),
-        ));
-    }
-    if let Some((key, backend)) = config.tls_upstreams().next() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "{key} = {}: TLS to backends is spoken by the event-loop engine only; set engine = loops",
-                backend.written()
-            ),
-        ));
-    }
-    if config.tls_port != 0 {
-        log::warn!(
-            "tls_port = {}: engine = threads has no HTTPS listener; only ACME challenges and https_redirect \
-             are served, on port {}",
-            config.tls_port,
-            config.port
-        );
-    }
-    Ok(())
 }
 
 /// The `[DEFAULT]` keys a SIGHUP applies: the gateway's (pools and their size, access lists, rate

@@ -1,6 +1,6 @@
 //! The state every thread of one data-plane server shares: configuration, the swappable gateway
 //! snapshot, the cache and its refresh queue, logs and metrics, and the connection accounting the
-//! acceptor, workers and parker keep. Built by [`crate::server::Server`]; read by the request
+//! event loops keep. Built by [`crate::server::Server`]; read by the request
 //! pipeline (`proxy`) and, through a [`crate::server::probe::Probe`], by the status pages.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 use parking_lot::RwLock;
 
 use crate::cache::Cache;
@@ -19,9 +19,8 @@ use crate::http::request::Limits;
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::{BackendState, Metrics, DEFAULT_ROUTE};
 use crate::proxy::dispatch::RefreshJob;
-use crate::server::conn::{Conn, ConnLimit, PerIpLimit};
+use crate::server::conn::{ConnLimit, PerIpLimit};
 use crate::server::event_loop::spread::LoadBoard;
-use crate::server::parker::Parker;
 use crate::store::credentials::Tokens;
 use crate::tls::plain::PlainPort;
 use crate::upstream::apps::Router;
@@ -45,21 +44,18 @@ pub struct Shared {
     pub access_log: AccessLog,
     /// Counters and histograms for `/metrics` and the dashboard.
     pub metrics: Metrics,
-    /// A clone of the workers' queue, only ever asked its length.
-    pub(super) ready: Receiver<Conn>,
     pub(super) shutdown: AtomicBool,
     pub(super) conns: Arc<ConnLimit>,
     pub(super) per_ip: Arc<PerIpLimit>,
-    pub(super) parker: Parker,
     /// What the plain port answers by itself for HTTPS: ACME challenges and `https_redirect`.
     pub plain_port: PlainPort,
     /// The header field lines every answer over TLS carries (`hsts`); swapped by a reload.
     pub tls_answer_fields: ArcSwap<Vec<u8>>,
     /// The rustls configuration for `https://` backends, when any is configured.
     pub backend_tls: Option<Arc<rustls::ClientConfig>>,
-    /// Sessions of the loop engine waiting for a request (its counterpart of the parker's count).
-    pub(super) loop_parked: AtomicUsize,
-    /// Each event loop's connections, once the loops run (`engine = loops`).
+    /// Client connections waiting, idle, for their next request.
+    pub(super) idle_sessions: AtomicUsize,
+    /// Each event loop's connections, once the loops run.
     pub(super) loop_loads: OnceLock<Arc<LoadBoard>>,
 }
 
@@ -81,20 +77,12 @@ impl Shared {
     }
 
     pub fn stats(&self) -> Stats {
-        Stats {
-            open_connections: self.conns.open(),
-            parked_connections: self.parker.len() + self.loop_parked.load(Ordering::Relaxed),
-        }
+        Stats { open_connections: self.conns.open(), parked_connections: self.idle_sessions.load(Ordering::Relaxed) }
     }
 
-    /// How many client connections each event loop serves (empty with `engine = threads`).
+    /// How many client connections each event loop serves (empty until the loops start).
     pub fn loop_connections(&self) -> Vec<usize> {
         self.loop_loads.get().map(|board| board.loads()).unwrap_or_default()
-    }
-
-    /// Connections waiting for a worker.
-    pub fn queue_depth(&self) -> usize {
-        self.ready.len()
     }
 
     /// Every backend the server can send to: the default pool, each route's, each app's (by name),

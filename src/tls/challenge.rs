@@ -1,6 +1,6 @@
 //! HTTP-01 challenge answers (RFC 8555 §8.3): the ACME client publishes `token -> key authorization`
 //! here while an order is open, and the plain port answers `GET /.well-known/acme-challenge/TOKEN`
-//! from it, whatever engine serves that port.
+//! from it.
 
 use std::collections::HashMap;
 

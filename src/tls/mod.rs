@@ -1,7 +1,7 @@
 //! HTTPS: certificates and keys from PEM files, the certificate store chosen by SNI, the rustls
 //! server and backend-client configurations, ACME (RFC 8555) certificates, and what the plain port
 //! answers for HTTPS (ACME challenges, redirects). TLS sessions themselves belong to the data plane's
-//! event loops; everything here is engine-independent.
+//! event loops; everything here is independent of their sockets.
 //!
 //! - `error`: [`error::CertError`], `file: what is wrong`;
 //! - `pem`: a certificate chain and its key, checked and loaded;
@@ -18,7 +18,7 @@
 //! listener's `ServerConfig`, the backend `ClientConfig` and the challenges
 //! (`crate::server::TlsPlane`); the event loops run one `rustls::ServerConnection` per TLS client
 //! (`server::event_loop::transport`), set `X-Forwarded-Proto` and [`plain::hsts_header`], and answer
-//! [`plain::plain_answer`] on the plain port, as the threaded engine does.
+//! [`plain::plain_answer`] on the plain port.
 
 pub mod acme;
 pub mod challenge;

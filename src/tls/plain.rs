@@ -1,6 +1,6 @@
 //! What the plain-HTTP port answers by itself once HTTPS is set up, before any route or backend:
 //! ACME HTTP-01 challenges, and with `https_redirect = on` a 308 to the same URL on https. Pure
-//! functions over the request line and `Host`, so any engine can call them; plus the HSTS header
+//! functions over the request line and `Host`, kept apart from the loops' sockets; plus the HSTS header
 //! for answers sent over TLS (RFC 6797 §7.2 forbids it over plain HTTP, so redirects never carry it).
 
 use std::sync::atomic::{AtomicU16, Ordering};

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pibl::config::{BackendAddr, Config, Engine};
+use pibl::config::{BackendAddr, Config};
 use pibl::Server;
 
 /// Longest any helper waits for anything; tests poll conditions instead of sleeping.
@@ -290,47 +290,9 @@ fn read_chunked<S: Read>(stream: &mut S, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
     }
 }
 
-thread_local! {
-    /// The engine `test_config` asks for on this test's thread: the default engine, the loops,
-    /// unless the test runs through [`both_engines!`].
-    static ENGINE: std::cell::Cell<Engine> = const { std::cell::Cell::new(Engine::Loops) };
-}
-
-/// The engine `test_config` chooses on this thread.
-pub fn engine() -> Engine {
-    ENGINE.with(|e| e.get())
-}
-
-/// Runs `test` with `test_config` choosing `engine`.
-pub fn on_engine(engine: Engine, test: fn()) {
-    ENGINE.with(|e| e.set(engine));
-    test();
-}
-
-/// Runs each named test function once per engine, as `threads::NAME` and `loops::NAME`.
-#[allow(unused_macros)]
-macro_rules! both_engines {
-    ($($name:ident),* $(,)?) => {
-        mod threads {
-            $(#[test]
-            fn $name() {
-                crate::common::on_engine(pibl::config::Engine::Threads, super::$name)
-            })*
-        }
-        mod loops {
-            $(#[test]
-            fn $name() {
-                crate::common::on_engine(pibl::config::Engine::Loops, super::$name)
-            })*
-        }
-    };
-}
-
-/// A config for tests: loopback, the given backends, small timeouts, no access log, and the
-/// engine of the running test (the loops, pibl's default, unless run through [`both_engines!`]).
+/// A config for tests: loopback, the given backends, small timeouts, no access log.
 pub fn test_config(backends: &[SocketAddr]) -> Config {
     Config {
-        engine: ENGINE.with(|e| e.get()),
         bind: [127, 0, 0, 1].into(),
         port: 0,
         threads: 4,
@@ -538,9 +500,8 @@ pub struct ProxyProcess {
 }
 
 impl ProxyProcess {
-    /// Writes a config for `backend` with `extra` keys (and the running test's engine) and starts
-    /// the proxy. The port is found free and
-    /// then released, so another process may take it first: then the proxy exits and we try another.
+    /// Writes a config for `backend` with `extra` keys and starts the proxy. The port is found free
+    /// and then released, so another process may take it first: then the proxy exits and we try another.
     pub fn start(dir: &TempDir, backend: SocketAddr, extra: &str) -> ProxyProcess {
         for _ in 0..5 {
             let free = || TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
@@ -549,9 +510,8 @@ impl ProxyProcess {
                 "parser.ini",
                 &format!(
                     "[DEFAULT]\nbind = 127.0.0.1\nport = {port}\napi_port = {api_port}\ndatabase = {}\nthreads = 2\n\
-                     engine = {}\nip_server1 = {backend}\nshutdown_grace = 2\nlog_level = info\n{extra}",
+                     ip_server1 = {backend}\nshutdown_grace = 2\nlog_level = info\n{extra}",
                     dir.0.join("pibl.db").display(),
-                    engine().name()
                 ),
             );
             let stderr = fs::File::create(dir.0.join("proxy.stderr")).expect("create stderr file");
@@ -984,7 +944,7 @@ pub fn spawn_script(command: &mut Command, what: &str) -> (Child, std::sync::mps
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Streams that must stall, and a WebSocket backend (the loop engine's tunnels, over plain and TLS).
+// Streams that must stall, and a WebSocket backend (the loops' tunnels, over plain and TLS).
 // ---------------------------------------------------------------------------------------------------------
 
 /// A backend that answers every request with `total` bytes of [`pattern`] and counts in the

@@ -26,9 +26,8 @@ pub struct Scrape<'a> {
     pub cache: Option<&'a cache::Stats>,
     pub open_connections: usize,
     pub parked_connections: usize,
-    /// Client connections per event loop (empty with `engine = threads`).
+    /// Client connections per event loop (empty until the loops start).
     pub loop_connections: Vec<usize>,
-    pub queue_depth: usize,
     pub api_auth_failures: u64,
     pub locked_accounts: usize,
 }
@@ -178,7 +177,7 @@ pub fn render(s: &Scrape<'_>) -> String {
         o,
         "pibl_client_connections",
         "gauge",
-        "Open client connections: active (with a worker or queued) or parked idle.",
+        "Open client connections: active (a request under way) or parked idle (waiting for one).",
     );
     let active = s.open_connections.saturating_sub(s.parked_connections);
     let _ = writeln!(o, "pibl_client_connections{{state=\"active\"}} {active}");
@@ -189,8 +188,6 @@ pub fn render(s: &Scrape<'_>) -> String {
             let _ = writeln!(o, "pibl_loop_connections{{loop=\"{i}\"}} {n}");
         }
     }
-    family(o, "pibl_worker_queue_depth", "gauge", "Connections waiting for a worker.");
-    let _ = writeln!(o, "pibl_worker_queue_depth {}", s.queue_depth);
     if let Some((name, days)) = s.metrics.certificate_days_left() {
         family(
             o,
@@ -235,7 +232,6 @@ mod tests {
             open_connections: 5,
             parked_connections: 3,
             loop_connections: vec![3, 2],
-            queue_depth: 1,
             api_auth_failures: 4,
             locked_accounts: 2,
         });
@@ -273,7 +269,6 @@ mod tests {
             "# TYPE pibl_loop_connections gauge",
             "pibl_loop_connections{loop=\"0\"} 3",
             "pibl_loop_connections{loop=\"1\"} 2",
-            "pibl_worker_queue_depth 1",
         ] {
             assert!(lines.contains(&expected), "missing line {expected:?} in:\n{text}");
         }

@@ -1,6 +1,6 @@
 //! What a loop session writes itself and what it records: error answers and stored (cached)
 //! responses appended to the client's output buffer, and the access-log line, metrics and app
-//! execution-log entry of each finished request — the same records the threaded engine keeps.
+//! execution-log entry of each finished request.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -21,7 +21,7 @@ use crate::upstream::apps::AppRoute;
 #[derive(Clone)]
 pub struct Record {
     pub started: Instant,
-    /// The client's own address (the access log shows the peer, as the threaded engine does).
+    /// The client's own address (the access log shows the peer).
     pub peer: IpAddr,
     /// The `[route.NAME]` that matched, if any.
     pub route: Option<String>,

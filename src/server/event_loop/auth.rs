@@ -1,8 +1,8 @@
 //! `auth = request` inside a loop: the sub-request to a route's auth server is one more
 //! non-blocking exchange of the session (connect, TLS for an `https://` auth_url as for an
 //! `https://` backend, write the head, read the answer's head), whose
-//! answer the route's [`AuthChecker`] turns into a decision, exactly as the threaded engine's
-//! blocking check does. Each check opens its own connection (positive answers are cached per
+//! answer the route's [`AuthChecker`] turns into a decision ([`decision_of`]). Each check opens its
+//! own connection (positive answers are cached per
 //! credential by the checker when `auth_cache_secs` is set).
 
 use std::io;

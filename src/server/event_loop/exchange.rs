@@ -13,8 +13,8 @@
 //! Each call of [`Exchange::advance`] moves as far as the sockets allow and says what happened.
 //! Bodies go through [`Decoder`]s in both directions; each side's output buffer is read into only
 //! while it holds less than `buffer_size`, so a slow reader on either side stops its writer.
-//! Backend choice, cool-down, pooling rules, the upstream head and the response head are the
-//! threaded engine's own (`upstream::backend`, `proxy::forward`, `proxy::relay`).
+//! Backend choice, cool-down and pooling rules are `upstream::backend`'s; the upstream head is
+//! `proxy::forward`'s and the response head `proxy::response_head`'s.
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -36,7 +36,7 @@ use crate::http::Framing;
 use crate::proxy::cache_step::{self, CachePlan, Pending};
 use crate::proxy::error::ForwardError;
 use crate::proxy::forward::{interim_head, is_idempotent, upstream_read_step};
-use crate::proxy::relay::write_response_head;
+use crate::proxy::response_head::write_response_head;
 use crate::server::event_loop::answers::{entry_answer, error_answer, finish, Record};
 use crate::server::event_loop::client::{read_into, Client, Got, OutBuf};
 use crate::server::event_loop::env::Env;
@@ -418,8 +418,8 @@ impl Exchange {
                     return Advance::Progress;
                 }
             }
-            // An app endpoint's address is checked against the endpoint policy before every connection,
-            // as the threaded engine's `Backend::connect` does.
+            // An app endpoint's address is checked against the endpoint policy before every connection
+            // (as `Backend::connect` does for the refresher).
             match backend.permitted().and_then(|()| TcpStream::connect(backend.addr)) {
                 Ok(mut stream) => {
                     let token = backend_token(&stream);
@@ -451,7 +451,7 @@ impl Exchange {
     }
 
     /// Reads a chunked GET or HEAD body whole; then the head says its length and the body follows
-    /// it, as the threaded engine sends it.
+    /// it.
     fn collect(&mut self, client: &mut Client, env: &mut Env<'_>) -> Advance {
         let config = &env.shared.config;
         if self.req.expect_continue && !self.continue_sent && client.cin.is_empty() {
@@ -548,8 +548,8 @@ impl Exchange {
         if let Some(body) = self.body.as_mut().filter(|b| !b.is_done()) {
             if self.to_backend.pending() < config.buffer_size {
                 // Decode all that is buffered before any of it is written, so a malformed element
-                // right after a chunk's data stops that data too (as the threaded engine's batch
-                // does); read more only when it is used up or ends in an incomplete element.
+                // right after a chunk's data stops that data too; read more only when it is used up
+                // or ends in an incomplete element.
                 let mut starved = client.cin.is_empty();
                 while !starved && !body.is_done() && self.to_backend.pending() < config.buffer_size {
                     match body.step(client.cin.filled()) {
@@ -642,7 +642,7 @@ impl Exchange {
 
     /// A fresh connection broke (closed or reset, not timed out) before any byte of answer
     /// (`unanswered`): the backend may have died, so an idempotent request without a body goes
-    /// once to another backend, as the threaded engine sends it. Otherwise the failure is answered.
+    /// once to another backend. Otherwise the failure is answered.
     fn elsewhere_or_fail(
         &mut self,
         client: &mut Client,
@@ -796,7 +796,7 @@ impl Exchange {
             }
         }
         let Some(decoder) = self.res_body.as_mut() else { return Advance::Close };
-        // As the threaded engine does, a backend is read up to 64 KiB at a time (a 64 KiB body
+        // A backend is read up to 64 KiB at a time (a 64 KiB body
         // takes one read and one write instead of eight of each); the client's buffer is bounded
         // by the same window, so a slow client still holds at most that much.
         let window = upstream_read_step(config);

@@ -1,4 +1,4 @@
-//! The event-loop engine (`engine = loops`): `threads` loops, each a thread with its own `mio`
+//! The data plane's event loops: `threads` loops, each a thread with its own `mio`
 //! poller that owns every socket it touches — the client connections it accepted and the backend
 //! connections serving them — so a request is read, answered or forwarded, and relayed on the
 //! thread that accepted it, with no queue and no other thread on its way.
@@ -92,7 +92,7 @@ impl Loops {
         let cores = thread::available_parallelism().map_or(1, |n| n.get());
         let count = shared.config.thread_count().max(1);
         if count > 4 * cores {
-            // A file written for the threaded engine (threads = 64) still starts, but says so.
+            // A file written for the threaded engine, since removed (threads = 64), still starts, but says so.
             log::warn!(
                 "threads = {count} starts {count} event loops on {cores} core(s); each serves any number of \
                  connections, so one per core is enough (threads = auto)"
@@ -520,8 +520,8 @@ impl EventLoop {
         if parked != entry.parked {
             entry.parked = parked;
             match parked {
-                true => shared.loop_parked.fetch_add(1, Ordering::Relaxed),
-                false => shared.loop_parked.fetch_sub(1, Ordering::Relaxed),
+                true => shared.idle_sessions.fetch_add(1, Ordering::Relaxed),
+                false => shared.idle_sessions.fetch_sub(1, Ordering::Relaxed),
             };
         }
         if parked && shared.is_shutting_down() {
@@ -536,7 +536,7 @@ impl EventLoop {
         // Recording must not take the loop down either.
         let _ = panic::catch_unwind(AssertUnwindSafe(|| entry.session.on_close(&env)));
         if entry.parked {
-            shared.loop_parked.fetch_sub(1, Ordering::Relaxed);
+            shared.idle_sessions.fetch_sub(1, Ordering::Relaxed);
         }
         self.free.push(slot);
         self.open -= 1;
@@ -557,7 +557,7 @@ mod tests {
     use std::thread;
     use std::time::Duration;
 
-    use crate::config::{BackendAddr, Config, Engine};
+    use crate::config::{BackendAddr, Config};
     use crate::server::event_loop::env::PANIC_TARGET;
     use crate::server::Server;
 
@@ -597,7 +597,6 @@ mod tests {
     fn a_panic_in_one_request_answers_500_and_the_loop_serves_on() {
         let addr = backend();
         let config = Config {
-            engine: Engine::Loops,
             threads: 1,
             bind: [127, 0, 0, 1].into(),
             port: 0,

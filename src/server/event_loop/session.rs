@@ -10,8 +10,8 @@
 //!
 //! [`Session::drive`] moves the session as far as its sockets allow without blocking and returns
 //! whether it stays open; [`Session::deadline`] says when it must hear from someone, and
-//! [`Session::timed_out`] acts on it. The request pipeline's steps are the threaded engine's own
-//! (`proxy::admit`, the cache policy, `proxy::forward`'s upstream head); only the waiting differs.
+//! [`Session::timed_out`] acts on it. The request pipeline's steps that need no socket are `proxy`'s
+//! (`proxy::admit`, `proxy::cache_step`, `proxy::forward`'s upstream head).
 
 use std::borrow::Cow;
 use std::io::{self, Read};
@@ -190,7 +190,7 @@ impl Session {
                 None => self.idle_since + config.keepalive_timeout,
             },
             State::Authorizing(probe) => probe.deadline(env),
-            // As the threaded engine's wait: a fetch slower than this no longer holds the others.
+            // A fetch slower than this no longer holds the others: they go to a backend themselves.
             State::Coalescing(wait) => wait.since + config.backend_timeout,
             State::Exchange(ex) => ex.deadline(&self.client, env),
             State::Tunnel(tunnel) => tunnel.deadline(config.tunnel_timeout),
