@@ -178,3 +178,31 @@ fn a_websocket_reaches_a_wss_backend_through_the_tunnel() {
     ws.close(None).unwrap();
     while ws.read().is_ok() {}
 }
+
+#[test]
+fn a_stale_entry_from_an_https_backend_is_never_refreshed_in_plain_text() {
+    let dir = TempDir::new("tls-backends-swr");
+    let ca = TestCa::new("backend CA");
+    let backend = tls_backend(&dir, &ca);
+    let ca_file = dir.file("ca.pem", &ca.pem);
+    let proxy = loops_with(by_name(&backend), |c| {
+        c.backend_ca = ca_file.clone();
+        c.ttl = Duration::from_secs(60);
+    });
+    let first = get(proxy.local_addr(), "/swr");
+    assert_eq!((first.status, first.text()), (200, "tls backend /swr".to_string()));
+    proxy.clock().advance(Duration::from_secs(5));
+    // Stale within stale-while-revalidate: answered from the cache. The background refresher
+    // speaks plain TCP only; before this was fixed it sent the refresh there in plain text, which
+    // the backend saw as a failed handshake.
+    let stale = get(proxy.local_addr(), "/swr");
+    assert_eq!((stale.status, stale.header("x-cache")), (200, Some("STALE")));
+    // A refresh would have reached the backend by now (the refresher waits on nothing else).
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!backend.endings.lock().unwrap().contains(&"no handshake"), "{:?}", backend.endings.lock().unwrap());
+    // Past the window the loop fetches it again itself, over TLS.
+    proxy.clock().advance(Duration::from_secs(60));
+    let again = get(proxy.local_addr(), "/swr");
+    assert_eq!((again.status, again.header("x-cache")), (200, Some("MISS")));
+    assert!(!backend.endings.lock().unwrap().contains(&"no handshake"), "{:?}", backend.endings.lock().unwrap());
+}

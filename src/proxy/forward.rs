@@ -80,7 +80,8 @@ pub fn exchange<'p>(shared: &Shared, out: &Outbound<'p, '_>, buf: &mut ReadBuf) 
     let mut may_retry = out.idempotent;
     // The failure that sent the request on, answered if no other backend is left to try.
     let mut unanswered: Option<Failure> = None;
-    for backend in pool.candidates(now, out.client) {
+    // Never in plain text to a backend that speaks TLS (the request may carry credentials).
+    for backend in pool.candidates(now, out.client).filter(|b| b.tls_host.is_none()) {
         // A reused connection may have been closed by the backend; the body-less request can
         // simply be sent again then.
         let mut pooled = backend.take_idle(socket_now).filter(is_quiet);

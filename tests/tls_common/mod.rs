@@ -184,7 +184,7 @@ pub struct TlsBackend {
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
     pub names: Arc<std::sync::Mutex<Vec<Option<String>>>>,
     /// How each connection ended, as the backend read it: "close_notify" (the peer said so before
-    /// closing), "truncated" (closed without it), or "error".
+    /// closing), "truncated" (closed without it), "error", or "no handshake" (not TLS, or refused).
     pub endings: Arc<std::sync::Mutex<Vec<&'static str>>>,
 }
 
@@ -209,6 +209,7 @@ impl TlsBackend {
                     let mut tls = StreamOwned::new(conn, stream);
                     while tls.conn.is_handshaking() {
                         if tls.conn.complete_io(&mut tls.sock).is_err() {
+                            endings.lock().unwrap().push("no handshake");
                             return;
                         }
                     }
@@ -226,7 +227,12 @@ impl TlsBackend {
                             } else {
                                 format!("tls backend {target}").into_bytes()
                             };
-                            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                            // `/swr`: fresh for a second, then served stale while it is refreshed.
+                            let cache = match target.as_str() {
+                                "/swr" => "Cache-Control: max-age=1, stale-while-revalidate=30\r\n",
+                                _ => "",
+                            };
+                            let head = format!("HTTP/1.1 200 OK\r\n{cache}Content-Length: {}\r\n\r\n", body.len());
                             if tls.write_all(head.as_bytes()).and_then(|()| tls.write_all(&body)).is_err() {
                                 return;
                             }
