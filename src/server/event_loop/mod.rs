@@ -74,6 +74,14 @@ pub struct TlsListener {
     pub listener: StdListener,
     pub config: Arc<ServerConfig>,
 }
+/// Readies a listener for the loops: non-blocking, and `TCP_NODELAY`, which every connection it
+/// accepts inherits (Linux copies it from the listener), so no connection costs a `setsockopt` of
+/// its own: answers go out as they are written, never held back waiting for an acknowledgement.
+fn prepare_listener(listener: &StdListener) -> io::Result<()> {
+    listener.set_nonblocking(true)?;
+    socket2::SockRef::from(listener).set_tcp_nodelay(true)
+}
+
 /// The running loops of one server.
 pub struct Loops {
     wakers: Vec<Arc<Waker>>,
@@ -85,9 +93,9 @@ impl Loops {
     /// Starts `shared.config.thread_count()` loops, each accepting on its own handle of `listener` (and
     /// of the TLS listener, when there is one).
     pub fn start(listener: StdListener, tls: Option<TlsListener>, shared: &Arc<Shared>) -> io::Result<Loops> {
-        listener.set_nonblocking(true)?;
+        prepare_listener(&listener)?;
         if let Some(tls) = &tls {
-            tls.listener.set_nonblocking(true)?;
+            prepare_listener(&tls.listener)?;
         }
         let cores = thread::available_parallelism().map_or(1, |n| n.get());
         let count = shared.config.thread_count().max(1);
@@ -414,7 +422,6 @@ impl EventLoop {
     /// counted on this loop's [`LoadBoard`] entry).
     fn admit(&mut self, arrival: Arrival) {
         let Arrival { mut stream, peer, tls, conn_slot, ip_slot } = arrival;
-        let _ = stream.set_nodelay(true);
         let slot = self.free.pop().unwrap_or_else(|| {
             self.sessions.push(None);
             self.sessions.len() - 1
@@ -591,6 +598,17 @@ mod tests {
         let mut answer = String::new();
         let _ = stream.read_to_string(&mut answer);
         answer
+    }
+
+    #[test]
+    fn accepted_connections_inherit_no_delay_from_the_listener() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        super::prepare_listener(&listener).unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        // The connection is established: a blocking accept returns at once.
+        listener.set_nonblocking(false).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(accepted.nodelay().unwrap(), "the loops set TCP_NODELAY only on their listeners");
     }
 
     #[test]
