@@ -67,7 +67,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$TOOL" echo "127.0.0.1:$ORIGIN" & PIDS+=($!)
+setsid "$TOOL" echo "127.0.0.1:$ORIGIN" & PIDS+=($!)
 
 cat > "$STATE/nginx/nginx.conf" <<EOF
 $( [ "$(id -u)" = 0 ] && echo "user root;" )
@@ -113,7 +113,7 @@ frontend fe
 backend origin
     server o1 127.0.0.1:$ORIGIN
 EOF
-"$HAPROXY" -db -f "$STATE/haproxy.cfg" </dev/null >"$STATE/haproxy.log" 2>&1 & PIDS+=($!)
+setsid "$HAPROXY" -db -f "$STATE/haproxy.cfg" </dev/null >"$STATE/haproxy.log" 2>&1 & PIDS+=($!)
 
 cat > "$STATE/pibl.ini" <<EOF
 [DEFAULT]
@@ -126,7 +126,7 @@ ttl = 0
 access_log = off
 log_level = warn
 EOF
-"$PIBL" --config "$STATE/pibl.ini" </dev/null >"$STATE/pibl.log" 2>&1 & PIDS+=($!)
+setsid "$PIBL" --config "$STATE/pibl.ini" </dev/null >"$STATE/pibl.log" 2>&1 & PIDS+=($!)
 
 for port in "$ORIGIN" "$NGINX_PORT" "$HAPROXY_PORT" "$PIBL_PORT"; do
   for _ in $(seq 100); do
