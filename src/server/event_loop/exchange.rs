@@ -214,6 +214,12 @@ pub struct Exchange {
     fill: bool,
     /// The client's buffer waits for the short rest of a body before it is written (see `relay`).
     hold_for_tail: bool,
+    /// The body goes to the client as the backend sent it (identity encoding of a `Content-Length`
+    /// or until-close body): it is written from `from_backend` itself, never copied into `cout`.
+    direct: bool,
+    /// With `direct`: body bytes at the front of `from_backend` already decoded, still to write
+    /// (after `cout`'s pending bytes).
+    owed: usize,
 }
 
 impl Exchange {
@@ -271,6 +277,8 @@ impl Exchange {
             unanswered: None,
             fill: false,
             hold_for_tail: false,
+            direct: false,
+            owed: 0,
         })
     }
 
@@ -324,8 +332,8 @@ impl Exchange {
             Phase::Send if !client.cout.is_empty() || !self.body_done() => client_side,
             Phase::Send | Phase::AwaitHead => backend,
             // A full buffer waits for the client alone; a part-full one for whichever comes first.
-            Phase::Relay if client.cout.pending() >= config.buffer_size => client_side,
-            Phase::Relay if !client.cout.is_empty() => client_side.min(backend),
+            Phase::Relay if client.cout.pending() + self.owed >= config.buffer_size => client_side,
+            Phase::Relay if !client.cout.is_empty() || self.owed > 0 => client_side.min(backend),
             Phase::Relay => backend,
         }
     }
@@ -349,7 +357,9 @@ impl Exchange {
                 let wait = config.backend_timeout;
                 self.fail(client, env, ForwardError::Timeout(format!("no response within {wait:?}")))
             }
-            Phase::Relay if !client.cout.is_empty() && env.now >= client.seen + config.client_timeout => {
+            Phase::Relay
+                if (!client.cout.is_empty() || self.owed > 0) && env.now >= client.seen + config.client_timeout =>
+            {
                 log::info!("{}: client stopped reading the response; closing", client.peer);
                 self.record(env);
                 Advance::Close
@@ -771,6 +781,12 @@ impl Exchange {
     fn start_relay(&mut self, res: Response, encoding: Encoding, fill: bool) -> Advance {
         self.res_encoding = encoding;
         self.fill = fill;
+        // These framings' decoded data is their input itself (see `Decoder::step`), so it can be
+        // written from where it was read. A 64 KiB body then costs no copy inside pibl (nginx
+        // writes from its read buffers the same way).
+        self.direct = !fill
+            && encoding == Encoding::Identity
+            && matches!(res.framing, Framing::Length(_) | Framing::UntilClose | Framing::None);
         match Decoder::new(res.framing, u64::MAX) {
             Ok(decoder) => self.res_body = Some(decoder),
             Err(_) => return Advance::Close,
@@ -800,30 +816,36 @@ impl Exchange {
         // takes one read and one write instead of eight of each); the client's buffer is bounded
         // by the same window, so a slow client still holds at most that much.
         let window = upstream_read_step(config);
-        if !decoder.is_done() && client.cout.pending() < window {
-            let mut starved = self.from_backend.is_empty();
+        if !decoder.is_done() && client.cout.pending() + self.owed < window {
+            let mut starved = self.from_backend.len() == self.owed;
             if !starved {
-                match decoder.step(self.from_backend.filled()) {
+                match decoder.step(&self.from_backend.filled()[self.owed..]) {
                     Ok(step) => {
-                        let data = &self.from_backend.filled()[step.data];
+                        let data = &self.from_backend.filled()[self.owed..][step.data];
                         if let Some(pending) = self.pending.as_mut() {
                             pending.tee.keep(data);
                         }
-                        if !self.fill {
+                        if self.direct {
+                            // `data` is the whole of what was consumed: it stays where it is.
                             self.body_bytes += data.len() as u64;
-                            encode_piece(&mut client.cout.data, data, self.res_encoding);
+                            self.owed += step.consumed;
+                        } else {
+                            if !self.fill {
+                                self.body_bytes += data.len() as u64;
+                                encode_piece(&mut client.cout.data, data, self.res_encoding);
+                            }
+                            self.from_backend.consume(step.consumed);
                         }
-                        self.from_backend.consume(step.consumed);
                         progress |= step.consumed > 0;
                         starved = step.consumed == 0;
                         // What is left of a known length, when it is at most one more read, is read
                         // before the buffer goes out: a body one window long (64 KiB, whose head
                         // pushed its last bytes into a second read) then leaves in one write, so
                         // the client is woken once. Bounded: two windows in the client's buffer.
-                        let unread =
-                            decoder.known_remaining().map(|left| left.saturating_sub(self.from_backend.len() as u64));
+                        let undecoded = (self.from_backend.len() - self.owed) as u64;
+                        let unread = decoder.known_remaining().map(|left| left.saturating_sub(undecoded));
                         self.hold_for_tail = matches!(unread, Some(left) if left > 0 && left <= window as u64)
-                            && client.cout.pending() < window;
+                            && client.cout.pending() + self.owed < window;
                     }
                     Err(e) => return self.broke_off(client, env, e),
                 }
@@ -856,6 +878,12 @@ impl Exchange {
             if self.fill {
                 return self.answer_filled(client, env);
             }
+            // The body's last bytes leave before the backend connection is judged and pooled.
+            if self.write_owed(client, env.now).is_err() {
+                self.record(env);
+                return Advance::Close;
+            }
+            self.hand_owed_to_client(client);
             self.body_complete(client, env);
             self.complete = true;
         }
@@ -869,7 +897,7 @@ impl Exchange {
             return Advance::Progress;
         }
         self.hold_for_tail = false;
-        match client.flush(env.now) {
+        match self.write_owed(client, env.now) {
             Ok(wrote) => progress |= wrote,
             Err(_) => {
                 self.record(env);
@@ -881,6 +909,24 @@ impl Exchange {
         } else {
             Advance::Waiting
         }
+    }
+
+    /// Writes the client's buffer and then the body bytes owed to it from `from_backend`; `Ok(true)`
+    /// when bytes went out, `Err` when the client is gone.
+    fn write_owed(&mut self, client: &mut Client, now: Instant) -> io::Result<bool> {
+        let (wrote, taken) = client.flush_with(&self.from_backend.filled()[..self.owed], now)?;
+        self.from_backend.consume(taken);
+        self.owed -= taken;
+        Ok(wrote)
+    }
+
+    /// Moves the owed body bytes the client has not taken into its buffer, after what is there, so
+    /// they go out once the exchange is over (its read buffer goes back to the loop): called by the
+    /// session whenever an exchange finishes, whichever way.
+    pub fn hand_owed_to_client(&mut self, client: &mut Client) {
+        client.cout.extend(&self.from_backend.filled()[..self.owed]);
+        self.from_backend.consume(self.owed);
+        self.owed = 0;
     }
 
     /// The response body is complete: end its framing, store it, and give the connection back.

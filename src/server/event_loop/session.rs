@@ -366,6 +366,7 @@ impl Session {
                 // Only a client that may still be sending (an unread body) needs the lingering close.
                 let unread = match &mut self.state {
                     State::Exchange(ex) => {
+                        ex.hand_owed_to_client(&mut self.client);
                         env.spare.keep(&mut ex.from_backend);
                         ex.input_pending()
                     }

@@ -352,6 +352,14 @@ impl Write for Transport {
         Ok(n)
     }
 
+    /// Plain TCP: one `writev`. TLS: the first non-empty buffer (rustls copies it anyway).
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(sock) => sock.write_vectored(bufs),
+            Transport::Tls(_) => bufs.iter().find(|b| !b.is_empty()).map_or(Ok(0), |b| self.write(b)),
+        }
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         self.flush_out().map(drop)
     }
