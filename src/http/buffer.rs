@@ -31,6 +31,11 @@ impl ReadBuf {
         self.start == self.end
     }
 
+    /// Bytes the next read can add without moving what is held or growing the allocation.
+    pub fn room(&self) -> usize {
+        self.data.len() - self.end
+    }
+
     /// Marks the first `n` unconsumed bytes as used.
     pub fn consume(&mut self, n: usize) {
         debug_assert!(n <= self.len());

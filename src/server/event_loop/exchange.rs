@@ -842,15 +842,23 @@ impl Exchange {
                         // before the buffer goes out: a body one window long (64 KiB, whose head
                         // pushed its last bytes into a second read) then leaves in one write, so
                         // the client is woken once. Bounded: two windows in the client's buffer.
+                        // Bytes owed to the client stay in the read buffer: the rest is held for
+                        // only if it fits behind them, since moving them (or growing the buffer past
+                        // the loop's spare size) would cost more than a second write.
                         let undecoded = (self.from_backend.len() - self.owed) as u64;
                         let unread = decoder.known_remaining().map(|left| left.saturating_sub(undecoded));
-                        self.hold_for_tail = matches!(unread, Some(left) if left > 0 && left <= window as u64)
+                        let fits = |left: u64| self.owed == 0 || left <= self.from_backend.room() as u64;
+                        self.hold_for_tail = matches!(unread, Some(left) if left > 0 && left <= window as u64 && fits(left))
                             && client.cout.pending() + self.owed < window;
                     }
                     Err(e) => return self.broke_off(client, env, e),
                 }
             }
-            if starved && !decoder.is_done() {
+            // Bytes owed to the client are read more behind only while the buffer has room: moving
+            // them up or growing the buffer (past the size the loop keeps spare) costs more than
+            // waiting for the client to take them.
+            let room = self.owed == 0 || self.from_backend.room() > 0;
+            if starved && room && !decoder.is_done() {
                 let Some(up) = self.upstream.as_mut() else { return Advance::Close };
                 let max = self.from_backend.len() + window;
                 let input = env.pool.input(up.stream.sock());
@@ -878,14 +886,15 @@ impl Exchange {
             if self.fill {
                 return self.answer_filled(client, env);
             }
-            // The body's last bytes leave before the backend connection is judged and pooled.
+            // Stored and pooled first, so the client's next request already finds both; then the
+            // body's last bytes leave.
+            self.body_complete(client, env);
+            self.complete = true;
             if self.write_owed(client, env.now).is_err() {
                 self.record(env);
                 return Advance::Close;
             }
             self.hand_owed_to_client(client);
-            self.body_complete(client, env);
-            self.complete = true;
         }
         if self.complete {
             // What is left in the client's buffer is written before the next request is read.
@@ -938,8 +947,8 @@ impl Exchange {
         // The backend's part is done before the client's last bytes go out, so the client's next
         // request already finds the stored response and the pooled connection. Bytes already past
         // the body's end mean its length was wrong: what was relayed is neither stored nor is the
-        // connection used again.
-        let overran = !self.from_backend.is_empty();
+        // connection used again. (The body bytes still owed to the client are not past it.)
+        let overran = self.from_backend.len() > self.owed;
         let pending = self.pending.take().filter(|_| !overran);
         if let (Some(cache), Some(parts), Some(pending), Some(res)) =
             (env.shared.cache.as_deref(), self.cache.as_mut(), pending, self.res.as_ref())
