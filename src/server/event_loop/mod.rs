@@ -539,9 +539,10 @@ impl EventLoop {
     fn close(&mut self, slot: usize) {
         let EventLoop { poll, shared, sessions, pool, inbox, spare, .. } = self;
         let Some(mut entry) = sessions.get_mut(slot).and_then(Option::take) else { return };
-        let env = Env { shared, registry: poll.registry(), pool, spare, inbox, now: Instant::now() };
+        let env = Env { shared, registry: poll.registry(), pool, spare: &mut *spare, inbox, now: Instant::now() };
         // Recording must not take the loop down either.
         let _ = panic::catch_unwind(AssertUnwindSafe(|| entry.session.on_close(&env)));
+        entry.session.return_buffers(spare);
         if entry.parked {
             shared.idle_sessions.fetch_sub(1, Ordering::Relaxed);
         }

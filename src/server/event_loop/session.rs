@@ -24,6 +24,7 @@ use crate::cache::{Cache, Entry, Flight};
 use crate::config::RouteAuth;
 use crate::gateway::auth_request::AuthDecision;
 use crate::gateway::Refusal;
+use crate::http::buffer::SpareBuffers;
 use crate::http::must_reframe_body;
 use crate::http::request::{self, Request};
 use crate::http::Framing;
@@ -241,6 +242,17 @@ impl Session {
             State::Coalescing(wait) => finish(env.shared, &wait.rec, &wait.req, 499, 0, None),
             State::Tunnel(tunnel) => tunnel.record(env),
             State::ReadingHead | State::Lingering { .. } | State::Closing => {}
+        }
+    }
+
+    /// Gives the session's read buffers back to the loop as it closes (a connection that closes after
+    /// each answer would otherwise take one from the spares and free it, every time).
+    pub fn return_buffers(&mut self, spare: &mut SpareBuffers) {
+        self.client.cin.clear();
+        spare.keep(&mut self.client.cin);
+        if let State::Exchange(ex) = &mut self.state {
+            ex.from_backend.clear();
+            spare.keep(&mut ex.from_backend);
         }
     }
 
