@@ -31,6 +31,15 @@ impl ReadBuf {
         self.start == self.end
     }
 
+    /// Makes an empty buffer's allocation at least `size` bytes (zero-filled once; a spare that has
+    /// it keeps it).
+    pub fn ensure_size(&mut self, size: usize) {
+        if self.is_empty() && self.data.len() < size {
+            (self.start, self.end) = (0, 0);
+            self.data.resize(size, 0);
+        }
+    }
+
     /// Bytes the next read can add without moving what is held or growing the allocation.
     pub fn room(&self) -> usize {
         self.data.len() - self.end
@@ -100,8 +109,9 @@ pub struct SpareBuffers {
 impl SpareBuffers {
     /// Buffers kept at most.
     const KEEP: usize = 32;
-    /// Larger buffers (grown for a large body) are freed, not kept.
-    const LARGEST: usize = 64 * 1024;
+    /// Larger buffers (grown for a large body) are freed, not kept: a 64 KiB backend read window
+    /// and room for the response head in front of its body.
+    pub const LARGEST: usize = 80 * 1024;
 
     /// Gives `buf` a kept allocation if it has none: the smallest of at least `step` bytes (what
     /// its next read asks for), else the largest. A smaller one would be grown, reallocated and

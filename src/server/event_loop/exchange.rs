@@ -28,7 +28,7 @@ use rustls::ClientConfig;
 use crate::cache::policy::RequestDirectives;
 use crate::cache::{Cache, Entry, Origin, OwnedFlightGuard};
 use crate::http::body::{BodyError, Encoding};
-use crate::http::buffer::{ReadBuf, WriteBatch};
+use crate::http::buffer::{ReadBuf, SpareBuffers, WriteBatch};
 use crate::http::framing::{encode_end, encode_piece, Decoder};
 use crate::http::request::Request;
 use crate::http::response::{self, Response, MAX_RESPONSE_HEAD};
@@ -47,6 +47,9 @@ use crate::upstream::backend::{is_local_exhaustion, Backend};
 
 /// Least bytes asked of a backend per read while its response head arrives.
 const HEAD_READ_STEP: usize = 16 * 1024;
+
+/// Room a backend read buffer has beyond one read window, for the response head before its body.
+const HEAD_ROOM: usize = 16 * 1024;
 
 /// Where the exchange stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,8 +309,14 @@ impl Exchange {
 
     /// Moves the exchange as far as the sockets allow.
     pub fn advance(&mut self, client: &mut Client, env: &mut Env<'_>) -> Advance {
-        // A whole window if one is kept: a large body then needs no growing, a small one fits anyway.
-        env.spare.lend(&mut self.from_backend, upstream_read_step(&env.shared.config));
+        // A whole window and a response head's room if one is kept: a 64 KiB body whose head pushed
+        // its last bytes out of the first read then finds room for them behind it (one write to the
+        // client, nothing moved); a small answer fits anyway.
+        let size = upstream_read_step(&env.shared.config) + HEAD_ROOM;
+        env.spare.lend(&mut self.from_backend, size);
+        if size <= SpareBuffers::LARGEST {
+            self.from_backend.ensure_size(size);
+        }
         match self.phase {
             Phase::Collect => self.collect(client, env),
             Phase::Connect => self.connect(client, env),
