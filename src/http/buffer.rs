@@ -31,6 +31,11 @@ impl ReadBuf {
         self.start == self.end
     }
 
+    /// Bytes of allocation the buffer reads into.
+    pub fn capacity(&self) -> usize {
+        self.data.len()
+    }
+
     /// Makes an empty buffer's allocation at least `size` bytes (zero-filled once; a spare that has
     /// it keeps it).
     pub fn ensure_size(&mut self, size: usize) {

@@ -311,11 +311,13 @@ impl Exchange {
     pub fn advance(&mut self, client: &mut Client, env: &mut Env<'_>) -> Advance {
         // A whole window and a response head's room if one is kept: a 64 KiB body whose head pushed
         // its last bytes out of the first read then finds room for them behind it (one write to the
-        // client, nothing moved); a small answer fits anyway.
-        let size = upstream_read_step(&env.shared.config) + HEAD_ROOM;
-        env.spare.lend(&mut self.from_backend, size);
-        if size <= SpareBuffers::LARGEST {
-            self.from_backend.ensure_size(size);
+        // client, nothing moved); a small answer fits anyway. A buffer already a window long (one
+        // that carried a large body before) gets the head's room once; smaller ones are left as
+        // they are, since zero-filling 80 KiB for every small answer costs more than it saves.
+        let window = upstream_read_step(&env.shared.config);
+        env.spare.lend(&mut self.from_backend, window + HEAD_ROOM);
+        if self.from_backend.capacity() >= window && window + HEAD_ROOM <= SpareBuffers::LARGEST {
+            self.from_backend.ensure_size(window + HEAD_ROOM);
         }
         match self.phase {
             Phase::Collect => self.collect(client, env),
