@@ -34,7 +34,15 @@ impl HeaderList {
 
     /// The value of the first field called `name`.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        // Names compared as bytes: no UTF-8 check per field on every lookup.
+        let name = name.as_bytes();
+        let (_, value) = self.fields.iter().find(|(n, _)| self.head[n.clone()].eq_ignore_ascii_case(name))?;
+        Some(&self.head[value.clone()])
+    }
+
+    /// The length of the head the fields came from.
+    pub fn head_len(&self) -> usize {
+        self.head.len()
     }
 }
 

@@ -61,6 +61,11 @@ impl Response {
         self.fields.get(name)
     }
 
+    /// The length of the head as the backend sent it.
+    pub fn head_len(&self) -> usize {
+        self.fields.head_len()
+    }
+
     /// 1xx answers precede the final response.
     pub fn is_informational(&self) -> bool {
         (100..200).contains(&self.status)

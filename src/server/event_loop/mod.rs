@@ -205,6 +205,9 @@ struct EventLoop {
     pool: UpstreamPool,
     accept_paused: bool,
     last_purge: Instant,
+    /// When the loop last woke (or ran its timers): read once per wake-up, not for every session
+    /// it serves then, as nginx caches its time per turn. Deadlines and idle times need no better.
+    now: Instant,
     inbox: Arc<Inbox>,
     /// Read buffers given back by this loop's sessions, lent to the next reads.
     spare: SpareBuffers,
@@ -242,6 +245,7 @@ impl EventLoop {
             pool: UpstreamPool::default(),
             accept_paused: false,
             last_purge: Instant::now(),
+            now: Instant::now(),
             inbox,
             spare: SpareBuffers::default(),
             peers,
@@ -278,6 +282,7 @@ impl EventLoop {
                 }
                 continue;
             }
+            self.now = Instant::now();
             // A session is driven until it waits, so one turn per poll serves both of its sockets;
             // driving it again for its second event would only repeat reads that find nothing.
             let mut ready = std::mem::take(&mut self.ready);
@@ -325,6 +330,7 @@ impl EventLoop {
                 }
             }
             let now = Instant::now();
+            self.now = now;
             while let Some((at, owner)) = self.timers.pop_due(now) {
                 self.serve(owner.slot, Some((at, owner.generation)));
             }
@@ -438,7 +444,7 @@ impl EventLoop {
             self.peers.board.left(self.peers.index);
             return;
         };
-        let now = Instant::now();
+        let now = self.now;
         self.generation += 1;
         let owner = Owner { slot, generation: self.generation };
         let session = Session::new(client, owner, conn_slot, ip_slot, now);
@@ -450,7 +456,7 @@ impl EventLoop {
 
     /// The client side of a new session: plain, or TLS with a new rustls connection.
     fn client(&self, stream: TcpStream, peer: std::net::SocketAddr, tls: bool) -> Option<Client> {
-        let now = Instant::now();
+        let now = self.now;
         if !tls {
             return Some(Client::new(Transport::Plain(stream), peer, now, Arc::clone(&self.plain_fields)));
         }
@@ -474,7 +480,7 @@ impl EventLoop {
     fn serve(&mut self, slot: usize, timer: Option<(Instant, u64)>) {
         let EventLoop { poll, shared, sessions, pool, inbox, spare, .. } = self;
         let Some(Some(entry)) = sessions.get_mut(slot) else { return };
-        let now = Instant::now();
+        let now = self.now;
         let mut env = Env { shared, registry: poll.registry(), pool, spare, inbox, now };
         if let Some((at, generation)) = timer {
             // Only the entry the session armed counts; an earlier one it replaced is dropped.
@@ -520,7 +526,7 @@ impl EventLoop {
     fn settle(&mut self, slot: usize) {
         let EventLoop { poll, shared, sessions, pool, timers, inbox, spare, .. } = self;
         let Some(Some(entry)) = sessions.get_mut(slot) else { return };
-        let env = Env { shared, registry: poll.registry(), pool, spare, inbox, now: Instant::now() };
+        let env = Env { shared, registry: poll.registry(), pool, spare, inbox, now: self.now };
         let deadline = entry.session.deadline(&env);
         timers.arm(Owner { slot, generation: entry.generation }, &mut entry.session.armed, deadline);
         let parked = entry.session.is_parked();
@@ -539,7 +545,7 @@ impl EventLoop {
     fn close(&mut self, slot: usize) {
         let EventLoop { poll, shared, sessions, pool, inbox, spare, .. } = self;
         let Some(mut entry) = sessions.get_mut(slot).and_then(Option::take) else { return };
-        let env = Env { shared, registry: poll.registry(), pool, spare: &mut *spare, inbox, now: Instant::now() };
+        let env = Env { shared, registry: poll.registry(), pool, spare: &mut *spare, inbox, now: self.now };
         // Recording must not take the loop down either.
         let _ = panic::catch_unwind(AssertUnwindSafe(|| entry.session.on_close(&env)));
         entry.session.return_buffers(spare);

@@ -300,6 +300,12 @@ impl Session {
             match request::parse(self.client.cin.filled(), &shared.limits) {
                 Ok(Some((req, head_len))) => {
                     self.client.cin.consume(head_len);
+                    if !req.framing.has_body() {
+                        // Nothing more to read until the answer is out: the buffer goes back to the
+                        // loop, so a session waiting on its backend holds one buffer, not two (the
+                        // spares are bounded, and a buffer freed there is allocated and zeroed again).
+                        env.spare.keep(&mut self.client.cin);
+                    }
                     self.start_request(req, env);
                     return Ok(true);
                 }
