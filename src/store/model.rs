@@ -61,14 +61,9 @@ impl StoreError {
         matches!(self, StoreError::Unavailable(_))
     }
 
-    /// The database cannot take writes now (its disk is full, its file read-only, or I/O fails):
-    /// nothing is wrong with the request, and it may work later.
-    pub fn cannot_write(&self) -> bool {
-        self.write_failure().is_some()
-    }
-
-    /// Why the database cannot take writes now, in words for an API client; `None` for any other
-    /// error.
+    /// Why the database cannot take writes now (its disk is full, its file read-only, or I/O
+    /// fails: nothing is wrong with the request, and it may work later), in words for an API
+    /// client; `None` for any other error.
     pub fn write_failure(&self) -> Option<&'static str> {
         use rusqlite::ErrorCode::{CannotOpen, DiskFull, ReadOnly, SystemIoFailure};
         let StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) = self else { return None };

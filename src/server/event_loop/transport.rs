@@ -94,13 +94,6 @@ impl Transport {
         }
     }
 
-    pub fn sock_mut(&mut self) -> &mut TcpStream {
-        match self {
-            Transport::Plain(sock) => sock,
-            Transport::Tls(tls) => &mut tls.sock,
-        }
-    }
-
     pub fn is_tls(&self) -> bool {
         matches!(self, Transport::Tls(_))
     }
