@@ -284,14 +284,8 @@ fn same_host_target<'a>(host: Option<&str>, uri: &'a str) -> Option<&'a str> {
 }
 
 /// Queues a stale entry for the cache's background refresher; when the queue is full (or there is
-/// no refresher) the entry's refresh claim is released for a later request. The refresher speaks
-/// plain TCP only, so an entry from a pool with an `https://` backend is not queued: it is served
-/// stale for its `stale-while-revalidate` window, then revalidated by a loop, over TLS.
+/// no refresher) the entry's refresh claim is released for a later request.
 pub fn schedule_refresh(shared: &Shared, key: &str, req: &Request, dispatch: &Dispatch<'_>, entry: &Arc<Entry>) {
-    if dispatch.upstream.pool().backends().iter().any(|b| b.tls_host.is_some()) {
-        entry.release_refresh();
-        return;
-    }
     let job = RefreshJob {
         key: key.to_string(),
         host: req.host().map(str::to_string),

@@ -3,10 +3,10 @@
 //! twice; and [`exchange`], the blocking send-and-read-the-head the cache's background refresher
 //! uses on its own thread (choose a backend, take a pooled connection or open one, timing it for the
 //! metrics and taking a backend that refuses out of rotation for the cool-down, send again on a
-//! fresh connection when a pooled one turns out closed). Client requests go through the event
-//! loops' own non-blocking exchange.
+//! fresh connection when a pooled one turns out closed; `https://` backends over TLS, checked as
+//! the loops check them). Client requests go through the event loops' own non-blocking exchange.
 
-use std::io::Write;
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,6 +21,7 @@ use crate::http::{forwardable_name, Framing};
 use crate::proxy::dispatch::Dispatch;
 use crate::proxy::error::{is_timeout, Failure, ForwardError};
 use crate::server::shared::Shared;
+use crate::tls::client::backend_server_name;
 use crate::upstream::backend::{is_local_exhaustion, Backend, InFlight, Pool};
 
 /// Least bytes asked of a backend per read. The buffer belongs to the worker, not to a connection,
@@ -49,9 +50,55 @@ pub struct Outbound<'p, 'x> {
 /// the read buffer and on the stream), and the in-flight count held until the caller is done.
 pub struct Exchanged<'p> {
     pub backend: &'p Arc<Backend>,
-    pub stream: TcpStream,
+    pub stream: BackendStream,
     pub response: Response,
     pub in_flight: InFlight<'p>,
+}
+
+/// A blocking connection to a backend: plain, or TLS for an `https://` backend.
+pub enum BackendStream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl BackendStream {
+    /// Done with the connection: a plain one goes back to `backend`'s idle pool when `reusable`;
+    /// a TLS one is closed with a `close_notify` (TLS connections are not kept between refreshes).
+    pub fn finish(self, backend: &Backend, reusable: bool) {
+        match self {
+            BackendStream::Plain(stream) if reusable => backend.put_idle(stream, Instant::now()),
+            BackendStream::Plain(_) => {}
+            BackendStream::Tls(mut tls) => {
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            }
+        }
+    }
+}
+
+impl Read for BackendStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            BackendStream::Plain(stream) => stream.read(buf),
+            BackendStream::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for BackendStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            BackendStream::Plain(stream) => stream.write(buf),
+            BackendStream::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            BackendStream::Plain(stream) => stream.flush(),
+            BackendStream::Tls(tls) => tls.flush(),
+        }
+    }
 }
 
 /// A failure on one backend connection; `Stale` means a reused connection had been closed by the
@@ -80,18 +127,20 @@ pub fn exchange<'p>(shared: &Shared, out: &Outbound<'p, '_>, buf: &mut ReadBuf) 
     let mut may_retry = out.idempotent;
     // The failure that sent the request on, answered if no other backend is left to try.
     let mut unanswered: Option<Failure> = None;
-    // Never in plain text to a backend that speaks TLS (the request may carry credentials).
-    for backend in pool.candidates(now, out.client).filter(|b| b.tls_host.is_none()) {
+    for backend in pool.candidates(now, out.client) {
         // A reused connection may have been closed by the backend; the body-less request can
-        // simply be sent again then.
+        // simply be sent again then. Only plain connections are pooled here.
         let mut pooled = backend.take_idle(socket_now).filter(is_quiet);
         loop {
             let (mut stream, reused) = match pooled.take() {
-                Some(stream) => (stream, true),
+                Some(stream) => (BackendStream::Plain(stream), true),
                 None => match connect(shared, backend) {
                     Ok(stream) => (stream, false),
                     Err(ConnectError::BackendDown) => break,
                     Err(ConnectError::Local(error)) => return Err(Failure::from(error)),
+                    Err(ConnectError::Tls(error)) => {
+                        return Err(Failure { error, backend: Some(backend.name.clone()) })
+                    }
                 },
             };
             let in_flight = InFlight::enter(backend);
@@ -136,19 +185,32 @@ enum ConnectError {
     /// pibl itself is out of descriptors or socket memory: no backend is to blame, and none would
     /// do better right now.
     Local(ForwardError),
+    /// An `https://` backend pibl cannot speak TLS to as configured (no client configuration, a
+    /// name no certificate can be checked against): the same for every attempt.
+    Tls(ForwardError),
 }
 
 /// A new connection to `backend`: timed when it opens, which also puts the backend back in
 /// rotation; a refusal takes it out for the cool-down. Running out of pibl's own resources
-/// (descriptors, buffers) is not the backend's fault and does not take it out.
-fn connect(shared: &Shared, backend: &Backend) -> Result<TcpStream, ConnectError> {
+/// (descriptors, buffers) is not the backend's fault and does not take it out. An `https://`
+/// backend gets a TLS client (the handshake happens with the first write, under the socket's
+/// timeouts; a certificate that does not verify fails it), never a plain-text request.
+fn connect(shared: &Shared, backend: &Backend) -> Result<BackendStream, ConnectError> {
     let config = &shared.config;
     let connecting = Instant::now();
     match backend.connect(config.connect_timeout, config.backend_timeout) {
         Ok(stream) => {
             shared.metrics.observe_connect(&backend.name, connecting.elapsed());
             backend.mark_up();
-            Ok(stream)
+            let Some(host) = &backend.tls_host else { return Ok(BackendStream::Plain(stream)) };
+            let tls_error = |e: String| ConnectError::Tls(ForwardError::Upstream(format!("TLS: {e}")));
+            let client_config = shared.backend_tls.as_ref().ok_or_else(|| {
+                tls_error("is https:// but pibl has no TLS client configuration (added by a reload: restart)".into())
+            })?;
+            let name = backend_server_name(host).map_err(|e| tls_error(e.to_string()))?;
+            let conn =
+                rustls::ClientConnection::new(Arc::clone(client_config), name).map_err(|e| tls_error(e.to_string()))?;
+            Ok(BackendStream::Tls(Box::new(rustls::StreamOwned::new(conn, stream))))
         }
         Err(e) if is_local_exhaustion(&e) => {
             log::warn!("cannot open a connection to backend {}: {e}", backend.name);
@@ -167,13 +229,13 @@ fn connect(shared: &Shared, backend: &Backend) -> Result<TcpStream, ConnectError
 fn attempt(
     shared: &Shared,
     out: &Outbound<'_, '_>,
-    stream: &mut TcpStream,
+    stream: &mut BackendStream,
     reused: bool,
     buf: &mut ReadBuf,
 ) -> Result<Response, AttemptError> {
     let config = &shared.config;
     let stale_or = |e: ForwardError| if reused { AttemptError::Stale } else { AttemptError::Unanswered(e) };
-    if let Err(e) = stream.write_all(out.head) {
+    if let Err(e) = stream.write_all(out.head).and_then(|()| stream.flush()) {
         return Err(stale_or(ForwardError::Upstream(format!("sending the request failed: {e}"))));
     }
     buf.clear();

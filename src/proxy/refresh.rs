@@ -4,7 +4,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
@@ -110,9 +110,7 @@ fn refresh(shared: &Shared, cache: &Cache, scratch: &mut Scratch, job: &RefreshJ
             }
         }
     }
-    if res.reusable && scratch.upstream_buf.is_empty() {
-        backend.put_idle(stream, Instant::now());
-    }
+    stream.finish(backend, res.reusable && scratch.upstream_buf.is_empty());
     drop(in_flight);
     Ok(())
 }

@@ -199,10 +199,12 @@ impl TlsBackend {
         let backend = TlsBackend { addr, connections: Arc::default(), names: Arc::default(), endings: Arc::default() };
         let (connections, names) = (Arc::clone(&backend.connections), Arc::clone(&backend.names));
         let endings = Arc::clone(&backend.endings);
+        // `/swr` answers count up, so a refreshed copy shows.
+        let swr_served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let (config, connections, names) = (Arc::clone(&config), Arc::clone(&connections), Arc::clone(&names));
-                let endings = Arc::clone(&endings);
+                let (endings, swr_served) = (Arc::clone(&endings), Arc::clone(&swr_served));
                 thread::spawn(move || {
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(20)));
                     let Ok(conn) = ServerConnection::new(config) else { return };
@@ -222,10 +224,13 @@ impl TlsBackend {
                             let head = String::from_utf8_lossy(&buf[..end]).to_string();
                             buf.drain(..end + 4);
                             let target = head.split(' ').nth(1).unwrap_or("").to_string();
-                            let body = if target == "/big" {
-                                big_body()
-                            } else {
-                                format!("tls backend {target}").into_bytes()
+                            let body = match target.as_str() {
+                                "/big" => big_body(),
+                                "/swr" => {
+                                    let n = swr_served.fetch_add(1, Ordering::SeqCst) + 1;
+                                    format!("tls backend /swr {n}").into_bytes()
+                                }
+                                _ => format!("tls backend {target}").into_bytes(),
                             };
                             // `/swr`: fresh for a second, then served stale while it is refreshed.
                             let cache = match target.as_str() {
