@@ -145,6 +145,22 @@ fn slow_clients_hold_no_worker_and_get_408_at_the_request_deadline() {
 }
 
 #[test]
+fn an_idle_keep_alive_api_connection_is_closed_at_its_deadline() {
+    use std::io::{Read, Write};
+    let (pibl, _db) = start("idle", |_| {});
+    let mut s = std::net::TcpStream::connect(pibl.api_addr()).expect("connect");
+    s.write_all(b"GET /api/openapi.yaml HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    // The answer, then the end of the stream once the connection has idled past its limit: nothing
+    // else happens on the API meanwhile, so the gate's deadline is what wakes it.
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let mut answer = Vec::new();
+    let read = s.read_to_end(&mut answer);
+    assert!(read.is_ok(), "the idle connection was never closed: {read:?}");
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer[..answer.len().min(200)]));
+    pibl.shutdown();
+}
+
+#[test]
 fn one_address_holds_a_bounded_number_of_api_connections() {
     use std::io::Read;
     let (pibl, _db) = start("per-ip", |_| {});

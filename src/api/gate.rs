@@ -26,8 +26,8 @@ use crate::server::conn::IpSlot;
 
 /// Connections one client address may hold on the API port (429 past it).
 pub const MAX_CONN_PER_IP: usize = 64;
-/// How often deadlines are looked at.
-const TICK: Duration = Duration::from_millis(100);
+/// How long to back off after the poller itself failed.
+const RETRY: Duration = Duration::from_millis(100);
 /// Most bytes buffered for one request: a full head and a chunked body at its limit with its framing.
 const MAX_BUFFERED: usize = LIMITS.max_head_bytes + 2 * MAX_BODY as usize;
 
@@ -48,6 +48,21 @@ struct Waiting {
     started: Option<Instant>,
     /// `100 Continue` already sent for the request now arriving.
     continued: bool,
+}
+
+impl Waiting {
+    /// When the gate gives up on it: the request's deadline once it has begun, else the idle one.
+    fn deadline(&self) -> Instant {
+        match self.started {
+            Some(started) => started + REQUEST_TIMEOUT,
+            None => self.idle_since + IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// How long until the first of `waiting`'s deadlines; `None` (no limit) when nobody waits.
+fn next_deadline(waiting: &HashMap<usize, Waiting>, now: Instant) -> Option<Duration> {
+    waiting.values().map(Waiting::deadline).min().map(|at| at.saturating_duration_since(now))
 }
 
 /// The waiting room; [`Gate::run`] is its thread's loop.
@@ -89,9 +104,11 @@ impl Gate {
         let mut next_key = 0usize;
         while !stop.is_raised() {
             events.clear();
-            if let Err(e) = self.poller.wait(&mut events, Some(TICK)) {
+            // Asleep until a socket, a hand-in or the stop signal wakes it, or the nearest deadline:
+            // an idle API costs no wake-ups.
+            if let Err(e) = self.poller.wait(&mut events, next_deadline(&waiting, Instant::now())) {
                 log::error!("api: waiting for readiness failed: {e}");
-                stop.wait(TICK);
+                stop.wait(RETRY);
             }
             let arrived: Vec<Waiting> = std::mem::take(&mut *self.incoming.lock());
             for w in arrived {
@@ -157,14 +174,7 @@ impl Gate {
     /// Closes idle connections past [`IDLE_TIMEOUT`] and answers 408 to requests past
     /// [`REQUEST_TIMEOUT`].
     fn sweep(&self, waiting: &mut HashMap<usize, Waiting>, now: Instant) {
-        let expired: Vec<usize> = waiting
-            .iter()
-            .filter(|(_, w)| match w.started {
-                Some(started) => now >= started + REQUEST_TIMEOUT,
-                None => now >= w.idle_since + IDLE_TIMEOUT,
-            })
-            .map(|(k, _)| *k)
-            .collect();
+        let expired: Vec<usize> = waiting.iter().filter(|(_, w)| now >= w.deadline()).map(|(k, _)| *k).collect();
         for key in expired {
             let Some(mut w) = self.take(waiting, key) else { continue };
             if w.started.is_some() {

@@ -97,8 +97,8 @@ impl ApiServer {
             acceptor.stop();
         }
         if let Some((gate, thread)) = self.gate.take() {
-            gate.wake();
-            thread.stop();
+            // Woken after the signal is raised, so it cannot go back to sleep without seeing it.
+            thread.stop_waking(|| gate.wake());
         }
         for worker in self.workers.drain(..) {
             worker.stop();
