@@ -330,8 +330,11 @@ impl Session {
                 Ok(true)
             }
             Got::WouldBlock => {
-                // An idle keep-alive connection holds no buffer; the loop keeps it for the next read.
+                // An idle keep-alive connection holds no buffer: the read buffer goes back to the
+                // loop for the next read, and the output buffer (emptied by the last write, which
+                // keeps its allocation) is freed.
                 env.spare.keep(&mut self.client.cin);
+                self.client.cout.release();
                 Ok(false)
             }
             Got::Eof | Got::Failed(_) => Err(()),
