@@ -21,7 +21,7 @@ use crate::http::{forwardable_name, Framing};
 use crate::proxy::dispatch::Dispatch;
 use crate::proxy::error::{is_timeout, Failure, ForwardError};
 use crate::server::shared::Shared;
-use crate::tls::client::backend_server_name;
+use crate::tls::client::backend_connection;
 use crate::upstream::backend::{is_local_exhaustion, Backend, InFlight, Pool};
 
 /// Least bytes asked of a backend per read. The buffer belongs to the worker, not to a connection,
@@ -203,13 +203,8 @@ fn connect(shared: &Shared, backend: &Backend) -> Result<BackendStream, ConnectE
             shared.metrics.observe_connect(&backend.name, connecting.elapsed());
             backend.mark_up();
             let Some(host) = &backend.tls_host else { return Ok(BackendStream::Plain(stream)) };
-            let tls_error = |e: String| ConnectError::Tls(ForwardError::Upstream(format!("TLS: {e}")));
-            let client_config = shared.backend_tls.as_ref().ok_or_else(|| {
-                tls_error("is https:// but pibl has no TLS client configuration (added by a reload: restart)".into())
-            })?;
-            let name = backend_server_name(host).map_err(|e| tls_error(e.to_string()))?;
-            let conn =
-                rustls::ClientConnection::new(Arc::clone(client_config), name).map_err(|e| tls_error(e.to_string()))?;
+            let conn = backend_connection(shared.backend_tls.as_ref(), host)
+                .map_err(|e| ConnectError::Tls(ForwardError::Upstream(e)))?;
             Ok(BackendStream::Tls(Box::new(rustls::StreamOwned::new(conn, stream))))
         }
         Err(e) if is_local_exhaustion(&e) => {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use super::error::CertError;
 use super::pem::{certs_from_pem, provider};
@@ -65,6 +65,15 @@ pub fn backend_client_config(trust: BackendTrust<'_>) -> Result<Arc<ClientConfig
     };
     config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
     Ok(Arc::new(config))
+}
+
+/// A TLS client connection to the `https://` backend `host` (the event loops' and the cache
+/// refresher's alike): SNI and certificate checks by `host`, trust from `config`, which is `None`
+/// when pibl started without any `https://` backend (one added by a reload needs a restart).
+pub fn backend_connection(config: Option<&Arc<ClientConfig>>, host: &str) -> Result<ClientConnection, String> {
+    let config = config.ok_or("is https:// but pibl has no TLS client configuration (added by a reload: restart)")?;
+    let name = backend_server_name(host).map_err(|e| e.to_string())?;
+    ClientConnection::new(Arc::clone(config), name).map_err(|e| format!("TLS: {e}"))
 }
 
 /// The name a backend is asked for (SNI) and its certificate is checked against: a DNS name or an

@@ -42,7 +42,7 @@ use crate::server::event_loop::client::{read_into, Client, Got, OutBuf};
 use crate::server::event_loop::env::Env;
 use crate::server::event_loop::tokens::backend_token;
 use crate::server::event_loop::transport::{buffer_limit, HintedRead, Transport};
-use crate::tls::client::backend_server_name;
+use crate::tls::client::backend_connection;
 use crate::upstream::backend::{is_local_exhaustion, Backend};
 
 /// Least bytes asked of a backend per read while its response head arrives.
@@ -1116,9 +1116,7 @@ pub fn over_tls(
     limit: usize,
 ) -> Result<Transport, String> {
     let Some(host) = &backend.tls_host else { return Ok(Transport::Plain(stream)) };
-    let config = config.ok_or("is https:// but pibl has no TLS client configuration (added by a reload: restart)")?;
-    let name = backend_server_name(host).map_err(|e| e.to_string())?;
-    Transport::tls_client(stream, Arc::clone(config), name, limit).map_err(|e| format!("TLS: {e}"))
+    Ok(Transport::tls_client(stream, backend_connection(config, host)?, limit))
 }
 
 /// A backend refused or did not answer the connection: it sits out the cool-down.

@@ -13,8 +13,7 @@ use std::net::Shutdown;
 use std::sync::Arc;
 
 use mio::net::TcpStream;
-use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
+use rustls::{ClientConnection, Connection, ServerConfig, ServerConnection};
 
 /// Least ciphertext rustls may hold for a socket (one TLS record), whatever `buffer_size` says.
 const TLS_RECORD: usize = 16 * 1024 + 256;
@@ -64,15 +63,9 @@ impl Transport {
     }
 
     /// The client side of a TLS connection to a backend, asking for `name` (SNI when it is a DNS name).
-    pub fn tls_client(
-        sock: TcpStream,
-        config: Arc<ClientConfig>,
-        name: ServerName<'static>,
-        limit: usize,
-    ) -> Result<Transport, rustls::Error> {
-        let mut conn = ClientConnection::new(config, name)?;
+    pub fn tls_client(sock: TcpStream, mut conn: ClientConnection, limit: usize) -> Transport {
         conn.set_buffer_limit(Some(limit));
-        Ok(Transport::over(sock, Connection::Client(conn)))
+        Transport::over(sock, Connection::Client(conn))
     }
 
     fn over(sock: TcpStream, conn: Connection) -> Transport {
